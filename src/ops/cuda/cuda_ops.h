@@ -1,0 +1,43 @@
+// CUDA kernels of the Llama-block ops, the same parameter lists as src/ops/ops.h in namespace
+// qtune::cuda. The dispatch files (src/ops/<family>.cpp) call these when the tensors live on the GPU.
+// Kernels take BF16 storage (F32 also accepted) and accumulate in f32; tensors are contiguous.
+// Declared only in CUDA builds (QTUNE_HAVE_CUDA); each function checks dtypes/shapes and throws
+// qtune::Error (Shape/Unsupported) on bad input, ErrorKind::Cuda when the runtime fails.
+#pragma once
+#ifdef QTUNE_HAVE_CUDA
+#include "core/tensor.h"
+
+namespace qtune {
+namespace cuda {
+
+// out[N, C] = table[ids[n], :]. ids I32 [N]; table BF16/F32 [V, C]; out BF16/F32 [N, C].
+void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table);
+
+// out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]); x, w BF16 (or all F32); out BF16 or F32. cuBLASLt,
+// with a GEMV kernel for small N (decode).
+void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
+
+// out[N, C] = x / sqrt(mean(x²) + eps) * weight[C], f32 math.
+void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float eps);
+
+// In place on x[N, H, D]: rotate-half RoPE, angle positions[n] * inv_freq[i]; positions I32 [N],
+// inv_freq F32 [D/2], both on the device.
+void rope_forward(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
+
+// Fused causal GQA attention (flash style). q [B, T, Hq, D]; k, v [B, Smax, Hkv, D], first kv_len rows
+// valid; query t at position q_offset + t sees keys s <= q_offset + t. out [B, T, Hq, D].
+void attention_forward(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
+                       int64_t kv_len);
+
+// out[N, F] = silu(gate) * up.
+void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
+
+// x += y (same shape and dtype).
+void add_inplace(Tensor& x, const Tensor& y);
+
+// out = in converted to out's dtype (F32/BF16/F16), same element count.
+void convert(Tensor& out, const Tensor& in);
+
+}  // namespace cuda
+}  // namespace qtune
+#endif  // QTUNE_HAVE_CUDA
