@@ -1,0 +1,10 @@
+// The gated MLP activation of the Llama family: SwiGLU = silu(gate) * up, silu(x) = x / (1 + e^-x).
+#pragma once
+#include "core/tensor.h"
+
+namespace qtune {
+
+// out[N, F] = silu(gate[N, F]) * up[N, F].
+void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
+
+}  // namespace qtune

@@ -1,0 +1,12 @@
+// Token embedding lookup: the first op of the model. One declaration for both backends; the dispatch in
+// ops/embedding.cpp checks shapes/dtypes and calls ops/cpu or ops/cuda.
+#pragma once
+#include "core/tensor.h"
+
+namespace qtune {
+
+// out[N, C] = table[ids[n], :]. ids: I32 [N] (any leading shape with N elements); table [V, C];
+// out has table's dtype (or F32). An id outside [0, V) throws ErrorKind::Shape naming the id.
+void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table);
+
+}  // namespace qtune

@@ -1,0 +1,17 @@
+// Matrix products: the Linear layer's y = x·Wᵀ + b, and a general GEMM with transposes for the backward
+// passes to come. CPU: f32 through OpenBLAS sgemm, split across the OpenMP threads; CUDA: cuBLASLt.
+#pragma once
+#include "core/tensor.h"
+
+namespace qtune {
+
+// out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]). x may have any leading shape with I as its last dim.
+// CPU: all F32. CUDA: x/w BF16 (or all F32), out BF16 or F32, bias like w.
+void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
+
+// out[M, N] = alpha · op(a) · op(b) + beta · out, op(t) = t or tᵀ. a [M, K] (or [K, M] when trans_a),
+// b [K, N] (or [N, K] when trans_b). F32, CPU only for now (CUDA throws Unsupported).
+void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha = 1.0f,
+            float beta = 0.0f);
+
+}  // namespace qtune
