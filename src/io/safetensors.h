@@ -27,15 +27,22 @@ class SafetensorsFile {
   ~SafetensorsFile();
 
   const std::string& path() const { return path_; }
+  size_t file_size() const { return map_size_; }
+  size_t header_size() const {
+    return header_size_;
+  }  // N: JSON bytes (incl. padding) after the 8-byte length
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in file order
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   bool has(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // throws when absent
-  // A CPU tensor borrowing the mapped bytes; keeps this file mapped while alive.
+  // A CPU tensor borrowing the mapped bytes; keeps this file mapped while alive. (When the header length
+  // leaves the data misaligned for the element type, the tensor is an owned aligned copy instead.)
   Tensor get(const std::string& name) const;
 
  private:
   SafetensorsFile() = default;
+  void parse_header();
+  size_t header_size_ = 0;
   std::string path_;
   void* map_ = nullptr;
   size_t map_size_ = 0;
@@ -52,11 +59,12 @@ class WeightStore {
  public:
   static WeightStore open(const std::string& path);
   bool has(const std::string& name) const;
-  Tensor get(const std::string& name) const;       // throws naming the tensor and the folder
+  Tensor get(const std::string& name) const;  // throws naming the tensor and the folder
   const TensorInfo& info(const std::string& name) const;
-  std::vector<std::string> names() const;          // sorted
+  std::vector<std::string> names() const;  // sorted
   std::string file_of(const std::string& name) const;
   const std::string& root() const { return root_; }
+  size_t open_shard_count() const { return open_.size(); }  // shards mapped so far (they open lazily)
 
  private:
   std::string root_;
