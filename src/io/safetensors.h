@@ -5,6 +5,7 @@
 #pragma once
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,7 +55,7 @@ class SafetensorsFile {
 };
 
 // All weights of a model folder: model.safetensors, or the shards named by model.safetensors.index.json
-// (or a single file path). Shards are opened lazily.
+// (or a single file path, or the index file's path). Shards are opened lazily; get/info are thread-safe.
 class WeightStore {
  public:
   static WeightStore open(const std::string& path);
@@ -64,12 +65,14 @@ class WeightStore {
   std::vector<std::string> names() const;  // sorted
   std::string file_of(const std::string& name) const;
   const std::string& root() const { return root_; }
-  size_t open_shard_count() const { return open_.size(); }  // shards mapped so far (they open lazily)
+  size_t open_shard_count() const;  // shards mapped so far (they open lazily)
 
  private:
   std::string root_;
   std::map<std::string, std::string> where_;  // tensor -> shard path
   mutable std::map<std::string, std::shared_ptr<SafetensorsFile>> open_;
+  std::shared_ptr<std::mutex> mu_ =
+      std::make_shared<std::mutex>();  // guards open_ (get() may run on threads)
   std::shared_ptr<SafetensorsFile> shard(const std::string& file) const;
 };
 

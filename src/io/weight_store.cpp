@@ -75,6 +75,7 @@ WeightStore WeightStore::open(const std::string& path) {
 }
 
 std::shared_ptr<SafetensorsFile> WeightStore::shard(const std::string& file) const {
+  std::lock_guard<std::mutex> lock(*mu_);
   auto it = open_.find(file);
   if (it != open_.end()) return it->second;
   auto f = SafetensorsFile::open(file);
@@ -84,6 +85,11 @@ std::shared_ptr<SafetensorsFile> WeightStore::shard(const std::string& file) con
                   ", but that shard has no such tensor");
   open_[file] = f;
   return f;
+}
+
+size_t WeightStore::open_shard_count() const {
+  std::lock_guard<std::mutex> lock(*mu_);
+  return open_.size();
 }
 
 bool WeightStore::has(const std::string& name) const {

@@ -1,6 +1,7 @@
 // WeightStore: a sharded transformers checkpoint (tests/fixtures/io/tiny_llama, saved by
 // save_pretrained with an index), single-file folders and paths, lazy shard opening, and index errors.
 #include <filesystem>
+#include <thread>
 
 #include "io/json_util.h"
 #include "io/safetensors.h"
@@ -61,6 +62,21 @@ TEST(WeightStore, LazyShardsAndOtherPaths) {
   std::string msg = error_of([&] { single.get("lm_head.weight"); }, ErrorKind::Format);
   EXPECT_HAS(msg, "no tensor named 'lm_head.weight'");
   EXPECT_HAS(msg, dir.path());
+}
+
+TEST(WeightStore, ConcurrentFirstUse) {
+  WeightStore ws = WeightStore::open(kTiny);
+  std::vector<std::string> names = ws.names();
+  std::vector<std::thread> threads;
+  std::vector<double> sums(4, 0.0);
+  for (int k = 0; k < 4; k++)
+    threads.emplace_back([&, k] {
+      for (const std::string& n : names)
+        for (float x : ws.get(n).to_f32_vector()) sums[k] += x;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ws.open_shard_count(), 2u);
+  for (int k = 1; k < 4; k++) EXPECT_EQ(sums[k], sums[0]);
 }
 
 // A copy of the tiny checkpoint with a rewritten index.
