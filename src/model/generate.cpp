@@ -1,0 +1,74 @@
+// generate(): prefill + token-by-token decode over a KV cache sized for prompt + max_new_tokens.
+#include "model/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace qtune {
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Eos:
+      return "eos";
+    case StopReason::MaxNewTokens:
+      return "max_new_tokens";
+    case StopReason::Callback:
+      return "callback";
+    case StopReason::ContextFull:
+      return "context_full";
+  }
+  return "?";
+}
+
+GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& prompt,
+                        const GenerateOptions& opt) {
+  using clock = std::chrono::steady_clock;
+  GenerateResult res;
+  if (prompt.empty()) throw_error(ErrorKind::Usage, "generate: the prompt has no tokens");
+  if (opt.max_new_tokens <= 0) return res;
+  const int64_t P = (int64_t)prompt.size();
+  int64_t limit = model.config().max_position_embeddings;
+  if (model.config().sliding_window > 0) limit = std::min<int64_t>(limit, model.config().sliding_window);
+  if (P >= limit)
+    throw_error(ErrorKind::Usage, "generate: the prompt has ", P, " tokens; the model's context is ", limit);
+  int64_t max_seq = std::min<int64_t>(P + opt.max_new_tokens, limit);
+  KVCache cache = model.make_cache(1, max_seq);
+  Sampler sampler(opt.sampling);
+  const int64_t V = model.config().vocab_size;
+
+  auto t0 = clock::now();
+  Tensor logits = model.forward(Tensor::from_i32(prompt, {1, P}), cache, 0, true);  // [1, 1, V]
+  std::vector<float> row = logits.to_f32_vector();
+  auto t1 = clock::now();
+  res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  int64_t pos = P;
+  while (true) {
+    int32_t tok = sampler.sample(row.data(), V);
+    res.tokens.push_back(tok);
+    if (opt.on_token && !opt.on_token(tok)) {
+      res.stop = StopReason::Callback;
+      break;
+    }
+    if (std::find(opt.eos_token_ids.begin(), opt.eos_token_ids.end(), tok) != opt.eos_token_ids.end()) {
+      res.stop = StopReason::Eos;
+      break;
+    }
+    if ((int)res.tokens.size() >= opt.max_new_tokens) {
+      res.stop = StopReason::MaxNewTokens;
+      break;
+    }
+    if (P + (int64_t)res.tokens.size() >= limit) {  // the sequence fills the model's context
+      res.stop = StopReason::ContextFull;
+      break;
+    }
+    logits = model.forward(Tensor::from_i32({tok}, {1, 1}), cache, pos, true);  // [1, 1, V]
+    row = logits.to_f32_vector();
+    pos++;
+  }
+  res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return res;
+}
+
+}  // namespace qtune

@@ -1,0 +1,24 @@
+// A linear layer, y[N, O] = x[N, I]·Wᵀ + b, as the model's blocks see it: one forward(out, x) call.
+// Everything about how the weight is stored stays inside this struct, so later variants plug in here
+// without touching the block code: quantized weights (NF4/FP4 blocks + absmax, int8 + scales) become
+// other storage members dispatched in forward(), and adapters (LoRA's x·Aᵀ·Bᵀ·scale, IA3's per-feature
+// scaling) become extra terms applied after the base product.
+#pragma once
+#include <string>
+
+#include "core/tensor.h"
+
+namespace qtune {
+
+struct Linear {
+  std::string name;  // HF prefix, e.g. "model.layers.0.self_attn.q_proj"
+  Tensor weight;     // [O, I] dense (F32 on the CPU, BF16 on CUDA)
+  Tensor bias;       // [O] or undefined
+
+  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return weight.size(1); }
+  // out[N, O] = x[N, I]·Wᵀ (+ b). out may be F32 when x is BF16 (CUDA).
+  void forward(Tensor& out, const Tensor& x) const;
+};
+
+}  // namespace qtune

@@ -1,0 +1,112 @@
+// LlamaModel::forward: embedding → per layer [RMSNorm → q/k/v → RoPE → cache write → causal GQA attention →
+// o_proj → residual; RMSNorm → SwiGLU MLP → residual] → final RMSNorm → lm_head (F32 logits). Every step
+// is an op from ops/, so the same code runs on the CPU (f32) and CUDA (bf16 activations).
+#include <vector>
+
+#include "core/error.h"
+#include "model/llama_model.h"
+#include "ops/ops.h"
+
+namespace qtune {
+
+KVCache LlamaModel::make_cache(int64_t batch, int64_t max_seq) const {
+  if (batch <= 0 || max_seq <= 0)
+    throw_error(ErrorKind::Usage, "KV cache: batch (", batch, ") and max_seq (", max_seq,
+                ") must be positive");
+  return KVCache(cfg_.num_hidden_layers, batch, max_seq, cfg_.num_key_value_heads, cfg_.head_dim, act_dtype_,
+                 device_);
+}
+
+Tensor LlamaModel::forward(const Tensor& ids) const {
+  if (ids.ndim() != 2) throw_error(ErrorKind::Shape, "forward: ids must be [B, T], got ", ids.describe());
+  KVCache cache = make_cache(ids.size(0), ids.size(1));
+  return forward(ids, cache, 0, false);
+}
+
+Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_pos, bool last_only) const {
+  if (ids_in.ndim() != 2 || ids_in.dtype() != DType::I32)
+    throw_error(ErrorKind::Shape, "forward: ids must be I32 [B, T], got ", ids_in.describe());
+  const int64_t B = ids_in.size(0), T = ids_in.size(1), N = B * T;
+  const int64_t C = cfg_.hidden_size, F = cfg_.intermediate_size, V = cfg_.vocab_size;
+  const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim;
+  const float eps = (float)cfg_.rms_norm_eps;
+  if (T == 0) throw_error(ErrorKind::Shape, "forward: no tokens (ids ", ids_in.describe(), ")");
+  if (cache.batch() != B || cache.layers() != cfg_.num_hidden_layers)
+    throw_error(ErrorKind::Shape, "forward: the KV cache is for batch ", cache.batch(), ", ids have batch ",
+                B);
+  if (start_pos < 0 || start_pos + T > cache.max_seq())
+    throw_error(ErrorKind::Shape, "forward: positions [", start_pos, ", ", start_pos + T,
+                ") exceed the KV cache of ", cache.max_seq(), " positions");
+  if (cfg_.sliding_window > 0 && start_pos + T > cfg_.sliding_window)
+    throw_error(ErrorKind::Unsupported, "forward: ", start_pos + T, " tokens exceed the sliding window (",
+                cfg_.sliding_window, ") and sliding-window attention is not implemented");
+
+  if (ids_in.device() == Device::CPU) {  // checked here too, so device kernels never read out of range
+    const int32_t* id = ids_in.data<int32_t>();
+    for (int64_t i = 0; i < N; i++)
+      if (id[i] < 0 || id[i] >= V)
+        throw_error(ErrorKind::Shape, "forward: token id ", id[i], " at position ", i,
+                    " is outside the vocabulary [0, ", V, ")");
+  }
+  Tensor ids = ids_in.to(device_);  // [B, T]
+  std::vector<int32_t> pos_host(N);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++) pos_host[b * T + t] = (int32_t)(start_pos + t);
+  Tensor pos = Tensor::from_i32(pos_host, {N}).to(device_);  // [N]
+
+  DType act = act_dtype_;
+  Tensor x = Tensor::empty({N, C}, act, device_);  // residual stream [N, C]
+  embedding_forward(x, ids, embed_);
+  Tensor h = Tensor::empty({N, C}, act, device_);         // normed input [N, C]
+  Tensor q = Tensor::empty({N, Hq * D}, act, device_);    // [N, Hq·D]
+  Tensor k = Tensor::empty({N, Hkv * D}, act, device_);   // [N, Hkv·D]
+  Tensor v = Tensor::empty({N, Hkv * D}, act, device_);   // [N, Hkv·D]
+  Tensor att = Tensor::empty({N, Hq * D}, act, device_);  // [N, Hq·D]
+  Tensor proj = Tensor::empty({N, C}, act, device_);      // o_proj / down_proj output [N, C]
+  Tensor g = Tensor::empty({N, F}, act, device_);         // [N, F]
+  Tensor u = Tensor::empty({N, F}, act, device_);         // [N, F]
+  Tensor a = Tensor::empty({N, F}, act, device_);         // [N, F]
+  Tensor q_heads = q.reshape({N, Hq, D}), k_heads = k.reshape({N, Hkv, D});
+  Tensor q4 = q.reshape({B, T, Hq, D}), att4 = att.reshape({B, T, Hq, D});
+
+  for (int l = 0; l < cfg_.num_hidden_layers; l++) {
+    const LlamaLayer& L = layers_[l];
+    rmsnorm_forward(h, x, L.input_norm, eps);
+    L.q.forward(q, h);
+    L.k.forward(k, h);
+    L.v.forward(v, h);
+    rope_forward(q_heads, pos, inv_freq_);
+    rope_forward(k_heads, pos, inv_freq_);
+    cache.write(l, k, v, start_pos, T);
+    attention_forward(att4, q4, cache.k(l), cache.v(l), start_pos, start_pos + T);
+    L.o.forward(proj, att);
+    add_inplace(x, proj);
+
+    rmsnorm_forward(h, x, L.post_norm, eps);
+    L.gate.forward(g, h);
+    L.up.forward(u, h);
+    swiglu_forward(a, g, u);
+    L.down.forward(proj, a);
+    add_inplace(x, proj);
+  }
+
+  Tensor last = x;  // rows that get logits: all [N, C], or the last of each sequence [B, C]
+  int64_t Tout = T;
+  if (last_only && T > 1) {
+    last = Tensor::empty({B, C}, act, device_);
+    for (int64_t b = 0; b < B; b++) {
+      Tensor dst = last.slice0(b, 1);
+      dst.copy_from(x.slice0(b * T + T - 1, 1));
+    }
+    Tout = 1;
+  } else if (last_only) {
+    Tout = 1;
+  }
+  Tensor hn = Tensor::empty(last.shape(), act, device_);
+  rmsnorm_forward(hn, last, norm_, eps);
+  Tensor logits = Tensor::empty({B * Tout, V}, DType::F32, device_);  // [B·T', V]
+  lm_head_.forward(logits, hn);
+  return logits.reshape({B, Tout, V});
+}
+
+}  // namespace qtune

@@ -1,0 +1,123 @@
+// LlamaModel::load: the expected tensors (HF names and shapes) for a config, checked against the store
+// all at once so one error lists every missing tensor and every wrong shape; then each tensor is put in
+// the device's form (CPU: F32, borrowed from the mmap when the file is already F32; CUDA: BF16 copies).
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "model/llama_model.h"
+#include "model/rope_freq.h"
+
+namespace qtune {
+
+namespace {
+
+struct Want {
+  std::string name;
+  Shape shape;
+  Tensor* dst;
+};
+
+// Converts a loaded (CPU, any float dtype) tensor into the form the device's kernels take.
+Tensor to_device_form(const Tensor& t, Device device) {
+  if (device == Device::CPU) return t.to_dtype(DType::F32);
+  return t.to_dtype(DType::BF16).to(device);
+}
+
+std::string join(const std::vector<std::string>& v, const char* sep) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); i++) s += (i ? sep : "") + v[i];
+  return s;
+}
+
+}  // namespace
+
+LlamaModel LlamaModel::load(const std::string& dir, Device device) {
+  ModelConfig cfg = load_model_config(dir);
+  WeightStore store = WeightStore::open(dir);
+  return from_store(cfg, store, device);
+}
+
+LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& store, Device device) {
+  LlamaModel m;
+  m.cfg_ = cfg;
+  m.device_ = device;
+  m.act_dtype_ = device == Device::CPU ? DType::F32 : DType::BF16;
+  m.source_ = store.root();
+  const int64_t C = cfg.hidden_size, F = cfg.intermediate_size, V = cfg.vocab_size, D = cfg.head_dim;
+  const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads;
+  if (C <= 0 || F <= 0 || V <= 0 || D <= 0 || Hq <= 0 || Hkv <= 0 || Hq % Hkv != 0 || D % 2 != 0)
+    throw_error(ErrorKind::Config, store.root(), ": inconsistent config: hidden ", C, ", intermediate ", F,
+                ", vocab ", V, ", head_dim ", D, ", heads ", Hq, ", kv heads ", Hkv);
+
+  std::vector<Want> want;
+  want.push_back({"model.embed_tokens.weight", {V, C}, &m.embed_});
+  want.push_back({"model.norm.weight", {C}, &m.norm_});
+  m.lm_head_.name = "lm_head";
+  if (!cfg.tie_word_embeddings) want.push_back({"lm_head.weight", {V, C}, &m.lm_head_.weight});
+  m.layers_.resize(cfg.num_hidden_layers);
+  for (int i = 0; i < cfg.num_hidden_layers; i++) {
+    LlamaLayer& L = m.layers_[i];
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    want.push_back({p + "input_layernorm.weight", {C}, &L.input_norm});
+    want.push_back({p + "post_attention_layernorm.weight", {C}, &L.post_norm});
+    struct Lin {
+      Linear* lin;
+      const char* name;
+      int64_t out, in;
+      bool bias;
+    };
+    for (Lin l :
+         {Lin{&L.q, "self_attn.q_proj", Hq * D, C, cfg.attention_bias},
+          Lin{&L.k, "self_attn.k_proj", Hkv * D, C, cfg.attention_bias},
+          Lin{&L.v, "self_attn.v_proj", Hkv * D, C, cfg.attention_bias},
+          Lin{&L.o, "self_attn.o_proj", C, Hq * D, cfg.o_proj_bias},
+          Lin{&L.gate, "mlp.gate_proj", F, C, cfg.mlp_bias}, Lin{&L.up, "mlp.up_proj", F, C, cfg.mlp_bias},
+          Lin{&L.down, "mlp.down_proj", C, F, cfg.mlp_bias}}) {
+      l.lin->name = p + l.name;
+      want.push_back({l.lin->name + ".weight", {l.out, l.in}, &l.lin->weight});
+      if (l.bias) want.push_back({l.lin->name + ".bias", {l.out}, &l.lin->bias});
+    }
+  }
+
+  // Check everything first, so one error says all that is wrong.
+  std::vector<std::string> missing, bad_shape;
+  for (const Want& w : want) {
+    if (!store.has(w.name)) {
+      missing.push_back(w.name);
+      continue;
+    }
+    const TensorInfo& info = store.info(w.name);
+    if (info.shape != w.shape)
+      bad_shape.push_back(w.name + ": expected " + shape_str(w.shape) + ", got " + shape_str(info.shape) +
+                          " (" + dtype_name(info.dtype) + ")");
+    else if (info.dtype != DType::F32 && info.dtype != DType::BF16 && info.dtype != DType::F16)
+      bad_shape.push_back(w.name + ": dtype " + std::string(dtype_name(info.dtype)) +
+                          " is not a float type (F32, BF16, F16)");
+  }
+  if (!missing.empty() || !bad_shape.empty()) {
+    std::string msg = "model folder " + store.root() + " (" + cfg.architecture + "):";
+    if (!missing.empty())
+      msg += " missing " + std::to_string(missing.size()) + " tensor(s): " + join(missing, ", ") + ".";
+    if (!bad_shape.empty()) msg += " wrong tensor(s): " + join(bad_shape, "; ") + ".";
+    throw Error(ErrorKind::Format, msg);
+  }
+
+  for (const Want& w : want) *w.dst = to_device_form(store.get(w.name), device);
+  if (cfg.tie_word_embeddings) m.lm_head_.weight = m.embed_;
+
+  std::set<std::string> used;
+  for (const Want& w : want) used.insert(w.name);
+  for (const std::string& n : store.names())
+    if (!used.count(n) && n.find("rotary_emb.inv_freq") == std::string::npos &&
+        !(cfg.tie_word_embeddings && n == "lm_head.weight"))
+      m.unused_.push_back(n);
+
+  std::vector<float> inv = rope_inv_freq(cfg);
+  m.inv_freq_ = Tensor::from_f32(inv, {(int64_t)inv.size()}).to(device);
+  return m;
+}
+
+}  // namespace qtune

@@ -1,0 +1,74 @@
+// The Llama-family causal LM (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM): weights loaded by
+// their HF names from a model folder, and a forward pass over a KV cache that returns F32 logits.
+// Device-agnostic: the ops dispatch on the tensors' device, picked once at load (CPU: f32 weights,
+// zero-copy from the mmap when the file is f32; CUDA: bf16 weights and activations, f32 logits).
+//
+//   LlamaModel m = LlamaModel::load("path/to/model", Device::CPU);
+//   KVCache cache = m.make_cache(1, 512);
+//   Tensor logits = m.forward(ids, cache, 0);            // ids I32 [B, T] → logits F32 [B, T, V]
+//   Tensor next = m.forward(ids2, cache, T, true);       // [B, 1, V]: only the last position
+#pragma once
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "io/hf_config.h"
+#include "model/kv_cache.h"
+#include "model/linear.h"
+
+namespace qtune {
+
+class WeightStore;
+
+struct LlamaLayer {
+  Tensor input_norm;      // [C]  input_layernorm.weight
+  Tensor post_norm;       // [C]  post_attention_layernorm.weight
+  Linear q, k, v, o;      // [Hq·D, C], [Hkv·D, C], [Hkv·D, C], [C, Hq·D]
+  Linear gate, up, down;  // [F, C], [F, C], [C, F]
+};
+
+class LlamaModel {
+ public:
+  // Reads dir/config.json and the weights (model.safetensors or sharded). Throws ErrorKind::Config for a
+  // bad config (unknown architecture ...), ErrorKind::Format listing every missing tensor, or naming
+  // each tensor whose shape is wrong (expected vs got). Tensors the model does not use are ignored
+  // (listed by unused_tensors()).
+  static LlamaModel load(const std::string& dir, Device device = Device::CPU);
+  // The same from an already parsed config and an opened store (for tests and tools).
+  static LlamaModel from_store(const ModelConfig& cfg, const WeightStore& store, Device device);
+
+  const ModelConfig& config() const { return cfg_; }
+  Device device() const { return device_; }
+  DType activation_dtype() const { return act_dtype_; }  // F32 on the CPU, BF16 on CUDA
+  const std::vector<std::string>& unused_tensors() const { return unused_; }
+  const std::string& source() const { return source_; }
+
+  // A cache for `batch` sequences of up to max_seq tokens.
+  KVCache make_cache(int64_t batch, int64_t max_seq) const;
+
+  // ids I32 [B, T] (any device): the tokens at positions start_pos .. start_pos+T-1 of each sequence;
+  // cache rows [0, start_pos) must hold the earlier tokens. Writes this call's K/V rows into the cache.
+  // Returns F32 logits [B, T, V] on the model's device, or [B, 1, V] (the last position) when last_only.
+  Tensor forward(const Tensor& ids, KVCache& cache, int64_t start_pos, bool last_only = false) const;
+  // Whole sequences from position 0 with a temporary cache: logits F32 [B, T, V].
+  Tensor forward(const Tensor& ids) const;
+
+  // Parts, for tools and later training code.
+  const Tensor& embed_tokens() const { return embed_; }  // [V, C]
+  const Linear& lm_head() const { return lm_head_; }     // [V, C] (shares embed_tokens when tied)
+  const std::vector<LlamaLayer>& layers() const { return layers_; }
+  const Tensor& final_norm() const { return norm_; }
+  const Tensor& inv_freq() const { return inv_freq_; }  // F32 [D/2] on the device
+
+ private:
+  ModelConfig cfg_;
+  Device device_ = Device::CPU;
+  DType act_dtype_ = DType::F32;
+  std::string source_;
+  Tensor embed_, norm_, inv_freq_;
+  Linear lm_head_;
+  std::vector<LlamaLayer> layers_;
+  std::vector<std::string> unused_;
+};
+
+}  // namespace qtune
