@@ -2,6 +2,7 @@
 // defect), and good files: one written by the Python reference library (all dtypes, bf16, zero-size,
 // scalar, metadata), zero-copy borrowing, lifetime, misaligned data, permissive whitespace.
 #include <cstring>
+#include <random>
 
 #include "io/safetensors.h"
 #include "io_test_util.h"
@@ -254,6 +255,49 @@ TEST(SafetensorsRead, WhitespaceEmptyAndZeroSizeTensors) {
   EXPECT_EQ(z->get("mid").shape(), (Shape{3, 0}));
   EXPECT_EQ(z->get("end").numel(), 0);
   EXPECT_TRUE(z->metadata().empty());
+}
+
+// Random byte damage to a valid file: open() either succeeds or throws qtune::Error (never another
+// exception type, never a crash), and every tensor it accepts lies inside the file.
+TEST(SafetensorsRead, DamagedFilesFailCleanly) {
+  std::string good = read_bytes(QTUNE_FIXTURES "/io/py_mixed.safetensors");
+  unsigned seed = std::random_device{}();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::mt19937 rng(seed);
+  TempDir dir;
+  std::string path = dir.file("damaged.safetensors");
+  int accepted = 0, rejected = 0;
+  for (int iter = 0; iter < 200; iter++) {
+    std::string b = good;
+    int edits = 1 + (int)(rng() % 3);
+    for (int e = 0; e < edits; e++) {
+      size_t at = rng() % std::min<size_t>(b.size(), 8 + 400);  // mostly the length and the header
+      switch (rng() % 3) {
+        case 0:
+          b[at] = (char)(rng() & 0xff);
+          break;
+        case 1:
+          b[at] = "{}[],:\"0-9e. "[rng() % 14];
+          break;
+        default:
+          b.erase(at, 1 + rng() % 4);
+          break;
+      }
+    }
+    write_bytes(path, b);
+    try {
+      auto f = SafetensorsFile::open(path);
+      for (const TensorInfo& t : f->tensors()) {
+        ASSERT_LE(8 + f->header_size() + t.end, f->file_size());
+        f->get(t.name);
+      }
+      accepted++;
+    } catch (const Error&) {
+      rejected++;
+    }
+  }
+  EXPECT_GT(rejected, 0);
+  EXPECT_EQ(accepted + rejected, 200);
 }
 
 }  // namespace
