@@ -16,6 +16,8 @@ void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table);
 // out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]); x, w BF16 (or all F32); out BF16 or F32. cuBLASLt,
 // with a GEMV kernel for small N (decode).
 void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
+// The cuBLASLt path alone, whatever N (for tests and the workbench; linear_forward checks the arguments).
+void linear_forward_cublaslt(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
 
 // out[N, C] = x / sqrt(mean(x²) + eps) * weight[C], f32 math.
 void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float eps);
@@ -28,6 +30,10 @@ void rope_forward(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 // valid; query t at position q_offset + t sees keys s <= q_offset + t. out [B, T, Hq, D].
 void attention_forward(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
                        int64_t kv_len);
+// The same, choosing the split-K (flash-decoding) kernel even where the tensor-core prefill kernel would
+// run when force_split is true (for tests and the workbench).
+void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
+                             int64_t kv_len, bool force_split);
 
 // out[N, F] = silu(gate) * up.
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);

@@ -1,0 +1,76 @@
+// Device-side helpers shared by the ops/cuda kernels: element loads/stores that convert to and from
+// f32 (bf16, f16, f32 storage), warp reductions, and a dtype switch for launching typed kernels.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+#include "core/tensor.h"
+
+namespace qtune {
+namespace cuda {
+
+__device__ __forceinline__ float to_f32(float x) {
+  return x;
+}
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) {
+  return __bfloat162float(x);
+}
+__device__ __forceinline__ float to_f32(__half x) {
+  return __half2float(x);
+}
+
+template <class T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) {
+  return __float2half_rn(x);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline int ceil_div(int64_t a, int64_t b) {
+  return (int)((a + b - 1) / b);
+}
+
+}  // namespace cuda
+}  // namespace qtune
+
+// Calls FN with the C++ element type of a float dtype bound to the name given as TYPE:
+// QT_DISPATCH_FLOAT(t.dtype(), "rmsnorm", scalar_t, { kernel<scalar_t><<<...>>>(...); });
+#define QT_DISPATCH_FLOAT(dtype, op, TYPE, ...)                                           \
+  do {                                                                                    \
+    switch (dtype) {                                                                      \
+      case ::qtune::DType::F32: {                                                         \
+        using TYPE = float;                                                               \
+        __VA_ARGS__;                                                                      \
+      } break;                                                                            \
+      case ::qtune::DType::BF16: {                                                        \
+        using TYPE = __nv_bfloat16;                                                       \
+        __VA_ARGS__;                                                                      \
+      } break;                                                                            \
+      case ::qtune::DType::F16: {                                                         \
+        using TYPE = __half;                                                              \
+        __VA_ARGS__;                                                                      \
+      } break;                                                                            \
+      default:                                                                            \
+        ::qtune::throw_error(::qtune::ErrorKind::Unsupported, op, ": unsupported dtype ", \
+                             ::qtune::dtype_name(dtype));                                 \
+    }                                                                                     \
+  } while (0)

@@ -1,0 +1,156 @@
+// Element-wise CUDA ops: SwiGLU (out = silu(gate) * up), residual add (x += y), dtype conversion, and
+// the embedding gather. Math in f32, one rounding on the store. Grid-stride loops over elements.
+#include "core/allocator.h"
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/device_util.cuh"
+
+namespace qtune {
+namespace cuda {
+
+namespace {
+
+int grid_for(int64_t n, int threads) {
+  int64_t b = (n + threads - 1) / threads;
+  int cap = context().num_sms * 16;
+  return (int)(b < cap ? (b > 0 ? b : 1) : cap);
+}
+
+// out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+template <class TI, class TO>
+__global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate, const TI* __restrict__ up,
+                              int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    float g = to_f32(gate[i]);
+    float u = to_f32(up[i]);
+    out[i] = from_f32<TO>(g / (1.0f + __expf(-g)) * u);
+  }
+}
+
+// x[i] += y[i].
+template <class T>
+__global__ void add_kernel(T* __restrict__ x, const T* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
+}
+
+// out[i] = in[i] in out's type.
+template <class TI, class TO>
+__global__ void convert_kernel(TO* __restrict__ out, const TI* __restrict__ in, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = from_f32<TO>(to_f32(in[i]));
+}
+
+// out[n, :] = table[ids[n], :]; an id outside [0, V) zeroes its row and records the smallest such n.
+template <class TI, class TO>
+__global__ void embedding_kernel(TO* __restrict__ out, const int32_t* __restrict__ ids,
+                                 const TI* __restrict__ table, int V, int C, int* __restrict__ bad_pos) {
+  int n = blockIdx.x;
+  int id = ids[n];
+  TO* o = out + (int64_t)n * C;
+  if (id < 0 || id >= V) {
+    if (threadIdx.x == 0) atomicMin(bad_pos, n);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f32<TO>(0.0f);
+    return;
+  }
+  const TI* row = table + (int64_t)id * C;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f32<TO>(to_f32(row[c]));
+}
+
+}  // namespace
+
+void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up) {
+  const char* op = "swiglu_forward";
+  require_cuda(out, op, "out");
+  require_cuda(gate, op, "gate");
+  require_cuda(up, op, "up");
+  if (gate.shape() != up.shape() || gate.dtype() != up.dtype())
+    throw_error(ErrorKind::Shape, op, ": gate ", gate.describe(), " and up ", up.describe(), " differ");
+  if (out.numel() != gate.numel())
+    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " does not match gate ", gate.describe());
+  int64_t n = gate.numel();
+  if (n == 0) return;
+  QT_DISPATCH_FLOAT(gate.dtype(), op, TI, {
+    QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
+      swiglu_kernel<TI, TO>
+          <<<grid_for(n, 256), 256, 0, stream()>>>(out.data<TO>(), gate.data<TI>(), up.data<TI>(), n);
+    });
+  });
+  QT_CUDA_CHECK_LAUNCH("swiglu_kernel");
+}
+
+void add_inplace(Tensor& x, const Tensor& y) {
+  const char* op = "add_inplace";
+  require_cuda(x, op, "x");
+  require_cuda(y, op, "y");
+  if (x.numel() != y.numel() || x.dtype() != y.dtype())
+    throw_error(ErrorKind::Shape, op, ": x ", x.describe(), " and y ", y.describe(),
+                " differ in element count or dtype");
+  int64_t n = x.numel();
+  if (n == 0) return;
+  QT_DISPATCH_FLOAT(x.dtype(), op, T,
+                    { add_kernel<T><<<grid_for(n, 256), 256, 0, stream()>>>(x.data<T>(), y.data<T>(), n); });
+  QT_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void convert(Tensor& out, const Tensor& in) {
+  const char* op = "convert";
+  require_cuda(out, op, "out");
+  require_cuda(in, op, "in");
+  if (out.numel() != in.numel())
+    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " and in ", in.describe(),
+                " have different element counts");
+  int64_t n = in.numel();
+  if (n == 0) return;
+  if (out.dtype() == in.dtype()) {
+    QT_CUDA_CHECK(cudaMemcpyAsync(out.raw(), in.raw(), in.nbytes(), cudaMemcpyDeviceToDevice, stream()));
+    return;
+  }
+  QT_DISPATCH_FLOAT(in.dtype(), op, TI, {
+    QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
+      convert_kernel<TI, TO><<<grid_for(n, 256), 256, 0, stream()>>>(out.data<TO>(), in.data<TI>(), n);
+    });
+  });
+  QT_CUDA_CHECK_LAUNCH("convert_kernel");
+}
+
+void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) {
+  const char* op = "embedding_forward";
+  require_cuda(out, op, "out");
+  require_cuda(ids, op, "ids");
+  require_cuda(table, op, "table");
+  require_dtype(ids, op, "ids", DType::I32);
+  if (table.ndim() != 2) throw_error(ErrorKind::Shape, op, ": table must be [V, C], got ", table.describe());
+  int V = checked_int(table.size(0), op), C = checked_int(table.size(1), op);
+  int N = checked_int(ids.numel(), op);
+  if (out.numel() != (int64_t)N * C)
+    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " is not [", N, ", ", C, "]");
+  if (N == 0) return;
+  // One int on the device for the first bad position; 0x7f7f7f7f (memset byte 0x7f) means none.
+  static int* bad_dev = static_cast<int*>(device_malloc(sizeof(int)));
+  static int* bad_host = static_cast<int*>(host_pinned_malloc(sizeof(int)));
+  QT_CUDA_CHECK(cudaMemsetAsync(bad_dev, 0x7f, sizeof(int), stream()));
+  int threads = C >= 1024 ? 256 : 128;
+  QT_DISPATCH_FLOAT(table.dtype(), op, TI, {
+    QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
+      embedding_kernel<TI, TO>
+          <<<N, threads, 0, stream()>>>(out.data<TO>(), ids.data<int32_t>(), table.data<TI>(), V, C, bad_dev);
+    });
+  });
+  QT_CUDA_CHECK_LAUNCH("embedding_kernel");
+  QT_CUDA_CHECK(cudaMemcpyAsync(bad_host, bad_dev, sizeof(int), cudaMemcpyDeviceToHost, stream()));
+  synchronize();
+  if (*bad_host != 0x7f7f7f7f) {
+    int32_t bad_id = 0;
+    QT_CUDA_CHECK(
+        cudaMemcpy(&bad_id, ids.data<int32_t>() + *bad_host, sizeof(int32_t), cudaMemcpyDeviceToHost));
+    throw_error(ErrorKind::Shape, op, ": token id ", bad_id, " at position ", *bad_host,
+                " is outside the vocabulary [0, ", V, ")");
+  }
+}
+
+}  // namespace cuda
+}  // namespace qtune

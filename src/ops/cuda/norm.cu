@@ -1,0 +1,70 @@
+// RMSNorm on the GPU: out[n, :] = x[n, :] / sqrt(mean(x[n, :]²) + eps) * weight, in f32 math.
+// One block per row: a block-wide sum of squares (warp shuffles, then shared memory), then a second
+// pass that scales (that re-read of the row hits L1/L2).
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/device_util.cuh"
+
+namespace qtune {
+namespace cuda {
+
+namespace {
+
+template <class TX, class TW, class TO>
+__global__ void rmsnorm_kernel(TO* __restrict__ out, const TX* __restrict__ x, const TW* __restrict__ w,
+                               int C, float eps) {
+  __shared__ float partial[32];
+  __shared__ float rstd_s;
+  const TX* row = x + (int64_t)blockIdx.x * C;  // [C]
+  TO* orow = out + (int64_t)blockIdx.x * C;     // [C]
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    float v = to_f32(row[c]);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = blockDim.x / 32;
+    float v = lane < nw ? partial[lane] : 0.0f;
+    v = warp_sum(v);
+    if (lane == 0) rstd_s = rsqrtf(v / (float)C + eps);
+  }
+  __syncthreads();
+  float rstd = rstd_s;
+  for (int c = threadIdx.x; c < C; c += blockDim.x)
+    orow[c] = from_f32<TO>(to_f32(row[c]) * rstd * to_f32(w[c]));
+}
+
+}  // namespace
+
+void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float eps) {
+  const char* op = "rmsnorm_forward";
+  require_cuda(out, op, "out");
+  require_cuda(x, op, "x");
+  require_cuda(weight, op, "weight");
+  if (x.ndim() < 1) throw_error(ErrorKind::Shape, op, ": x must be [N, C], got ", x.describe());
+  int64_t C = x.size(-1);
+  if (weight.numel() != C)
+    throw_error(ErrorKind::Shape, op, ": weight ", weight.describe(), " does not match x ", x.describe());
+  if (out.numel() != x.numel())
+    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " does not match x ", x.describe());
+  if (C == 0) return;
+  int N = checked_int(x.numel() / C, op);
+  if (N == 0) return;
+  int threads = C >= 4096 ? 512 : (C >= 1024 ? 256 : 128);
+  QT_DISPATCH_FLOAT(x.dtype(), op, TX, {
+    QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {
+      QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
+        rmsnorm_kernel<TX, TW, TO>
+            <<<N, threads, 0, stream()>>>(out.data<TO>(), x.data<TX>(), weight.data<TW>(), (int)C, eps);
+      });
+    });
+  });
+  QT_CUDA_CHECK_LAUNCH("rmsnorm_kernel");
+}
+
+}  // namespace cuda
+}  // namespace qtune

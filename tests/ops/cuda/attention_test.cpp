@@ -1,0 +1,173 @@
+// CUDA attention_forward (tensor-core prefill kernel and split-K decode kernel) against a float64
+// reference on fresh random inputs: prefill, chunked prefill with a cache prefix, decode over long caches
+// (several key slices merged), GQA and MHA, head dims 64/96/128/256, f32 inputs; cache rows past kv_len are
+// NaN so any read of them shows. bf16 rule baseline: scores, probabilities and output rounded to bf16.
+#include "ops/attention.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "cuda_test_util.h"
+#include "ops/cuda/cuda_ops.h"
+
+namespace qtune {
+namespace {
+using namespace cuda_test;
+
+struct AttnCase {
+  int64_t B, T, Hq, Hkv, D, Smax, q_offset, kv_len;
+  DType dt = DType::BF16;
+  DType out_dt = DType::BF16;
+  bool force_split = false;
+};
+
+std::string name_of(const AttnCase& c) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "attn B%lld T%lld H%lld/%lld D%lld off%lld kv%lld %s->%s%s", (long long)c.B,
+                (long long)c.T, (long long)c.Hq, (long long)c.Hkv, (long long)c.D, (long long)c.q_offset,
+                (long long)c.kv_len, dtype_name(c.dt), dtype_name(c.out_dt), c.force_split ? " [split]" : "");
+  return buf;
+}
+
+// Float64 attention; with bf16_math, the scores, probabilities and output are rounded to bf16 as a
+// PyTorch bf16 eager implementation would round them.
+std::vector<double> reference(const AttnCase& c, const std::vector<float>& q, const std::vector<float>& k,
+                              const std::vector<float>& v, bool bf16_math) {
+  const int64_t G = c.Hq / c.Hkv, B = c.B, T = c.T, Hq = c.Hq, Hkv = c.Hkv, D = c.D, S = c.Smax;
+  std::vector<double> out(B * T * Hq * D, 0.0);
+  const double scale = 1.0 / std::sqrt((double)D);
+  std::vector<double> sc(c.kv_len);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t t = 0; t < T; t++)
+      for (int64_t h = 0; h < Hq; h++) {
+        int64_t hk = h / G, n = std::min(c.kv_len, c.q_offset + t + 1);
+        const float* qr = &q[((b * T + t) * Hq + h) * D];
+        double mx = -1e300;
+        for (int64_t s = 0; s < n; s++) {
+          const float* kr = &k[((b * S + s) * Hkv + hk) * D];
+          double a = 0;
+          for (int64_t d = 0; d < D; d++) a += (double)qr[d] * kr[d];
+          a *= scale;
+          if (bf16_math) a = round_bf16d(a);
+          sc[s] = a;
+          mx = std::max(mx, a);
+        }
+        double sum = 0;
+        for (int64_t s = 0; s < n; s++) sum += (sc[s] = std::exp(sc[s] - mx));
+        double* o = &out[((b * T + t) * Hq + h) * D];
+        for (int64_t s = 0; s < n; s++) {
+          double p = sc[s] / sum;
+          if (bf16_math) p = round_bf16d(p);
+          const float* vr = &v[((b * S + s) * Hkv + hk) * D];
+          for (int64_t d = 0; d < D; d++) o[d] += p * vr[d];
+        }
+        if (bf16_math)
+          for (int64_t d = 0; d < D; d++) o[d] = round_bf16d(o[d]);
+      }
+  return out;
+}
+
+struct AttnRun {
+  std::vector<float> got;
+  std::vector<double> ref, bf16;
+};
+
+AttnRun run_case(const AttnCase& c) {
+  Rng rng;
+  const int64_t nq = c.B * c.T * c.Hq * c.D, nk = c.B * c.Smax * c.Hkv * c.D;
+  auto q = randn_bf16(rng, nq);
+  auto k = randn_bf16(rng, nk);
+  auto v = randn_bf16(rng, nk);
+  // Cache rows at or past kv_len hold NaN: a kernel that reads them (even to multiply by 0) fails.
+  for (int64_t b = 0; b < c.B; b++)
+    for (int64_t s = c.kv_len; s < c.Smax; s++)
+      for (int64_t i = 0; i < c.Hkv * c.D; i++) {
+        k[((b * c.Smax + s) * c.Hkv) * c.D + i] = NAN;
+        v[((b * c.Smax + s) * c.Hkv) * c.D + i] = NAN;
+      }
+  Tensor qd = to_device(q, {c.B, c.T, c.Hq, c.D}, c.dt);
+  Tensor kd = to_device(k, {c.B, c.Smax, c.Hkv, c.D}, c.dt);
+  Tensor vd = to_device(v, {c.B, c.Smax, c.Hkv, c.D}, c.dt);
+  Tensor out = poisoned({c.B, c.T, c.Hq, c.D}, c.out_dt);
+  cuda::attention_forward_split(out, qd, kd, vd, c.q_offset, c.kv_len, c.force_split);
+  AttnRun r;
+  r.got = out.to_f32_vector();
+  r.ref = reference(c, q, k, v, false);
+  r.bf16 = reference(c, q, k, v, true);
+  return r;
+}
+
+void check_case(const AttnCase& c) {
+  AttnRun r = run_case(c);
+  ASSERT_EQ(count_nonfinite(r.got), 0u) << name_of(c) << ": unwritten (NaN-poisoned) or non-finite outputs";
+  double err = rel_err(r.got, r.ref);
+  if (c.dt == DType::F32)
+    expect_f32_close(name_of(c), err, 1e-5);
+  else
+    expect_bf16_rule(name_of(c), err, rel_err(r.bf16, r.ref));
+}
+
+TEST(CudaAttention, Prefill8BShapes) {
+  QT_REQUIRE_GPU();
+  check_case({1, 200, 32, 8, 128, 256, 0, 200});                                  // tensor-core kernel
+  check_case({1, 200, 32, 8, 128, 256, 0, 200, DType::BF16, DType::BF16, true});  // same on split-K
+  check_case({2, 64, 8, 8, 128, 64, 0, 64, DType::BF16, DType::F32});             // MHA, f32 out
+}
+
+TEST(CudaAttention, ChunkedPrefillWithCachePrefix) {
+  QT_REQUIRE_GPU();
+  check_case({2, 77, 8, 2, 64, 128, 30, 107});  // D 64; queries start at position 30
+  check_case({1, 33, 16, 4, 128, 300, 250, 283});
+  check_case({1, 20, 4, 1, 64, 40, 5, 25, DType::BF16, DType::BF16, true});
+}
+
+TEST(CudaAttention, Decode) {
+  QT_REQUIRE_GPU();
+  check_case({2, 1, 32, 8, 128, 1024, 999, 1000});   // split over keys, merged
+  check_case({1, 1, 32, 8, 128, 8192, 7999, 8000});  // long cache: many slices
+  check_case({3, 1, 8, 8, 64, 40, 16, 17});          // short, MHA
+  check_case({1, 4, 32, 8, 128, 600, 500, 504});     // a few new tokens (speculative / small chunk)
+}
+
+TEST(CudaAttention, OtherHeadDimsAndF32) {
+  QT_REQUIRE_GPU();
+  check_case({1, 5, 12, 4, 96, 64, 40, 45});
+  check_case({1, 3, 8, 2, 256, 300, 200, 203});
+  check_case({1, 24, 8, 2, 256, 64, 0, 24});
+  check_case({1, 40, 8, 2, 128, 64, 0, 40, DType::F32, DType::F32});
+  check_case({2, 1, 8, 2, 64, 2048, 1500, 1501, DType::F32, DType::F32});
+}
+
+TEST(CudaAttention, MatchesCpuOp) {
+  QT_REQUIRE_GPU();
+  Rng rng;
+  const int64_t B = 1, T = 19, Hq = 8, Hkv = 2, D = 64, S = 32, off = 6, kv = 25;
+  auto q = randn_bf16(rng, B * T * Hq * D), k = randn_bf16(rng, B * S * Hkv * D),
+       v = randn_bf16(rng, B * S * Hkv * D);
+  Tensor out = poisoned({B, T, Hq, D}, DType::F32);
+  cuda::attention_forward(out, to_device(q, {B, T, Hq, D}, DType::BF16),
+                          to_device(k, {B, S, Hkv, D}, DType::BF16),
+                          to_device(v, {B, S, Hkv, D}, DType::BF16), off, kv);
+  Tensor cpu_out = Tensor::empty({B, T, Hq, D}, DType::F32);
+  attention_forward(cpu_out, Tensor::from_f32(q, {B, T, Hq, D}), Tensor::from_f32(k, {B, S, Hkv, D}),
+                    Tensor::from_f32(v, {B, S, Hkv, D}), off, kv);
+  double diff = rel_err(out.to_f32_vector(), cpu_out.to_f32_vector());
+  std::printf("  attention vs CPU op (bf16 P on the tensor cores): rel diff %.3e\n", diff);
+  EXPECT_LE(diff, 1e-2);
+}
+
+TEST(CudaAttention, BadArgumentsThrow) {
+  QT_REQUIRE_GPU();
+  Tensor q = Tensor::zeros({1, 2, 4, 80}, DType::BF16, Device::CUDA);
+  Tensor k = Tensor::zeros({1, 8, 2, 80}, DType::BF16, Device::CUDA);
+  Tensor out = Tensor::empty({1, 2, 4, 80}, DType::BF16, Device::CUDA);
+  expect_error([&] { cuda::attention_forward(out, q, k, k, 0, 2); }, ErrorKind::Unsupported,
+               {"head dim 80", "64, 96, 128, 256"});
+  Tensor k3 = Tensor::zeros({1, 8, 3, 80}, DType::BF16, Device::CUDA);
+  expect_error([&] { cuda::attention_forward(out, q, k3, k3, 0, 2); }, ErrorKind::Shape, {"multiple of Hkv"});
+  expect_error([&] { cuda::attention_forward(out, q, k, k, 0, 9); }, ErrorKind::Shape, {"kv_len 9"});
+}
+
+}  // namespace
+}  // namespace qtune
