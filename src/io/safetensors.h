@@ -23,16 +23,16 @@ struct TensorInfo {
 
 class SafetensorsFile {
  public:
-  // Maps and validates the file; throws ErrorKind::Format naming the file (and tensor) on any defect.
+  // Maps and validates the file; throws ErrorKind::Format naming the file (and tensor) on any defect,
+  // ErrorKind::Io when it cannot be opened or mapped.
   static std::shared_ptr<SafetensorsFile> open(const std::string& path);
   ~SafetensorsFile();
 
   const std::string& path() const { return path_; }
   size_t file_size() const { return map_size_; }
-  size_t header_size() const {
-    return header_size_;
-  }  // N: JSON bytes (incl. padding) after the 8-byte length
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in file order
+  // N: the JSON header's bytes (padding included) after the 8-byte length.
+  size_t header_size() const { return header_size_; }
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in data order (by offset)
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   bool has(const std::string& name) const;
   const TensorInfo& info(const std::string& name) const;  // throws when absent
