@@ -1,0 +1,30 @@
+// Double (nested) quantization of the 4-bit absmax, as bitsandbytes quantize_4bit(compress_statistics=True):
+// offset = mean(absmax) (torch's f32 mean on the CPU), then absmax - offset (f32) is quantized with the
+// signed dynamic map in 8-bit blocks of 256. Dequantized absmax = f32(code[q] * nested_absmax) + offset (two
+// roundings, as bitsandbytes computes it).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace qtune {
+
+// torch.mean of n f32 values on the CPU, bit for bit: torch's cascade sum (8-lane vectors, 4-way ILP,
+// 4 levels of partial sums), then sum / n in f32. torch splits reductions of >= 32768 values across its
+// threads; this matches torch run with one thread (and any thread count below that size).
+float torch_mean_f32(const float* x, int64_t n);
+
+struct NestedAbsmax {
+  std::vector<uint8_t> q;     // [n]
+  std::vector<float> absmax;  // [ceil(n / 256)]
+  float offset = 0.0f;
+};
+
+constexpr int64_t kNestedBlocksize = 256;
+
+// n >= 1 absmax values -> 8-bit codes with the signed dynamic map.
+NestedAbsmax double_quantize_absmax(const float* absmax, int64_t n);
+// out[i] = f32(code[q[i]] * nested_absmax[i / 256]) + offset.
+void double_dequantize_absmax(const uint8_t* q, const float* nested_absmax, const float* code, float offset,
+                              int64_t n, float* out);
+
+}  // namespace qtune
