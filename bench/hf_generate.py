@@ -1,0 +1,77 @@
+"""The transformers side of the generation benchmark: prefill and decode tokens/s of a model folder on
+random ids, batch 1, bf16, SDPA attention, greedy decoding with the KV cache. Prints one JSON line, like
+`qtune bench`. Also measures the GPU's device-to-device copy bandwidth (bytes read + written), the
+ceiling decode is compared against.
+    python3 bench/hf_generate.py --model DIR --prompt-len 512 --new-tokens 128
+"""
+import argparse
+import json
+import time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+
+def copy_bandwidth(nbytes=4 << 30, reps=10):
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        b.copy_(a)
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    times.sort()
+    return 2 * nbytes / times[len(times) // 2]
+
+
+@torch.inference_mode()
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    bw = copy_bandwidth()
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda",
+                                                 attn_implementation="sdpa")
+    model.eval()
+    load_s = time.time() - t0
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    embed_bytes = model.model.embed_tokens.weight.numel() * 2
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=g).cuda()
+    best_prefill, best_decode = 1e30, 1e30
+    for r in range(args.repeat + 1):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        model(ids, use_cache=True, logits_to_keep=1)
+        torch.cuda.synchronize()
+        prefill = time.perf_counter() - t
+        t = time.perf_counter()
+        out = model.generate(ids, do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                             pad_token_id=0)
+        torch.cuda.synchronize()
+        total = time.perf_counter() - t
+        n = out.shape[1] - ids.shape[1]
+        decode = (total - prefill) / max(n - 1, 1)
+        if r == 0:
+            continue
+        best_prefill, best_decode = min(best_prefill, prefill), min(best_decode, decode)
+    print(json.dumps(dict(impl="transformers", torch=torch.__version__, prompt_len=args.prompt_len,
+                          new_tokens=args.new_tokens, load_seconds=load_s,
+                          prefill_tokens_per_s=args.prompt_len / best_prefill, decode_tokens_per_s=1 / best_decode,
+                          decode_ms_per_token=best_decode * 1e3, copy_bandwidth_bytes_per_s=bw,
+                          weight_bytes=weight_bytes, decode_bytes_per_token=weight_bytes - embed_bytes,
+                          peak_gpu_bytes=torch.cuda.max_memory_allocated())), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+// `qtune bench`: prefill and decode speed of a model folder on random token ids, printed as one JSON line
+// (bench/ scripts run it side by side with transformers). The prompt is prefilled in one forward; decode
+// then runs greedily for --new-tokens tokens ignoring EOS. Best of --repeat runs after one warm-up.
+#include <chrono>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "cli/commands.h"
+#include "core/allocator.h"
+#include "core/error.h"
+#include "model/generate.h"
+#include "model/llama_model.h"
+
+namespace qtune::cli {
+
+namespace {
+
+struct BenchArgs {
+  std::string model, device = "cuda";
+  int prompt_len = 512, new_tokens = 128, repeat = 3;
+};
+
+int run_bench(const BenchArgs& a) {
+  Device dev = a.device == "cpu" ? Device::CPU : Device::CUDA;
+  if (dev == Device::CUDA && !cuda_available())
+    throw_error(ErrorKind::Unsupported, "--device cuda: no usable GPU");
+  auto t0 = std::chrono::steady_clock::now();
+  LlamaModel model = LlamaModel::load(a.model, dev);
+  double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::mt19937 rng(1234);
+  std::vector<int32_t> prompt(a.prompt_len);
+  for (auto& t : prompt) t = (int32_t)(rng() % (uint32_t)model.config().vocab_size);
+  GenerateOptions opt;
+  opt.max_new_tokens = a.new_tokens;
+  double best_prefill = 1e30, best_decode = 1e30;
+  for (int r = 0; r <= a.repeat; r++) {
+    GenerateResult res = generate(model, prompt, opt);
+    if (r == 0) continue;  // warm-up
+    best_prefill = std::min(best_prefill, res.prefill_seconds);
+    if (res.tokens.size() > 1)
+      best_decode = std::min(best_decode, res.decode_seconds / (res.tokens.size() - 1));
+  }
+  nlohmann::json j;
+  j["impl"] = "qtune";
+  j["device"] = device_name(dev);
+  j["prompt_len"] = a.prompt_len;
+  j["new_tokens"] = a.new_tokens;
+  j["load_seconds"] = load_s;
+  j["prefill_tokens_per_s"] = a.prompt_len / best_prefill;
+  j["decode_tokens_per_s"] = 1.0 / best_decode;
+  j["decode_ms_per_token"] = best_decode * 1e3;
+  if (dev == Device::CUDA) j["peak_gpu_bytes"] = device_memory_stats().peak_in_use;
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app, Runner& run) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* cmd = app.add_subcommand("bench", "Measure prefill and decode tokens/s of a model (JSON output)");
+  cmd->add_option("--model", a->model, "Model folder")->required();
+  cmd->add_option("--device", a->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens prefilled in one forward (default 512)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--new-tokens", a->new_tokens, "Tokens decoded one at a time (default 128)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--repeat", a->repeat, "Timed runs after one warm-up; the best is reported (default 3)")
+      ->check(CLI::PositiveNumber);
+  cmd->callback([&run, a] { run = [a] { return run_bench(*a); }; });
+}
+
+}  // namespace qtune::cli
