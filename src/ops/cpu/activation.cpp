@@ -11,7 +11,7 @@ void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up) {
   const float* g = gate.data<float>();
   const float* u = up.data<float>();
   float* o = out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (int64_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 

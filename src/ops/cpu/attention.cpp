@@ -20,7 +20,8 @@ void attention_forward(Tensor& out, const Tensor& q, const Tensor& k, const Tens
   const float* kd = k.data<float>();
   const float* vd = v.data<float>();
   float* od = out.data<float>();
-#pragma omp parallel
+  int64_t work = B * T * Hq * kv_len * D;  // multiply-adds, roughly
+#pragma omp parallel if (work >= kParallelMinWork)
   {
     std::vector<float> p(kv_len);  // scores, then probabilities
     std::vector<float> acc(D);

@@ -24,6 +24,10 @@ void add_inplace(Tensor& x, const Tensor& y);
 // Any of F32/BF16/F16 to any of them.
 void convert(Tensor& out, const Tensor& in);
 
+// Loops with less work than this many elements run on one thread: a parallel region costs microseconds,
+// more on a busy machine where a spinning thread may be descheduled, which decode's small ops cannot repay.
+constexpr int64_t kParallelMinWork = 1 << 15;
+
 // The number of OpenMP threads the kernels use (default: the machine's cores, or OMP_NUM_THREADS).
 int num_threads();
 void set_num_threads(int n);

@@ -10,7 +10,7 @@ void add_inplace(Tensor& x, const Tensor& y) {
   int64_t n = x.numel();
   float* a = x.data<float>();
   const float* b = y.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (int64_t i = 0; i < n; i++) a[i] += b[i];
 }
 
@@ -28,7 +28,7 @@ void convert(Tensor& out, const Tensor& in) {
   }
   const void* src = in.raw();
   DType st = in.dtype(), dt = out.dtype();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
   for (int64_t i = 0; i < n; i++) {
     float f = load(src, st, i);
     if (dt == DType::F32)

@@ -12,7 +12,7 @@ void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) {
   size_t row_bytes = dtype_nbytes(table.dtype(), C);
   const char* tab = (const char*)table.raw();
   bool copy = out.dtype() == table.dtype();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= kParallelMinWork)
   for (int64_t n = 0; n < N; n++) {
     const char* src = tab + (size_t)id[n] * row_bytes;
     if (copy) {

@@ -33,7 +33,7 @@ static void sgemm_parallel(bool ta, bool tb, int64_t M, int64_t N, int64_t K, fl
   };
   int nt = num_threads();
   double flops = 2.0 * M * N * K;
-  if (nt == 1 || flops < 2e5) return gemm(0, M, 0, N);
+  if (nt == 1 || flops < 4e6) return gemm(0, M, 0, N);  // under ~0.5 ms on one core: not worth a split
   bool split_n = N >= M;  // split the longer side: decode (M = 1) splits the weight's rows
   int64_t len = split_n ? N : M;
   int64_t block = std::max<int64_t>(16, (len + nt - 1) / nt);
@@ -55,7 +55,7 @@ void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor*
   sgemm_parallel(false, true, N, O, I, 1.0f, x.data<float>(), I, w.data<float>(), I, 0.0f, y, O);
   if (!bias) return;
   const float* bv = bias->data<float>();  // [O]
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * O >= kParallelMinWork)
   for (int64_t n = 0; n < N; n++)
     for (int64_t o = 0; o < O; o++) y[n * O + o] += bv[o];
 }

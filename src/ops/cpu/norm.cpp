@@ -10,7 +10,7 @@ namespace cpu {
 void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float eps) {
   int64_t C = weight.size(0), N = x.numel() / C;
   const float* w = weight.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (N * C >= kParallelMinWork)
   for (int64_t n = 0; n < N; n++) {
     const float* xr = x.data<float>() + n * C;  // [C]
     float* o = out.data<float>() + n * C;       // [C]

@@ -12,7 +12,7 @@ void rope_forward(Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   int64_t N = x.size(0), H = x.size(1), D = x.size(2), half = D / 2;
   const int32_t* pos = positions.data<int32_t>();
   const float* inv = inv_freq.data<float>();
-#pragma omp parallel
+#pragma omp parallel if (N * H * D >= kParallelMinWork)
   {
     std::vector<float> cs(half), sn(half);
 #pragma omp for schedule(static)
