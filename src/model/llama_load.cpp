@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/llama_model.h"
 #include "model/rope_freq.h"
+#include "ops/elementwise.h"
 
 namespace qtune {
 
@@ -20,10 +21,16 @@ struct Want {
   Tensor* dst;
 };
 
-// Converts a loaded (CPU, any float dtype) tensor into the form the device's kernels take.
+// Converts a loaded (CPU, any float dtype) tensor into the form the device's kernels take: F32 on the CPU
+// (the mmap'd tensor itself when the file is F32), BF16 on CUDA. Conversions run on the OpenMP threads.
 Tensor to_device_form(const Tensor& t, Device device) {
-  if (device == Device::CPU) return t.to_dtype(DType::F32);
-  return t.to_dtype(DType::BF16).to(device);
+  DType want = device == Device::CPU ? DType::F32 : DType::BF16;
+  Tensor host = t;
+  if (t.dtype() != want) {
+    host = Tensor::empty(t.shape(), want);
+    convert(host, t);
+  }
+  return host.to(device);
 }
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
