@@ -15,6 +15,9 @@ Uses the REAL bitsandbytes on the CPU. Which code ran (bitsandbytes 0.50.2, torc
   * double quant offset  -> torch.mean of the f32 absmax on the CPU (cascade sum, 8-wide vectors; one thread
                             for < 32768 blocks).
   * int8_vectorwise_quant / int8_mixed_scaled_mm -> "default" backend (pure torch).
+bitsandbytes' CUDA kernels would give different bytes in places (FP4 sign of tiny values and the 0.583333f
+threshold in dQuantizeFP4, binary search instead of the LUT for 8-bit, CUDA torch.mean for the offset), so
+these goldens are CPU goldens; dequantized values agree up to the sign of zero.
 Run: python3 tools/make_quant_fixtures.py  (CPU only; writes ~1 MB of small safetensors files).
 """
 import argparse

@@ -8,6 +8,12 @@
 // full block stores absmax 0 and codes of 0. Dequantization is f32(code[q] * absmax), rounded to the
 // output dtype (nearest even).
 //
+// For the CUDA port: bitsandbytes' CUDA kernels differ from this (its CPU/torch behaviour) in three places:
+// dQuantizeFP4 takes the sign bit from x < 0 (a tiny positive value gets code 0, a tiny negative one code 8;
+// here it is the reverse) and uses the truncated threshold 0.583333f between 0.5 and 2/3; dQuantizeNF4's
+// thresholds are double-precision midpoints rounded to f32 (may differ by an ulp from the f32 midpoints);
+// the partial last block is scaled like the others. Dequantized values agree except for the sign of zero.
+//
 // Double quantization (bitsandbytes compress_statistics=True) stores the absmax as 8-bit: offset =
 // mean(absmax) (torch's f32 mean), absmax - offset quantized with the signed dynamic map in blocks of 256
 // (see double_quant.h).
