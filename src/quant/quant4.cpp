@@ -49,27 +49,36 @@ template <class Io>
 void quantize_blocks(const typename Io::T* x, int64_t n, int64_t blocksize, const Code4Search& cs,
                      uint8_t* packed, float* absmax) {
   const int64_t nb = (n + blocksize - 1) / blocksize, full = n / blocksize;
-  const uint8_t zero_code = cs.find(0.0f);
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < nb; b++) {
-    const int64_t start = b * blocksize, end = std::min(n, start + blocksize);
-    float a = 0.0f;
-    for (int64_t i = start; i < end; i++) a = std::max(a, std::fabs(Io::load(x[i])));
-    // full blocks: x * (1 / max(a, tiny)), absmax a; the partial last block: x / max(a, tiny), stored
-    const bool partial = b >= full;
-    const float denom = std::max(a, kTinyAbsmax), inv = 1.0f / denom;
-    absmax[b] = partial ? denom : a;
-    for (int64_t i = start; i < end; i += 2) {
-      float v0 = Io::load(x[i]);
-      v0 = partial ? v0 / denom : v0 * inv;
-      const uint8_t c0 = cs.find(std::min(std::max(v0, -1.0f), 1.0f));
-      uint8_t c1 = zero_code;  // an odd count pads with the code of 0
-      if (i + 1 < end) {
-        float v1 = Io::load(x[i + 1]);
-        v1 = partial ? v1 / denom : v1 * inv;
-        c1 = cs.find(std::min(std::max(v1, -1.0f), 1.0f));
+#pragma omp parallel
+  {
+    // per thread: the block's scaled values, then the sorted-slot index of each (plain loops that vectorise)
+    std::vector<float> v((size_t)blocksize + 1);
+    std::vector<int32_t> slot((size_t)blocksize + 1);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+      const int64_t start = b * blocksize, len = std::min(n, start + blocksize) - start;
+      const typename Io::T* xb = x + start;
+      float a = 0.0f;
+      for (int64_t i = 0; i < len; i++) a = std::max(a, std::fabs(Io::load(xb[i])));
+      // full blocks: x * (1 / max(a, tiny)) with absmax a; the partial last block: x / max(a, tiny), stored
+      const bool partial = b >= full;
+      const float denom = std::max(a, kTinyAbsmax), inv = 1.0f / denom;
+      absmax[b] = partial ? denom : a;
+      if (partial)
+        for (int64_t i = 0; i < len; i++) v[i] = Io::load(xb[i]) / denom;
+      else
+        for (int64_t i = 0; i < len; i++) v[i] = Io::load(xb[i]) * inv;
+      v[len] = 0.0f;  // an odd count pads with the code of 0
+      const int64_t len2 = (len + 1) & ~int64_t(1);
+      for (int64_t i = 0; i < len2; i++) v[i] = std::min(std::max(v[i], -1.0f), 1.0f);
+      for (int64_t i = 0; i < len2; i++) slot[i] = 0;
+      for (int m = 0; m < 15; m++) {
+        const float mid = cs.mids[m];
+        for (int64_t i = 0; i < len2; i++) slot[i] += v[i] > mid;  // a tie (v == midpoint) stays below
       }
-      packed[i / 2] = (uint8_t)((c0 << 4) | c1);
+      uint8_t* pb = packed + start / 2;
+      for (int64_t i = 0; i < len2; i += 2)
+        pb[i / 2] = (uint8_t)((cs.order[slot[i]] << 4) | cs.order[slot[i + 1]]);
     }
   }
 }
