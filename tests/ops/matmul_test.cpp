@@ -59,24 +59,27 @@ TEST(Linear, ShapeErrorsNameTheArgument) {
 }
 
 TEST(Matmul, AllTransposesWithAlphaBeta) {
-  int64_t M = 45, N = 70, K = 33;
-  for (int ta = 0; ta < 2; ta++)
-    for (int tb = 0; tb < 2; tb++) {
-      Tensor a = ta ? randn({K, M}) : randn({M, K});
-      Tensor b = tb ? randn({N, K}) : randn({K, N});
-      Tensor c = randn({M, N});
-      auto ad = to_f64(a), bd = to_f64(b), cd = to_f64(c);
-      std::vector<double> want(M * N);
-      for (int64_t m = 0; m < M; m++)
-        for (int64_t n = 0; n < N; n++) {
-          double s = 0;
-          for (int64_t k = 0; k < K; k++)
-            s += (ta ? ad[k * M + m] : ad[m * K + k]) * (tb ? bd[n * K + k] : bd[k * N + n]);
-          want[m * N + n] = 0.5 * s + 2.0 * cd[m * N + n];
-        }
-      matmul(c, a, b, ta, tb, 0.5f, 2.0f);
-      EXPECT_LT(rel_err(c, want), 1e-5) << "trans_a " << ta << " trans_b " << tb;
-    }
+  for (int64_t M : {45, 1})       // M = 1 takes the GEMV path
+    for (int64_t N : {70, 3000})  // 1 x 3000 x 700 (4.2 M flops) splits over threads
+      for (int64_t K : {33, 700})
+        for (int ta = 0; ta < 2; ta++)
+          for (int tb = 0; tb < 2; tb++) {
+            Tensor a = ta ? randn({K, M}) : randn({M, K});
+            Tensor b = tb ? randn({N, K}) : randn({K, N});
+            Tensor c = randn({M, N});
+            auto ad = to_f64(a), bd = to_f64(b), cd = to_f64(c);
+            std::vector<double> want(M * N);
+            for (int64_t m = 0; m < M; m++)
+              for (int64_t n = 0; n < N; n++) {
+                double s = 0;
+                for (int64_t k = 0; k < K; k++)
+                  s += (ta ? ad[k * M + m] : ad[m * K + k]) * (tb ? bd[n * K + k] : bd[k * N + n]);
+                want[m * N + n] = 0.5 * s + 2.0 * cd[m * N + n];
+              }
+            matmul(c, a, b, ta, tb, 0.5f, 2.0f);
+            EXPECT_LT(rel_err(c, want), 1e-5)
+                << M << "x" << N << "x" << K << " trans_a " << ta << " trans_b " << tb;
+          }
   Tensor a = randn({3, 4}), b = randn({5, 6}), c = randn({3, 6});
   expect_error([&] { matmul(c, a, b, false, false); }, ErrorKind::Shape, {"matmul", "inner dims differ"});
 }
