@@ -14,6 +14,7 @@ Writes:
                                around ids_without when it has that shape. "patch" is a set of
                                top-level tokenizer.json keys the C++ test substitutes into dir/tokenizer.json
                                before loading (variants that share a large vocabulary).
+  nfc.json                     [input, unicodedata.normalize("NFC", input)] pairs for the NFC normalizer
   ggml/                        llama.cpp's tokenizer test vectors (llama-spm, gpt-2), copied as they are.
 
 Run: python3 tools/make_tokenizer_fixtures.py [--data /work/shared/data]
@@ -377,6 +378,21 @@ def spm_cases(path, strings, add_bos=True):
     return cases
 
 
+def nfc_cases(rng, n):
+    """Random strings rich in what NFC reorders and composes: base letters, combining marks of several classes,
+    precomposed letters, Hangul jamo and syllables, singletons and composition exclusions."""
+    import unicodedata
+    pools = ["aeiouAEIOUnNcCsSzZ", "\u0300\u0301\u0302\u0303\u0308\u030a\u030c\u0323\u0327\u0328\u0331\u0345",
+             "\u05b0\u05b4\u05bc\u0651\u064e\u093c\u094d\u0e38\u0e48\u302a\u3099",
+             "éÅñçǅǖṩẫ", "\u1100\u1161\u11a8\u1112\u1175\u11bc\uac00\ud7a3", "\u212b\u2126\u0958\u0344\u0f73",
+             "カ\u3099ハ\u309a", " x1"]
+    out = []
+    for _ in range(n):
+        t = "".join(rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12)))
+        out.append([t, unicodedata.normalize("NFC", t)])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="/work/shared/data")
@@ -408,6 +424,9 @@ def main():
     write_expected("llama2_spm", "llama2_model", spm_cases(os.path.join(OUT, "llama2_model", "tokenizer.model"),
                                                            strings), reference="sentencepiece")
     write_expected("sp2k_model", "sp2k_model", hf_cases(make_sp2k(args.data), strings))
+
+    with open(os.path.join(OUT, "nfc.json"), "w", encoding="utf-8") as f:
+        json.dump(nfc_cases(random.Random(7), 600), f, ensure_ascii=False)
 
     g = os.path.join(OUT, "ggml")
     os.makedirs(g, exist_ok=True)

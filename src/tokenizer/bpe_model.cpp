@@ -153,6 +153,7 @@ void BpeModel::tokenize(const std::string& word, std::vector<int32_t>& out) cons
   std::vector<int32_t> ids;
   merge_word(word, ids);
   out.insert(out.end(), ids.begin(), ids.end());
+  if (word.size() > kCacheMaxWordBytes) return;  // (SentencePiece-style models see whole texts as one word)
   std::lock_guard<std::mutex> lock(cache_mu_);
   if (cache_.size() < kCacheCapacity) cache_.emplace(word, std::move(ids));
 }

@@ -58,7 +58,8 @@ class BpeModel : public TokenModel {
   int32_t unk_id_ = -1;
   int32_t byte_ids_[256];  // <0xXX> ids, -1 when absent
 
-  static constexpr size_t kCacheCapacity = 10000;
+  static constexpr size_t kCacheCapacity = 10000;  // words, as HF's default cache
+  static constexpr size_t kCacheMaxWordBytes = 256;
   mutable std::mutex cache_mu_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };

@@ -35,7 +35,7 @@ class Wire {
   // Reads a tag; returns false at the end of the message.
   bool tag(int& field, int& wire) {
     if (done()) return false;
-    size_t at = pos_;
+    size_t at = tag_pos_ = pos_;
     uint64_t t = varint();
     field = (int)(t >> 3);
     wire = (int)(t & 7);
@@ -82,8 +82,8 @@ class Wire {
   }
   void expect(int wire, int want, int field, const char* what) {
     if (wire != want)
-      fail(pos_, std::string("field ") + what + " (" + std::to_string(field) + ") has wire type " +
-                     std::to_string(wire) + ", expected " + std::to_string(want));
+      fail(tag_pos_, std::string("field ") + what + " (" + std::to_string(field) + ") has wire type " +
+                         std::to_string(wire) + ", expected " + std::to_string(want));
   }
   [[noreturn]] void fail(size_t at, const std::string& why) const {
     throw_error(ErrorKind::Format, source_, ": corrupt sentencepiece model at byte offset ", at, ": ", why);
@@ -92,6 +92,7 @@ class Wire {
  private:
   const std::string& b_;
   size_t pos_, end_;
+  size_t tag_pos_ = 0;  // where the last tag started
   const std::string& source_;
 };
 
