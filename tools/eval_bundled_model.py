@@ -11,14 +11,21 @@ records them). Perplexity protocol (the C++ side must follow the same one to com
 Generations: prompts encoded with BOS; greedy (do_sample=False) and sampled (torch.manual_seed(0),
 temperature 0.8, top_k 50), max_new_tokens 60, weights upcast to float32, CPU.
 
-Usage: python3 tools/eval_bundled_model.py [models/qtune-tiny-8m]
+With --fixture DIR it also writes qtune's test fixture for the bundled model: expected.safetensors (ids I32
+[1, 32]: the first 32 tokens of heldout.txt with BOS; logits F32 [1, 32, V] from transformers in float32) and
+expected.json (prompt = "ROMEO:\n" with BOS, max_new_tokens 40, greedy new ids, smallest top-2 logit margin on
+the greedy path, eos_token_id, and the encoded ids of a few strings for tokenizer checks).
+
+Usage: python3 tools/eval_bundled_model.py [--model models/qtune-tiny-8m] [--fixture tests/fixtures/qtune-tiny-8m]
 """
+import argparse
+import json
 import math
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are", "The history of the", "Once upon a time"]
@@ -26,7 +33,11 @@ PROMPTS = ["ROMEO:\n", "First Citizen:\nWe are", "The history of the", "Once upo
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    d = sys.argv[1] if len(sys.argv) > 1 else os.path.join(root, "models", "qtune-tiny-8m")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=os.path.join(root, "models", "qtune-tiny-8m"))
+    ap.add_argument("--fixture", default="")
+    args = ap.parse_args()
+    d = args.model
     tok = AutoTokenizer.from_pretrained(d)
     model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     text = open(os.path.join(d, "heldout.txt"), encoding="utf-8").read()
@@ -50,6 +61,29 @@ def main():
         torch.manual_seed(0)
         g = model.generate(**enc, max_new_tokens=60, do_sample=True, temperature=0.8, top_k=50)
         print(f"--- sampled (seed 0, T 0.8, top_k 50) {p!r}\n{tok.decode(g[0], skip_special_tokens=True)}")
+    if args.fixture:
+        write_fixture(args.fixture, tok, model, ids)
+
+
+def write_fixture(out_dir, tok, model, heldout_ids):
+    os.makedirs(out_dir, exist_ok=True)
+    ids = torch.tensor([heldout_ids[:32]])  # [1, 32]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits  # [1, 32, V]
+        prompt = tok("ROMEO:\n")["input_ids"]
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
+    greedy = out.sequences[0, len(prompt):].tolist()
+    margins = [float(v[0] - v[1]) for v in (sc[0].topk(2).values for sc in out.scores)]
+    save_file({"ids": ids.to(torch.int32), "logits": logits.float().contiguous()},
+              os.path.join(out_dir, "expected.safetensors"))
+    strings = ["Hello world", "ROMEO:\nWhat light through yonder window breaks?", "In 1987, the caf\u00e9's 12345 users"]
+    with open(os.path.join(out_dir, "expected.json"), "w") as f:
+        json.dump({"note": "made by tools/eval_bundled_model.py from models/qtune-tiny-8m (transformers, float32)",
+                   "prompt_text": "ROMEO:\n", "prompt": prompt, "max_new_tokens": 40, "greedy": greedy,
+                   "greedy_text": tok.decode(greedy), "greedy_min_margin": min(margins), "eos_token_id": 1,
+                   "encodings": [{"text": t, "ids": tok(t)["input_ids"]} for t in strings]}, f, indent=1)
+    print(f"fixture written to {out_dir}; greedy min margin {min(margins):.4f}")
 
 
 if __name__ == "__main__":
