@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# End-to-end checks of the qtune program: greedy generation and tokenization equal transformers' output
+# on the bundled model (fixtures from tools/make_cli_fixtures.py), and bad input gives one clear error
+# line and a non-zero exit.   usage: cli_test.sh path/to/qtune repo_root
+set -u
+qtune=$1
+root=$2
+model=$root/models/qtune-tiny-8m
+fx=$root/tests/fixtures/cli
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+fail() { echo "FAIL: $*"; fails=$((fails + 1)); }
+
+# expect_error NAME PATTERN CMD...: CMD must exit non-zero and print PATTERN (grep -E) on stderr.
+expect_error() {
+  local name=$1 pattern=$2
+  shift 2
+  "$@" >"$tmp/out" 2>"$tmp/err"
+  local rc=$?
+  if [ $rc -eq 0 ]; then fail "$name: exit 0, expected an error"; return; fi
+  if ! grep -Eq "$pattern" "$tmp/err"; then fail "$name: stderr lacks /$pattern/: $(head -c 400 "$tmp/err")"; fi
+}
+
+# Greedy generation and prompt ids equal transformers'.
+for p in "$fx"/case*.prompt; do
+  c=${p%.prompt}
+  got=$("$qtune" generate --model "$model" --prompt "$(cat "$p")" --temperature 0 --max-new-tokens 40 --no-stream --quiet; echo x)
+  want=$(cat "$c.generate"; echo x)
+  [ "$got" = "$want" ] || fail "generate $(basename "$c"): got [${got%x}] want [${want%x}]"
+  # Streaming prints the same text.
+  got=$("$qtune" generate --model "$model" --prompt "$(cat "$p")" --temperature 0 --max-new-tokens 40 --quiet; echo x)
+  [ "$got" = "$want" ] || fail "streaming generate $(basename "$c") differs from transformers"
+  ids=$("$qtune" tokenize --model "$model" --file "$p")
+  [ "$ids" = "$(cat "$c.ids")" ] || fail "tokenize $(basename "$c"): got $ids want $(cat "$c.ids")"
+  back=$("$qtune" tokenize --model "$model" --decode --skip-special-tokens --text "$ids"; echo x)
+  [ "$back" = "$(cat "$p"; printf '\nx')" ] || fail "decode round trip $(basename "$c"): [${back%x}]"
+done
+
+# Sampling is reproducible for a seed and changes with it.
+s1=$("$qtune" generate --model "$model" --prompt "ROMEO:" --temperature 0.9 --top-k 40 --top-p 0.9 --seed 7 --max-new-tokens 30 --quiet)
+s2=$("$qtune" generate --model "$model" --prompt "ROMEO:" --temperature 0.9 --top-k 40 --top-p 0.9 --seed 7 --max-new-tokens 30 --quiet)
+s3=$("$qtune" generate --model "$model" --prompt "ROMEO:" --temperature 0.9 --top-k 40 --top-p 0.9 --seed 8 --max-new-tokens 30 --quiet)
+[ "$s1" = "$s2" ] || fail "same seed gave different samples"
+[ "$s1" != "$s3" ] || fail "different seeds gave the same 30 sampled tokens"
+
+"$qtune" --help >/dev/null || fail "--help"
+"$qtune" generate --help | grep -q -- "--top-p" || fail "generate --help lacks --top-p"
+"$qtune" env >"$tmp/env" 2>&1 || fail "env exited non-zero"
+grep -q "CPU backend" "$tmp/env" || fail "env output lacks the CPU backend line"
+"$qtune" inspect "$model" >"$tmp/inspect" || fail "inspect of the bundled model"
+grep -q "model.layers.0.self_attn.q_proj.weight" "$tmp/inspect" || fail "inspect lacks a tensor name"
+
+# Bad input: one clear line, non-zero exit.
+expect_error "missing model folder" "nonexistent" "$qtune" generate --model "$tmp/nonexistent" --prompt hi
+expect_error "no prompt" "prompt" "$qtune" generate --model "$model"
+expect_error "unknown subcommand" "frobnicate|subcommand|Extras" "$qtune" frobnicate
+mkdir -p "$tmp/trunc"
+cp "$model"/config.json "$model"/tokenizer.json "$model"/tokenizer_config.json "$tmp/trunc/"
+head -c 100000 "$model/model.safetensors" >"$tmp/trunc/model.safetensors"
+expect_error "truncated weights" "model.safetensors" "$qtune" generate --model "$tmp/trunc" --prompt hi
+expect_error "inspect truncated" "model.safetensors" "$qtune" inspect "$tmp/trunc/model.safetensors"
+mkdir -p "$tmp/badcfg"
+cp "$model"/* "$tmp/badcfg/"
+sed 's/"LlamaForCausalLM"/"GPTNeoXForCausalLM"/' "$model/config.json" >"$tmp/badcfg/config.json"
+expect_error "unknown architecture" "GPTNeoXForCausalLM" "$qtune" generate --model "$tmp/badcfg" --prompt hi
+printf '{"hidden_size": 64,' >"$tmp/badcfg/config.json"
+expect_error "malformed config" "config.json" "$qtune" generate --model "$tmp/badcfg" --prompt hi
+printf 'caf\xc3(\xff)' >"$tmp/bad_utf8.txt"
+expect_error "bad UTF-8" "UTF-8" "$qtune" tokenize --model "$model" --file "$tmp/bad_utf8.txt"
+expect_error "decode id out of range" "outside the vocabulary" "$qtune" tokenize --model "$model" --decode --text "[1, 999999]"
+expect_error "decode not JSON" "JSON array" "$qtune" tokenize --model "$model" --decode --text "1 2 3"
+expect_error "bad top-p" "top-p" "$qtune" generate --model "$model" --prompt hi --top-p 1.5
+
+if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
+echo "cli tests passed"
