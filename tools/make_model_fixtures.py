@@ -7,6 +7,7 @@ Folders written (each < 1 MB):
   llama/       LlamaForCausalLM, GQA (4 q heads, 2 kv heads), rope_scaling llama3, untied lm_head, f32;
                config.json in the classic hub format (rope_theta + rope_scaling)
   llama_bf16/  the same weights stored as BF16 (expected logits: HF f32 forward of the bf16-rounded weights)
+  llama_bias/  LlamaForCausalLM with attention_bias (q/k/v/o) and mlp_bias, one kv head, tied embeddings
   mistral/     MistralForCausalLM, GQA, rope_scaling linear (factor 2), f32, classic format
   qwen2/       Qwen2ForCausalLM, q/k/v biases, tied embeddings, f32; config.json as transformers 5 writes
                it (rope_parameters); generation_config.json with an eos list that stops the greedy run
@@ -134,6 +135,17 @@ def main():
     save(llama, os.path.join(OUT, "llama_bf16"), torch.bfloat16)
     classic_rope_format(os.path.join(OUT, "llama_bf16"))
     expected_outputs(os.path.join(OUT, "llama_bf16"), 11, 384, gen=False)
+
+    # Llama with every optional bias (attention_bias: q/k/v/o, mlp_bias), one kv head (MQA), tied head.
+    bias_cfg = LlamaConfig(
+        vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=True,
+        attention_bias=True, mlp_bias=True, bos_token_id=1, eos_token_id=255, rope_theta=500000.0)
+    llama_bias = LlamaForCausalLM(bias_cfg).eval()
+    reinit(llama_bias, seed=44, embed_std=0.1)
+    save(llama_bias, os.path.join(OUT, "llama_bias"))
+    classic_rope_format(os.path.join(OUT, "llama_bias"))
+    expected_outputs(os.path.join(OUT, "llama_bias"), 44, 256)
 
     # Mistral: GQA, linear rope scaling.
     mistral_cfg = MistralConfig(

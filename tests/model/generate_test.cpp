@@ -15,7 +15,7 @@ static std::vector<int32_t> ints(const nlohmann::json& j) {
 }
 
 TEST(Generate, GreedyMatchesTransformers) {
-  for (std::string name : {"llama", "mistral", "qwen2"}) {
+  for (std::string name : {"llama", "llama_bias", "mistral", "qwen2"}) {
     LlamaModel m = LlamaModel::load(fixture(name));
     nlohmann::json ex = expected_json(name);
     GenerateOptions opt;

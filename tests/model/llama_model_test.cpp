@@ -29,7 +29,8 @@ TEST_P(HfLogits, MatchTransformersF32) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, HfLogits, testing::Values("llama", "llama_bf16", "mistral", "qwen2"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, HfLogits,
+                         testing::Values("llama", "llama_bf16", "llama_bias", "mistral", "qwen2"));
 
 TEST(LlamaModel, ConfigAndTiedHead) {
   LlamaModel q = LlamaModel::load(fixture("qwen2"));
@@ -44,7 +45,11 @@ TEST(LlamaModel, ConfigAndTiedHead) {
   EXPECT_EQ(l.activation_dtype(), DType::F32);
   EXPECT_EQ(l.layers()[0].q.weight.dtype(), DType::F32);
   LlamaModel b = LlamaModel::load(fixture("llama_bf16"));
-  EXPECT_EQ(b.layers()[0].q.weight.dtype(), DType::F32);  // converted at load on the CPU
+  EXPECT_EQ(b.layers()[0].q.weight.dtype(), DType::F32);    // converted at load on the CPU
+  LlamaModel lb = LlamaModel::load(fixture("llama_bias"));  // attention_bias: q, k, v and o; mlp_bias
+  for (const Linear* lin : {&lb.layers()[1].q, &lb.layers()[1].k, &lb.layers()[1].v, &lb.layers()[1].o,
+                            &lb.layers()[1].gate, &lb.layers()[1].up, &lb.layers()[1].down})
+    EXPECT_TRUE(lin->bias.defined()) << lin->name;
 }
 
 // Prefill a few tokens, then decode one at a time and in chunks: every step's logits must equal the

@@ -18,7 +18,7 @@ static void skip_without_gpu() {
 
 TEST(LlamaModelCuda, LogitsMatchCpuAndTransformers) {
   skip_without_gpu();
-  for (std::string name : {"llama_bf16", "llama", "mistral", "qwen2"}) {
+  for (std::string name : {"llama_bf16", "llama", "llama_bias", "mistral", "qwen2"}) {
     LlamaModel gpu = LlamaModel::load(fixture(name), Device::CUDA);
     EXPECT_EQ(gpu.layers()[0].q.weight.dtype(), DType::BF16);
     EXPECT_TRUE(gpu.layers()[0].q.weight.is_cuda());
