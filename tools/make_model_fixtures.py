@@ -178,5 +178,43 @@ def main():
 
 
 
+def bundled(repo_root):
+    """Expected outputs of the bundled pretrained model (models/qtune-tiny-8m, BF16) under HF's f32 forward:
+    the last 8 positions' logits for the first 96 tokens of its held-out text, and a greedy run of 32 tokens.
+    Recorded with checksums of its weights, so a retrained model is noticed rather than silently compared."""
+    import hashlib
+    from transformers import AutoTokenizer
+    src = os.path.join(repo_root, "models", "qtune-tiny-8m")
+    if not os.path.exists(os.path.join(src, "model.safetensors")):
+        print("no bundled model; skipped")
+        return
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(src)
+    text = open(os.path.join(src, "heldout.txt"), encoding="utf-8").read()[:2000]
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"][:96]])
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    prompt = ids[0, :16].tolist()
+    out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, 16, dtype=torch.long),
+                         do_sample=False, max_new_tokens=32, eos_token_id=[1], pad_token_id=2, output_logits=True,
+                         return_dict_in_generate=True)
+    new = out.sequences[0, 16:].tolist()
+    margin = min(float(torch.topk(l[0], 2).values[0] - torch.topk(l[0], 2).values[1]) for l in out.logits)
+    raw = open(os.path.join(src, "model.safetensors"), "rb").read()
+    sha = hashlib.sha256(raw).hexdigest()
+    # A checksum the C++ test recomputes cheaply: the sum of the little-endian u32 words (zero-padded) mod 2^64.
+    import numpy as np
+    words = np.frombuffer(raw + b"\0" * (-len(raw) % 4), dtype="<u4").astype(np.uint64)
+    checksum = int(words.sum(dtype=np.uint64))
+    save_file({"ids": ids.to(torch.int32), "last_logits": logits[:, -8:].contiguous()},
+              os.path.join(OUT, "bundled_expected.safetensors"))
+    with open(os.path.join(OUT, "bundled_expected.json"), "w") as f:
+        json.dump({"model": "models/qtune-tiny-8m", "weights_sha256": sha, "weights_bytes": len(raw),
+                   "weights_u32_sum": checksum, "prompt": prompt, "greedy": new,
+                   "greedy_min_margin": margin, "stopped_early": len(new) < 32}, f, indent=1)
+    print("bundled:", len(new), "tokens, margin", margin)
+
+
 if __name__ == "__main__":
     main()
+    bundled(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))

@@ -20,6 +20,23 @@ size_t KVCache::nbytes() const {
   return n;
 }
 
+static Tensor rows_view(const Tensor& cache, int64_t max_seq, int64_t start_pos, int64_t T) {
+  if (start_pos < 0 || start_pos + T > max_seq)
+    throw_error(ErrorKind::Shape, "KV cache: tokens [", start_pos, ", ", start_pos + T,
+                ") do not fit in the cache of ", max_seq, " positions");
+  return cache.reshape({max_seq, -1}).slice0(start_pos, T);  // [T, Hkv·D]
+}
+
+Tensor KVCache::k_rows(int layer, int64_t start_pos, int64_t T) const {
+  QT_CHECK(layer >= 0 && layer < layers());
+  return batch_ == 1 ? rows_view(k_[layer], max_seq_, start_pos, T) : Tensor();
+}
+
+Tensor KVCache::v_rows(int layer, int64_t start_pos, int64_t T) const {
+  QT_CHECK(layer >= 0 && layer < layers());
+  return batch_ == 1 ? rows_view(v_[layer], max_seq_, start_pos, T) : Tensor();
+}
+
 void KVCache::write(int layer, const Tensor& k_new, const Tensor& v_new, int64_t start_pos, int64_t T) {
   QT_CHECK(layer >= 0 && layer < layers());
   if (start_pos < 0 || start_pos + T > max_seq_)

@@ -22,6 +22,11 @@ class KVCache {
   const Tensor& v(int layer) const { return v_[layer]; }
   size_t nbytes() const;
 
+  // For batch 1, the cache rows [start_pos, start_pos + T) of a layer as writable views [T, Hkv·D], so the
+  // K/V projections can write straight into the cache (no copy); undefined tensors when batch > 1.
+  Tensor k_rows(int layer, int64_t start_pos, int64_t T) const;
+  Tensor v_rows(int layer, int64_t start_pos, int64_t T) const;
+
   // Copies k_new, v_new [B·T, Hkv·D] (token rows, batch-major) into rows [start_pos, start_pos + T).
   void write(int layer, const Tensor& k_new, const Tensor& v_new, int64_t start_pos, int64_t T);
 

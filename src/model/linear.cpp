@@ -1,11 +1,22 @@
 // Linear::forward: the dense product through ops/matmul.h (see linear.h for the extension points).
 #include "model/linear.h"
 
+#include "model/quant_linear.h"
 #include "ops/matmul.h"
 
 namespace qtune {
 
+int64_t Linear::out_features() const {
+  return q4 ? q4->q.shape[0] : q8 ? q8->w.q.size(0) : weight.size(0);
+}
+
+int64_t Linear::in_features() const {
+  return q4 ? q4->q.shape[1] : q8 ? q8->w.q.size(1) : weight.size(1);
+}
+
 void Linear::forward(Tensor& out, const Tensor& x) const {
+  if (q4) return quant4_linear_forward(out, x, *q4, bias.defined() ? &bias : nullptr);
+  if (q8) return int8_linear_forward(out, x, *q8, bias.defined() ? &bias : nullptr);
   linear_forward(out, x, weight, bias.defined() ? &bias : nullptr);
 }
 

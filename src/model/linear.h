@@ -4,19 +4,26 @@
 // other storage members dispatched in forward(), and adapters (LoRA's x·Aᵀ·Bᵀ·scale, IA3's per-feature
 // scaling) become extra terms applied after the base product.
 #pragma once
+#include <memory>
 #include <string>
 
 #include "core/tensor.h"
 
 namespace qtune {
 
+struct Quant4Linear;  // model/quant_linear.h
+struct Int8Linear;
+
 struct Linear {
   std::string name;  // HF prefix, e.g. "model.layers.0.self_attn.q_proj"
-  Tensor weight;     // [O, I] dense (F32 on the CPU, BF16 on CUDA)
+  Tensor weight;     // [O, I] dense (F32 on the CPU, BF16 on CUDA); undefined when quantized
   Tensor bias;       // [O] or undefined
+  std::shared_ptr<const Quant4Linear> q4;  // set: NF4/FP4 weight (bitsandbytes Linear4bit)
+  std::shared_ptr<const Int8Linear> q8;    // set: LLM.int8 weight (bitsandbytes Linear8bitLt)
 
-  int64_t out_features() const { return weight.size(0); }
-  int64_t in_features() const { return weight.size(1); }
+  bool quantized() const { return q4 || q8; }
+  int64_t out_features() const;
+  int64_t in_features() const;
   // out[N, O] = x[N, I]·Wᵀ (+ b). out may be F32 when x is BF16 (CUDA).
   void forward(Tensor& out, const Tensor& x) const;
 };

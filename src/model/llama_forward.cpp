@@ -66,18 +66,22 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
   Tensor g = Tensor::empty({N, F}, act, device_);         // [N, F]
   Tensor u = Tensor::empty({N, F}, act, device_);         // [N, F]
   Tensor a = Tensor::empty({N, F}, act, device_);         // [N, F]
-  Tensor q_heads = q.reshape({N, Hq, D}), k_heads = k.reshape({N, Hkv, D});
+  Tensor q_heads = q.reshape({N, Hq, D});
   Tensor q4 = q.reshape({B, T, Hq, D}), att4 = att.reshape({B, T, Hq, D});
+  const bool direct = B == 1;  // batch 1: K/V projections write straight into the cache rows
 
   for (int l = 0; l < cfg_.num_hidden_layers; l++) {
     const LlamaLayer& L = layers_[l];
+    Tensor kl = direct ? cache.k_rows(l, start_pos, T) : k;  // [N, Hkv·D]
+    Tensor vl = direct ? cache.v_rows(l, start_pos, T) : v;  // [N, Hkv·D]
+    Tensor k_heads = kl.reshape({N, Hkv, D});
     rmsnorm_forward(h, x, L.input_norm, eps);
     L.q.forward(q, h);
-    L.k.forward(k, h);
-    L.v.forward(v, h);
+    L.k.forward(kl, h);
+    L.v.forward(vl, h);
     rope_forward(q_heads, pos, inv_freq_);
     rope_forward(k_heads, pos, inv_freq_);
-    cache.write(l, k, v, start_pos, T);
+    if (!direct) cache.write(l, k, v, start_pos, T);
     attention_forward(att4, q4, cache.k(l), cache.v(l), start_pos, start_pos + T);
     L.o.forward(proj, att);
     add_inplace(x, proj);
