@@ -7,26 +7,28 @@ using namespace qtune;
 using namespace qtune_test;
 
 TEST(Embedding, GathersRows) {
-  int64_t V = 50, C = 24;
-  Tensor table = randn({V, C});
-  std::vector<int32_t> idv;
-  for (int i = 0; i < 17; i++) idv.push_back((int32_t)(rng()() % V));
-  Tensor ids = Tensor::from_i32(idv, {1, 17});
-  Tensor out = Tensor::empty({1, 17, C}, DType::F32);
-  embedding_forward(out, ids, table);
-  auto td = to_f64(table);
-  std::vector<double> want;
-  for (int32_t id : idv)
-    for (int64_t c = 0; c < C; c++) want.push_back(td[id * C + c]);
-  EXPECT_EQ(rel_err(out, want), 0.0);
+  for (int64_t C : {24, 4096}) {  // below and above cpu::kParallelMinWork
+    int64_t V = 50;
+    Tensor table = randn({V, C});
+    std::vector<int32_t> idv;
+    for (int i = 0; i < 17; i++) idv.push_back((int32_t)(rng()() % V));
+    Tensor ids = Tensor::from_i32(idv, {1, 17});
+    Tensor out = Tensor::empty({1, 17, C}, DType::F32);
+    embedding_forward(out, ids, table);
+    auto td = to_f64(table);
+    std::vector<double> want;
+    for (int32_t id : idv)
+      for (int64_t c = 0; c < C; c++) want.push_back(td[id * C + c]);
+    EXPECT_EQ(rel_err(out, want), 0.0);
 
-  Tensor tb = table.to_dtype(DType::BF16);
-  embedding_forward(out, ids, tb);
-  auto tbd = to_f64(tb);
-  want.clear();
-  for (int32_t id : idv)
-    for (int64_t c = 0; c < C; c++) want.push_back(tbd[id * C + c]);
-  EXPECT_EQ(rel_err(out, want), 0.0);
+    Tensor tb = table.to_dtype(DType::BF16);
+    embedding_forward(out, ids, tb);
+    auto tbd = to_f64(tb);
+    want.clear();
+    for (int32_t id : idv)
+      for (int64_t c = 0; c < C; c++) want.push_back(tbd[id * C + c]);
+    EXPECT_EQ(rel_err(out, want), 0.0);
+  }
 }
 
 TEST(Embedding, RejectsIdsOutsideVocabulary) {

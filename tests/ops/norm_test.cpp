@@ -20,7 +20,7 @@ static std::vector<double> ref_rmsnorm(const Tensor& x, const Tensor& w, double 
 }
 
 TEST(RmsNorm, MatchesFloat64Reference) {
-  for (int64_t C : {8, 64, 1000}) {
+  for (int64_t C : {8, 64, 1000, 4096}) {  // 3·7·4096 rows·C: the OpenMP loop
     Tensor x = randn({3, 7, C}, 3.0f, 0.5f), w = randn({C}, 0.2f, 1.0f);
     Tensor y = Tensor::empty(x.shape(), DType::F32);
     rmsnorm_forward(y, x, w, 1e-5f);

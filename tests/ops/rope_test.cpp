@@ -2,30 +2,33 @@
 // as HF computes it; the rotation in f64).
 #include "ops/rope.h"
 
+#include <array>
+
 #include "op_test_util.h"
 
 using namespace qtune;
 using namespace qtune_test;
 
 TEST(Rope, RotateHalfMatchesFloat64Reference) {
-  int64_t N = 19, H = 3, D = 32;
-  Tensor x = randn({N, H, D});
-  std::vector<int32_t> pos;
-  for (int64_t n = 0; n < N; n++) pos.push_back((int32_t)(rng()() % 4096));
-  std::vector<float> inv(D / 2);
-  for (int64_t i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / std::pow(10000.0, 2.0 * i / D));
-  auto xd = to_f64(x);
-  std::vector<double> want(xd.size());
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t i = 0; i < D / 2; i++) {
-        double a = (double)((float)pos[n] * inv[i]);
-        const double* r = &xd[(n * H + h) * D];
-        want[(n * H + h) * D + i] = r[i] * std::cos(a) - r[i + D / 2] * std::sin(a);
-        want[(n * H + h) * D + i + D / 2] = r[i + D / 2] * std::cos(a) + r[i] * std::sin(a);
-      }
-  rope_forward(x, Tensor::from_i32(pos, {N}), Tensor::from_f32(inv, {D / 2}));
-  EXPECT_LT(rel_err(x, want), 1e-6);
+  for (auto [N, H, D] : std::vector<std::array<int64_t, 3>>{{19, 3, 32}, {300, 4, 64}}) {  // serial, OpenMP
+    Tensor x = randn({N, H, D});
+    std::vector<int32_t> pos;
+    for (int64_t n = 0; n < N; n++) pos.push_back((int32_t)(rng()() % 4096));
+    std::vector<float> inv(D / 2);
+    for (int64_t i = 0; i < D / 2; i++) inv[i] = (float)(1.0 / std::pow(10000.0, 2.0 * i / D));
+    auto xd = to_f64(x);
+    std::vector<double> want(xd.size());
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < D / 2; i++) {
+          double a = (double)((float)pos[n] * inv[i]);
+          const double* r = &xd[(n * H + h) * D];
+          want[(n * H + h) * D + i] = r[i] * std::cos(a) - r[i + D / 2] * std::sin(a);
+          want[(n * H + h) * D + i + D / 2] = r[i + D / 2] * std::cos(a) + r[i] * std::sin(a);
+        }
+    rope_forward(x, Tensor::from_i32(pos, {N}), Tensor::from_f32(inv, {D / 2}));
+    EXPECT_LT(rel_err(x, want), 1e-6) << N << " " << H << " " << D;
+  }
 }
 
 TEST(Rope, PositionZeroIsIdentity) {
