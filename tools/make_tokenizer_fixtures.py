@@ -365,6 +365,21 @@ def make_sp2k(data):
     return AutoTokenizer.from_pretrained(d)
 
 
+def make_sp2k_unigram(data):
+    """The 2k Unigram model as the tokenizers library converts it (Precompiled nmt_nfkc charsmap normalizer,
+    Metaspace pre-tokenizer and decoder, Unigram model): the reference is the tokenizers library itself."""
+    import sentencepiece.sentencepiece_model_pb2 as pbm
+    sys.modules.setdefault("sentencepiece_model_pb2", pbm)  # from_spm imports it under this name
+    from tokenizers import SentencePieceUnigramTokenizer
+    t = SentencePieceUnigramTokenizer.from_spm(os.path.join(data, "tokenizers", "tiny", "sentencepiece_2k.model"))
+    d = os.path.join(OUT, "sp2k_unigram")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "tokenizer.json")
+    t.save(path)
+    compact_json(path)
+    return path
+
+
 def spm_cases(path, strings, add_bos=True):
     """The sentencepiece library's own encoding (decode with sp.decode) for the legacy/sentencepiece mode."""
     import sentencepiece as spm
@@ -424,6 +439,8 @@ def main():
     write_expected("llama2_spm", "llama2_model", spm_cases(os.path.join(OUT, "llama2_model", "tokenizer.model"),
                                                            strings), reference="sentencepiece")
     write_expected("sp2k_model", "sp2k_model", hf_cases(make_sp2k(args.data), strings))
+    write_expected("sp2k_unigram", "sp2k_unigram", tokenizers_cases(make_sp2k_unigram(args.data), strings),
+                   reference="tokenizers")
 
     with open(os.path.join(OUT, "nfc.json"), "w", encoding="utf-8") as f:
         json.dump(nfc_cases(random.Random(7), 600), f, ensure_ascii=False)

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tokenizer/precompiled_charsmap.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
 #include "tokenizer/unicode_nfc.h"
@@ -109,6 +110,15 @@ class StripNormalizer : public Normalizer {
   bool left_, right_;
 };
 
+class PrecompiledNormalizer : public Normalizer {
+ public:
+  explicit PrecompiledNormalizer(PrecompiledCharsmap m) : map_(std::move(m)) {}
+  void normalize(std::string& s) const override { s = map_.normalize(s); }
+
+ private:
+  PrecompiledCharsmap map_;
+};
+
 class CollapseSpacesNormalizer : public Normalizer {
  public:
   void normalize(std::string& s) const override {
@@ -162,9 +172,12 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& so
   if (type == "Precompiled") {
     const json& cm = j.at("precompiled_charsmap");
     if (cm.is_null() || (cm.is_string() && cm.get<std::string>().empty())) return nullptr;
+    std::string what = source + " normalizer Precompiled";
+    return std::make_unique<PrecompiledNormalizer>(
+        PrecompiledCharsmap(base64_decode(cm.get<std::string>(), what), what));
   }
   throw_error(ErrorKind::Unsupported, source, ": normalizer type \"", type,
-              "\" is not supported (supported: Sequence, Prepend, Replace, NFC, Strip, empty Precompiled)");
+              "\" is not supported (supported: Sequence, Prepend, Replace, NFC, Strip, Precompiled)");
 }
 
 std::unique_ptr<Normalizer> make_prepend_normalizer(const std::string& prefix) {

@@ -1,6 +1,6 @@
 // Normalizers of tokenizer.json ("normalizer": {...}): the text rewrites HF applies to each piece of input
 // between added tokens, before pre-tokenization. Supported: Sequence, Prepend, Replace (String or Regex
-// pattern), NFC, Strip, and Precompiled with an empty charsmap; others are rejected with
+// pattern), NFC, Strip and Precompiled (SentencePiece charsmaps); others are rejected with
 // ErrorKind::Unsupported.
 #pragma once
 #include <memory>

@@ -15,6 +15,7 @@
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pre_tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer/unigram_model.h"
 
 namespace qtune {
 
@@ -110,10 +111,13 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& text, const s
     if (!j.contains("model")) throw_error(ErrorKind::Format, source, ": no \"model\"");
     const json& m = j.at("model");
     std::string type = m.value("type", std::string(m.contains("merges") ? "BPE" : ""));
-    if (type != "BPE")
+    if (type == "BPE")
+      t->model_ = BpeModel::from_json(m, source);
+    else if (type == "Unigram")
+      t->model_ = UnigramModel::from_json(m, source);
+    else
       throw_error(ErrorKind::Unsupported, source, ": model type \"", type,
-                  "\" is not supported (supported: BPE; Unigram, WordPiece and WordLevel are not)");
-    t->model_ = BpeModel::from_json(m, source);
+                  "\" is not supported (supported: BPE, Unigram; WordPiece and WordLevel are not)");
     if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
       for (const json& a : j.at("added_tokens")) {
         AddedToken at;

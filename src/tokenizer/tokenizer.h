@@ -1,7 +1,8 @@
 // Text <-> token ids exactly as Hugging Face tokenizers / transformers do it, for the Llama family and
 // friends: byte-level BPE (GPT-2, Llama 3, Qwen2) and SentencePiece-style BPE (Llama 2, Mistral) from
 // tokenizer.json, or from a SentencePiece tokenizer.model alone (parsed by sentencepiece_model.h, no protobuf
-// dependency).
+// dependency); and Unigram tokenizer.json files (converted SentencePiece Unigram models, with their
+// Precompiled charsmap normalizer).
 //
 // Encoding follows HF's pipeline: added tokens are split out of the raw text, the pieces between them are
 // normalized, pre-tokenized into words, each word goes through the model (BPE), and the post-processor adds

@@ -162,6 +162,11 @@ TEST(TokenizerParity, Llama2SentencepieceSemantics) {
   o.sentencepiece_semantics = true;
   run_parity("llama2_spm", "", o, /*check_decode=*/false);
 }
+// The 2k model is a Unigram model; transformers' LlamaTokenizer still loads it as BPE over its pieces.
 TEST(TokenizerParity, SentencePiece2kUnigramModel) {
   run_parity("sp2k_model");
+}
+// The same model as the tokenizers library converts it: Unigram (Viterbi) with the nmt_nfkc charsmap.
+TEST(TokenizerParity, SentencePiece2kUnigramTokenizerJson) {
+  run_parity("sp2k_unigram");
 }

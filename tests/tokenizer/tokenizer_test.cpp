@@ -285,8 +285,14 @@ TEST(TokenizerErrors, MalformedConfigNamesFile) {
 
 TEST(TokenizerErrors, UnsupportedModelAndComponents) {
   expect_error(
-      [] { Tokenizer::from_json(R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}})", "", "t.json"); },
-      ErrorKind::Unsupported, {"t.json", "Unigram"});
+      [] { Tokenizer::from_json(R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})", "", "t.json"); },
+      ErrorKind::Unsupported, {"t.json", "WordPiece"});
+  expect_error(
+      [] {
+        Tokenizer::from_json(R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]], "unk_id": 5}})", "",
+                             "t.json");
+      },
+      ErrorKind::Format, {"t.json", "unk_id 5"});
   expect_error(
       [] {
         Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
