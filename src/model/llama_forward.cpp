@@ -59,8 +59,6 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
   embedding_forward(x, ids, embed_);
   Tensor h = Tensor::empty({N, C}, act, device_);         // normed input [N, C]
   Tensor q = Tensor::empty({N, Hq * D}, act, device_);    // [N, Hq·D]
-  Tensor k = Tensor::empty({N, Hkv * D}, act, device_);   // [N, Hkv·D]
-  Tensor v = Tensor::empty({N, Hkv * D}, act, device_);   // [N, Hkv·D]
   Tensor att = Tensor::empty({N, Hq * D}, act, device_);  // [N, Hq·D]
   Tensor proj = Tensor::empty({N, C}, act, device_);      // o_proj / down_proj output [N, C]
   Tensor g = Tensor::empty({N, F}, act, device_);         // [N, F]
@@ -69,6 +67,11 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
   Tensor q_heads = q.reshape({N, Hq, D});
   Tensor q4 = q.reshape({B, T, Hq, D}), att4 = att.reshape({B, T, Hq, D});
   const bool direct = B == 1;  // batch 1: K/V projections write straight into the cache rows
+  Tensor k, v;                 // [N, Hkv·D] staging for batch > 1, then copied into the cache
+  if (!direct) {
+    k = Tensor::empty({N, Hkv * D}, act, device_);
+    v = Tensor::empty({N, Hkv * D}, act, device_);
+  }
 
   for (int l = 0; l < cfg_.num_hidden_layers; l++) {
     const LlamaLayer& L = layers_[l];
