@@ -380,14 +380,14 @@ def make_sp2k_unigram(data):
     return path
 
 
-def spm_cases(path, strings, add_bos=True):
+def spm_cases(path, strings, add_bos=True, add_eos=False):
     """The sentencepiece library's own encoding (decode with sp.decode) for the legacy/sentencepiece mode."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=path)
     cases = []
     for s in strings:
         ids = sp.encode(s)
-        ids_sp = ([sp.bos_id()] if add_bos else []) + ids
+        ids_sp = ([sp.bos_id()] if add_bos else []) + ids + ([sp.eos_id()] if add_eos else [])
         dec = sp.decode(ids)
         cases.append([pack_special(ids_sp, ids), ids, None if dec == s else dec, None])
     return cases
@@ -439,6 +439,8 @@ def main():
     write_expected("llama2_spm", "llama2_model", spm_cases(os.path.join(OUT, "llama2_model", "tokenizer.model"),
                                                            strings), reference="sentencepiece")
     write_expected("sp2k_model", "sp2k_model", hf_cases(make_sp2k(args.data), strings))
+    write_expected("sp2k_spm", "sp2k_model", spm_cases(os.path.join(OUT, "sp2k_model", "tokenizer.model"), strings,
+                                                       add_eos=True), reference="sentencepiece")
     write_expected("sp2k_unigram", "sp2k_unigram", tokenizers_cases(make_sp2k_unigram(args.data), strings),
                    reference="tokenizers")
 

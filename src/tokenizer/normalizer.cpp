@@ -119,24 +119,6 @@ class PrecompiledNormalizer : public Normalizer {
   PrecompiledCharsmap map_;
 };
 
-class CollapseSpacesNormalizer : public Normalizer {
- public:
-  void normalize(std::string& s) const override {
-    std::string out;
-    bool pending = false;
-    for (char c : s) {
-      if (c == ' ') {
-        pending = !out.empty();
-        continue;
-      }
-      if (pending) out += ' ';
-      pending = false;
-      out += c;
-    }
-    s = out;
-  }
-};
-
 std::string pattern_of(const json& j, const std::string& source, std::unique_ptr<Regex>& re) {
   const json& p = j.at("pattern");
   if (p.contains("String")) return p.at("String").get<std::string>();
@@ -178,23 +160,6 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& so
   }
   throw_error(ErrorKind::Unsupported, source, ": normalizer type \"", type,
               "\" is not supported (supported: Sequence, Prepend, Replace, NFC, Strip, Precompiled)");
-}
-
-std::unique_ptr<Normalizer> make_prepend_normalizer(const std::string& prefix) {
-  return std::make_unique<PrependNormalizer>(prefix);
-}
-std::unique_ptr<Normalizer> make_replace_normalizer(const std::string& from, const std::string& to) {
-  return std::make_unique<ReplaceNormalizer>(from, to, nullptr);
-}
-std::unique_ptr<Normalizer> make_collapse_spaces_normalizer() {
-  return std::make_unique<CollapseSpacesNormalizer>();
-}
-std::unique_ptr<Normalizer> make_sequence_normalizer(std::unique_ptr<Normalizer> a,
-                                                     std::unique_ptr<Normalizer> b) {
-  auto seq = std::make_unique<SequenceNormalizer>();
-  if (a) seq->parts.push_back(std::move(a));
-  if (b) seq->parts.push_back(std::move(b));
-  return seq;
 }
 
 }  // namespace qtune

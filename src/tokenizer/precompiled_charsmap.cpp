@@ -76,6 +76,31 @@ const char* PrecompiledCharsmap::transform(const char* key, size_t n) const {
   return nullptr;
 }
 
+size_t PrecompiledCharsmap::longest_match(const char* key, size_t n, const char** out) const {
+  auto offset = [](uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); };
+  auto label = [](uint32_t u) { return u & ((1u << 31) | 0xFF); };
+  auto has_leaf = [](uint32_t u) { return ((u >> 8) & 1) != 0; };
+  size_t best = 0;
+  size_t pos = offset(units_[0]);
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)key[i];
+    pos ^= c;
+    if (pos >= units_.size()) break;
+    uint32_t u = units_[pos];
+    if (label(u) != c) break;
+    pos ^= offset(u);
+    if (pos >= units_.size()) break;
+    if (has_leaf(u)) {
+      uint32_t value = units_[pos] & ((1u << 31) - 1);
+      if (value < normalized_.size()) {
+        best = i + 1;
+        *out = normalized_.c_str() + value;
+      }
+    }
+  }
+  return best;
+}
+
 std::string PrecompiledCharsmap::normalize(const std::string& s) const {
   static pcre2_code* grapheme = nullptr;
   static std::once_flag once;

@@ -15,6 +15,9 @@ class PrecompiledCharsmap {
   // bytes: the raw charsmap. Throws ErrorKind::Format naming `source` when it is malformed.
   PrecompiledCharsmap(const std::string& bytes, const std::string& source);
   std::string normalize(const std::string& s) const;
+  // The sentencepiece library's rule instead: the longest key that is a prefix of s[pos...]; returns its
+  // length (0 when none) and sets *out to the replacement.
+  size_t longest_match(const char* s, size_t n, const char** out) const;
 
  private:
   // The replacement for the shortest key that is a prefix of chunk, or nullptr.

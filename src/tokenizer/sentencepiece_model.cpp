@@ -175,7 +175,7 @@ void parse_normalizer(const std::string& buf, std::pair<size_t, size_t> r, const
       m.normalizer_name = buf.substr(s.first, s.second - s.first);
     } else if (f == 2 && t == 2) {
       auto s = w.bytes();
-      m.precompiled_charsmap_size = s.second - s.first;
+      m.precompiled_charsmap = buf.substr(s.first, s.second - s.first);
     } else if (f >= 3 && f <= 5 && t == 0) {
       bool v = w.varint() != 0;
       if (f == 3) m.add_dummy_prefix = v;

@@ -25,7 +25,7 @@ struct SpmModel {
   bool treat_whitespace_as_suffix = false;
   int unk_id = 0, bos_id = 1, eos_id = 2, pad_id = -1;
   std::string normalizer_name;
-  size_t precompiled_charsmap_size = 0;
+  std::string precompiled_charsmap;  // raw bytes, empty for the identity normalizer
   bool add_dummy_prefix = true, remove_extra_whitespaces = true, escape_whitespaces = true;
 };
 

@@ -28,9 +28,10 @@ class Decoder;
 struct TokenizerOptions {
   // For a folder with only tokenizer.model: false (default) builds what transformers' LlamaTokenizer builds
   // from it (Metaspace pre-tokenizer prepending "▁" to the first piece only, merges ranked by piece id, no
-  // unknown token); true follows the sentencepiece library instead (a "▁" dummy prefix before every piece
-  // of text, merges ranked by piece score, the unknown piece for characters without byte fallback), which is
-  // also what the legacy tokenizer.json files of the meta-llama repositories encode.
+  // unknown token; a UNIGRAM model's pieces are used the same way); true follows the sentencepiece library
+  // instead (its normalizer with the dummy "▁" prefix and the charsmap, merges ranked by piece score or
+  // Viterbi for UNIGRAM models, the unknown piece for characters without byte fallback), which for Llama 2
+  // is also what the legacy tokenizer.json files of the meta-llama repositories encode.
   bool sentencepiece_semantics = false;
 };
 

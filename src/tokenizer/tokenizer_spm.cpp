@@ -1,16 +1,16 @@
 // Tokenizer::from_sentencepiece: a Tokenizer built from a SentencePiece tokenizer.model alone.
 //
-// Default (what transformers' LlamaTokenizer builds from the file, i.e. what HF produces): BPE over all
-// pieces with merges generated from the vocabulary (every split of a piece into two pieces; ranked by the
-// piece's id, then shorter left part), byte fallback, no unknown token, no normalizer, a Metaspace
-// pre-tokenizer that turns spaces into "▁" and prepends one to the first piece of text, the decoder
-// Replace("▁", " ") + ByteFallback + Fuse + Strip(1 leading space); control and unknown pieces are special
-// added tokens and user-defined pieces plain added tokens (all matched in the input text).
+// Default (what transformers' LlamaTokenizer builds from the file, i.e. what HF produces, for BPE and UNIGRAM
+// models alike): BPE over all pieces with merges generated from the vocabulary (every split of a piece into
+// two pieces; ranked by the piece's id, then shorter left part), byte fallback, no unknown token, no
+// normalizer, a Metaspace pre-tokenizer that turns spaces into "▁" and prepends one to the first piece of
+// text, the decoder Replace("▁", " ") + ByteFallback + Fuse + Strip(1 leading space); control and unknown
+// pieces are special added tokens and user-defined pieces plain added tokens (all matched in the input text).
 //
-// sentencepiece_semantics: what the sentencepiece library does for a BPE model: merges ranked by piece score,
-// the normalizer spec's remove_extra_whitespaces / add_dummy_prefix / escape_whitespaces applied to every
-// piece of text, the unknown piece for characters without byte pieces, and control pieces never matched in
-// the text.
+// sentencepiece_semantics: what the sentencepiece library does: its normalizer (spm_normalizer.h: charsmap,
+// remove_extra_whitespaces, add_dummy_prefix, escape_whitespaces), BPE merges ranked by piece score or, for
+// UNIGRAM models, sentencepiece's Viterbi (unigram_model.h), the unknown piece for characters without byte
+// pieces, and control pieces never matched in the text.
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <unordered_map>
@@ -22,8 +22,10 @@
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pre_tokenizer.h"
 #include "tokenizer/sentencepiece_model.h"
+#include "tokenizer/spm_normalizer.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer/unigram_model.h"
 
 namespace qtune {
 
@@ -99,15 +101,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
   bool spm = opts.sentencepiece_semantics;
   if (m.model_type == SpmModelType::Word || m.model_type == SpmModelType::Char)
     throw_error(ErrorKind::Unsupported, source, ": sentencepiece model type ",
-                spm_model_type_name(m.model_type),
-                " is not supported (BPE is; UNIGRAM loads the way transformers' LlamaTokenizer loads it)");
-  if (spm && m.model_type != SpmModelType::Bpe)
-    throw_error(ErrorKind::Unsupported, source, ": sentencepiece semantics need a BPE model, this one is ",
-                spm_model_type_name(m.model_type),
-                " (Viterbi decoding of Unigram models is not implemented)");
-  if (spm && m.precompiled_charsmap_size > 0)
-    throw_error(ErrorKind::Unsupported, source, ": normalizer \"", m.normalizer_name,
-                "\" uses a precompiled charsmap, which is not supported with sentencepiece semantics");
+                spm_model_type_name(m.model_type), " is not supported (BPE and UNIGRAM are)");
   if (m.treat_whitespace_as_suffix)
     throw_error(ErrorKind::Unsupported, source, ": treat_whitespace_as_suffix models are not supported");
 
@@ -117,7 +111,9 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
     if (!vocab.emplace(m.pieces[i].piece, (int32_t)i).second)
       throw_error(ErrorKind::Format, source, ": piece \"", m.pieces[i].piece, "\" appears twice (ids ",
                   vocab[m.pieces[i].piece], " and ", i, ")");
-  auto merges = generate_merges(m, vocab, spm);
+  bool unigram_viterbi = spm && m.model_type == SpmModelType::Unigram;
+  std::vector<std::pair<std::string, std::string>> merges;
+  if (!unigram_viterbi) merges = generate_merges(m, vocab, spm);
   BpeOptions bo;
   bo.fuse_unk = true;
   bo.byte_fallback = spm ? m.byte_fallback : true;
@@ -128,7 +124,18 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
   }
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   t->sentencepiece_semantics_ = spm;
-  t->model_ = std::make_unique<BpeModel>(std::move(vocab), merges, bo, source);
+  if (unigram_viterbi) {
+    std::vector<std::pair<std::string, double>> pieces;
+    SpmUnigramRules rules;
+    for (const SpmPiece& p : m.pieces) {
+      pieces.emplace_back(p.piece, p.score);
+      rules.piece_types.push_back((int)p.type);
+    }
+    t->model_ = std::make_unique<UnigramModel>(std::move(pieces), unk_ok ? m.unk_id : -1, m.byte_fallback,
+                                               source, &rules);
+  } else {
+    t->model_ = std::make_unique<BpeModel>(std::move(vocab), merges, bo, source);
+  }
 
   if (!spm && unk_ok) {  // transformers adds unk_token first, as a special token
     AddedToken a;
@@ -150,12 +157,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
     t->added_.add(a);
   }
   if (spm) {
-    std::unique_ptr<Normalizer> n;
-    if (m.remove_extra_whitespaces) n = make_collapse_spaces_normalizer();
-    if (m.add_dummy_prefix) n = make_sequence_normalizer(std::move(n), make_prepend_normalizer(" "));
-    if (m.escape_whitespaces)
-      n = make_sequence_normalizer(std::move(n), make_replace_normalizer(" ", kSpace));
-    t->normalizer_ = std::move(n);
+    t->normalizer_ = make_spm_normalizer(m, source);
   } else {
     t->pre_tokenizer_ = make_metaspace_pre_tokenizer(kSpace, "first", false);
   }

@@ -10,18 +10,33 @@
 namespace qtune {
 
 UnigramModel::UnigramModel(std::vector<std::pair<std::string, double>> pieces, int unk_id, bool byte_fallback,
-                           const std::string& source)
+                           const std::string& source, const SpmUnigramRules* spm)
     : pieces_(std::move(pieces)), unk_id_(unk_id), byte_fallback_(byte_fallback) {
   if (pieces_.empty()) throw_error(ErrorKind::Format, source, ": Unigram vocab is empty");
   if (unk_id_ >= (int)pieces_.size())
     throw_error(ErrorKind::Format, source, ": Unigram unk_id ", unk_id_, " is outside the vocab (",
                 pieces_.size(), " pieces)");
   double min_score = pieces_[0].second;
+  if (spm) {
+    if (spm->piece_types.size() != pieces_.size())
+      throw_error(ErrorKind::Internal, source, ": piece types and pieces differ in number");
+    spm_ = true;
+    types_ = spm->piece_types;
+    float lo = 3.4e38f, hi = -3.4e38f;
+    for (size_t i = 0; i < pieces_.size(); i++) {
+      if (types_[i] != 1) continue;
+      lo = std::min(lo, (float)pieces_[i].second);
+      hi = std::max(hi, (float)pieces_[i].second);
+    }
+    min_score = lo;
+    max_score_ = hi;
+  }
   trie_.emplace_back();
   for (size_t i = 0; i < pieces_.size(); i++) {
     const std::string& p = pieces_[i].first;
-    min_score = std::min(min_score, pieces_[i].second);
-    ids_.emplace(p, (int32_t)i);  // the first of duplicate pieces wins the lookup
+    if (!spm_) min_score = std::min(min_score, pieces_[i].second);
+    ids_.emplace(p, (int32_t)i);                             // the first of duplicate pieces wins the lookup
+    if (spm_ && types_[i] != 1 && types_[i] != 4) continue;  // sentencepiece's lattice: normal, user-defined
     int node = 0;
     for (unsigned char c : p) {
       auto it = trie_[node].next.find(c);
@@ -36,7 +51,7 @@ UnigramModel::UnigramModel(std::vector<std::pair<std::string, double>> pieces, i
     }
     if (trie_[node].id < 0) trie_[node].id = (int)i;
   }
-  unk_score_ = min_score - 10.0;
+  unk_score_ = spm_ ? (double)((float)min_score - 10.0f) : min_score - 10.0;
 }
 
 std::unique_ptr<UnigramModel> UnigramModel::from_json(const nlohmann::json& m, const std::string& source) {
@@ -89,7 +104,9 @@ void UnigramModel::tokenize(const std::string& s, std::vector<int32_t>& out) con
       int id = trie_[node].id;
       if (id < 0) continue;
       size_t end = k + 1;
-      double cand = here + pieces_[id].second;
+      double score = pieces_[id].second;
+      if (spm_ && types_[id] == 4) score = (float)((end - pos) * max_score_ - 0.1);
+      double cand = spm_ ? (double)((float)score + (float)here) : here + score;
       if (best[end].start < 0 || cand > best[end].score) best[end] = {cand, (long)pos, id};
       if (end - pos == char_len) single = true;
     }
@@ -97,7 +114,7 @@ void UnigramModel::tokenize(const std::string& s, std::vector<int32_t>& out) con
       if (unk_id_ < 0)
         throw_error(ErrorKind::Unsupported,
                     "Unigram model: no piece covers a character and the model has no unk_id");
-      double cand = here + unk_score_;
+      double cand = spm_ ? (double)((float)unk_score_ + (float)here) : here + unk_score_;
       if (best[next].start < 0 || cand > best[next].score) best[next] = {cand, (long)pos, unk_id_};
     }
     pos = next;

@@ -13,11 +13,18 @@
 
 namespace qtune {
 
+// The sentencepiece library's variant (for tokenizer.model with sentencepiece semantics): piece types decide
+// what the lattice holds (normal and user-defined pieces; user-defined ones score length * max_score - 0.1),
+// min_score is taken over normal pieces and scores add up in float.
+struct SpmUnigramRules {
+  std::vector<int> piece_types;  // sentencepiece's SentencePiece.Type per id (1 normal ... 6 byte)
+};
+
 class UnigramModel : public TokenModel {
  public:
   // pieces: (piece, score) in id order. unk_id < 0: none. Throws ErrorKind::Format naming `source`.
   UnigramModel(std::vector<std::pair<std::string, double>> pieces, int unk_id, bool byte_fallback,
-               const std::string& source);
+               const std::string& source, const SpmUnigramRules* spm = nullptr);
   // From tokenizer.json's "model" object (type Unigram): {"vocab": [[piece, score], ...], "unk_id",
   // "byte_fallback"}.
   static std::unique_ptr<UnigramModel> from_json(const nlohmann::json& model, const std::string& source);
@@ -38,6 +45,9 @@ class UnigramModel : public TokenModel {
   int unk_id_ = -1;
   bool byte_fallback_ = false;
   double unk_score_ = 0;
+  bool spm_ = false;        // sentencepiece library rules
+  double max_score_ = 0;    // (spm) over normal pieces
+  std::vector<int> types_;  // (spm)
 };
 
 }  // namespace qtune

@@ -170,3 +170,10 @@ TEST(TokenizerParity, SentencePiece2kUnigramModel) {
 TEST(TokenizerParity, SentencePiece2kUnigramTokenizerJson) {
   run_parity("sp2k_unigram");
 }
+// ... and as the sentencepiece library runs it (nmt_nfkc charsmap by longest match, extra whitespace removed,
+// sentencepiece's Viterbi).
+TEST(TokenizerParity, SentencePiece2kUnigramSentencepieceSemantics) {
+  TokenizerOptions o;
+  o.sentencepiece_semantics = true;
+  run_parity("sp2k_spm", "", o, /*check_decode=*/false);
+}

@@ -365,10 +365,6 @@ TEST(TokenizerErrors, TruncatedOrCorruptSentencepieceModel) {
                {"tokenizer.model", "byte offset 0", "wire type 7"});
   d.write("tokenizer.model", "not a model at all");
   expect_error([&] { Tokenizer::load(d.path); }, ErrorKind::Format, {"tokenizer.model", "byte offset"});
-  // The 2k model is a Unigram model: sentencepiece semantics need BPE and say so.
-  TokenizerOptions o;
-  o.sentencepiece_semantics = true;
-  expect_error([&] { Tokenizer::load(kDir + "sp2k_model", o); }, ErrorKind::Unsupported, {"UNIGRAM", "BPE"});
   EXPECT_EQ(parse_sentencepiece_model(slurp(kDir + "sp2k_model/tokenizer.model"), "m").model_type,
             SpmModelType::Unigram);
   SpmModel lm = parse_sentencepiece_model(model, "m");
