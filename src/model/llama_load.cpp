@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/llama_model.h"
+#include "model/quant_load.h"
 #include "model/rope_freq.h"
 #include "ops/elementwise.h"
 
@@ -19,6 +20,7 @@ struct Want {
   std::string name;
   Shape shape;
   Tensor* dst;
+  Linear* lin = nullptr;  // set for Linear weights (may be stored or loaded quantized: quant_load.h)
 };
 
 // Converts a loaded (CPU, any float dtype) tensor into the form the device's kernels take: F32 on the CPU
@@ -41,13 +43,16 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 
 }  // namespace
 
-LlamaModel LlamaModel::load(const std::string& dir, Device device) {
+LlamaModel LlamaModel::load(const std::string& dir, Device device, const LoadOptions& opts) {
   ModelConfig cfg = load_model_config(dir);
+  bool prequantized = false;
+  LoadOptions resolved = resolve_load_options(dir, opts, &prequantized);
   WeightStore store = WeightStore::open(dir);
-  return from_store(cfg, store, device);
+  return from_store(cfg, store, device, resolved);
 }
 
-LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& store, Device device) {
+LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& store, Device device,
+                                  const LoadOptions& opts) {
   LlamaModel m;
   m.cfg_ = cfg;
   m.device_ = device;
@@ -63,7 +68,7 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
   want.push_back({"model.embed_tokens.weight", {V, C}, &m.embed_});
   want.push_back({"model.norm.weight", {C}, &m.norm_});
   m.lm_head_.name = "lm_head";
-  if (!cfg.tie_word_embeddings) want.push_back({"lm_head.weight", {V, C}, &m.lm_head_.weight});
+  if (!cfg.tie_word_embeddings) want.push_back({"lm_head.weight", {V, C}, &m.lm_head_.weight, &m.lm_head_});
   m.layers_.resize(cfg.num_hidden_layers);
   for (int i = 0; i < cfg.num_hidden_layers; i++) {
     LlamaLayer& L = m.layers_[i];
@@ -84,7 +89,7 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
           Lin{&L.gate, "mlp.gate_proj", F, C, cfg.mlp_bias}, Lin{&L.up, "mlp.up_proj", F, C, cfg.mlp_bias},
           Lin{&L.down, "mlp.down_proj", C, F, cfg.mlp_bias}}) {
       l.lin->name = p + l.name;
-      want.push_back({l.lin->name + ".weight", {l.out, l.in}, &l.lin->weight});
+      want.push_back({l.lin->name + ".weight", {l.out, l.in}, &l.lin->weight, l.lin});
       if (l.bias) want.push_back({l.lin->name + ".bias", {l.out}, &l.lin->bias});
     }
   }
@@ -97,7 +102,10 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
       continue;
     }
     const TensorInfo& info = store.info(w.name);
-    if (info.shape != w.shape)
+    if (w.lin) {
+      std::string problem = check_linear_entries(store, w.lin->name, w.shape, opts);
+      if (!problem.empty()) bad_shape.push_back(problem);
+    } else if (info.shape != w.shape)
       bad_shape.push_back(w.name + ": expected " + shape_str(w.shape) + ", got " + shape_str(info.shape) +
                           " (" + dtype_name(info.dtype) + ")");
     else if (info.dtype != DType::F32 && info.dtype != DType::BF16 && info.dtype != DType::F16)
@@ -112,10 +120,13 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
     throw Error(ErrorKind::Format, msg);
   }
 
-  for (const Want& w : want) *w.dst = to_device_form(store.get(w.name), device);
+  std::vector<std::string> quant_used;
+  for (const Want& w : want)
+    if (!w.lin || !load_quantized_linear(*w.lin, store, opts, device, &quant_used))
+      *w.dst = to_device_form(store.get(w.name), device);
   if (cfg.tie_word_embeddings) m.lm_head_.weight = m.embed_;
 
-  std::set<std::string> used;
+  std::set<std::string> used(quant_used.begin(), quant_used.end());
   for (const Want& w : want) used.insert(w.name);
   for (const std::string& n : store.names())
     if (!used.count(n) && n.find("rotary_emb.inv_freq") == std::string::npos &&

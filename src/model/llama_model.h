@@ -15,6 +15,7 @@
 #include "io/hf_config.h"
 #include "model/kv_cache.h"
 #include "model/linear.h"
+#include "model/load_options.h"
 
 namespace qtune {
 
@@ -33,9 +34,13 @@ class LlamaModel {
   // bad config (unknown architecture ...), ErrorKind::Format listing every missing tensor, or naming
   // each tensor whose shape is wrong (expected vs got). Tensors the model does not use are ignored
   // (listed by unused_tensors()).
-  static LlamaModel load(const std::string& dir, Device device = Device::CPU);
-  // The same from an already parsed config and an opened store (for tests and tools).
-  static LlamaModel from_store(const ModelConfig& cfg, const WeightStore& store, Device device);
+  // opts quantize the decoder Linear weights while loading (load_options.h); a folder with a
+  // quantization_config in config.json (bitsandbytes layout) loads quantized without options.
+  static LlamaModel load(const std::string& dir, Device device = Device::CPU, const LoadOptions& opts = {});
+  // The same from an already parsed config and an opened store (for tests and tools); opts as resolved
+  // (resolve_load_options in quant_load.h).
+  static LlamaModel from_store(const ModelConfig& cfg, const WeightStore& store, Device device,
+                               const LoadOptions& opts = {});
 
   const ModelConfig& config() const { return cfg_; }
   Device device() const { return device_; }

@@ -62,13 +62,14 @@ void dequant_rows(const Quant4Linear& w, int64_t o0, int64_t rows, int64_t I, fl
   }
 }
 
-void check_args(const char* what, const Tensor& out, const Tensor& x, int64_t O, int64_t I, const Tensor* bias) {
+void check_args(const char* what, const Tensor& out, const Tensor& x, int64_t O, int64_t I,
+                const Tensor* bias) {
   if (x.is_cuda() || out.is_cuda())
     throw_error(ErrorKind::Unsupported, what, ": quantized linear layers run on the CPU only for now");
   if (x.dtype() != DType::F32 || out.dtype() != DType::F32 || x.size(-1) != I || out.size(-1) != O ||
       x.numel() / I != out.numel() / O)
-    throw_error(ErrorKind::Shape, what, ": expected F32 x [N, ", I, "] and out [N, ", O, "], got ", x.describe(),
-                " and ", out.describe());
+    throw_error(ErrorKind::Shape, what, ": expected F32 x [N, ", I, "] and out [N, ", O, "], got ",
+                x.describe(), " and ", out.describe());
   if (bias && (bias->dtype() != DType::F32 || bias->numel() != O))
     throw_error(ErrorKind::Shape, what, ": bias ", bias->describe(), " is not F32 [", O, "]");
 }
@@ -96,12 +97,14 @@ std::shared_ptr<const Quant4Linear> make_quant4_linear(Quant4Tensor q, DType com
 
 std::shared_ptr<const Quant4Linear> quantize_linear_4bit(const Tensor& w, QuantType qt, int64_t blocksize,
                                                          bool double_quant, DType compute_dtype) {
-  if (w.ndim() != 2) throw_error(ErrorKind::Shape, "quantize_linear_4bit: weight must be [O, I], got ", w.describe());
+  if (w.ndim() != 2)
+    throw_error(ErrorKind::Shape, "quantize_linear_4bit: weight must be [O, I], got ", w.describe());
   return make_quant4_linear(quantize_4bit(w, qt, blocksize, double_quant), compute_dtype);
 }
 
 std::shared_ptr<const Int8Linear> quantize_linear_8bit(const Tensor& w, float threshold) {
-  if (w.ndim() != 2) throw_error(ErrorKind::Shape, "quantize_linear_8bit: weight must be [O, I], got ", w.describe());
+  if (w.ndim() != 2)
+    throw_error(ErrorKind::Shape, "quantize_linear_8bit: weight must be [O, I], got ", w.describe());
   auto l = std::make_shared<Int8Linear>();
   // bitsandbytes' Int8Params quantizes an f16 copy of the weight, without outliers.
   l->w = int8_vectorwise_quant(w.dtype() == DType::F16 ? w : w.to_dtype(DType::F16), 0.0f);
@@ -189,12 +192,13 @@ void int8_linear_forward(Tensor& out, const Tensor& x, const Int8Linear& w, cons
 
   // Outlier weight columns in f32: [O, n_out].
   const int64_t n_out = (int64_t)out_cols.size();
-  const int8_t* qb = w.w.q.data<int8_t>();  // [O, K]
+  const int8_t* qb = w.w.q.data<int8_t>();    // [O, K]
   const float* sb = w.w.scale.data<float>();  // [O]
   std::vector<float> wout((size_t)(O * n_out));
   for (int64_t o = 0; o < O; o++)
     for (int64_t j = 0; j < n_out; j++)
-      wout[(size_t)(o * n_out + j)] = ((float)qb[o * K + out_cols[(size_t)j]] * sb[o]) * 7.874015718698502e-3f;
+      wout[(size_t)(o * n_out + j)] =
+          ((float)qb[o * K + out_cols[(size_t)j]] * sb[o]) * 7.874015718698502e-3f;
 
   const float* bp = bias ? bias->data<float>() : nullptr;
 #pragma omp parallel for collapse(2) schedule(static) if (N * O * K >= (1 << 16))
@@ -206,7 +210,8 @@ void int8_linear_forward(Tensor& out, const Tensor& x, const Int8Linear& w, cons
       for (int64_t k = 0; k < K; k++) acc += (int32_t)a[k] * (int32_t)b[k];
       float v = ((float)acc * (sa[(size_t)m] * sb[o])) * 6.200124e-05f;
       if (bp) v += bp[o];
-      for (int64_t j = 0; j < n_out; j++) v += xp[m * K + out_cols[(size_t)j]] * wout[(size_t)(o * n_out + j)];
+      for (int64_t j = 0; j < n_out; j++)
+        v += xp[m * K + out_cols[(size_t)j]] * wout[(size_t)(o * n_out + j)];
       y[m * O + o] = v;
     }
   }

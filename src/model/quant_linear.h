@@ -23,14 +23,14 @@
 namespace qtune {
 
 struct Quant4Linear {
-  Quant4Tensor q;                  // the bitsandbytes form, shape [O, I]
-  Tensor absmax;                   // F32 [num_blocks], double quantization undone once at load
+  Quant4Tensor q;                    // the bitsandbytes form, shape [O, I]
+  Tensor absmax;                     // F32 [num_blocks], double quantization undone once at load
   DType compute_dtype = DType::F32;  // F32, BF16 or F16: dequantized weights are rounded to it
 };
 
 struct Int8Linear {
-  Int8Rowwise w;            // q I8 [O, I], scale F32 [O] (bitsandbytes' SCB)
-  float threshold = 6.0f;   // llm_int8_threshold; 0 = no outlier decomposition
+  Int8Rowwise w;           // q I8 [O, I], scale F32 [O] (bitsandbytes' SCB)
+  float threshold = 6.0f;  // llm_int8_threshold; 0 = no outlier decomposition
 };
 
 // Builds the storage from a bitsandbytes 4-bit tensor (validated; absmax dequantized).

@@ -1,0 +1,28 @@
+// How LlamaModel::load treats the Linear weights of the decoder layers: dense (default), or quantized while
+// loading as transformers' BitsAndBytesConfig would (load_in_4bit: NF4/FP4 blocks, optional double quant;
+// load_in_8bit: LLM.int8). A folder saved by transformers + bitsandbytes (or `qtune quantize`) carries its
+// quantization_config in config.json and loads quantized without any options.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "quant/codebook.h"
+
+namespace qtune {
+
+struct LoadOptions {
+  bool load_in_4bit = false;
+  QuantType quant_type = QuantType::NF4;  // bnb_4bit_quant_type
+  bool double_quant = false;              // bnb_4bit_use_double_quant
+  int64_t blocksize = 64;                 // bitsandbytes' Linear4bit default
+  DType compute_dtype = DType::F32;       // bnb_4bit_compute_dtype (F32, BF16, F16)
+  bool load_in_8bit = false;
+  float llm_int8_threshold = 6.0f;
+  std::vector<std::string> skip_modules = {"lm_head"};  // module names kept dense (llm_int8_skip_modules)
+
+  bool quantized() const { return load_in_4bit || load_in_8bit; }
+};
+
+}  // namespace qtune
