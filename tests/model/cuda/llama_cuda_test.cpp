@@ -6,11 +6,12 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 
 #include "core/allocator.h"
 #include "model/generate.h"
 #include "model/llama_model.h"
-#include "model_test_util.h"
+#include "../model_test_util.h"
 
 using namespace qtune;
 using namespace qtune_test;
