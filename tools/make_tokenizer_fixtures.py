@@ -14,6 +14,8 @@ Writes:
                                around ids_without when it has that shape. "patch" is a set of
                                top-level tokenizer.json keys the C++ test substitutes into dir/tokenizer.json
                                before loading (variants that share a large vocabulary).
+  decode_llama2.json           [ids, decode, decode(skip_special_tokens), sentencepiece decode] for random
+                               Llama 2 id sequences (invalid byte runs, unk/control ids)
   nfc.json                     [input, unicodedata.normalize("NFC", input)] pairs for the NFC normalizer
   ggml/                        llama.cpp's tokenizer test vectors (llama-spm, gpt-2), copied as they are.
 
@@ -381,15 +383,29 @@ def make_sp2k_unigram(data):
 
 
 def spm_cases(path, strings, add_bos=True, add_eos=False):
-    """The sentencepiece library's own encoding (decode with sp.decode) for the legacy/sentencepiece mode."""
+    """The sentencepiece library's own encoding, for the sentencepiece-semantics mode. decoded_skip is
+    sp.decode(ids with BOS/EOS) (sentencepiece never shows control pieces); decoded is not kept (null)."""
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=path)
     cases = []
     for s in strings:
         ids = sp.encode(s)
         ids_sp = ([sp.bos_id()] if add_bos else []) + ids + ([sp.eos_id()] if add_eos else [])
-        dec = sp.decode(ids)
-        cases.append([pack_special(ids_sp, ids), ids, None if dec == s else dec, None])
+        dec = sp.decode(ids_sp)
+        cases.append([pack_special(ids_sp, ids), ids, None, None if dec == s else dec])
+    return cases
+
+
+def llama2_decode_cases(tok, rng, n):
+    """Random id sequences that text never encodes to (runs of <0xXX> byte pieces forming invalid UTF-8,
+    unk/control ids mixed in, leading "▁" pieces), decoded by transformers and by sentencepiece."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(OUT, "llama2_model", "tokenizer.model"))
+    pool = [0, 1, 2, 29871, 259, 15043, 3186, 13, 29889, 30010] + list(range(3, 259))
+    cases = []
+    for _ in range(n):
+        ids = [rng.choice(pool) if rng.random() < 0.3 else rng.randint(3, 258) for _ in range(rng.randint(1, 10))]
+        cases.append([ids, tok.decode(ids), tok.decode(ids, skip_special_tokens=True), sp.decode(ids)])
     return cases
 
 
@@ -433,6 +449,8 @@ def main():
         sys.exit("llama2: transformers gives different results for tokenizer.model and its own tokenizer.json")
     write_expected("llama2", "llama2_model", cases)  # the C++ test checks llama2_json against it as well
     write_expected("llama2_legacy", "llama2_legacy", hf_cases(tok_legacy, strings))
+    with open(os.path.join(OUT, "decode_llama2.json"), "w", encoding="utf-8") as f:
+        json.dump(llama2_decode_cases(tok_model, random.Random(11), 400), f, ensure_ascii=False)
     write_expected("llama2_legacy_tokenizers", "llama2_legacy",
                    tokenizers_cases(os.path.join(OUT, "llama2_legacy", "tokenizer.json"), strings),
                    reference="tokenizers")

@@ -167,6 +167,55 @@ class BpeSuffixDecoder : public Decoder {
   }
 };
 
+class SentencePieceDecoder : public Decoder {
+ public:
+  std::string unk;
+  bool dummy = true, remove_extra = false;
+  void decode_chain(std::vector<std::string>& tokens) const override {
+    const std::string space = "\xE2\x96\x81";
+    std::string out, bytes;
+    bool bos_ws = true;  // still at the start of the text (no visible surface yet)
+    auto emit = [&](const std::string& surface, bool consumed_ws) {
+      out += surface;
+      if (bos_ws && (!surface.empty() || consumed_ws)) bos_ws = false;
+    };
+    auto flush_bytes = [&] {
+      if (bytes.empty()) return;
+      std::string surface;
+      for (size_t i = 0; i < bytes.size();) {
+        int n = utf8_seq_len(bytes, i);
+        if (n > 0)
+          surface.append(bytes, i, n), i += n;
+        else
+          surface += "\xEF\xBF\xBD", i += 1;
+      }
+      bytes.clear();
+      emit(surface, false);
+    };
+    for (const std::string& t : tokens) {
+      int v = byte_token_value(t);
+      if (v >= 0) {
+        bytes += (char)v;
+        continue;
+      }
+      flush_bytes();
+      if (t == unk) {
+        emit(" \xE2\x81\x87 ", false);
+        continue;
+      }
+      std::string piece = t;
+      bool consumed = false;
+      if (bos_ws && (dummy || remove_extra) && piece.compare(0, space.size(), space) == 0) {
+        piece = piece.substr(space.size());
+        consumed = !remove_extra;  // with remove_extra_whitespaces every leading "▁" goes
+      }
+      emit(replace_all(piece, space, " "), consumed);
+    }
+    flush_bytes();
+    tokens.assign(1, out);
+  }
+};
+
 class SequenceDecoder : public Decoder {
  public:
   std::vector<std::unique_ptr<Decoder>> parts;
@@ -176,6 +225,15 @@ class SequenceDecoder : public Decoder {
 };
 
 }  // namespace
+
+std::unique_ptr<Decoder> make_sentencepiece_decoder(const std::string& unk_piece, bool add_dummy_prefix,
+                                                    bool remove_extra_whitespaces) {
+  auto d = std::make_unique<SentencePieceDecoder>();
+  d->unk = unk_piece;
+  d->dummy = add_dummy_prefix;
+  d->remove_extra = remove_extra_whitespaces;
+  return d;
+}
 
 std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& source) {
   if (j.is_null()) return nullptr;

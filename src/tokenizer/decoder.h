@@ -17,4 +17,10 @@ class Decoder {
 
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const std::string& source);
 
+// The sentencepiece library's decoding (for tokenizer.model with sentencepiece semantics): "▁" becomes " ",
+// the first "▁" of the text is dropped (add_dummy_prefix; all leading ones with remove_extra_whitespaces),
+// the unknown piece shows as " ⁇ ", runs of <0xXX> pieces become their bytes (each invalid byte U+FFFD).
+std::unique_ptr<Decoder> make_sentencepiece_decoder(const std::string& unk_piece, bool add_dummy_prefix,
+                                                    bool remove_extra_whitespaces);
+
 }  // namespace qtune

@@ -82,7 +82,7 @@ std::vector<std::pair<std::string, std::string>> generate_merges(
   return merges;
 }
 
-nlohmann::json llama_decoder_json(bool strip_first_space) {
+nlohmann::json llama_decoder_json(bool strip_first_space) {  // LlamaTokenizer's decoder
   nlohmann::json seq = nlohmann::json::array();
   seq.push_back({{"type", "Replace"}, {"pattern", {{"String", kSpace}}}, {"content", " "}});
   seq.push_back({{"type", "ByteFallback"}});
@@ -152,8 +152,9 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
     AddedToken a;
     a.id = (int32_t)i;
     a.content = m.pieces[i].piece;
-    a.special = ty != SpmPieceType::UserDefined;
-    a.in_text = !(spm && a.special);
+    a.special =
+        ty == SpmPieceType::Control || (ty == SpmPieceType::Unknown && !spm);  // (spm shows unk as " ⁇ ")
+    a.in_text = !(spm && ty != SpmPieceType::UserDefined);
     t->added_.add(a);
   }
   if (spm) {
@@ -161,7 +162,11 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
   } else {
     t->pre_tokenizer_ = make_metaspace_pre_tokenizer(kSpace, "first", false);
   }
-  t->decoder_ = make_decoder(llama_decoder_json(!spm || m.add_dummy_prefix), source);
+  if (spm)
+    t->decoder_ = make_sentencepiece_decoder(unk_ok ? m.pieces[m.unk_id].piece : std::string(),
+                                             m.add_dummy_prefix, m.remove_extra_whitespaces);
+  else
+    t->decoder_ = make_decoder(llama_decoder_json(true), source);
   auto id_if = [&](int id) { return id >= 0 && id < (int)m.pieces.size() ? id : -1; };
   t->bos_id_ = id_if(m.bos_id);
   t->eos_id_ = id_if(m.eos_id);

@@ -205,6 +205,29 @@ TEST(Tokenizer, StreamDecoderHoldsPartialCharacters) {
   EXPECT_EQ(out, l->decode(l->encode("Hello big world \xE4\xBD\xA0\xE5\xA5\xBD", true)));
 }
 
+TEST(Tokenizer, DecodeOddIdSequencesLikeHfAndSentencepiece) {
+  // Byte pieces that form invalid UTF-8 (HF: one U+FFFD per byte of a bad run; sentencepiece: per bad byte),
+  // unknown and control ids, "▁" pieces at the start.
+  json cases = json::parse(slurp(kDir + "decode_llama2.json"));
+  ASSERT_GE(cases.size(), 300u);
+  auto hf = Tokenizer::load(kDir + "llama2_model");
+  TokenizerOptions o;
+  o.sentencepiece_semantics = true;
+  auto sp = Tokenizer::load(kDir + "llama2_model", o);
+  size_t bad_hf = 0, bad_sp = 0;
+  std::string first_hf, first_sp;
+  for (auto& c : cases) {
+    std::vector<int32_t> ids = c[0].get<std::vector<int32_t>>();
+    if ((hf->decode(ids) != c[1].get<std::string>() || hf->decode(ids, true) != c[2].get<std::string>()) &&
+        bad_hf++ == 0)
+      first_hf = c.dump() + " got " + json(hf->decode(ids)).dump();
+    if (sp->decode(ids, true) != c[3].get<std::string>() && bad_sp++ == 0)
+      first_sp = c.dump() + " got " + json(sp->decode(ids, true)).dump();
+  }
+  EXPECT_EQ(bad_hf, 0u) << first_hf;
+  EXPECT_EQ(bad_sp, 0u) << first_sp;
+}
+
 TEST(Tokenizer, Utf8LossyMatchesPython) {
   // Python: bytes.decode("utf-8", "replace") (same rule as Rust's from_utf8_lossy).
   const std::string r = "\xEF\xBF\xBD";
