@@ -34,27 +34,19 @@ std::string cpu_features() {
   std::string s;
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  const char* names[] = {"sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vnni", "avx512bf16"};
-  for (const char* n : names) {
-    bool on = false;
-    if (std::string(n) == "sse4.2")
-      on = __builtin_cpu_supports("sse4.2");
-    else if (std::string(n) == "avx")
-      on = __builtin_cpu_supports("avx");
-    else if (std::string(n) == "avx2")
-      on = __builtin_cpu_supports("avx2");
-    else if (std::string(n) == "fma")
-      on = __builtin_cpu_supports("fma");
-    else if (std::string(n) == "avx512f")
-      on = __builtin_cpu_supports("avx512f");
-    else if (std::string(n) == "avx512bw")
-      on = __builtin_cpu_supports("avx512bw");
-    else if (std::string(n) == "avx512vnni")
-      on = __builtin_cpu_supports("avx512vnni");
-    else if (std::string(n) == "avx512bf16")
-      on = __builtin_cpu_supports("avx512bf16");
-    if (on) s += std::string(s.empty() ? "" : " ") + n;
-  }
+  const struct {
+    const char* name;
+    bool on;
+  } features[] = {{"sse4.2", (bool)__builtin_cpu_supports("sse4.2")},
+                  {"avx", (bool)__builtin_cpu_supports("avx")},
+                  {"avx2", (bool)__builtin_cpu_supports("avx2")},
+                  {"fma", (bool)__builtin_cpu_supports("fma")},
+                  {"avx512f", (bool)__builtin_cpu_supports("avx512f")},
+                  {"avx512bw", (bool)__builtin_cpu_supports("avx512bw")},
+                  {"avx512vnni", (bool)__builtin_cpu_supports("avx512vnni")},
+                  {"avx512bf16", (bool)__builtin_cpu_supports("avx512bf16")}};
+  for (const auto& f : features)
+    if (f.on) s += std::string(s.empty() ? "" : " ") + f.name;
 #else
   s = "(not x86-64)";
 #endif
