@@ -116,12 +116,12 @@ def build_strings(data):
     c4 = [json.loads(l)["text"] for l in open(os.path.join(t, "c4_demo.jsonl"), encoding="utf-8")]
     oa = [json.loads(l)["input"] for l in open(os.path.join(data, "sft", "oa_questions.jsonl"), encoding="utf-8")]
     alpaca = json.load(open(os.path.join(data, "sft", "alpaca_en_demo.json"), encoding="utf-8"))
-    strings += text_slices(rng, shakespeare, 300, 5, 250)
-    strings += text_slices(rng, wiki, 300, 5, 250)
-    strings += text_slices(rng, stories, 40)
-    strings += [text_slices(rng, rng.choice(c4), 1, 5, 250)[0] for _ in range(300)]
-    strings += [text_slices(rng, rng.choice(oa), 1, 5, 250)[0] for _ in range(300)]
-    strings += [rng.choice(alpaca)["output"][:250] for _ in range(150)]
+    strings += text_slices(rng, shakespeare, 300, 5, 120)
+    strings += text_slices(rng, wiki, 300, 5, 120)
+    strings += text_slices(rng, stories, 40, 5, 120)
+    strings += [text_slices(rng, rng.choice(c4), 1, 5, 120)[0] for _ in range(300)]
+    strings += [text_slices(rng, rng.choice(oa), 1, 5, 120)[0] for _ in range(300)]
+    strings += [rng.choice(alpaca)["output"][:120] for _ in range(150)]
     # Long inputs: speed (no quadratic behaviour) as well as parity.
     strings += [" " * 3000 + "end", "x" + "\n" * 1000 + "y", wiki[:3000], "\t \u3000" * 200, "a" * 3000,
                 "😀" * 100, ("word " * 300).strip()]
@@ -156,9 +156,16 @@ def pack_special(ids_sp, ids):
     return ids_sp
 
 
-def tokenizers_cases(path, strings):
-    """The tokenizers library alone on a tokenizer.json (no transformers class rebuilding the pipeline)."""
-    tk = Tokenizer.from_file(path)
+VARIANT_STRINGS = 1000  # variants of a tokenizer are checked on the edge cases (the strings before the text slices)
+
+
+def tokenizers_cases(path, strings, patch=None):
+    """The tokenizers library alone on a tokenizer.json (no transformers class rebuilding the pipeline), with
+    `patch`'s top-level keys substituted when given."""
+    with open(path, encoding="utf-8") as f:
+        j = json.load(f)
+    j.update(patch or {})
+    tk = Tokenizer.from_str(json.dumps(j))
     cases = []
     for i, s in enumerate(strings):
         ids_sp = tk.encode(s, add_special_tokens=True).ids
@@ -310,6 +317,48 @@ def make_llama3_style(data):
     return AutoTokenizer.from_pretrained(d)
 
 
+def llama3_variant_patches(data):
+    """Pre-tokenizer and merge-format variants of the llama3_style tokenizer, checked against the tokenizers
+    library: every Split behavior, invert, a String pattern, Digits, WhitespaceSplit, add_prefix_space, and
+    merges written as "a b" strings."""
+    with open(os.path.join(OUT, "llama3_style", "tokenizer.json"), encoding="utf-8") as f:
+        model = json.load(f)["model"]
+    model = dict(model, merges=[a + " " + b for a, b in model["merges"]])
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+    def split(pattern, behavior, invert=False, kind="Regex"):
+        return {"type": "Split", "pattern": {kind: pattern}, "behavior": behavior, "invert": invert}
+    return {
+        "split_behaviors": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            split("\\s+", "MergedWithPrevious"), split("e", "MergedWithNext", kind="String"),
+            split("\\p{P}+", "Contiguous"), {"type": "Digits", "individual_digits": True}, bl]}},
+        "split_removed_invert": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            split("[\\p{L}\\p{N}]+", "Removed", invert=True), {"type": "Digits", "individual_digits": False},
+            dict(bl, add_prefix_space=True)]}},
+        "whitespace_split": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "WhitespaceSplit"}, split("o", "Isolated", invert=True, kind="String"), bl]}},
+        "string_merges": {"model": model},
+    }
+
+
+def make_subword_bpe(data, strings):
+    """A small BPE trained here with continuing_subword_prefix "##", end_of_word_suffix "</w>" and an unknown
+    token (characters outside the training text become [UNK]), WhitespaceSplit, the BPEDecoder."""
+    from tokenizers import trainers
+    text = open(os.path.join(data, "text", "tinystories_sample.txt"), encoding="utf-8").read()
+    tk = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.decoder = decoders.BPEDecoder(suffix="</w>")
+    tk.train_from_iterator([text], trainers.BpeTrainer(vocab_size=400, special_tokens=["[UNK]"],
+                                                       continuing_subword_prefix="##", end_of_word_suffix="</w>",
+                                                       show_progress=False))
+    d = os.path.join(OUT, "subword_bpe")
+    os.makedirs(d, exist_ok=True)
+    tk.save(os.path.join(d, "tokenizer.json"))
+    compact_json(os.path.join(d, "tokenizer.json"))
+    return os.path.join(d, "tokenizer.json")
+
+
 def make_llama2(data):
     """Llama 2: tokenizer.model as is (what the tokenizer.model-only load sees), the tokenizer.json that
     transformers converts it to (Metaspace, merges in piece-id order), and the legacy tokenizer.json that the
@@ -440,9 +489,16 @@ def main():
     write_expected("qwen2_style", "gpt2", hf_cases(variant(gdir, "qwen2", qwen2_patch(), QWEN2_CONFIG), strings),
                    patch={"patch": qwen2_patch(), "config": QWEN2_CONFIG})
     write_expected("roberta_style", "gpt2",
-                   hf_cases(variant(gdir, "roberta", roberta_patch(), ROBERTA_CONFIG), strings),
+                   hf_cases(variant(gdir, "roberta", roberta_patch(), ROBERTA_CONFIG), strings[:VARIANT_STRINGS]),
                    patch={"patch": roberta_patch(), "config": ROBERTA_CONFIG})
     write_expected("llama3_style", "llama3_style", hf_cases(make_llama3_style(args.data), strings))
+    edge = strings[:VARIANT_STRINGS]
+    for name, patch in llama3_variant_patches(args.data).items():
+        write_expected("llama3_" + name, "llama3_style",
+                       tokenizers_cases(os.path.join(OUT, "llama3_style", "tokenizer.json"), edge, patch),
+                       patch={"patch": patch, "config": None}, reference="tokenizers")
+    write_expected("subword_bpe", "subword_bpe", tokenizers_cases(make_subword_bpe(args.data, strings), edge),
+                   reference="tokenizers")
     tok_model, tok_json, tok_legacy = make_llama2(args.data)
     cases = hf_cases(tok_model, strings)
     if cases != hf_cases(tok_json, strings):
@@ -452,7 +508,7 @@ def main():
     with open(os.path.join(OUT, "decode_llama2.json"), "w", encoding="utf-8") as f:
         json.dump(llama2_decode_cases(tok_model, random.Random(11), 400), f, ensure_ascii=False)
     write_expected("llama2_legacy_tokenizers", "llama2_legacy",
-                   tokenizers_cases(os.path.join(OUT, "llama2_legacy", "tokenizer.json"), strings),
+                   tokenizers_cases(os.path.join(OUT, "llama2_legacy", "tokenizer.json"), strings[:VARIANT_STRINGS]),
                    reference="tokenizers")
     write_expected("llama2_spm", "llama2_model", spm_cases(os.path.join(OUT, "llama2_model", "tokenizer.model"),
                                                            strings), reference="sentencepiece")

@@ -204,10 +204,6 @@ class SequencePreTokenizer : public PreTokenizer {
   }
 };
 
-bool is_ascii_digit(uint32_t c) {
-  return c >= '0' && c <= '9';
-}
-
 }  // namespace
 
 std::unique_ptr<PreTokenizer> make_metaspace_pre_tokenizer(const std::string& replacement,
@@ -268,7 +264,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
   }
   if (type == "Digits") {
     auto s = std::make_unique<SplitPreTokenizer>();
-    s->pred = is_ascii_digit;
+    s->pred = is_unicode_numeric;  // char::is_numeric, as HF
     s->behavior = j.value("individual_digits", false) ? Behavior::Isolated : Behavior::Contiguous;
     return s;
   }

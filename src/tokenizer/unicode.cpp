@@ -4,8 +4,6 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include <mutex>
-
 namespace qtune {
 
 namespace {
@@ -130,16 +128,10 @@ bool is_unicode_whitespace(uint32_t cp) {
   }
 }
 
-bool is_word_char(uint32_t cp) {
-  if (cp < 0x80) return (cp >= '0' && cp <= '9') || ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') || cp == '_';
-  static pcre2_code* re = nullptr;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    int err = 0;
-    PCRE2_SIZE off = 0;
-    re = pcre2_compile((PCRE2_SPTR) "^[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]",
-                       PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
-  });
+namespace {
+
+// Whether the one-character string of cp matches `re` (a class anchored at the start).
+bool matches_class(pcre2_code* re, uint32_t cp) {
   if (!re) return false;
   std::string s;
   append_utf8(s, cp);
@@ -147,6 +139,28 @@ bool is_word_char(uint32_t cp) {
   int rc = pcre2_match(re, (PCRE2_SPTR)s.data(), s.size(), 0, 0, md, nullptr);
   pcre2_match_data_free(md);
   return rc >= 0;
+}
+
+pcre2_code* compile_class(const char* pattern) {
+  int err = 0;
+  PCRE2_SIZE off = 0;
+  return pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &err, &off,
+                       nullptr);
+}
+
+}  // namespace
+
+bool is_unicode_numeric(uint32_t cp) {
+  if (cp < 0x80) return cp >= '0' && cp <= '9';
+  static pcre2_code* re = compile_class("^\\p{N}");
+  return matches_class(re, cp);
+}
+
+bool is_word_char(uint32_t cp) {
+  if (cp < 0x80) return (cp >= '0' && cp <= '9') || ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z') || cp == '_';
+  // (function-local statics are initialized once, thread-safely)
+  static pcre2_code* re = compile_class("^[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]");
+  return matches_class(re, cp);
 }
 
 }  // namespace qtune

@@ -26,6 +26,9 @@ std::string utf8_lossy(const std::string& bytes);
 // Rust's char::is_whitespace (Unicode White_Space).
 bool is_unicode_whitespace(uint32_t cp);
 
+// Rust's char::is_numeric (general category Nd, Nl or No), which HF's Digits pre-tokenizer splits on.
+bool is_unicode_numeric(uint32_t cp);
+
 // A word character as the Rust regex crate's \w sees it (Alphabetic, Mark, Decimal_Number,
 // Connector_Punctuation, Join_Control): what AddedToken::single_word tests on each side of a match.
 bool is_word_char(uint32_t cp);

@@ -50,13 +50,16 @@ std::string show_str(const std::string& s) {
 std::unique_ptr<Tokenizer> load_for(const json& e, const std::string& dir_override,
                                     const TokenizerOptions& opts) {
   std::string dir = kDir + (dir_override.empty() ? e.at("dir").get<std::string>() : dir_override);
-  if (e.at("reference") == "tokenizers")  // the tokenizers library on tokenizer.json alone
-    return Tokenizer::from_json(slurp(dir + "/tokenizer.json"), "", dir + "/tokenizer.json");
-  if (e.at("patch").is_null()) return Tokenizer::load(dir, opts);
+  bool tokenizers_lib = e.at("reference") == "tokenizers";  // the tokenizers library on tokenizer.json alone
+  if (e.at("patch").is_null()) {
+    if (tokenizers_lib)
+      return Tokenizer::from_json(slurp(dir + "/tokenizer.json"), "", dir + "/tokenizer.json");
+    return Tokenizer::load(dir, opts);
+  }
   json tj = json::parse(slurp(dir + "/tokenizer.json"));
   for (auto& kv : e.at("patch").at("patch").items()) tj[kv.key()] = kv.value();
-  return Tokenizer::from_json(tj.dump(), e.at("patch").at("config").dump(),
-                              dir + "/tokenizer.json (patched)");
+  const json& cfg = e.at("patch").at("config");
+  return Tokenizer::from_json(tj.dump(), cfg.is_null() ? "" : cfg.dump(), dir + "/tokenizer.json (patched)");
 }
 
 struct Counts {
@@ -71,14 +74,20 @@ void note(Counts& c, size_t& counter, const std::string& msg) {
 }
 
 void run_parity(const std::string& name, const std::string& dir_override = "", TokenizerOptions opts = {},
-                bool check_decode = true) {
+                bool all_strings = true) {
   json e = json::parse(slurp(kDir + "expected_" + name + ".json"));
   auto tok = load_for(e, dir_override, opts);
   const auto& S = strings();
   const json& cases = e.at("cases");
-  ASSERT_EQ(cases.size(), S.size()) << "expected_" << name << ".json does not match strings.json";
+  // Variants of a tokenizer cover the first strings only (the edge cases), the main ones all of them.
+  ASSERT_LE(cases.size(), S.size()) << "expected_" << name << ".json does not match strings.json";
+  ASSERT_GE(cases.size(), 1000u);
+  if (all_strings) {
+    ASSERT_EQ(cases.size(), S.size()) << "expected_" << name << ".json does not cover strings.json";
+    ASSERT_GE(S.size(), 2000u);
+  }
   Counts c;
-  for (size_t i = 0; i < S.size(); i++) {
+  for (size_t i = 0; i < cases.size(); i++) {
     const json& k = cases[i];
     std::vector<int32_t> want_plain = k[1].get<std::vector<int32_t>>(), want = want_plain;
     if (k[0].is_object()) {
@@ -98,7 +107,6 @@ void run_parity(const std::string& name, const std::string& dir_override = "", T
            where + "\n    encode(no special): got " + show_ids(got_plain) + "\n             want " +
                show_ids(want_plain));
     c.checked++;
-    if (!check_decode) continue;
     std::string d = tok->decode(want, false), ds = tok->decode(want, true);
     std::string want_d = k[2].is_null() ? S[i] : k[2].get<std::string>();
     std::string want_ds = k[3].is_null() ? S[i] : k[3].get<std::string>();
@@ -129,7 +137,6 @@ void run_parity(const std::string& name, const std::string& dir_override = "", T
   std::string detail;
   for (auto& f : c.first) detail += "  " + f + "\n";
   EXPECT_EQ(c.total(), 0u) << "first mismatches:\n" << detail;
-  EXPECT_GE(c.checked, 2000u);
 }
 
 }  // namespace
@@ -141,7 +148,7 @@ TEST(TokenizerParity, Qwen2StyleOverGpt2Vocab) {
   run_parity("qwen2_style");
 }
 TEST(TokenizerParity, RobertaStyleOverGpt2Vocab) {
-  run_parity("roberta_style");
+  run_parity("roberta_style", "", {}, false);
 }
 TEST(TokenizerParity, Llama3Style) {
   run_parity("llama3_style");
@@ -156,7 +163,7 @@ TEST(TokenizerParity, Llama2LegacyTokenizerJson) {
   run_parity("llama2_legacy");
 }
 TEST(TokenizerParity, Llama2LegacyTokenizerJsonWithoutConfig) {
-  run_parity("llama2_legacy_tokenizers");
+  run_parity("llama2_legacy_tokenizers", "", {}, false);
 }
 TEST(TokenizerParity, Llama2SentencepieceSemantics) {
   TokenizerOptions o;
@@ -177,4 +184,21 @@ TEST(TokenizerParity, SentencePiece2kUnigramSentencepieceSemantics) {
   TokenizerOptions o;
   o.sentencepiece_semantics = true;
   run_parity("sp2k_spm", "", o);
+}
+// Pre-tokenizer and merge-format variants of llama3_style, against the tokenizers library.
+TEST(TokenizerParity, SplitBehaviors) {
+  run_parity("llama3_split_behaviors", "", {}, false);
+}
+TEST(TokenizerParity, SplitRemovedInvertedDigitsPrefixSpace) {
+  run_parity("llama3_split_removed_invert", "", {}, false);
+}
+TEST(TokenizerParity, WhitespaceSplitAndInvertedStringSplit) {
+  run_parity("llama3_whitespace_split", "", {}, false);
+}
+TEST(TokenizerParity, MergesAsStrings) {
+  run_parity("llama3_string_merges", "", {}, false);
+}
+// BPE with continuing_subword_prefix, end_of_word_suffix, an unknown token, and the BPEDecoder.
+TEST(TokenizerParity, SubwordPrefixSuffixUnknown) {
+  run_parity("subword_bpe", "", {}, false);
 }
