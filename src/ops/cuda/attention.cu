@@ -3,13 +3,14 @@
 //   out[b, t, h, :] = Σ_s softmax_s(q[b, t, h]·k[b, s, h/G] / sqrt(D)) v[b, s, h/G],  s <= q_offset + t,
 //   s < kv_len, G = Hq / Hkv. Exponentials are base 2 on scores pre-scaled by log2(e)/sqrt(D).
 // Two kernels:
-// - prefill (bf16, D 64 or 128, T >= 16): a block of 4 warps owns 64 queries of one head; K/V tiles of
-//   64 keys go to shared memory; S = Q·Kᵀ and O += P·V run on the tensor cores (mma.sync m16n8k16,
-//   f32 accumulate) with S, P and O in registers, as in FlashAttention-2.
-// - split-K (any float dtype, D 64/96/128/256, any T; the decode path): a block owns up to R query rows
-//   that share one KV head (the G heads of a group, for all T) and one slice of the keys (flash-decoding:
-//   long caches are split over many blocks); K/V tiles of 32 keys in shared memory as f32; partial
-//   (m, l, O) of each slice are merged by a second kernel.
+// - prefill (bf16, D 16/32/64/96/128, T >= 16): a block of 4 warps owns 64 queries of one head; K/V
+//   tiles of 64 keys stream into shared memory by cp.async, double-buffered; S = Q·Kᵀ and O += P·V run
+//   on the tensor cores (mma.sync m16n8k16, f32 accumulate) with S, P and O in registers, as in
+//   FlashAttention-2.
+// - split-K (any float dtype, D 8/16/32/64/96/128/256, any T; the decode path): a block owns up to R
+//   query rows that share one KV head (the G heads of a group, for all T) and one slice of the keys
+//   (flash-decoding: long caches are split over many blocks); K/V tiles of 32 keys in shared memory as
+//   f32; partial (m, l, O) of each slice are merged by a second kernel.
 #include <cmath>
 
 #include "core/tensor.h"
@@ -39,6 +40,20 @@ __device__ __forceinline__ uint32_t pack_u16(uint16_t lo, uint16_t hi) {
   return (uint32_t)lo | ((uint32_t)hi << 16);
 }
 
+// 16-byte asynchronous copy global → shared; with valid false the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  unsigned saddr = (unsigned)__cvta_generic_to_shared(smem);
+  int src_size = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(gmem), "r"(src_size));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 // d[4] += a[16x16, row] · b[16x8, col]; bf16 in, f32 accumulate.
 __device__ __forceinline__ void mma_bf16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
@@ -60,8 +75,11 @@ __global__ void __launch_bounds__(128)
   constexpr int KD = D / 16;  // k-steps over the head dim
   constexpr int ND = D / 8;   // n-tiles of the output
   constexpr int NK = kPrefillKeys / 8;
-  __shared__ __align__(16) __nv_bfloat16 k_s[kPrefillKeys * LD];  // [64, D+8]
-  __shared__ __align__(16) __nv_bfloat16 v_s[kPrefillKeys * LD];  // [64, D+8]
+  constexpr int TILE = kPrefillKeys * LD;
+  extern __shared__ __align__(16) unsigned char prefill_smem[];
+  __nv_bfloat16* k_buf = reinterpret_cast<__nv_bfloat16*>(prefill_smem);  // [2][64, D+8]
+  __nv_bfloat16* v_buf = k_buf + 2 * TILE;                                // [2][64, D+8]
+  pdl_trigger();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int b = blockIdx.z, h = blockIdx.y, hkv = h / (Hq / Hkv);
   const int row0 = blockIdx.x * kPrefillRows + warp * 16;  // this warp's first query
@@ -93,20 +111,36 @@ __global__ void __launch_bounds__(128)
   const __nv_bfloat16* kb = k + ((int64_t)b * Smax * Hkv + hkv) * D;
   const __nv_bfloat16* vb = v + ((int64_t)b * Smax * Hkv + hkv) * D;
 
-  for (int s0 = 0; s0 < key_end; s0 += kPrefillKeys) {
-    __syncthreads();  // the previous tile is no longer read
+  // K/V tiles arrive by cp.async into two buffers: tile it + 1 loads while tile it is used. Rows at or
+  // past key_end are zero-filled (src-size 0), never read.
+  auto issue_tile = [&](int tile) {
+    int s0 = tile * kPrefillKeys;
+    __nv_bfloat16* ks = k_buf + (tile & 1) * TILE;
+    __nv_bfloat16* vs = v_buf + (tile & 1) * TILE;
     for (int e = threadIdx.x; e < kPrefillKeys * (D / 8); e += blockDim.x) {
       int j = e / (D / 8), vec = e % (D / 8);
-      uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
-      if (s0 + j < key_end) {
-        kv4 = *reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vec * 8);
-        vv4 = *reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vec * 8);
-      }
-      *reinterpret_cast<uint4*>(k_s + j * LD + vec * 8) = kv4;
-      *reinterpret_cast<uint4*>(v_s + j * LD + vec * 8) = vv4;
+      bool ok = s0 + j < key_end;
+      int64_t off = ok ? (s0 + j) * kv_stride + vec * 8 : 0;
+      cp_async16(ks + j * LD + vec * 8, kb + off, ok);
+      cp_async16(vs + j * LD + vec * 8, vb + off, ok);
     }
-    __syncthreads();
-    if (s0 > warp_last_pos || row0 >= T) continue;  // every key of this tile is in this warp's future
+    cp_async_commit();
+  };
+  const int ntiles = (key_end + kPrefillKeys - 1) / kPrefillKeys;
+  if (ntiles > 0) issue_tile(0);
+  for (int it = 0; it < ntiles; it++) {
+    const int s0 = it * kPrefillKeys;
+    __syncthreads();  // every warp is done with tile it - 1, whose buffer tile it + 1 reuses
+    if (it + 1 < ntiles) {
+      issue_tile(it + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();                                     // tile it is in shared memory for every thread
+    if (s0 > warp_last_pos || row0 >= T) continue;       // every key of this tile is in this warp's future
+    const __nv_bfloat16* k_s = k_buf + (it & 1) * TILE;  // [64, D+8]
+    const __nv_bfloat16* v_s = v_buf + (it & 1) * TILE;  // [64, D+8]
 
     // S[16, 64] = Q · Kᵀ
     float s[NK][4];
@@ -209,35 +243,49 @@ __global__ void __launch_bounds__(128)
 
 constexpr int kSplitKeys = 32;  // keys per tile (one warp's width, for the softmax reductions)
 constexpr int kSplitThreads = 128;
+constexpr int kSplitMinKeys = 64;  // fewest keys a slice gets
 
 size_t split_smem_bytes(int R, int D) {
-  return sizeof(float) *
-             ((size_t)R * D + kSplitKeys * (D + 1) + (size_t)kSplitKeys * D + R * kSplitKeys + 3 * R) +
+  return sizeof(float) * ((size_t)R * D + 2 * (size_t)kSplitKeys * (D + 1) + R * kSplitKeys + 3 * R) +
          sizeof(int) * R;
+}
+
+template <class TI>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
+  const TI* e = reinterpret_cast<const TI*>(&raw);
+#pragma unroll
+  for (int i = 0; i < (int)(16 / sizeof(TI)); i++) out[i] = to_f32(e[i]);
 }
 
 // Grid (B * Hkv * groups, nsplit). Rows of a (b, hkv) pair: rr = t * G + g, query head hkv * G + g.
 // Block (.x = (b * Hkv + hkv) * groups + rg) takes rows [rg * R, rg * R + R) and keys
 // [split * chunk, split * chunk + chunk). With nsplit == 1 it writes out; else partials:
 // part_o [nsplit, rows, D] (unnormalised), part_ml [nsplit, rows, 2] (m, l), rows = B * Hkv * G * T.
+// K/V tiles travel as 16-byte loads (lane = key, so the f32 stores into the padded [32, D+1] tiles hit
+// distinct banks), the next tile's loads in flight while the current one is used.
 template <class TI, class TO, int D, int R>
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(TO* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
                            const TI* __restrict__ q, const TI* __restrict__ k, const TI* __restrict__ v,
                            int T, int Hq, int Hkv, int Smax, int q_offset, int kv_len, int groups, int chunk,
                            float scale_log2) {
-  constexpr int NE = R * D / kSplitThreads;  // accumulator elements per thread
+  constexpr int NE = (R * D + kSplitThreads - 1) / kSplitThreads;  // accumulator elements per thread
   constexpr int BK = kSplitKeys;
+  constexpr int VEC = 16 / sizeof(TI);                           // elements per 16-byte load
+  constexpr int NVT = BK * D / VEC;                              // 16-byte loads per tile, K and V each
+  constexpr int NV = (NVT + kSplitThreads - 1) / kSplitThreads;  // per thread
+  constexpr int LD = D + 1;                                      // padded smem row (floats)
   extern __shared__ float smem[];
   float* q_s = smem;                             // [R, D], pre-scaled
   float* k_s = q_s + R * D;                      // [BK, D+1]
-  float* v_s = k_s + BK * (D + 1);               // [BK, D]
-  float* p_s = v_s + BK * D;                     // [R, BK]
+  float* v_s = k_s + BK * LD;                    // [BK, D+1]
+  float* p_s = v_s + BK * LD;                    // [R, BK]
   float* m_s = p_s + R * BK;                     // [R]
   float* l_s = m_s + R;                          // [R]
   float* a_s = l_s + R;                          // [R] rescale factor of the current tile
   int* lim_s = reinterpret_cast<int*>(a_s + R);  // [R] keys row r may see
 
+  pdl_trigger();
   const int G = Hq / Hkv, GT = G * T;
   const int rg = blockIdx.x % groups, bh = blockIdx.x / groups;
   const int b = bh / Hkv, hkv = bh % Hkv;
@@ -269,30 +317,49 @@ __global__ void __launch_bounds__(kSplitThreads)
 #pragma unroll
   for (int i = 0; i < NE; i++) acc[i] = 0.0f;
 
+  // Load i of this thread: key lane (j = idx % BK), vector idx / BK of the head dim.
+  uint4 kr[NV], vr[NV];
+  auto load_tile = [&](int s0) {
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+      int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
+      kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
+      if (idx < NVT && s0 + j < s_end) {
+        kr[i] = *reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vd * VEC);
+        vr[i] = *reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vd * VEC);
+      }
+    }
+  };
+  if (s_begin < s_end) load_tile(s_begin);
+
   for (int s0 = s_begin; s0 < s_end; s0 += BK) {
     __syncthreads();  // q_s/lim_s written, or the previous tile fully used
-    for (int e = tid; e < BK * D; e += kSplitThreads) {
-      int j = e / D, d = e % D;
-      float kv = 0.0f, vv = 0.0f;
-      if (s0 + j < s_end) {
-        kv = to_f32(kb[(s0 + j) * kv_stride + d]);
-        vv = to_f32(vb[(s0 + j) * kv_stride + d]);
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+      int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
+      if (idx < NVT) {
+        unpack16<TI>(kr[i], k_s + j * LD + vd * VEC);
+        unpack16<TI>(vr[i], v_s + j * LD + vd * VEC);
       }
-      k_s[j * (D + 1) + d] = kv;
-      v_s[j * D + d] = vv;
     }
     __syncthreads();
-    // Scores: a warp takes one row and the 32 keys of the tile.
+    if (s0 + BK < s_end) load_tile(s0 + BK);  // in flight while this tile is used
+    // Scores: a warp takes one row and the 32 keys of the tile (lane = key).
     for (int e = tid; e < R * BK; e += kSplitThreads) {
       int r = e / BK, j = e % BK, key = s0 + j;
       float sc = -INFINITY;
       if (key < s_end && key < lim_s[r]) {
         const float* qr = q_s + r * D;
-        const float* kr = k_s + j * (D + 1);
-        float a = 0.0f;
+        const float* kk = k_s + j * LD;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
 #pragma unroll 8
-        for (int d = 0; d < D; d++) a = fmaf(qr[d], kr[d], a);
-        sc = a;
+        for (int d = 0; d < D; d += 4) {
+          a0 = fmaf(qr[d], kk[d], a0);
+          a1 = fmaf(qr[d + 1], kk[d + 1], a1);
+          a2 = fmaf(qr[d + 2], kk[d + 2], a2);
+          a3 = fmaf(qr[d + 3], kk[d + 3], a3);
+        }
+        sc = (a0 + a1) + (a2 + a3);
       }
       p_s[e] = sc;
     }
@@ -317,11 +384,15 @@ __global__ void __launch_bounds__(kSplitThreads)
 #pragma unroll
     for (int i = 0; i < NE; i++) {
       int e = tid + i * kSplitThreads, r = e / D, d = e % D;
+      if (e >= R * D) break;
       const float* pr = p_s + r * BK;
-      float a = acc[i] * a_s[r];
+      float a = acc[i] * a_s[r], b2 = 0.0f;
 #pragma unroll 8
-      for (int j = 0; j < BK; j++) a = fmaf(pr[j], v_s[j * D + d], a);
-      acc[i] = a;
+      for (int j = 0; j < BK; j += 2) {
+        a = fmaf(pr[j], v_s[j * LD + d], a);
+        b2 = fmaf(pr[j + 1], v_s[(j + 1) * LD + d], b2);
+      }
+      acc[i] = a + b2;
     }
   }
   __syncthreads();
@@ -330,7 +401,7 @@ __global__ void __launch_bounds__(kSplitThreads)
 #pragma unroll
   for (int i = 0; i < NE; i++) {
     int e = tid + i * kSplitThreads, r = e / D, d = e % D, rr = rg * R + r;
-    if (rr >= GT) continue;
+    if (e >= R * D || rr >= GT) continue;
     if (gridDim.y == 1) {
       int t = rr / G, h = hkv * G + rr % G;
       float l = l_s[r];
@@ -351,6 +422,7 @@ template <class TO>
 __global__ void attention_combine_kernel(TO* __restrict__ out, const float* __restrict__ part_o,
                                          const float* __restrict__ part_ml, int nsplit, int rows, int T,
                                          int Hq, int Hkv, int D) {
+  pdl_trigger();
   int row = blockIdx.x;
   int G = Hq / Hkv, GT = G * T;
   int bh = row / GT, rr = row % GT;
@@ -384,9 +456,9 @@ void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Ten
   const int groups = ceil_div(GT, R);
   const int base_blocks = a.B * a.Hkv * groups;
   const int max_keys = std::min(a.kv_len, a.q_offset + a.T);
-  // Enough slices to give each multiprocessor a few blocks, each slice at least 4 tiles of keys.
+  // Enough slices to give each multiprocessor a few blocks, each slice at least kSplitMinKeys keys.
   int nsplit =
-      std::max(1, std::min(ceil_div(4 * ctx.num_sms, base_blocks), ceil_div(max_keys, 4 * kSplitKeys)));
+      std::max(1, std::min(ceil_div(4 * ctx.num_sms, base_blocks), ceil_div(max_keys, kSplitMinKeys)));
   int chunk = ceil_div(ceil_div(max_keys, nsplit), kSplitKeys) * kSplitKeys;
   nsplit = ceil_div(max_keys, chunk);
   size_t smem = split_smem_bytes(R, D);
@@ -428,6 +500,9 @@ void launch_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v
     else                                                  \
       launch_split_typed<TI, TO, DD, 8>(out, q, k, v, a); \
     break;
+    QT_ATTN_CASE(8)
+    QT_ATTN_CASE(16)
+    QT_ATTN_CASE(32)
     QT_ATTN_CASE(64)
     QT_ATTN_CASE(96)
     QT_ATTN_CASE(128)
@@ -435,24 +510,48 @@ void launch_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v
 #undef QT_ATTN_CASE
     default:
       throw_error(ErrorKind::Unsupported, "attention_forward: head dim ", a.D,
-                  " is not supported on CUDA (supported: 64, 96, 128, 256); q ", q.describe());
+                  " is not supported on CUDA (supported: 8, 16, 32, 64, 96, 128, 256); q ", q.describe());
   }
+}
+
+template <int D, class TO>
+void launch_prefill_d(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& a) {
+  auto kernel = attention_prefill_kernel<D, TO>;
+  const size_t smem = 4ull * kPrefillKeys * (D + 8) * sizeof(__nv_bfloat16);  // K and V, two buffers each
+  static const cudaError_t attr_err =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+  QT_CUDA_CHECK(attr_err);
+  dim3 grid(ceil_div(a.T, kPrefillRows), a.Hq, a.B);
+  float scale_log2 = kLog2e / std::sqrt((float)D);
+  kernel<<<grid, 128, smem, stream()>>>(out.data<TO>(), q.data<__nv_bfloat16>(), k.data<__nv_bfloat16>(),
+                                        v.data<__nv_bfloat16>(), a.T, a.Hq, a.Hkv, a.Smax, a.q_offset,
+                                        a.kv_len, scale_log2);
+  QT_CUDA_CHECK_LAUNCH("attention_prefill_kernel");
+}
+
+bool prefill_supports(int D) {
+  return D == 16 || D == 32 || D == 64 || D == 96 || D == 128;
 }
 
 template <class TO>
 void launch_prefill(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& a) {
-  dim3 grid(ceil_div(a.T, kPrefillRows), a.Hq, a.B);
-  float scale_log2 = kLog2e / std::sqrt((float)a.D);
-  const auto* qp = q.data<__nv_bfloat16>();
-  const auto* kp = k.data<__nv_bfloat16>();
-  const auto* vp = v.data<__nv_bfloat16>();
-  if (a.D == 64)
-    attention_prefill_kernel<64, TO><<<grid, 128, 0, stream()>>>(out.data<TO>(), qp, kp, vp, a.T, a.Hq, a.Hkv,
-                                                                 a.Smax, a.q_offset, a.kv_len, scale_log2);
-  else
-    attention_prefill_kernel<128, TO><<<grid, 128, 0, stream()>>>(
-        out.data<TO>(), qp, kp, vp, a.T, a.Hq, a.Hkv, a.Smax, a.q_offset, a.kv_len, scale_log2);
-  QT_CUDA_CHECK_LAUNCH("attention_prefill_kernel");
+  switch (a.D) {
+    case 16:
+      launch_prefill_d<16, TO>(out, q, k, v, a);
+      break;
+    case 32:
+      launch_prefill_d<32, TO>(out, q, k, v, a);
+      break;
+    case 64:
+      launch_prefill_d<64, TO>(out, q, k, v, a);
+      break;
+    case 96:
+      launch_prefill_d<96, TO>(out, q, k, v, a);
+      break;
+    default:
+      launch_prefill_d<128, TO>(out, q, k, v, a);
+      break;
+  }
 }
 
 bool aligned16(const Tensor& t) {
@@ -505,7 +604,7 @@ void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, cons
   require_dtype(out, op, "out", DType::BF16, DType::F32, DType::F16);
   if (a.B == 0 || a.T == 0 || a.Hq == 0) return;
 
-  const bool prefill = !force_split && q.dtype() == DType::BF16 && (a.D == 64 || a.D == 128) && a.T >= 16 &&
+  const bool prefill = !force_split && q.dtype() == DType::BF16 && prefill_supports(a.D) && a.T >= 16 &&
                        aligned16(k) && aligned16(v) && aligned16(q) && (out.dtype() != DType::F16);
   if (prefill) {
     if (out.dtype() == DType::BF16)
@@ -514,6 +613,9 @@ void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, cons
       launch_prefill<float>(out, q, k, v, a);
     return;
   }
+  if (!aligned16(k) || !aligned16(v))
+    throw_error(ErrorKind::Unsupported, op, ": k and v must start on 16-byte boundaries (k ", k.describe(),
+                ")");
   QT_DISPATCH_FLOAT(q.dtype(), op, TI,
                     { QT_DISPATCH_FLOAT(out.dtype(), op, TO, { launch_split<TI, TO>(out, q, k, v, a); }); });
 }

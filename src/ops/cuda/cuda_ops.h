@@ -5,6 +5,8 @@
 // qtune::Error (Shape/Unsupported) on bad input, ErrorKind::Cuda when the runtime fails.
 #pragma once
 #ifdef QTUNE_HAVE_CUDA
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace qtune {
@@ -16,6 +18,12 @@ void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table);
 // out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]); x, w BF16 (or all F32); out BF16 or F32. cuBLASLt,
 // with a GEMV kernel for small N (decode).
 void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
+// outs[j][N, O_j] = x[N, I] · ws[j][O_j, I]ᵀ (+ biases[j]) for weights sharing one input (q/k/v,
+// gate/up): at decode (bf16, N <= 2, up to 4 weights, one out dtype) a single GEMV launch; otherwise one
+// linear_forward per weight. biases: empty, or one entry (possibly null) per weight.
+void linear_forward_multi(const std::vector<Tensor*>& outs, const Tensor& x,
+                          const std::vector<const Tensor*>& ws,
+                          const std::vector<const Tensor*>& biases = {});
 // The cuBLASLt path alone, whatever N (for tests and the workbench; linear_forward checks the arguments).
 void linear_forward_cublaslt(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
 

@@ -20,6 +20,7 @@ int grid_for(int64_t n, int threads) {
 template <class TI, class TO>
 __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate, const TI* __restrict__ up,
                               int64_t n) {
+  pdl_trigger();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
     float g = to_f32(gate[i]);
@@ -31,6 +32,7 @@ __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate,
 // x[i] += y[i].
 template <class T>
 __global__ void add_kernel(T* __restrict__ x, const T* __restrict__ y, int64_t n) {
+  pdl_trigger();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
     x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
@@ -48,6 +50,7 @@ __global__ void convert_kernel(TO* __restrict__ out, const TI* __restrict__ in, 
 template <class TI, class TO>
 __global__ void embedding_kernel(TO* __restrict__ out, const int32_t* __restrict__ ids,
                                  const TI* __restrict__ table, int V, int C, int* __restrict__ bad_pos) {
+  pdl_trigger();
   int n = blockIdx.x;
   int id = ids[n];
   TO* o = out + (int64_t)n * C;

@@ -1,13 +1,17 @@
 // Linear layer on the GPU: out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]), f32 accumulation.
 // - N > 4 (prefill, training): one cuBLASLt GEMM (bf16 or f32 operands, f32 compute), bias through the
 //   BIAS epilogue when it has out's dtype, else a small kernel after the GEMM.
-// - N <= 4 (decode): a GEMV that streams each weight row once with 16-byte loads, eight in flight per
-//   lane, one warp per output row, applying the weight chunk to all N input rows (bf16 x and w).
+// - N <= 2 (decode): a GEMV that streams each weight row once with 16-byte loads, eight in flight per
+//   lane, one warp per output row, applying the weight chunk to all N input rows (bf16 x and w). It is
+//   launched as a programmatic dependent launch, so its first weights load while the kernel before ends.
+//   linear_forward_multi runs several weights that share x (q/k/v, gate/up) in one launch: at decode
+//   each launch costs several microseconds of ramp and drain beyond its bytes.
 // In cuBLASLt's column-major terms: outᵀ[O, N] = (w as col-major [I, O])ᵀ · (x as col-major [I, N]).
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/cuda_ops.h"
@@ -18,9 +22,9 @@ namespace cuda {
 
 namespace {
 
-constexpr int kGemvMaxRows = 4;
-constexpr int kGemvWarps = 4;   // output rows per block
-constexpr int kGemvUnroll = 8;  // 16-byte weight loads in flight per lane
+constexpr int kGemvMaxRows = 2;  // above this cuBLASLt is as fast (measured on H200)
+constexpr int kGemvWarps = 4;    // output rows per block
+constexpr int kGemvUnroll = 8;   // 16-byte weight loads in flight per lane (16 was slower, I = 14336)
 
 __device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
   const __nv_bfloat162* a2 = reinterpret_cast<const __nv_bfloat162*>(&a);
@@ -36,27 +40,53 @@ __device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
   return s;
 }
 
-// out[r, o] = Σ_i x[r, i] w[o, i] (+ bias[o]) for r < NR; one warp per o. I % 8 == 0, 16-byte aligned rows.
+// Loads one round of weight vectors: wv[u] = wrow[base + 32u] (zero past the row's end).
+__device__ __forceinline__ void gemv_load_round(uint4 (&wv)[kGemvUnroll], const uint4* wrow, int base,
+                                                int nvec) {
+#pragma unroll
+  for (int u = 0; u < kGemvUnroll; u++) {
+    int idx = base + u * 32;
+    wv[u] = idx < nvec ? __ldcs(wrow + idx) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// Up to kGemvMaxParts weights that share one input x, computed in one launch (q/k/v, gate/up): the
+// rows of all parts are numbered together, part j owning rows [start[j], start[j] + rows[j]).
+constexpr int kGemvMaxParts = 4;
+struct GemvParts {
+  void* out[kGemvMaxParts];               // [NR, rows[j]], type TO
+  const __nv_bfloat16* w[kGemvMaxParts];  // [rows[j], I]
+  const void* bias[kGemvMaxParts];        // [rows[j]] type TB, or null
+  int start[kGemvMaxParts], rows[kGemvMaxParts];
+  int count, total_rows;
+};
+
+// out_j[r, o] = Σ_i x[r, i] w_j[o, i] (+ bias_j[o]) for r < NR; one warp per output row o (of all parts).
+// I % 8 == 0, 16-byte aligned rows. Launched as a programmatic dependent launch: the first round of
+// weights (which no earlier kernel writes) streams in while the previous kernel finishes; x is read
+// only after pdl_wait().
 template <int NR, class TO, class TB>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(TO* __restrict__ out, const __nv_bfloat16* __restrict__ x,
-                const __nv_bfloat16* __restrict__ w, const TB* __restrict__ bias, int I, int O) {
+    gemv_kernel(const GemvParts parts, const __nv_bfloat16* __restrict__ x, int I) {
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int o = blockIdx.x * kGemvWarps + warp;
-  if (o >= O) return;
-  int nvec = I / 8;
-  const uint4* wrow = reinterpret_cast<const uint4*>(w + (int64_t)o * I);  // [I/8] of 8 bf16
-  const uint4* xv = reinterpret_cast<const uint4*>(x);                     // [NR, I/8]
+  int row = blockIdx.x * kGemvWarps + warp;
+  if (row >= parts.total_rows) return;
+  int j = 0;
+#pragma unroll
+  for (int p = 1; p < kGemvMaxParts; p++)
+    if (p < parts.count && row >= parts.start[p]) j = p;
+  const int o = row - parts.start[j], O = parts.rows[j];
+  const int nvec = I / 8;
+  const uint4* wrow = reinterpret_cast<const uint4*>(parts.w[j] + (int64_t)o * I);  // [I/8] of 8 bf16
+  const uint4* xv = reinterpret_cast<const uint4*>(x);                              // [NR, I/8]
+  uint4 wv[kGemvUnroll];
+  gemv_load_round(wv, wrow, lane, nvec);
+  pdl_trigger();
+  pdl_wait();
   float acc[NR];
 #pragma unroll
   for (int r = 0; r < NR; r++) acc[r] = 0.0f;
-  for (int base = lane; base < nvec; base += 32 * kGemvUnroll) {
-    uint4 wv[kGemvUnroll];
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; u++) {
-      int idx = base + u * 32;
-      wv[u] = idx < nvec ? __ldcs(wrow + idx) : make_uint4(0, 0, 0, 0);
-    }
+  for (int base = lane;;) {
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; u++) {
       int idx = base + u * 32;
@@ -65,7 +95,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
         for (int r = 0; r < NR; r++) acc[r] += dot8_bf16(wv[u], __ldg(xv + (int64_t)r * nvec + idx));
       }
     }
+    base += 32 * kGemvUnroll;
+    if (base >= nvec) break;
+    gemv_load_round(wv, wrow, base, nvec);
   }
+  TO* out = static_cast<TO*>(parts.out[j]);
+  const TB* bias = static_cast<const TB*>(parts.bias[j]);
 #pragma unroll
   for (int r = 0; r < NR; r++) {
     float s = warp_sum(acc[r]);
@@ -173,29 +208,43 @@ Plan make_plan(const PlanKey& k, const Tensor& x, const Tensor& w, const Tensor&
   return p;
 }
 
-void launch_gemv(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias, int N, int I, int O) {
-  dim3 grid(ceil_div(O, kGemvWarps)), block(kGemvWarps * 32);
+template <int NR, class TO, class TB>
+void launch_gemv_typed(const GemvParts& parts, const __nv_bfloat16* x, int I) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ceil_div(parts.total_rows, kGemvWarps));
+  cfg.blockDim = dim3(kGemvWarps * 32);
+  cfg.stream = stream();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  QT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_kernel<NR, TO, TB>, parts, x, I));
+}
+
+// One GEMV launch for outs[j] = x · ws[j]ᵀ (+ biases[j]); all outs share a dtype, all biases too.
+void launch_gemv(const std::vector<Tensor*>& outs, const Tensor& x, const std::vector<const Tensor*>& ws,
+                 const std::vector<const Tensor*>& biases, int N, int I) {
+  GemvParts parts = {};
+  parts.count = (int)ws.size();
+  for (int j = 0; j < parts.count; j++) {
+    parts.out[j] = outs[j]->raw();
+    parts.w[j] = ws[j]->data<__nv_bfloat16>();
+    parts.bias[j] = biases.empty() || !biases[j] ? nullptr : biases[j]->raw();
+    parts.start[j] = parts.total_rows;
+    parts.rows[j] = (int)ws[j]->size(0);
+    parts.total_rows += parts.rows[j];
+  }
+  DType bt = outs[0]->dtype();
+  for (const Tensor* b : biases)
+    if (b) bt = b->dtype();
   const auto* xp = x.data<__nv_bfloat16>();
-  const auto* wp = w.data<__nv_bfloat16>();
-  QT_DISPATCH_FLOAT(out.dtype(), "linear_forward", TO, {
-    DType bt = bias ? bias->dtype() : out.dtype();
+  QT_DISPATCH_FLOAT(outs[0]->dtype(), "linear_forward", TO, {
     QT_DISPATCH_FLOAT(bt, "linear_forward (bias)", TB, {
-      const TB* bp = bias ? bias->data<TB>() : nullptr;
-      TO* op = out.data<TO>();
-      switch (N) {
-        case 1:
-          gemv_kernel<1, TO, TB><<<grid, block, 0, stream()>>>(op, xp, wp, bp, I, O);
-          break;
-        case 2:
-          gemv_kernel<2, TO, TB><<<grid, block, 0, stream()>>>(op, xp, wp, bp, I, O);
-          break;
-        case 3:
-          gemv_kernel<3, TO, TB><<<grid, block, 0, stream()>>>(op, xp, wp, bp, I, O);
-          break;
-        default:
-          gemv_kernel<4, TO, TB><<<grid, block, 0, stream()>>>(op, xp, wp, bp, I, O);
-          break;
-      }
+      if (N == 1)
+        launch_gemv_typed<1, TO, TB>(parts, xp, I);
+      else
+        launch_gemv_typed<2, TO, TB>(parts, xp, I);
     });
   });
   QT_CUDA_CHECK_LAUNCH("gemv_kernel");
@@ -245,22 +294,31 @@ void linear_forward_cublaslt(Tensor& out, const Tensor& x, const Tensor& w, cons
   }
 }
 
-void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) {
+namespace {
+
+struct LinearDims {
+  int64_t N = 0, I = 0, O = 0;
+  bool gemv_ok = false;  // bf16 operands, N small, 16-byte rows
+};
+
+LinearDims check_linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) {
   const char* op = "linear_forward";
   require_cuda(out, op, "out");
   require_cuda(x, op, "x");
   require_cuda(w, op, "w");
   if (w.ndim() != 2) throw_error(ErrorKind::Shape, op, ": w must be [O, I], got ", w.describe());
-  int64_t O = w.size(0), I = w.size(1);
-  if (x.ndim() < 1 || x.size(-1) != I)
-    throw_error(ErrorKind::Shape, op, ": x ", x.describe(), " does not match w ", w.describe(), " (I = ", I,
+  LinearDims d;
+  d.O = w.size(0);
+  d.I = w.size(1);
+  if (x.ndim() < 1 || x.size(-1) != d.I)
+    throw_error(ErrorKind::Shape, op, ": x ", x.describe(), " does not match w ", w.describe(), " (I = ", d.I,
                 ")");
-  int64_t N = x.numel() / (I ? I : 1);
-  if (out.numel() != N * O || out.size(-1) != O)
-    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " is not [", N, ", ", O, "]");
+  d.N = x.numel() / (d.I ? d.I : 1);
+  if (out.numel() != d.N * d.O || out.size(-1) != d.O)
+    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " is not [", d.N, ", ", d.O, "]");
   if (bias) {
     require_cuda(*bias, op, "bias");
-    if (bias->numel() != O)
+    if (bias->numel() != d.O)
       throw_error(ErrorKind::Shape, op, ": bias ", bias->describe(), " does not match w ", w.describe());
     require_dtype(*bias, op, "bias", DType::BF16, DType::F32, DType::F16);
   }
@@ -274,17 +332,52 @@ void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor*
     require_dtype(out, op, "out", DType::F32);
   else
     require_dtype(out, op, "out", x.dtype(), DType::F32);
-  checked_int(N, op);
-  checked_int(I, op);
-  checked_int(O, op);
-  if (N == 0 || O == 0) return;
-  if (I == 0) throw_error(ErrorKind::Shape, op, ": w ", w.describe(), " has no input features");
-  bool gemv_ok =
-      bf16 && N <= kGemvMaxRows && I % 8 == 0 && alignment_of(x.raw()) >= 16 && alignment_of(w.raw()) >= 16;
-  if (gemv_ok)
-    launch_gemv(out, x, w, bias, (int)N, (int)I, (int)O);
+  checked_int(d.N, op);
+  checked_int(d.I, op);
+  checked_int(d.O, op);
+  if (d.I == 0 && d.N * d.O != 0)
+    throw_error(ErrorKind::Shape, op, ": w ", w.describe(), " has no input features");
+  d.gemv_ok = bf16 && d.N <= kGemvMaxRows && d.I % 8 == 0 && alignment_of(x.raw()) >= 16 &&
+              alignment_of(w.raw()) >= 16;
+  return d;
+}
+
+}  // namespace
+
+void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias) {
+  LinearDims d = check_linear(out, x, w, bias);
+  if (d.N == 0 || d.O == 0) return;
+  if (d.gemv_ok)
+    launch_gemv({&out}, x, {&w}, {bias}, (int)d.N, (int)d.I);
   else
     linear_forward_cublaslt(out, x, w, bias);
+}
+
+void linear_forward_multi(const std::vector<Tensor*>& outs, const Tensor& x,
+                          const std::vector<const Tensor*>& ws, const std::vector<const Tensor*>& biases) {
+  const char* op = "linear_forward_multi";
+  if (outs.size() != ws.size() || (!biases.empty() && biases.size() != ws.size()) || ws.empty())
+    throw_error(ErrorKind::Shape, op, ": ", outs.size(), " outputs, ", ws.size(), " weights and ",
+                biases.size(), " biases (need as many outputs as weights, and no biases or one per weight)");
+  bool fused = ws.size() <= (size_t)kGemvMaxParts;
+  int64_t N = -1, I = 0;
+  for (size_t j = 0; j < ws.size(); j++) {
+    if (!outs[j] || !ws[j]) throw_error(ErrorKind::Shape, op, ": output or weight ", j, " is null");
+    const Tensor* b = biases.empty() ? nullptr : biases[j];
+    LinearDims d = check_linear(*outs[j], x, *ws[j], b);
+    fused = fused && d.gemv_ok && d.O > 0 && outs[j]->dtype() == outs[0]->dtype();
+    if (b && biases[0] && b->dtype() != biases[0]->dtype()) fused = false;
+    if (b && !biases[0]) fused = false;
+    N = d.N;
+    I = d.I;
+  }
+  if (N == 0) return;
+  if (fused) {
+    launch_gemv(outs, x, ws, biases, (int)N, (int)I);
+    return;
+  }
+  for (size_t j = 0; j < ws.size(); j++)
+    linear_forward(*outs[j], x, *ws[j], biases.empty() ? nullptr : biases[j]);
 }
 
 }  // namespace cuda

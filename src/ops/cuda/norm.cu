@@ -15,6 +15,7 @@ __global__ void rmsnorm_kernel(TO* __restrict__ out, const TX* __restrict__ x, c
                                int C, float eps) {
   __shared__ float partial[32];
   __shared__ float rstd_s;
+  pdl_trigger();                                // a following GEMV may start loading its weights
   const TX* row = x + (int64_t)blockIdx.x * C;  // [C]
   TO* orow = out + (int64_t)blockIdx.x * C;     // [C]
   float ss = 0.0f;

@@ -15,6 +15,7 @@ template <class T>
 __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ positions,
                             const float* __restrict__ inv_freq, int H, int D) {
   extern __shared__ float cs[];  // [2, D/2]: cos then sin
+  pdl_trigger();                 // a following GEMV may start loading its weights
   int half = D / 2;
   int n = blockIdx.x;
   float pos = (float)positions[n];

@@ -4,14 +4,16 @@
 // and the bundled model's greedy continuation.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "../model_test_util.h"
 #include "core/allocator.h"
 #include "model/generate.h"
 #include "model/llama_model.h"
-#include "../model_test_util.h"
 
 using namespace qtune;
 using namespace qtune_test;
@@ -66,18 +68,48 @@ TEST_P(CudaHfLogits, MatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaHfLogits, testing::Values("llama", "llama_bf16", "mistral", "qwen2"));
 
+// Greedy generation on the GPU against transformers' f32 greedy tokens. bf16 logits carry noise of order
+// 1e-2 (relative), so where a fixture's top-2 margin is below that noise the two may part ways; the test
+// accepts a divergence only at a near tie: at the first differing step, with the f32 CPU model's logits
+// (which match transformers to 1e-4) on the shared prefix, the margin between HF's token and ours must be
+// at most twice the largest |GPU − CPU| logit difference of that step. Otherwise the tokens must be equal.
 TEST(CudaLlamaModel, GreedyGenerationMatchesTransformers) {
   REQUIRE_GPU();
   for (std::string name : {"llama", "mistral", "qwen2"}) {
     LlamaModel m = LlamaModel::load(fixture(name), Device::CUDA);
     nlohmann::json ex = expected_json(name);
+    std::vector<int32_t> prompt = ints(ex["prompt"]), want = ints(ex["greedy"]);
     GenerateOptions opt;
     opt.max_new_tokens = ex["max_new_tokens"];
     opt.eos_token_ids = {ex["eos_token_id"].get<int>()};
-    GenerateResult r = generate(m, ints(ex["prompt"]), opt);
-    std::printf("[ measured ] cuda %s greedy: %zu tokens, HF min top-2 margin %.4f\n", name.c_str(),
-                r.tokens.size(), ex.value("greedy_min_margin", 0.0));
-    EXPECT_EQ(r.tokens, ints(ex["greedy"])) << name;
+    GenerateResult r = generate(m, prompt, opt);
+    size_t k = 0;
+    while (k < want.size() && k < r.tokens.size() && r.tokens[k] == want[k]) k++;
+    std::printf(
+        "[ measured ] cuda %s greedy: first %zu of %zu tokens equal transformers (HF min top-2 margin "
+        "%.4f)\n",
+        name.c_str(), k, want.size(), ex.value("greedy_min_margin", 0.0));
+    if (k == want.size()) {
+      EXPECT_EQ(r.tokens, want) << name;
+      continue;
+    }
+    ASSERT_LT(k, r.tokens.size()) << name << ": generation stopped early";
+    std::vector<int32_t> prefix = prompt;
+    prefix.insert(prefix.end(), want.begin(), want.begin() + k);
+    Tensor ids = Tensor::from_i32(prefix, {1, (int64_t)prefix.size()});
+    int64_t V = m.config().vocab_size;
+    KVCache gpu_cache = m.make_cache(1, prefix.size());
+    std::vector<float> gpu = m.forward(ids, gpu_cache, 0, true).to_f32_vector();
+    LlamaModel cpu_model = LlamaModel::load(fixture(name), Device::CPU);
+    KVCache cpu_cache = cpu_model.make_cache(1, prefix.size());
+    std::vector<float> cpu = cpu_model.forward(ids, cpu_cache, 0, true).to_f32_vector();
+    double noise = 0;
+    for (int64_t i = 0; i < V; i++) noise = std::max(noise, (double)std::fabs(gpu[i] - cpu[i]));
+    double margin = (double)cpu[want[k]] - cpu[r.tokens[k]];
+    std::printf(
+        "[ measured ] cuda %s: parts at step %zu (HF %d, GPU %d): f32 margin %.4f, bf16 logit noise %.4f\n",
+        name.c_str(), k, want[k], r.tokens[k], margin, noise);
+    EXPECT_LE(margin, 2 * noise) << name << ": the GPU left transformers' greedy path at a clear choice";
   }
 }
 

@@ -132,6 +132,11 @@ TEST(CudaAttention, Decode) {
 
 TEST(CudaAttention, OtherHeadDimsAndF32) {
   QT_REQUIRE_GPU();
+  check_case({1, 40, 4, 2, 16, 48, 0, 40});   // small test-model shapes: D 16 on the tensor cores
+  check_case({2, 70, 8, 2, 32, 80, 3, 73});   // D 32 (the bundled model)
+  check_case({1, 50, 12, 4, 96, 64, 0, 50});  // D 96 on the tensor cores
+  check_case({1, 30, 8, 2, 8, 32, 0, 30});    // D 8: split-K only
+  check_case({2, 1, 4, 2, 16, 100, 60, 61});  // D 16 decode
   check_case({1, 5, 12, 4, 96, 64, 40, 45});
   check_case({1, 3, 8, 2, 256, 300, 200, 203});
   check_case({1, 24, 8, 2, 256, 64, 0, 24});

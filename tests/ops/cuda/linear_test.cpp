@@ -153,6 +153,66 @@ TEST(CudaLinear, MatchesCpuOp) {
   }
 }
 
+// Several weights sharing one input (q/k/v, gate/up): one GEMV launch at decode, per-weight otherwise.
+void multi_case(int64_t N, int64_t I, const std::vector<int64_t>& Os, DType out_dt, bool bias) {
+  Rng rng;
+  auto x = randn_bf16(rng, N * I);
+  Tensor xd = to_device(x, {N, I}, DType::BF16);
+  std::vector<std::vector<float>> w(Os.size()), b(Os.size());
+  std::vector<Tensor> wd, bd, outs;
+  for (size_t j = 0; j < Os.size(); j++) {
+    w[j] = randn_bf16(rng, Os[j] * I, 1.0f / std::sqrt((float)I));
+    b[j] = randn_bf16(rng, Os[j], 0.5f);
+    wd.push_back(to_device(w[j], {Os[j], I}, DType::BF16));
+    bd.push_back(to_device(b[j], {Os[j]}, DType::BF16));
+    outs.push_back(poisoned({N, Os[j]}, out_dt));
+  }
+  std::vector<Tensor*> op;
+  std::vector<const Tensor*> wp, bp;
+  for (size_t j = 0; j < Os.size(); j++) {
+    op.push_back(&outs[j]);
+    wp.push_back(&wd[j]);
+    bp.push_back(bias ? &bd[j] : nullptr);
+  }
+  cuda::linear_forward_multi(op, xd, wp, bp);
+  for (size_t j = 0; j < Os.size(); j++) {
+    std::vector<double> ref(N * Os[j]), bf(N * Os[j]);
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t o = 0; o < Os[j]; o++) {
+        double acc = bias ? (double)b[j][o] : 0.0;
+        for (int64_t i = 0; i < I; i++) acc += (double)x[n * I + i] * w[j][o * I + i];
+        ref[n * Os[j] + o] = acc;
+        bf[n * Os[j] + o] = round_bf16d(acc);
+      }
+    auto got = outs[j].to_f32_vector();
+    ASSERT_EQ(count_nonfinite(got), 0u) << "part " << j << " has unwritten outputs";
+    char what[120];
+    std::snprintf(what, sizeof what, "linear_multi N=%lld I=%lld part %zu O=%lld %s%s", (long long)N,
+                  (long long)I, j, (long long)Os[j], dtype_name(out_dt), bias ? " bias" : "");
+    if (out_dt == DType::F32)
+      expect_f32_close(what, rel_err(got, ref), 1e-5);
+    else
+      expect_bf16_rule(what, rel_err(got, ref), rel_err(bf, ref));
+  }
+}
+
+TEST(CudaLinear, MultiWeightsShareInput) {
+  QT_REQUIRE_GPU();
+  multi_case(1, 4096, {4096, 1024, 1024}, DType::BF16, false);  // q/k/v of an 8B layer, one launch
+  multi_case(1, 4096, {14336, 14336}, DType::BF16, false);      // gate/up
+  multi_case(2, 896, {896, 128, 128}, DType::BF16, true);       // Qwen2-style biases
+  multi_case(1, 512, {100, 37}, DType::F32, false);
+  multi_case(5, 512, {300, 64, 64}, DType::F32, true);  // N > 2: one cuBLASLt call per weight
+  Tensor x = Tensor::zeros({1, 64}, DType::BF16, Device::CUDA);
+  Tensor w = Tensor::zeros({8, 64}, DType::BF16, Device::CUDA),
+         out = Tensor::empty({1, 8}, DType::BF16, Device::CUDA);
+  expect_error(
+      [&] {
+        cuda::linear_forward_multi({&out, &out}, x, {&w});
+      },
+      ErrorKind::Shape, {"linear_forward_multi", "2 outputs, 1 weights"});
+}
+
 TEST(CudaLinear, BadArgumentsThrow) {
   QT_REQUIRE_GPU();
   Tensor x = Tensor::zeros({2, 64}, DType::BF16, Device::CUDA);
