@@ -7,4 +7,8 @@ namespace qtune {
 // out[N, F] = silu(gate[N, F]) * up[N, F].
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
 
+// Backward: with s = sigmoid(gate), silu'(gate) = s·(1 + gate·(1 − s)),
+//   dgate += dout·up·silu'(gate),   dup += dout·silu(gate)   (accumulated).
+void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up);
+
 }  // namespace qtune

@@ -12,4 +12,19 @@ namespace qtune {
 void attention_forward(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
                        int64_t kv_len);
 
+// Training attention: whole sequences, no cache. q [B, T, Hq, D]; k, v [B, T, Hkv, D]; query t sees keys
+// s <= t. With seq_ids (I32 [B, T], optional, equal ids in contiguous runs: packed examples) it sees only
+// keys of its own run. out [B, T, Hq, D]; lse F32 [B, T, Hq] the log-sum-exp of the scaled scores of
+// each row (what backward needs to recompute the probabilities without storing them). CPU F32.
+void attention_forward_train(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor* seq_ids = nullptr);
+
+// Backward of attention_forward_train from the saved q, k, v, out and lse (the T×T probabilities are
+// recomputed per row, never stored): with p = exp(q·k/√D − lse), Δ = Σ_d dout·out,
+//   dv_s += p_s·dout,  ds_s = p_s·(dout·v_s − Δ),  dq += Σ_s ds_s·k_s/√D,  dk_s += ds_s·q/√D,
+// dk/dv summed over the query heads of each group. Gradients accumulate (+=). seq_ids as in forward.
+void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                        const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                        const Tensor* seq_ids = nullptr);
+
 }  // namespace qtune

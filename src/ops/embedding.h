@@ -9,4 +9,8 @@ namespace qtune {
 // out has table's dtype (or F32). An id outside [0, V) throws ErrorKind::Shape naming the id.
 void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table);
 
+// Backward: dtable[ids[n], :] += dout[n, :] (a scatter-add; repeated ids sum). dtable F32 [V, C], dout
+// F32 [N, C]. For full fine-tuning of the embedding (PEFT's modules_to_save). Ids are range-checked.
+void embedding_backward(Tensor& dtable, const Tensor& ids, const Tensor& dout);
+
 }  // namespace qtune

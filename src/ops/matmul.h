@@ -14,4 +14,9 @@ void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor*
 void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha = 1.0f,
             float beta = 0.0f);
 
+// Backward of linear_forward (dense weights), each gradient only when its pointer is non-null and
+// accumulated (+=):  dx[N, I] += dy[N, O]·w[O, I],  dw[O, I] += dyᵀ·x,  db[O] += Σ_n dy[n, :].
+// Frozen base weights need only dx. x and dy may have any leading shape (N rows). CPU F32.
+void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x, const Tensor& w);
+
 }  // namespace qtune
