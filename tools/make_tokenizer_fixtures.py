@@ -493,10 +493,15 @@ def main():
                    patch={"patch": roberta_patch(), "config": ROBERTA_CONFIG})
     write_expected("llama3_style", "llama3_style", hf_cases(make_llama3_style(args.data), strings))
     edge = strings[:VARIANT_STRINGS]
+    cleanup = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True}
     for name, patch in llama3_variant_patches(args.data).items():
         write_expected("llama3_" + name, "llama3_style",
                        tokenizers_cases(os.path.join(OUT, "llama3_style", "tokenizer.json"), edge, patch),
                        patch={"patch": patch, "config": None}, reference="tokenizers")
+    # clean_up_tokenization_spaces: transformers applies it to Unigram models and ignores it for BPE ones.
+    write_expected("llama3_cleanup", "llama3_style",
+                   hf_cases(variant(os.path.join(OUT, "llama3_style"), "cleanup", {}, cleanup), edge),
+                   patch={"patch": {}, "config": cleanup})
     write_expected("subword_bpe", "subword_bpe", tokenizers_cases(make_subword_bpe(args.data, strings), edge),
                    reference="tokenizers")
     tok_model, tok_json, tok_legacy = make_llama2(args.data)
@@ -517,6 +522,9 @@ def main():
                                                        add_eos=True), reference="sentencepiece")
     write_expected("sp2k_unigram", "sp2k_unigram", tokenizers_cases(make_sp2k_unigram(args.data), strings),
                    reference="tokenizers")
+    write_expected("sp2k_unigram_cleanup", "sp2k_unigram",
+                   hf_cases(variant(os.path.join(OUT, "sp2k_unigram"), "cleanup", {}, cleanup), strings[:VARIANT_STRINGS]),
+                   patch={"patch": {}, "config": cleanup})
 
     with open(os.path.join(OUT, "nfc.json"), "w", encoding="utf-8") as f:
         json.dump(nfc_cases(random.Random(7), 600), f, ensure_ascii=False)

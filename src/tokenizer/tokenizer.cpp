@@ -61,6 +61,8 @@ std::string token_field(const json& cfg, const char* key) {
   return "";
 }
 
+}  // namespace
+
 std::string clean_up_tokenization(std::string s) {
   static const char* pairs[][2] = {{" .", "."},     {" ?", "?"},     {" !", "!"},   {" ,", ","},
                                    {" ' ", "'"},    {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"},
@@ -68,8 +70,6 @@ std::string clean_up_tokenization(std::string s) {
   for (auto& p : pairs) s = replace_all(s, p[0], p[1]);
   return s;
 }
-
-}  // namespace
 
 Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
@@ -165,7 +165,12 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
     pad_id_ = id_of("pad_token", pad_id_);
     if (c.contains("chat_template") && c.at("chat_template").is_string())
       chat_template_ = c.at("chat_template").get<std::string>();
-    clean_up_spaces_ = c.value("clean_up_tokenization_spaces", false);
+    // transformers ignores clean_up_tokenization_spaces for BPE models (it would eat spaces before
+    // punctuation) unless told otherwise.
+    clean_up_spaces_ =
+        c.value("clean_up_tokenization_spaces", false) &&
+        (!dynamic_cast<BpeModel*>(model_.get()) ||
+         c.value("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", false));
     std::string cls = c.contains("tokenizer_class") && c.at("tokenizer_class").is_string()
                           ? c.at("tokenizer_class").get<std::string>()
                           : "";
@@ -235,6 +240,11 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool add_special
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  std::string out = decode_raw(ids, skip_special_tokens);
+  return clean_up_spaces_ ? clean_up_tokenization(out) : out;
+}
+
+std::string Tokenizer::decode_raw(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (int32_t id : ids) {
@@ -254,7 +264,6 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
   } else {
     for (size_t i = 0; i < tokens.size(); i++) out += (i ? " " : "") + tokens[i];
   }
-  if (clean_up_spaces_) out = clean_up_tokenization(out);
   return out;
 }
 

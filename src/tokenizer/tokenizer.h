@@ -59,6 +59,9 @@ class Tokenizer {
 
   std::vector<int32_t> encode(const std::string& text, bool add_special_tokens = true) const;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+  // decode() before transformers' clean_up_tokenization_spaces step, and whether that step is on.
+  std::string decode_raw(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+  bool cleans_up_spaces() const { return clean_up_spaces_; }
 
   int vocab_size() const;  // one past the largest id of the model vocabulary and the added tokens
   int bos_id() const { return bos_id_; }  // -1 when none
@@ -92,6 +95,9 @@ class Tokenizer {
 // Incremental detokenizer for streaming generation. push(id) returns the text completed by that id: never a
 // partial UTF-8 character (bytes are held until their character completes), and the concatenation of all
 // push() results followed by finish() equals decode() of the whole sequence.
+// transformers' clean_up_tokenization: " ." -> "." and the like (applied in this order).
+std::string clean_up_tokenization(std::string s);
+
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok, bool skip_special_tokens = false);
@@ -104,7 +110,8 @@ class StreamDecoder {
   bool skip_special_;
   std::vector<int32_t> ids_;
   size_t prefix_ = 0, read_ = 0;  // ids_[prefix_, read_) is the context already emitted
-  std::string prefix_text_;       // decode(ids_[prefix_, read_))
+  std::string prefix_text_;       // decode_raw(ids_[prefix_, read_))
+  std::string pending_;           // raw text not emitted yet because clean-up may still change it
 };
 
 }  // namespace qtune

@@ -202,3 +202,10 @@ TEST(TokenizerParity, MergesAsStrings) {
 TEST(TokenizerParity, SubwordPrefixSuffixUnknown) {
   run_parity("subword_bpe", "", {}, false);
 }
+// clean_up_tokenization_spaces in the config: applied to Unigram models, ignored for BPE (transformers 5).
+TEST(TokenizerParity, CleanUpSpacesIgnoredForBpe) {
+  run_parity("llama3_cleanup", "", {}, false);
+}
+TEST(TokenizerParity, CleanUpSpacesAppliedForUnigram) {
+  run_parity("sp2k_unigram_cleanup", "", {}, false);
+}

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "core/error.h"
 #include "tokenizer/sentencepiece_model.h"
@@ -226,6 +227,27 @@ TEST(Tokenizer, DecodeOddIdSequencesLikeHfAndSentencepiece) {
   }
   EXPECT_EQ(bad_hf, 0u) << first_hf;
   EXPECT_EQ(bad_sp, 0u) << first_sp;
+}
+
+TEST(Tokenizer, ConcurrentEncodeMatchesSerial) {
+  // One tokenizer shared by several threads (data loaders do this): same ids as one thread, no races on the
+  // BPE word cache.
+  json strings = json::parse(slurp(kDir + "strings.json"));
+  for (const char* d : {"gpt2", "llama2_model", "sp2k_unigram"}) {
+    auto t = Tokenizer::load(kDir + d);
+    std::vector<std::vector<int32_t>> serial;
+    for (auto& s : strings) serial.push_back(t->encode(s.get<std::string>()));
+    auto fresh = Tokenizer::load(kDir + d);  // empty cache, so the threads fill it concurrently
+    std::vector<size_t> bad(4, 0);
+    std::vector<std::thread> threads;
+    for (int k = 0; k < 4; k++)
+      threads.emplace_back([&, k] {
+        for (size_t i = k; i < strings.size(); i += (k % 2 ? 3 : 1))
+          if (fresh->encode(strings[i].get<std::string>()) != serial[i]) bad[k]++;
+      });
+    for (auto& th : threads) th.join();
+    EXPECT_EQ(bad[0] + bad[1] + bad[2] + bad[3], 0u) << d;
+  }
 }
 
 TEST(Tokenizer, Utf8LossyMatchesPython) {
