@@ -74,12 +74,15 @@ void check_args(const char* what, const Tensor& out, const Tensor& x, int64_t O,
     throw_error(ErrorKind::Shape, what, ": bias ", bias->describe(), " is not F32 [", O, "]");
 }
 
-void add_bias(float* y, int64_t N, int64_t O, const Tensor* bias) {
+// y += bias, the bias rounded to dt first (Linear4bit casts it to the compute dtype).
+void add_bias(float* y, int64_t N, int64_t O, const Tensor* bias, DType dt = DType::F32) {
   if (!bias) return;
-  const float* b = bias->data<float>();
+  const float* bp = bias->data<float>();
+  std::vector<float> b(bp, bp + O);
+  for (float& v : b) v = round_to(dt, v);
 #pragma omp parallel for schedule(static) if (N * O >= (1 << 16))
   for (int64_t n = 0; n < N; n++)
-    for (int64_t o = 0; o < O; o++) y[n * O + o] += b[o];
+    for (int64_t o = 0; o < O; o++) y[n * O + o] += b[(size_t)o];
 }
 
 }  // namespace
@@ -126,6 +129,13 @@ void quant4_linear_forward(Tensor& out, const Tensor& x, const Quant4Linear& w, 
   const float* xp = x.data<float>();  // [N, I]
   float* y = out.data<float>();       // [N, O]
   const uint8_t* packed = w.q.packed.data<uint8_t>();
+  const DType cd = w.compute_dtype;
+  std::vector<float> xr;  // x rounded to the compute dtype, as Linear4bit casts it [N, I]
+  if (cd != DType::F32) {
+    xr.resize((size_t)(N * I));
+    for (int64_t i = 0; i < N * I; i++) xr[(size_t)i] = round_to(cd, xp[i]);
+    xp = xr.data();
+  }
   if (N <= 4) {
     // Fused GEMV: each packed byte is read once for all N rows of x.
 #pragma omp parallel for schedule(static) if (O * I >= (1 << 15))
@@ -155,7 +165,9 @@ void quant4_linear_forward(Tensor& out, const Tensor& x, const Quant4Linear& w, 
       }
     }
   }
-  add_bias(y, N, O, bias);
+  add_bias(y, N, O, bias, cd);
+  if (cd != DType::F32)  // the product comes back in the compute dtype
+    for (int64_t i = 0; i < N * O; i++) y[i] = round_to(cd, y[i]);
 }
 
 void int8_linear_forward(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {

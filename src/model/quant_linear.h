@@ -3,7 +3,8 @@
 //
 //   4-bit (NF4/FP4, optional double quant): W[o, i] = cd(orig(code[q] * absmax[blk])), where orig rounds to
 //   the checkpoint's dtype (bitsandbytes dequantizes into quant_state.dtype) and cd to the compute dtype
-//   (it then casts to bnb_4bit_compute_dtype). The product itself runs in f32. One token: a fused GEMV
+//   (it then casts to bnb_4bit_compute_dtype). x, the bias and the result are rounded to the compute dtype
+//   too (Linear4bit casts them); the product itself accumulates in f32. One token: a fused GEMV
 //   that reads the packed bytes once, a 16-entry table of dequantized values per block, OpenMP over output
 //   rows. Many tokens: each thread dequantizes a tile of output rows into a reused f32 buffer and runs a
 //   single-threaded sgemm into its columns of out.

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Regenerates tests/fixtures/quant_model/: tiny Llama / Qwen2 fixture models (tests/fixtures/model/)
+quantized by transformers + bitsandbytes on the CPU and saved with save_pretrained, plus the logits that
+transformers computes with the quantized model for fixed ids. qtune's tests load these folders (no flags)
+and compare logits, and compare their own quantization of the same source weights byte for byte.
+
+How (bitsandbytes 0.50.2, transformers 5.23, torch 2.15 CPU): AutoModelForCausalLM.from_pretrained(src, quantization_config=BitsAndBytesConfig(...),
+device_map="cpu") (bitsandbytes >= 0.45 quantizes on the CPU; transformers accepts device_map="cpu"), then
+save_pretrained (safe serialization). The forward uses bitsandbytes' portable CPU path (see load()). Folders (each also holds logits.safetensors: ids I32 [1, T], logits
+F32 [1, T, V]):
+  mistral_nf4_dq    mistral, NF4 + double quant, compute dtype float32
+  mistral_fp4_bf16  mistral, FP4, compute dtype bfloat16
+  llama_int8        llama, LLM.int8, threshold 6.0
+  qwen2_int8        qwen2 (q/k/v biases, tied embeddings), LLM.int8, threshold 1.5 (low, so outlier columns
+                    occur in these small models)
+The 4-bit cases use the mistral fixture because every Linear there has in_features a multiple of 64:
+bitsandbytes 0.50.2's native CPU dequantize kernel (libbitsandbytes_cpu, taken when the last dim is even)
+dequantizes wrongly when in_features is not a multiple of the block size (llama's down_proj [64, 160]: 25%
+error vs the source instead of 9%); its generic torch path (_dequantize_4bit_compute) agrees with qtune
+exactly on such shapes, and the stored bytes are right either way.
+
+With --qtune PATH/TO/qtune the script also checks the other direction: it runs `qtune quantize` on the same
+sources into a temporary folder, loads that in transformers (from_pretrained, no options), and requires its
+logits to equal the bitsandbytes-quantized model's exactly and its tensors to equal bitsandbytes' bytes.
+
+Usage: python3 tools/make_quant_model_fixtures.py [--out DIR] [--qtune BUILD/qtune] [--check-only]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(HERE, "..", "tests", "fixtures", "model")
+IDS = [139, 206, 180, 45, 269, 267, 378, 5, 77, 301, 12, 250, 99, 3, 360, 41]
+
+CASES = {
+    "mistral_nf4_dq": ("mistral", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                       bnb_4bit_compute_dtype=torch.float32),
+                       ["--4bit", "nf4", "--double-quant", "--compute-dtype", "float32"]),
+    "mistral_fp4_bf16": ("mistral", dict(load_in_4bit=True, bnb_4bit_quant_type="fp4",
+                                         bnb_4bit_compute_dtype=torch.bfloat16),
+                         ["--4bit", "fp4", "--compute-dtype", "bfloat16"]),
+    "llama_int8": ("llama", dict(load_in_8bit=True), ["--8bit"]),
+    "qwen2_int8": ("qwen2", dict(load_in_8bit=True, llm_int8_threshold=1.5), ["--8bit", "--threshold", "1.5"]),
+}
+
+
+def ids_for(model):
+    return [i % model.config.vocab_size for i in IDS]
+
+
+def logits_of(model):
+    with torch.no_grad():
+        return model(torch.tensor([ids_for(model)])).logits.float()
+
+
+def load(path, **kw):
+    model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu", dtype=torch.float32, **kw)
+    # On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights at the first forward for a fused CPU
+    # kernel; that repacking fails when in_features is not a multiple of the block size (160 here) and
+    # computes differently from every other device. Use the portable path (dequantize, then torch matmul).
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+    return model
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "tests", "fixtures", "quant_model"))
+    ap.add_argument("--qtune", help="qtune binary: also check qtune-quantized folders in transformers")
+    ap.add_argument("--check-only", action="store_true", help="do not rewrite the fixtures")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    failures = 0
+    for name, (src_name, qkw, qtune_args) in CASES.items():
+        src = os.path.join(SRC, src_name)
+        out = os.path.join(a.out, name)
+        model = load(src, quantization_config=BitsAndBytesConfig(**qkw))
+        logits = logits_of(model)
+        if not a.check_only:
+            shutil.rmtree(out, ignore_errors=True)
+            model.save_pretrained(out)
+            save_file({"ids": torch.tensor([ids_for(model)], dtype=torch.int32), "logits": logits.contiguous()},
+                      os.path.join(out, "logits.safetensors"))
+            # The saved folder must reload to the same logits.
+            again = logits_of(load(out))
+            assert torch.equal(again, logits), f"{name}: reloaded folder gives other logits ({rel(again, logits)})"
+        dense = logits_of(load(src))
+        print(f"{name}: saved; quantized vs dense logits rel err {rel(logits, dense):.4f}")
+
+        if a.qtune:
+            with tempfile.TemporaryDirectory() as tmp:
+                qdir = os.path.join(tmp, name)
+                subprocess.run([a.qtune, "quantize", "--model", src, "--out", qdir] + qtune_args, check=True)
+                ours = load_file(os.path.join(qdir, "model.safetensors"))
+                theirs = load_file(os.path.join(out, "model.safetensors"))
+                same_keys = sorted(ours) == sorted(theirs)
+                diff = [k for k in theirs if k in ours and not (ours[k].dtype == theirs[k].dtype and
+                        ours[k].shape == theirs[k].shape and torch.equal(ours[k], theirs[k]))]
+                qcfg = json.load(open(os.path.join(qdir, "config.json")))["quantization_config"]
+                tcfg = json.load(open(os.path.join(out, "config.json")))["quantization_config"]
+                ql = logits_of(load(qdir))
+                ok = same_keys and not diff and qcfg == tcfg and torch.equal(ql, logits)
+                failures += not ok
+                print(f"  qtune quantize -> transformers: same tensor names {same_keys}, differing tensors {diff}, "
+                      f"same quantization_config {qcfg == tcfg}, logits rel err vs bnb {rel(ql, logits):.3g}: "
+                      f"{'OK' if ok else 'FAIL'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
