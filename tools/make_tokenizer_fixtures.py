@@ -338,7 +338,27 @@ def llama3_variant_patches(data):
         "whitespace_split": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "WhitespaceSplit"}, split("o", "Isolated", invert=True, kind="String"), bl]}},
         "string_merges": {"model": model},
+        # Llama 3's own post-processor shape: Sequence[ByteLevel, TemplateProcessing]
+        "sequence_post_processor": {"post_processor": {"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
+                        {"Sequence": {"id": "A", "type_id": 0}},
+                        {"SpecialToken": {"id": "<|end_of_text|>", "type_id": 0}}],
+             "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+             "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [2000],
+                                                      "tokens": ["<|begin_of_text|>"]},
+                                "<|end_of_text|>": {"id": "<|end_of_text|>", "ids": [2001],
+                                                    "tokens": ["<|end_of_text|>"]}}}]}},
     }
+
+
+def metaspace_patches():
+    """Metaspace variants over the Llama 2 vocabulary (Mistral / newer SentencePiece conversions)."""
+    def ms(scheme, split):
+        return {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": scheme, "split": split}
+    return {"always_split": {"normalizer": None, "pre_tokenizer": ms("always", True), "decoder": ms("always", True)},
+            "never": {"normalizer": None, "pre_tokenizer": ms("never", False), "decoder": ms("never", False)}}
 
 
 def make_subword_bpe(data, strings):
@@ -512,6 +532,10 @@ def main():
     write_expected("llama2_legacy", "llama2_legacy", hf_cases(tok_legacy, strings))
     with open(os.path.join(OUT, "decode_llama2.json"), "w", encoding="utf-8") as f:
         json.dump(llama2_decode_cases(tok_model, random.Random(11), 400), f, ensure_ascii=False)
+    for name, patch in metaspace_patches().items():
+        write_expected("llama2_metaspace_" + name, "llama2_json",
+                       tokenizers_cases(os.path.join(OUT, "llama2_json", "tokenizer.json"), strings[:VARIANT_STRINGS],
+                                        patch), patch={"patch": patch, "config": None}, reference="tokenizers")
     write_expected("llama2_legacy_tokenizers", "llama2_legacy",
                    tokenizers_cases(os.path.join(OUT, "llama2_legacy", "tokenizer.json"), strings[:VARIANT_STRINGS]),
                    reference="tokenizers")

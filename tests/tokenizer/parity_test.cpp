@@ -209,3 +209,13 @@ TEST(TokenizerParity, CleanUpSpacesIgnoredForBpe) {
 TEST(TokenizerParity, CleanUpSpacesAppliedForUnigram) {
   run_parity("sp2k_unigram_cleanup", "", {}, false);
 }
+TEST(TokenizerParity, SequencePostProcessor) {
+  run_parity("llama3_sequence_post_processor", "", {}, false);
+}
+// Metaspace pre-tokenizer and decoder variants (prepend_scheme always with split, never).
+TEST(TokenizerParity, MetaspaceAlwaysSplit) {
+  run_parity("llama2_metaspace_always_split", "", {}, false);
+}
+TEST(TokenizerParity, MetaspaceNever) {
+  run_parity("llama2_metaspace_never", "", {}, false);
+}
