@@ -1,0 +1,46 @@
+// clip_grad_norm: see clip.h.
+#include "optim/clip.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace qtune {
+
+float grad_global_norm(const std::vector<ParamGroup>& groups) {
+  double total_sq = 0.0;
+  for (const ParamGroup& g : groups) {
+    for (const ParamRef& p : g.params) {
+      if (!p.grad.defined()) continue;
+      if (p.grad.dtype() != DType::F32 || p.grad.is_cuda())
+        throw_error(ErrorKind::Unsupported, "clip_grad_norm: gradient of '", p.name, "' is ",
+                    p.grad.describe(), ", expected F32 on the CPU");
+      const float* x = p.grad.data<float>();
+      const int64_t n = p.grad.numel();
+      double sq = 0.0;
+#pragma omp parallel for reduction(+ : sq) if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) sq += (double)x[i] * (double)x[i];
+      const float norm = (float)std::sqrt(sq);  // torch: one f32 norm per tensor
+      total_sq += (double)norm * (double)norm;
+    }
+  }
+  return (float)std::sqrt(total_sq);
+}
+
+float clip_grad_norm(std::vector<ParamGroup>& groups, double max_norm) {
+  const float total = grad_global_norm(groups);
+  const float coef = (float)max_norm / (total + 1e-6f);
+  const float clamped = coef < 1.0f ? coef : 1.0f;
+  for (ParamGroup& g : groups) {
+    for (ParamRef& p : g.params) {
+      if (!p.grad.defined()) continue;
+      float* x = p.grad.data<float>();
+      const int64_t n = p.grad.numel();
+#pragma omp parallel for if (n > 65536)
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] * clamped;
+    }
+  }
+  return total;
+}
+
+}  // namespace qtune
