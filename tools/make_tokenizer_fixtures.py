@@ -57,7 +57,8 @@ HAND = [
     "<|endoftext|>", "hi<|endoftext|>there", "<|endoftext|><|endoftext|>", " <|endoftext|> ",
     "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "<|im_end|>", "<|begin_of_text|>Hi",
     "<|eot_id|>", "x <mask> y", "x<mask>y", "  <mask>  ", "[NEW] word", "a[NEW]b", "the [NEW]", "rs_tok   after",
-    "<tool_call>{}</tool_call>", "hello world<|eot_id|>", "Hello World hello world",
+    "<tool_call>{}</tool_call>", "hello world<|eot_id|>", "Hello World hello world", "a<pad>b", "x <extra> y",
+    "<pad><extra>", "<pad> <extra>",
     "\u0000", "\u0001\u0002", "\u007f", "\ufeffBOM", "\ufffd", "\U0010ffff", "\U0001d11e", "\u2581",
     "café\u0301", "ﬁ ligature", "Ａ full width", "①②③", "x²+y²", "½ ¼ ¾", "™ © ®", "…", "“quotes”", "‘single’",
     "—dash–", "«guillemets»", "¿Qué?", "¡Hola!", "Ελληνικά", "Ünïcödé", "ǅ", "ꙮ", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢",
@@ -426,6 +427,24 @@ def make_llama2(data):
     return tok_model, tok_json, tok_legacy
 
 
+LLAMA2_ADDED_CONFIG = {
+    "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>",
+    "unk_token": "<unk>", "pad_token": "<pad>", "added_tokens_decoder": {
+        "32000": {"content": "<pad>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                  "special": True},
+        "32001": {"content": "<extra>", "lstrip": True, "normalized": False, "rstrip": False, "single_word": False,
+                  "special": False}}}
+
+
+def model_variant(model_path, config):
+    """A folder with tokenizer.model and the given tokenizer_config.json, loaded with transformers."""
+    tmp = tempfile.mkdtemp()
+    shutil.copy(model_path, os.path.join(tmp, "tokenizer.model"))
+    with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f)
+    return AutoTokenizer.from_pretrained(tmp)
+
+
 def make_sp2k(data):
     d = os.path.join(OUT, "sp2k_model")
     os.makedirs(d, exist_ok=True)
@@ -532,6 +551,9 @@ def main():
     write_expected("llama2_legacy", "llama2_legacy", hf_cases(tok_legacy, strings))
     with open(os.path.join(OUT, "decode_llama2.json"), "w", encoding="utf-8") as f:
         json.dump(llama2_decode_cases(tok_model, random.Random(11), 400), f, ensure_ascii=False)
+    write_expected("llama2_added_tokens", "llama2_model",
+                   hf_cases(model_variant(os.path.join(OUT, "llama2_model", "tokenizer.model"), LLAMA2_ADDED_CONFIG),
+                            strings[:VARIANT_STRINGS]), patch={"patch": {}, "config": LLAMA2_ADDED_CONFIG})
     for name, patch in metaspace_patches().items():
         write_expected("llama2_metaspace_" + name, "llama2_json",
                        tokenizers_cases(os.path.join(OUT, "llama2_json", "tokenizer.json"), strings[:VARIANT_STRINGS],

@@ -154,6 +154,33 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
   json c = parse_json(config_json, source);
   if (!c.is_object()) throw_error(ErrorKind::Format, source, ": top level must be a JSON object");
   try {
+    // Tokens the config declares that the tokenizer file lacks (e.g. a <pad> added to a tokenizer.model).
+    if (c.contains("added_tokens_decoder") && c.at("added_tokens_decoder").is_object()) {
+      for (auto& kv : c.at("added_tokens_decoder").items()) {
+        const json& a = kv.value();
+        AddedToken at;
+        try {
+          at.id = std::stoi(kv.key());
+        } catch (const std::exception&) {
+          throw_error(ErrorKind::Format, source, ": added_tokens_decoder key \"", kv.key(),
+                      "\" is not an id");
+        }
+        at.content = a.at("content").get<std::string>();
+        at.special = a.value("special", false);
+        at.lstrip = a.value("lstrip", false);
+        at.rstrip = a.value("rstrip", false);
+        at.normalized = a.value("normalized", !at.special);
+        at.single_word = a.value("single_word", false);
+        const AddedToken* have = added_.find_id(at.id);
+        if (at.id < 0 || (have && have->content == at.content)) continue;
+        if (!have && model_->id_to_token(at.id) && *model_->id_to_token(at.id) != at.content)
+          throw_error(ErrorKind::Format, source, ": added_tokens_decoder gives id ", at.id, " to \"",
+                      at.content, "\", which the vocabulary holds as \"", *model_->id_to_token(at.id), "\"");
+        if (sentencepiece_semantics_ && model_->id_to_token(at.id)) continue;  // the model's own pieces
+        added_.add(at);
+        has_normalized_added_ = has_normalized_added_ || at.normalized;
+      }
+    }
     auto id_of = [&](const char* key, int current) {
       std::string tok = token_field(c, key);
       if (tok.empty()) return current;

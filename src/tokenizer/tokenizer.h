@@ -38,7 +38,8 @@ struct TokenizerOptions {
 class Tokenizer {
  public:
   // Loads dir/tokenizer.json (preferred) or dir/tokenizer.model, plus dir/tokenizer_config.json when present
-  // (add_bos_token, add_eos_token, bos/eos/pad/unk tokens, clean_up_tokenization_spaces, chat_template).
+  // (add_bos_token, add_eos_token, bos/eos/pad/unk tokens, added_tokens_decoder entries the tokenizer file
+  // lacks, clean_up_tokenization_spaces, chat_template).
   // Like transformers, a config naming tokenizer_class LlamaTokenizer(Fast) replaces the normalizer,
   // pre-tokenizer and decoder of tokenizer.json with LlamaTokenizer's own (Metaspace with prepend_scheme
   // "first", or "always" when the config says legacy: true; "never" when add_prefix_space is false), and

@@ -56,9 +56,13 @@ std::unique_ptr<Tokenizer> load_for(const json& e, const std::string& dir_overri
       return Tokenizer::from_json(slurp(dir + "/tokenizer.json"), "", dir + "/tokenizer.json");
     return Tokenizer::load(dir, opts);
   }
+  const json& cfg = e.at("patch").at("config");
+  struct stat st;
+  if (stat((dir + "/tokenizer.json").c_str(), &st) != 0)  // a tokenizer.model folder with another config
+    return Tokenizer::from_sentencepiece(slurp(dir + "/tokenizer.model"), cfg.dump(),
+                                         dir + "/tokenizer.model", opts);
   json tj = json::parse(slurp(dir + "/tokenizer.json"));
   for (auto& kv : e.at("patch").at("patch").items()) tj[kv.key()] = kv.value();
-  const json& cfg = e.at("patch").at("config");
   return Tokenizer::from_json(tj.dump(), cfg.is_null() ? "" : cfg.dump(), dir + "/tokenizer.json (patched)");
 }
 
@@ -218,4 +222,8 @@ TEST(TokenizerParity, MetaspaceAlwaysSplit) {
 }
 TEST(TokenizerParity, MetaspaceNever) {
   run_parity("llama2_metaspace_never", "", {}, false);
+}
+// tokenizer.model plus a config whose added_tokens_decoder adds <pad> (special) and <extra> (lstrip).
+TEST(TokenizerParity, AddedTokensFromConfig) {
+  run_parity("llama2_added_tokens", "", {}, false);
 }

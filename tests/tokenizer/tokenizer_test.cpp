@@ -323,9 +323,20 @@ TEST(TokenizerErrors, MalformedJsonNamesLineAndColumn) {
 
 TEST(TokenizerErrors, MalformedConfigNamesFile) {
   TempDir d;
-  d.write("tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+  d.write("tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": []}})");
   d.write("tokenizer_config.json", "{\"bos_token\": }");
   expect_error([&] { Tokenizer::load(d.path); }, ErrorKind::Format, {"tokenizer_config.json", "line 1"});
+  // added_tokens_decoder must not give a vocabulary id to another string.
+  d.write("tokenizer_config.json",
+          R"({"added_tokens_decoder": {"1": {"content": "<pad>", "special": true}}})");
+  expect_error([&] { Tokenizer::load(d.path); }, ErrorKind::Format,
+               {"tokenizer_config.json", "id 1", "<pad>", "\"b\""});
+  d.write("tokenizer_config.json", R"({"added_tokens_decoder": {"2": {"content": "<pad>", "special": true}},
+                                       "pad_token": "<pad>"})");
+  auto t = Tokenizer::load(d.path);
+  EXPECT_EQ(t->pad_id(), 2);
+  EXPECT_EQ(t->encode("a<pad>b"), (std::vector<int32_t>{0, 2, 1}));
+  EXPECT_EQ(t->vocab_size(), 3);
 }
 
 TEST(TokenizerErrors, UnsupportedModelAndComponents) {
