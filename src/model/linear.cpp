@@ -15,9 +15,13 @@ int64_t Linear::in_features() const {
 }
 
 void Linear::forward(Tensor& out, const Tensor& x) const {
-  if (q4) return quant4_linear_forward(out, x, *q4, bias.defined() ? &bias : nullptr);
-  if (q8) return int8_linear_forward(out, x, *q8, bias.defined() ? &bias : nullptr);
-  linear_forward(out, x, weight, bias.defined() ? &bias : nullptr);
+  if (q4)
+    quant4_linear_forward(out, x, *q4, bias.defined() ? &bias : nullptr);
+  else if (q8)
+    int8_linear_forward(out, x, *q8, bias.defined() ? &bias : nullptr);
+  else
+    linear_forward(out, x, weight, bias.defined() ? &bias : nullptr);
+  if (adapter) adapter->apply(out, x);
 }
 
 }  // namespace qtune

@@ -14,12 +14,20 @@ namespace qtune {
 struct Quant4Linear;  // model/quant_linear.h
 struct Int8Linear;
 
+// An extra term added to a Linear's output after the base product (peft/ implements LoRA with it):
+// apply() does out[N, O] += f(x[N, I]) on the model's device and dtype.
+struct LinearAdapter {
+  virtual ~LinearAdapter() = default;
+  virtual void apply(Tensor& out, const Tensor& x) const = 0;
+};
+
 struct Linear {
   std::string name;  // HF prefix, e.g. "model.layers.0.self_attn.q_proj"
   Tensor weight;     // [O, I] dense (F32 on the CPU, BF16 on CUDA); undefined when quantized
   Tensor bias;       // [O] or undefined
-  std::shared_ptr<const Quant4Linear> q4;  // set: NF4/FP4 weight (bitsandbytes Linear4bit)
-  std::shared_ptr<const Int8Linear> q8;    // set: LLM.int8 weight (bitsandbytes Linear8bitLt)
+  std::shared_ptr<const Quant4Linear> q4;        // set: NF4/FP4 weight (bitsandbytes Linear4bit)
+  std::shared_ptr<const Int8Linear> q8;          // set: LLM.int8 weight (bitsandbytes Linear8bitLt)
+  std::shared_ptr<const LinearAdapter> adapter;  // set: its term is added to the output (LoRA ...)
 
   bool quantized() const { return q4 || q8; }
   int64_t out_features() const;

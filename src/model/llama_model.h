@@ -64,6 +64,11 @@ class LlamaModel {
   const std::vector<LlamaLayer>& layers() const { return layers_; }
   const Tensor& final_norm() const { return norm_; }
   const Tensor& inv_freq() const { return inv_freq_; }  // F32 [D/2] on the device
+  // Mutable parts, for adapters (peft/) and training: attach LinearAdapters, replace biases or the
+  // lm_head / embedding weights (modules_to_save). Shapes and device must stay as loaded.
+  std::vector<LlamaLayer>& mutable_layers() { return layers_; }
+  Linear& mutable_lm_head() { return lm_head_; }
+  Tensor& mutable_embed_tokens() { return embed_; }
 
  private:
   ModelConfig cfg_;
