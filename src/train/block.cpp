@@ -1,0 +1,146 @@
+// Block forward/backward for training (see block.h). Every step is an op from ops/ (CPU f32 for now).
+#include "train/block.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "ops/ops.h"
+#include "train/linear_backward.h"
+
+namespace qtune {
+
+namespace {
+
+Tensor zeros(const Shape& s) {
+  return Tensor::zeros(s, DType::F32);
+}
+
+Tensor empty(const Shape& s) {
+  return Tensor::empty(s, DType::F32);
+}
+
+}  // namespace
+
+void BlockSaved::drop_activations() {
+  full = false;
+  h1 = q = k = v = att = lse = x_mid = h2 = gate = up = act = Tensor();
+}
+
+int64_t BlockSaved::activation_bytes() const {
+  int64_t n = 0;
+  for (const Tensor* t : {&x_in, &h1, &q, &k, &v, &att, &lse, &x_mid, &h2, &gate, &up, &act})
+    if (t->defined()) n += (int64_t)t->nbytes();
+  return n;
+}
+
+Block::Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, TrainableParams* params)
+    : L_(layer),
+      index_(index),
+      C_(cfg.hidden_size),
+      F_(cfg.intermediate_size),
+      Hq_(cfg.num_attention_heads),
+      Hkv_(cfg.num_key_value_heads),
+      D_(cfg.head_dim),
+      eps_((float)cfg.rms_norm_eps) {
+  if (!params) return;
+  std::string pre = "model.layers." + std::to_string(index);
+  g_in_norm_ = params->grad(pre + ".input_layernorm.weight");
+  g_post_norm_ = params->grad(pre + ".post_attention_layernorm.weight");
+  auto lg = [&](const Linear& lin) {
+    return LinearGrads{params->grad(lin.name + ".weight"), params->grad(lin.name + ".bias")};
+  };
+  g_q_ = lg(L_.q);
+  g_k_ = lg(L_.k);
+  g_v_ = lg(L_.v);
+  g_o_ = lg(L_.o);
+  g_gate_ = lg(L_.gate);
+  g_up_ = lg(L_.up);
+  g_down_ = lg(L_.down);
+}
+
+void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const {
+  const int64_t B = in.B, T = in.T, N = B * T;
+  s.h1 = empty({N, C_});
+  rmsnorm_forward(s.h1, x_in, L_.input_norm, eps_);
+  s.q = empty({B, T, Hq_, D_});
+  s.k = empty({B, T, Hkv_, D_});
+  s.v = empty({B, T, Hkv_, D_});
+  Tensor q2 = s.q.reshape({N, Hq_ * D_}), k2 = s.k.reshape({N, Hkv_ * D_}), v2 = s.v.reshape({N, Hkv_ * D_});
+  L_.q.forward(q2, s.h1);
+  L_.k.forward(k2, s.h1);
+  L_.v.forward(v2, s.h1);
+  Tensor qh = s.q.reshape({N, Hq_, D_}), kh = s.k.reshape({N, Hkv_, D_});
+  rope_forward(qh, in.positions, in.inv_freq);
+  rope_forward(kh, in.positions, in.inv_freq);
+  s.att = empty({B, T, Hq_, D_});
+  s.lse = empty({B, T, Hq_});
+  attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
+  s.x_mid = empty({N, C_});
+  L_.o.forward(s.x_mid, s.att.reshape({N, Hq_ * D_}));
+  add_inplace(s.x_mid, x_in);  // x_mid = x + o_proj(att)
+  s.h2 = empty({N, C_});
+  rmsnorm_forward(s.h2, s.x_mid, L_.post_norm, eps_);
+  s.gate = empty({N, F_});
+  s.up = empty({N, F_});
+  s.act = empty({N, F_});
+  L_.gate.forward(s.gate, s.h2);
+  L_.up.forward(s.up, s.h2);
+  swiglu_forward(s.act, s.gate, s.up);
+  L_.down.forward(out, s.act);
+  add_inplace(out, s.x_mid);  // out = x_mid + down(act)
+  s.full = true;
+}
+
+void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const {
+  const int64_t N = in.B * in.T;
+  if (x.dtype() != DType::F32 || x.device() != Device::CPU || x.numel() != N * C_)
+    throw_error(ErrorKind::Shape, "block ", index_, " forward: x must be CPU F32 [", N, ", ", C_, "], got ",
+                x.describe());
+  saved.x_in = x.clone();
+  Tensor out = empty({N, C_});
+  run_forward(saved.x_in, out, in, saved);
+  if (checkpoint) saved.drop_activations();
+  x.copy_from(out);
+}
+
+void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
+  const int64_t B = in.B, T = in.T, N = B * T;
+  if (!s.x_in.defined()) throw_error(ErrorKind::Usage, "block ", index_, " backward: no saved forward");
+  if (dx.numel() != N * C_ || dx.dtype() != DType::F32)
+    throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be F32 [", N, ", ", C_, "], got ",
+                dx.describe());
+  if (!s.full) {  // gradient checkpointing: recompute the activations from the saved input
+    Tensor out = empty({N, C_});
+    run_forward(s.x_in, out, in, s);
+  }
+  Tensor dx2 = dx.reshape({N, C_});  // d(out), which is also the residual's share of d(x_mid)
+  // MLP: out = x_mid + down(act), act = silu(gate)·up, gate/up = W·h2, h2 = rmsnorm(x_mid).
+  Tensor d_act = zeros({N, F_});
+  linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, dx2, s.act);
+  Tensor d_gate = zeros({N, F_}), d_up = zeros({N, F_});
+  swiglu_backward(d_gate, d_up, d_act, s.gate, s.up);
+  d_act = Tensor();
+  Tensor d_h = zeros({N, C_});
+  linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2);
+  linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2);
+  d_gate = d_up = Tensor();
+  rmsnorm_backward(dx2, g_post_norm_, d_h, s.x_mid, L_.post_norm, eps_);  // dx2 = d(x_mid)
+  // Attention: x_mid = x + o(att), att = attn(rope(q), rope(k), v), q/k/v = W·h1, h1 = rmsnorm(x).
+  Tensor d_att = zeros({B, T, Hq_, D_});
+  Tensor d_att2 = d_att.reshape({N, Hq_ * D_});
+  linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, dx2, s.att.reshape({N, Hq_ * D_}));
+  Tensor dq = zeros({B, T, Hq_, D_}), dk = zeros({B, T, Hkv_, D_}), dv = zeros({B, T, Hkv_, D_});
+  attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
+  d_att = d_att2 = Tensor();
+  Tensor dqh = dq.reshape({N, Hq_, D_}), dkh = dk.reshape({N, Hkv_, D_});
+  rope_backward(dqh, in.positions, in.inv_freq);
+  rope_backward(dkh, in.positions, in.inv_freq);
+  std::fill(d_h.data<float>(), d_h.data<float>() + N * C_, 0.0f);
+  linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1);
+  linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1);
+  linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1);
+  rmsnorm_backward(dx2, g_in_norm_, d_h, s.x_in, L_.input_norm, eps_);  // dx2 = d(x_in)
+  s.drop_activations();
+}
+
+}  // namespace qtune

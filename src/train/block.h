@@ -1,0 +1,79 @@
+// One Llama decoder layer for training: a forward that saves what its backward needs, and the backward.
+//
+//   x_mid = x + o_proj(attn(rope(q_proj(h1)), rope(k_proj(h1)), v_proj(h1))),  h1 = rmsnorm(x)
+//   out   = x_mid + down(silu(gate(h2)) · up(h2)),                              h2 = rmsnorm(x_mid)
+//
+// Saved activations (BlockSaved): the block input always; unless gradient checkpointing, also h1, the
+// rotated q and k, v, the attention output and its log-sum-exp, x_mid, h2, gate, up and silu·up.
+// With checkpointing only the input is kept and backward first recomputes the forward. Backward turns
+// d(out) into d(input) and accumulates gradients into the TrainableParams entries that exist for this
+// layer's weights (looked up once by HF name: model.layers.<i>.self_attn.q_proj.weight ...); weights with
+// no entry are frozen and only pass the gradient through (dense, NF4/FP4 or int8: train/linear_backward.h).
+//
+//   BlockInputs in{B, T, positions, inv_freq};
+//   Block blk(model.config(), model.layers()[i], i, &params);
+//   BlockSaved s;
+//   blk.forward(x, in, s, /*checkpoint=*/true);   // x [N, C] in → out
+//   ... blk.backward(dx, in, s);                  // dx [N, C] d(out) → d(in)
+#pragma once
+#include <string>
+
+#include "core/tensor.h"
+#include "io/hf_config.h"
+#include "model/llama_model.h"
+#include "train/trainable.h"
+
+namespace qtune {
+
+// What every block of one step shares. positions I32 [B·T] (restart per packed example); inv_freq F32
+// [D/2]; seq_ids I32 [B, T] or null (packed examples: attention stays inside equal-id runs).
+struct BlockInputs {
+  int64_t B = 0, T = 0;
+  Tensor positions;
+  Tensor inv_freq;
+  const Tensor* seq_ids = nullptr;
+};
+
+struct BlockSaved {
+  Tensor x_in;              // [N, C] block input (always kept)
+  bool full = false;        // the rest is present
+  Tensor h1;                // [N, C] input_layernorm(x_in)
+  Tensor q, k, v;           // [B, T, Hq, D], [B, T, Hkv, D] x2 (q, k after RoPE)
+  Tensor att, lse;          // [B, T, Hq, D], F32 [B, T, Hq]
+  Tensor x_mid, h2;         // [N, C]
+  Tensor gate, up, act;     // [N, F]
+  void drop_activations();  // keeps x_in only
+  int64_t activation_bytes() const;
+};
+
+class Block {
+ public:
+  // params may be null (everything frozen). The layer must outlive the Block.
+  Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, TrainableParams* params);
+
+  // x [N, C]: the block input, replaced by the block output. saved receives a copy of the input and,
+  // unless checkpoint, the activations backward needs.
+  void forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const;
+  // dx [N, C]: d(loss)/d(output) in, d(loss)/d(input) out. Recomputes the activations first when saved
+  // holds only the input; drops them afterwards.
+  void backward(Tensor& dx, const BlockInputs& in, BlockSaved& saved) const;
+
+  int index() const { return index_; }
+
+ private:
+  void run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
+
+  const LlamaLayer& L_;
+  int index_;
+  int64_t C_, F_, Hq_, Hkv_, D_;
+  float eps_;
+  // Gradients of this layer's parameters (null = frozen).
+  Tensor *g_in_norm_ = nullptr, *g_post_norm_ = nullptr;
+  struct LinearGrads {
+    Tensor* w = nullptr;
+    Tensor* b = nullptr;
+  };
+  LinearGrads g_q_, g_k_, g_v_, g_o_, g_gate_, g_up_, g_down_;
+};
+
+}  // namespace qtune

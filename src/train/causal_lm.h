@@ -1,0 +1,31 @@
+// Whole-model training pass of a Llama-family causal LM: embedding → Blocks (train/block.h) → final
+// RMSNorm → chunked cross-entropy against the LM head (ops/loss.h), then backward through the same
+// chain, accumulating into every registered TrainableParams gradient (embedding and tied LM head share
+// model.embed_tokens.weight). Labels follow HF: already shifted, −100 ignored; the returned loss is the
+// sum and count, the gradient is grad_scale·d(sum) (the trainer passes 1/total count of the step).
+//
+//   TrainableParams p;  register_full_finetune(p, model);
+//   LossSum r = causal_lm_forward_backward(model, ids, labels, &p, {});  // mean loss r.loss / r.count
+#pragma once
+#include "core/tensor.h"
+#include "model/llama_model.h"
+#include "ops/loss.h"
+#include "train/trainable.h"
+
+namespace qtune {
+
+struct StepOptions {
+  bool gradient_checkpointing = false;  // keep only each block's input; recompute in backward
+  float grad_scale = 1.0f;              // gradients are of grad_scale·Σ loss
+  int64_t loss_chunk_rows = 256;        // rows of logits materialised at a time
+  const Tensor* positions = nullptr;    // I32 [B·T]; default 0..T−1 in every row
+  const Tensor* seq_ids = nullptr;      // I32 [B, T]: packed examples (attention inside equal-id runs)
+};
+
+// ids, labels: CPU I32 [B, T]. params null: loss only (no backward). The model must be on the CPU with
+// dense or quantized Linears (quantized ones frozen); the LM head dense. Bad ids/labels throw
+// ErrorKind::Shape naming the position.
+LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, const Tensor& labels,
+                                   TrainableParams* params, const StepOptions& opts = {});
+
+}  // namespace qtune

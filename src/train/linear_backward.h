@@ -1,0 +1,23 @@
+// Backward of a model Linear (model/linear.h), whatever stores its weight:
+//   dx[N, I] += dy[N, O]·W[O, I]       for dense, NF4/FP4 and LLM.int8 weights;
+//   dw[O, I] += dyᵀ·x, db[O] += Σ_n dy  only for a dense weight, and only when asked (non-null).
+// A quantized weight is frozen (QLoRA): it is dequantized tile by tile (a block of output rows at a time,
+// about 1M f32 values) into a reused buffer and multiplied, so the dense weight never exists whole. The
+// dequantized values are the ones the forward multiplies with (bitsandbytes' dequantize_4bit rounded to
+// the checkpoint and compute dtypes; int8 q·SCB/127), so dx is the exact gradient of the forward's product.
+#pragma once
+#include "core/tensor.h"
+#include "model/linear.h"
+
+namespace qtune {
+
+// x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate. Asking for dw or db
+// of a quantized Linear throws ErrorKind::Unsupported naming the layer. CPU F32.
+void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
+                     const Tensor& x);
+
+// Rows [o0, o0 + rows) of a quantized Linear's weight, dequantized into buf [rows, I] (for tests and the
+// backward above).
+void dequant_weight_rows(const Linear& lin, int64_t o0, int64_t rows, float* buf);
+
+}  // namespace qtune

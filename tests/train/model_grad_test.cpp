@@ -1,0 +1,176 @@
+// Whole-model loss and gradients against PyTorch autograd (tests/fixtures/backward, made by
+// tools/make_backward_fixtures.py from the tiny models of tests/fixtures/model): the summed loss and
+// count, and the gradient of every parameter under full fine-tuning (relative norm error ≤ 1e-4).
+// Gradient checkpointing on/off and the loss chunk size give the same gradients; packed sequences
+// equal separate rows; loss-only evaluation equals the training loss.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "io/safetensors.h"
+#include "model/llama_model.h"
+#include "train/causal_lm.h"
+#include "train_test_util.h"
+
+using namespace qtune;
+using namespace qtune_test;
+
+namespace {
+
+struct Fixture {
+  std::shared_ptr<SafetensorsFile> file;
+  nlohmann::json meta;
+};
+
+Fixture load_fixture(const std::string& name) {
+  Fixture f;
+  f.file = SafetensorsFile::open(backward_fixture(name + ".safetensors"));
+  std::ifstream in(backward_fixture(name + ".json"));
+  f.meta = nlohmann::json::parse(in);
+  return f;
+}
+
+// Runs the fixture's batch through qtune with full fine-tuning; returns the params (gradients filled).
+LossSum run(const LlamaModel& m, const Fixture& fx, TrainableParams& p, const StepOptions& opts) {
+  return causal_lm_forward_backward(m, fx.file->get("ids"), fx.file->get("labels"), &p, opts);
+}
+
+void compare_with_torch(const std::string& name) {
+  LlamaModel m = LlamaModel::load(model_fixture(name));
+  Fixture fx = load_fixture(name);
+  TrainableParams p;
+  register_full_finetune(p, m);
+  int64_t count = fx.meta["count"];
+  StepOptions opts;
+  opts.grad_scale = 1.0f / count;
+  LossSum r = run(m, fx, p, opts);
+  double want = fx.meta["loss_sum"];
+  std::printf("%s: loss_sum %.9g (torch %.9g), count %ld\n", name.c_str(), r.loss, want, (long)r.count);
+  EXPECT_EQ(r.count, count);
+  EXPECT_LT(std::fabs(r.loss - want) / want, 1e-5);
+  // Every torch parameter has a qtune gradient and vice versa.
+  std::set<std::string> torch_names, ours;
+  for (const TensorInfo& t : fx.file->tensors())
+    if (t.name.rfind("grad.", 0) == 0) torch_names.insert(t.name.substr(5));
+  for (const auto& e : p.entries()) ours.insert(e.name);
+  EXPECT_EQ(ours, torch_names);
+  double worst = 0;
+  for (const auto& e : p.entries()) {
+    if (!torch_names.count(e.name)) continue;
+    double err = rel_err(e.grad.to_f32_vector(), fx.file->get("grad." + e.name).to_f32_vector());
+    worst = std::max(worst, err);
+    EXPECT_LT(err, 1e-4) << e.name;
+  }
+  std::printf("%s: %zu gradients, worst relative norm error %.3g\n", name.c_str(), p.size(), worst);
+}
+
+}  // namespace
+
+TEST(ModelGrad, LlamaGQAMatchesTorch) {
+  compare_with_torch("llama");  // 2 query heads per kv head, llama3 rope scaling, untied head
+}
+
+TEST(ModelGrad, LlamaBiasTiedMQAMatchesTorch) {
+  compare_with_torch("llama_bias");  // q/k/v/o and MLP biases, 1 kv head, tied embeddings
+}
+
+TEST(ModelGrad, CheckpointingAndChunkingGiveTheSameGradients) {
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  Fixture fx = load_fixture("llama");
+  TrainableParams a, b, c;
+  register_full_finetune(a, m);
+  register_full_finetune(b, m);
+  register_full_finetune(c, m);
+  StepOptions off, on, chunked;
+  on.gradient_checkpointing = true;
+  chunked.loss_chunk_rows = 5;
+  LossSum ra = run(m, fx, a, off), rb = run(m, fx, b, on), rc = run(m, fx, c, chunked);
+  EXPECT_EQ(ra.loss, rb.loss);
+  EXPECT_NEAR(ra.loss, rc.loss, 1e-7 * ra.loss);  // sgemm blocking differs by chunk
+  for (size_t i = 0; i < a.size(); i++) {
+    const auto& ea = a.entries()[i];
+    EXPECT_EQ(ea.grad.to_f32_vector(), b.entries()[i].grad.to_f32_vector()) << "checkpointing: " << ea.name;
+    EXPECT_LT(rel_err(c.entries()[i].grad.to_f32_vector(), ea.grad.to_f32_vector()), 1e-6) << ea.name;
+  }
+  // Loss only (no params): the same summed loss.
+  LossSum eval = causal_lm_forward_backward(m, fx.file->get("ids"), fx.file->get("labels"), nullptr);
+  EXPECT_EQ(eval.count, ra.count);
+  EXPECT_NEAR(eval.loss, ra.loss, 1e-9 * ra.loss);
+}
+
+TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
+  LlamaModel m = LlamaModel::load(model_fixture("llama_bias"));
+  Fixture fx = load_fixture("llama_bias");
+  TrainableParams once, twice;
+  register_full_finetune(once, m);
+  register_full_finetune(twice, m);
+  run(m, fx, once, {});
+  run(m, fx, twice, {});
+  run(m, fx, twice, {});
+  for (size_t i = 0; i < once.size(); i++) {
+    std::vector<float> g1 = once.entries()[i].grad.to_f32_vector(),
+                       g2 = twice.entries()[i].grad.to_f32_vector();
+    for (float& g : g1) g *= 2;
+    EXPECT_LT(rel_err(g2, g1), 1e-6) << once.entries()[i].name;
+  }
+  twice.zero_grads();
+  for (float g : twice.entries()[0].grad.to_f32_vector()) ASSERT_EQ(g, 0.0f);
+}
+
+TEST(ModelGrad, PackedSequencesEqualSeparateRows) {
+  // Two examples of lengths 4 and 5 in one packed row (seq ids, positions restarting) vs two rows.
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  std::vector<int32_t> a = {5, 17, 300, 2}, b = {9, 9, 41, 7, 100};
+  std::vector<int32_t> la = {17, 300, 2, -100}, lb = {9, 41, 7, 100, -100};
+  std::vector<int32_t> ids, labels, pos, seq;
+  for (size_t i = 0; i < a.size(); i++)
+    ids.push_back(a[i]), labels.push_back(la[i]), pos.push_back(i), seq.push_back(0);
+  for (size_t i = 0; i < b.size(); i++)
+    ids.push_back(b[i]), labels.push_back(lb[i]), pos.push_back(i), seq.push_back(1);
+  Tensor pos_t = Tensor::from_i32(pos, {9}), seq_t = Tensor::from_i32(seq, {1, 9});
+  StepOptions packed;
+  packed.positions = &pos_t;
+  packed.seq_ids = &seq_t;
+  TrainableParams p1, p2;
+  register_full_finetune(p1, m);
+  register_full_finetune(p2, m);
+  LossSum r1 = causal_lm_forward_backward(m, Tensor::from_i32(ids, {1, 9}), Tensor::from_i32(labels, {1, 9}),
+                                          &p1, packed);
+  LossSum r2a =
+      causal_lm_forward_backward(m, Tensor::from_i32(a, {1, 4}), Tensor::from_i32(la, {1, 4}), &p2, {});
+  LossSum r2b =
+      causal_lm_forward_backward(m, Tensor::from_i32(b, {1, 5}), Tensor::from_i32(lb, {1, 5}), &p2, {});
+  EXPECT_EQ(r1.count, r2a.count + r2b.count);
+  EXPECT_NEAR(r1.loss, r2a.loss + r2b.loss, 1e-5 * r1.loss);
+  for (size_t i = 0; i < p1.size(); i++)
+    EXPECT_LT(rel_err(p1.entries()[i].grad.to_f32_vector(), p2.entries()[i].grad.to_f32_vector()), 1e-5)
+        << p1.entries()[i].name;
+}
+
+TEST(ModelGrad, Errors) {
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  TrainableParams p;
+  register_full_finetune(p, m);
+  expect_error(
+      [&] {
+        causal_lm_forward_backward(m, Tensor::from_i32({1, 384}, {1, 2}), Tensor::from_i32({1, 2}, {1, 2}),
+                                   &p);
+      },
+      ErrorKind::Shape, {"token id 384", "row 0, position 1", "[0, 384)"});
+  expect_error(
+      [&] {
+        causal_lm_forward_backward(m, Tensor::from_i32({1, 2}, {1, 2}), Tensor::from_i32({1, 2}, {2, 1}), &p);
+      },
+      ErrorKind::Shape, {"labels must be", "[1, 2]"});
+  expect_error(
+      [&] {
+        causal_lm_forward_backward(m, Tensor::from_i32({1, 2}, {1, 2}), Tensor::from_i32({1, 999}, {1, 2}),
+                                   &p);
+      },
+      ErrorKind::Shape, {"label 999 at row 1"});
+  expect_error([&] { p.add("lm_head.weight", m.lm_head().weight); }, ErrorKind::Usage,
+               {"'lm_head.weight' registered twice"});
+}
