@@ -41,7 +41,8 @@ Block::Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, Trainab
       Hq_(cfg.num_attention_heads),
       Hkv_(cfg.num_key_value_heads),
       D_(cfg.head_dim),
-      eps_((float)cfg.rms_norm_eps) {
+      eps_((float)cfg.rms_norm_eps),
+      params_(params) {
   if (!params) return;
   std::string pre = "model.layers." + std::to_string(index);
   g_in_norm_ = params->grad(pre + ".input_layernorm.weight");
@@ -116,19 +117,19 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   Tensor dx2 = dx.reshape({N, C_});  // d(out), which is also the residual's share of d(x_mid)
   // MLP: out = x_mid + down(act), act = silu(gate)·up, gate/up = W·h2, h2 = rmsnorm(x_mid).
   Tensor d_act = zeros({N, F_});
-  linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, dx2, s.act);
+  linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, dx2, s.act, params_);
   Tensor d_gate = zeros({N, F_}), d_up = zeros({N, F_});
   swiglu_backward(d_gate, d_up, d_act, s.gate, s.up);
   d_act = Tensor();
   Tensor d_h = zeros({N, C_});
-  linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2);
-  linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2);
+  linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2, params_);
+  linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2, params_);
   d_gate = d_up = Tensor();
   rmsnorm_backward(dx2, g_post_norm_, d_h, s.x_mid, L_.post_norm, eps_);  // dx2 = d(x_mid)
   // Attention: x_mid = x + o(att), att = attn(rope(q), rope(k), v), q/k/v = W·h1, h1 = rmsnorm(x).
   Tensor d_att = zeros({B, T, Hq_, D_});
   Tensor d_att2 = d_att.reshape({N, Hq_ * D_});
-  linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, dx2, s.att.reshape({N, Hq_ * D_}));
+  linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, dx2, s.att.reshape({N, Hq_ * D_}), params_);
   Tensor dq = zeros({B, T, Hq_, D_}), dk = zeros({B, T, Hkv_, D_}), dv = zeros({B, T, Hkv_, D_});
   attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
   d_att = d_att2 = Tensor();
@@ -136,9 +137,9 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   rope_backward(dqh, in.positions, in.inv_freq);
   rope_backward(dkh, in.positions, in.inv_freq);
   std::fill(d_h.data<float>(), d_h.data<float>() + N * C_, 0.0f);
-  linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1);
-  linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1);
-  linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1);
+  linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1, params_);
+  linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1, params_);
+  linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1, params_);
   rmsnorm_backward(dx2, g_in_norm_, d_h, s.x_in, L_.input_norm, eps_);  // dx2 = d(x_in)
   s.drop_activations();
 }

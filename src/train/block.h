@@ -9,6 +9,7 @@
 // d(out) into d(input) and accumulates gradients into the TrainableParams entries that exist for this
 // layer's weights (looked up once by HF name: model.layers.<i>.self_attn.q_proj.weight ...); weights with
 // no entry are frozen and only pass the gradient through (dense, NF4/FP4 or int8: train/linear_backward.h).
+// Linears carrying a TrainableAdapter (LoRA ...) backpropagate through it too.
 //
 //   BlockInputs in{B, T, positions, inv_freq};
 //   Block blk(model.config(), model.layers()[i], i, &params);
@@ -67,6 +68,7 @@ class Block {
   int index_;
   int64_t C_, F_, Hq_, Hkv_, D_;
   float eps_;
+  TrainableParams* params_;  // adapters look up their gradients here
   // Gradients of this layer's parameters (null = frozen).
   Tensor *g_in_norm_ = nullptr, *g_post_norm_ = nullptr;
   struct LinearGrads {

@@ -61,8 +61,8 @@ void dequant_weight_rows(const Linear& lin, int64_t o0, int64_t rows, float* buf
   std::memcpy(buf, w + o0 * I, sizeof(float) * rows * I);
 }
 
-void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
-                     const Tensor& x) {
+static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
+                          const Tensor& x) {
   if (!lin.quantized()) return linear_backward(dx, dw, db, dy, x, lin.weight);
   if (dw || db)
     throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
@@ -90,6 +90,19 @@ void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, cons
     Tensor dyt = Tensor::borrow(t, {N, rows}, DType::F32, Device::CPU, nullptr);  // [N, rows]
     matmul(dx2, dyt, wt, false, false, 1.0f, 1.0f);
   }
+}
+
+void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
+                     TrainableParams* params) {
+  const TrainableAdapter* ta = nullptr;
+  if (lin.adapter) {
+    ta = dynamic_cast<const TrainableAdapter*>(lin.adapter.get());
+    if (!ta)
+      throw_error(ErrorKind::Unsupported, "linear_backward: the adapter on '", lin.name,
+                  "' has no backward (it does not implement TrainableAdapter)");
+  }
+  base_backward(lin, dx, dw, db, dy, x);
+  if (ta) ta->backward(dx, dy, x, params);
 }
 
 }  // namespace qtune

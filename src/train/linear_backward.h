@@ -5,16 +5,31 @@
 // about 1M f32 values) into a reused buffer and multiplied, so the dense weight never exists whole. The
 // dequantized values are the ones the forward multiplies with (bitsandbytes' dequantize_4bit rounded to
 // the checkpoint and compute dtypes; int8 q·SCB/127), so dx is the exact gradient of the forward's product.
+//
+// A Linear may carry an adapter (model/linear.h: LinearAdapter, out += f(x)). To train through it, the
+// adapter also implements TrainableAdapter below (peft/ does, for LoRA ...): linear_backward then adds
+// the adapter's d(x) and lets it accumulate the gradients of its own registered parameters. An adapter
+// without that interface cannot be backpropagated and throws ErrorKind::Unsupported naming the layer.
 #pragma once
 #include "core/tensor.h"
 #include "model/linear.h"
+#include "train/trainable.h"
 
 namespace qtune {
 
-// x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate. Asking for dw or db
-// of a quantized Linear throws ErrorKind::Unsupported naming the layer. CPU F32.
-void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
-                     const Tensor& x);
+struct TrainableAdapter {
+  virtual ~TrainableAdapter() = default;
+  // The backward of LinearAdapter::apply: dx[N, I] += d(f)/dx · dy (when dx is non-null) and, for each of
+  // the adapter's parameters registered in params (by its PEFT name), grad += d(f)/dparam · dy. x is the
+  // Linear's forward input [N, I] (for dropout, the adapter must reproduce its forward mask itself).
+  virtual void backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const = 0;
+};
+
+// x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate; params holds the
+// adapter's gradients (null: all frozen). Asking for dw or db of a quantized Linear throws
+// ErrorKind::Unsupported naming the layer. CPU F32.
+void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
+                     TrainableParams* params = nullptr);
 
 // Rows [o0, o0 + rows) of a quantized Linear's weight, dequantized into buf [rows, I] (for tests and the
 // backward above).
