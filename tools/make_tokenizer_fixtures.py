@@ -50,7 +50,7 @@ HAND = [
     "def foo(x):\n    return x + 1\n", "int main() { return 0; }", "for (int i = 0; i < n; ++i) {\n\ti++;\n}",
     "<html><body>Hi</body></html>", "SELECT * FROM t WHERE a = 'b';", "x = [1, 2, 3]  # comment",
     "    indented", "\t\ttabs\tand\ttabs", "a\u00a0b", "a\u2009b", "a\u3000b", "a\u200bb", "a\u2028b", "a\u0085b",
-    "a\u000bb", "a\u000cb", "\u00a0\u00a0", "\u3000", "trailing   ", "   leading", "mid   dle",
+    "a\u000bb", "a\u000cb", "a\u180eb \u180e1 x \u180e", "a\u200cb\u200d", "\u00a0\u00a0", "\u3000", "trailing   ", "   leading", "mid   dle",
     " " * 10, " " * 100, "\n" * 20, "\t" * 17, " \t \n \r " * 5, "a" * 50, "ab" * 40, "=" * 64, "-" * 33,
     "<0x41>", "<0x0A>", "<0xFF>", "<0x41><0x42>", "<0x4>", "<0xZZ>", "▁", "▁▁", "▁hello", "hello▁world",
     "<s>", "</s>", "<unk>", "<s>hello</s>", "<s> hello </s>", "a<s>b", "<s><s>", "text </s> more",
