@@ -12,5 +12,7 @@ void add_tokenize_command(CLI::App& app, Runner& run);
 void add_inspect_command(CLI::App& app, Runner& run);
 void add_generate_command(CLI::App& app, Runner& run);
 void add_bench_command(CLI::App& app, Runner& run);
+void add_quantize_command(CLI::App& app, Runner& run);
+void add_perplexity_command(CLI::App& app, Runner& run);
 
 }  // namespace qtune::cli

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/quant_flags.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "model/generation_config.h"
@@ -25,6 +26,7 @@ struct GenerateArgs {
   int top_k = -1;
   uint64_t seed = 0;
   bool no_stream = false, no_special = false, quiet = false, ignore_eos = false;
+  QuantFlags quant;  // --load-in-4bit / --load-in-8bit (CPU)
 };
 
 Device pick_device(const std::string& name) {
@@ -49,7 +51,7 @@ int run_generate(const GenerateArgs& a) {
   if (a.max_new_tokens < 0) throw_error(ErrorKind::Usage, "--max-new-tokens must be >= 0");
   Device dev = pick_device(a.device);
   auto tok = Tokenizer::load(a.model);
-  LlamaModel model = LlamaModel::load(a.model, dev);
+  LlamaModel model = LlamaModel::load(a.model, dev, a.quant.options());
   GenerationConfig gc = load_generation_config(a.model, model.config());
 
   GenerateOptions opt;
@@ -119,6 +121,7 @@ void add_generate_command(CLI::App& app, Runner& run) {
   cmd->add_flag("--no-special-tokens", a->no_special, "Encode the prompt without BOS");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at EOS");
   cmd->add_flag("--quiet", a->quiet, "Do not print the speed summary on stderr");
+  a->quant.add(cmd, "--load-in-4bit", "--load-in-8bit");
   cmd->callback([&run, a, p, pf] {
     if (p->count() == 0 && pf->count() == 0) throw CLI::RequiredError("--prompt or --prompt-file");
     run = [a] { return run_generate(*a); };

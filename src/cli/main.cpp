@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   qtune::cli::add_inspect_command(app, run);
   qtune::cli::add_env_command(app, run);
   qtune::cli::add_bench_command(app, run);
+  qtune::cli::add_quantize_command(app, run);
+  qtune::cli::add_perplexity_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
