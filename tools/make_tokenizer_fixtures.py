@@ -16,6 +16,7 @@ Writes:
                                before loading (variants that share a large vocabulary).
   decode_llama2.json           [ids, decode, decode(skip_special_tokens), sentencepiece decode] for random
                                Llama 2 id sequences (invalid byte runs, unk/control ids)
+  decode_gpt2.json             [ids, decode, decode(skip_special_tokens)] for random GPT-2 id sequences
   nfc.json                     [input, unicodedata.normalize("NFC", input)] pairs for the NFC normalizer
   ggml/                        llama.cpp's tokenizer test vectors (llama-spm, gpt-2), copied as they are.
 
@@ -364,7 +365,8 @@ def metaspace_patches():
 
 def make_subword_bpe(data, strings):
     """A small BPE trained here with continuing_subword_prefix "##", end_of_word_suffix "</w>" and an unknown
-    token (characters outside the training text become [UNK]), WhitespaceSplit, the BPEDecoder."""
+    token (characters outside the training text become [UNK]), WhitespaceSplit, the BPEDecoder. (Training breaks
+    ties differently from run to run, so each run rewrites this tokenizer and its expected ids together.)"""
     from tokenizers import trainers
     text = open(os.path.join(data, "text", "tinystories_sample.txt"), encoding="utf-8").read()
     tk = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##", end_of_word_suffix="</w>"))
@@ -497,6 +499,17 @@ def llama2_decode_cases(tok, rng, n):
     return cases
 
 
+def random_decode_cases(tok, rng, n, vocab, special):
+    """Random id sequences (single-byte tokens that form invalid UTF-8, special ids, arbitrary ids) decoded by
+    transformers, with and without skip_special_tokens."""
+    cases = []
+    for _ in range(n):
+        ids = [rng.choice([rng.randint(0, 255), rng.randint(0, vocab - 1), rng.choice(special)])
+               for _ in range(rng.randint(1, 10))]
+        cases.append([ids, tok.decode(ids), tok.decode(ids, skip_special_tokens=True)])
+    return cases
+
+
 def nfc_cases(rng, n):
     """Random strings rich in what NFC reorders and composes: base letters, combining marks of several classes,
     precomposed letters, Hangul jamo and syllables, singletons and composition exclusions."""
@@ -525,6 +538,8 @@ def main():
     gpt2 = make_gpt2(args.data)
     write_expected("gpt2", "gpt2", hf_cases(gpt2, strings))
     gdir = os.path.join(OUT, "gpt2")
+    with open(os.path.join(OUT, "decode_gpt2.json"), "w", encoding="utf-8") as f:
+        json.dump(random_decode_cases(gpt2, random.Random(13), 300, 50257, [50256]), f, ensure_ascii=False)
     write_expected("qwen2_style", "gpt2", hf_cases(variant(gdir, "qwen2", qwen2_patch(), QWEN2_CONFIG), strings),
                    patch={"patch": qwen2_patch(), "config": QWEN2_CONFIG})
     write_expected("roberta_style", "gpt2",

@@ -229,6 +229,23 @@ TEST(Tokenizer, DecodeOddIdSequencesLikeHfAndSentencepiece) {
   EXPECT_EQ(bad_sp, 0u) << first_sp;
 }
 
+TEST(Tokenizer, DecodeRandomGpt2IdsLikeHf) {
+  // Byte-level decoding of arbitrary ids: invalid UTF-8 from single-byte tokens becomes U+FFFD the way
+  // Rust's from_utf8_lossy does it; the special id is dropped with skip_special_tokens.
+  json cases = json::parse(slurp(kDir + "decode_gpt2.json"));
+  ASSERT_GE(cases.size(), 300u);
+  auto g = Tokenizer::load(kDir + "gpt2");
+  size_t bad = 0;
+  std::string first;
+  for (auto& c : cases) {
+    std::vector<int32_t> ids = c[0].get<std::vector<int32_t>>();
+    if ((g->decode(ids) != c[1].get<std::string>() || g->decode(ids, true) != c[2].get<std::string>()) &&
+        bad++ == 0)
+      first = c.dump() + " got " + json(g->decode(ids)).dump();
+  }
+  EXPECT_EQ(bad, 0u) << first;
+}
+
 TEST(Tokenizer, ConcurrentEncodeMatchesSerial) {
   // One tokenizer shared by several threads (data loaders do this): same ids as one thread, no races on the
   // BPE word cache.
@@ -276,8 +293,9 @@ TEST(Tokenizer, NfcMatchesPythonUnicodedata) {
 }
 
 TEST(Tokenizer, LongInputsAreFast) {
-  // Long whitespace runs, one very long word and ~0.5 MB of varied text: linear time (the BPE merge uses a heap
-  // and words are cached). Generous bounds: this is a guard against quadratic behaviour, not a benchmark.
+  // Long whitespace runs, one very long word and ~0.5 MB of varied text: linear time (the BPE merge uses a
+  // heap and words are cached). Generous bounds: this is a guard against quadratic behaviour, not a
+  // benchmark.
   json strings = json::parse(slurp(kDir + "strings.json"));
   std::string text;
   for (int rep = 0; text.size() < (1 << 19); rep++)
