@@ -257,6 +257,11 @@ TEST(Backward, AttentionGQA) {
 TEST(Backward, AttentionPackedSequences) {
   // Two rows, each packing examples of lengths 3+4 and 2+1+4: no attention across examples.
   check_attention({2, 7, 4, 2, 4, {0, 0, 0, 1, 1, 1, 1, 5, 5, 6, 7, 7, 7, 7}}, "packed B2 T7 Hq4 Hkv2 D4");
+  // T = 150 spans three 64-row query tiles; examples of 50, 40 (crossing a tile edge) and 60 tokens.
+  std::vector<int32_t> runs(150);
+  for (int t = 0; t < 150; t++) runs[t] = t < 50 ? 0 : t < 90 ? 1 : 2;
+  check_attention({1, 150, 2, 1, 4, runs}, "packed B1 T150 Hq2 Hkv1 D4 (3 query tiles)");
+  check_attention({1, 130, 2, 1, 3, {}}, "causal B1 T130 Hq2 Hkv1 D3 (3 query tiles)");
   // Packed output equals each example attended alone.
   int64_t Hq = 2, Hkv = 1, D = 4;
   Tensor q = randn({1, 5, Hq, D}), k = randn({1, 5, Hkv, D}), v = randn({1, 5, Hkv, D});
