@@ -37,40 +37,45 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     args = ap.parse_args()
-    bw = copy_bandwidth()
+    cuda = args.device == "cuda"
+    bw = copy_bandwidth() if cuda else None
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, device_map="cuda",
-                                                 attn_implementation="sdpa")
+    # GPU: bf16 as qtune's CUDA path; CPU: f32 as qtune's CPU path.
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 device_map=args.device, attn_implementation="sdpa")
     model.eval()
     load_s = time.time() - t0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     embed_bytes = model.model.embed_tokens.weight.numel() * 2
     g = torch.Generator().manual_seed(1234)
-    ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=g).cuda()
+    ids = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), generator=g).to(args.device)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     best_prefill, best_decode = 1e30, 1e30
     for r in range(args.repeat + 1):
-        torch.cuda.synchronize()
+        sync()
         t = time.perf_counter()
         model(ids, use_cache=True, logits_to_keep=1)
-        torch.cuda.synchronize()
+        sync()
         prefill = time.perf_counter() - t
         t = time.perf_counter()
         out = model.generate(ids, do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                              pad_token_id=0)
-        torch.cuda.synchronize()
+        sync()
         total = time.perf_counter() - t
         n = out.shape[1] - ids.shape[1]
         decode = (total - prefill) / max(n - 1, 1)
         if r == 0:
             continue
         best_prefill, best_decode = min(best_prefill, prefill), min(best_decode, decode)
-    print(json.dumps(dict(impl="transformers", torch=torch.__version__, prompt_len=args.prompt_len,
+    print(json.dumps(dict(impl="transformers", torch=torch.__version__, device=args.device,
+                          threads=torch.get_num_threads(), prompt_len=args.prompt_len,
                           new_tokens=args.new_tokens, load_seconds=load_s,
                           prefill_tokens_per_s=args.prompt_len / best_prefill, decode_tokens_per_s=1 / best_decode,
                           decode_ms_per_token=best_decode * 1e3, copy_bandwidth_bytes_per_s=bw,
                           weight_bytes=weight_bytes, decode_bytes_per_token=weight_bytes - embed_bytes,
-                          peak_gpu_bytes=torch.cuda.max_memory_allocated())), flush=True)
+                          peak_gpu_bytes=torch.cuda.max_memory_allocated() if cuda else 0)), flush=True)
 
 
 if __name__ == "__main__":
