@@ -10,7 +10,8 @@
 // - split-K (any float dtype, D 8/16/32/64/96/128/256, any T; the decode path): a block owns up to R
 //   query rows that share one KV head (the G heads of a group, for all T) and one slice of the keys
 //   (flash-decoding: long caches are split over many blocks); K/V tiles of 32 keys in shared memory as
-//   f32; partial (m, l, O) of each slice are merged by a second kernel.
+//   f32, used with float4 accesses by all R rows at once; partial (m, l, O) of each slice are merged by a
+//   second kernel.
 #include <cmath>
 
 #include "core/tensor.h"
@@ -243,47 +244,63 @@ __global__ void __launch_bounds__(128)
 
 constexpr int kSplitKeys = 32;  // keys per tile (one warp's width, for the softmax reductions)
 constexpr int kSplitThreads = 128;
+constexpr int kSplitWarps = kSplitThreads / 32;
 constexpr int kSplitMinKeys = 64;  // fewest keys a slice gets
 
 size_t split_smem_bytes(int R, int D) {
-  return sizeof(float) * ((size_t)R * D + 2 * (size_t)kSplitKeys * (D + 1) + R * kSplitKeys + 3 * R) +
-         sizeof(int) * R;
+  size_t floats = (size_t)R * D                           // q_s
+                  + 2 * (size_t)kSplitKeys * (D + 4)      // k_s, v_s (reused for the final warp reduction)
+                  + (size_t)kSplitWarps * R * kSplitKeys  // partial scores
+                  + (size_t)kSplitKeys * R                // p_s
+                  + 3 * R;
+  return sizeof(float) * floats + sizeof(int) * R;
 }
 
 template <class TI>
-__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
+__device__ __forceinline__ void unpack16_store(const uint4& raw, float* dst) {  // dst 16-byte aligned
+  constexpr int VEC = 16 / sizeof(TI);
   const TI* e = reinterpret_cast<const TI*>(&raw);
 #pragma unroll
-  for (int i = 0; i < (int)(16 / sizeof(TI)); i++) out[i] = to_f32(e[i]);
+  for (int i = 0; i < VEC; i += 4)
+    *reinterpret_cast<float4*>(dst + i) =
+        make_float4(to_f32(e[i]), to_f32(e[i + 1]), to_f32(e[i + 2]), to_f32(e[i + 3]));
 }
 
 // Grid (B * Hkv * groups, nsplit). Rows of a (b, hkv) pair: rr = t * G + g, query head hkv * G + g.
 // Block (.x = (b * Hkv + hkv) * groups + rg) takes rows [rg * R, rg * R + R) and keys
 // [split * chunk, split * chunk + chunk). With nsplit == 1 it writes out; else partials:
 // part_o [nsplit, rows, D] (unnormalised), part_ml [nsplit, rows, 2] (m, l), rows = B * Hkv * G * T.
-// K/V tiles travel as 16-byte loads (lane = key, so the f32 stores into the padded [32, D+1] tiles hit
-// distinct banks), the next tile's loads in flight while the current one is used.
+// Per tile of 32 keys: 16-byte loads (lane = key) prefetched one tile ahead, stored as f32 rows padded to
+// D + 4 (float4 accesses without bank conflicts); scores with warp w over a quarter of the head dim and
+// lane = key, all R rows at once; softmax one warp per row; P·V with warp w over 8 of the keys and
+// lane over 4 dims, all R rows; the warps' partial outputs are summed once at the end.
 template <class TI, class TO, int D, int R>
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(TO* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
                            const TI* __restrict__ q, const TI* __restrict__ k, const TI* __restrict__ v,
                            int T, int Hq, int Hkv, int Smax, int q_offset, int kv_len, int groups, int chunk,
                            float scale_log2) {
-  constexpr int NE = (R * D + kSplitThreads - 1) / kSplitThreads;  // accumulator elements per thread
   constexpr int BK = kSplitKeys;
   constexpr int VEC = 16 / sizeof(TI);                           // elements per 16-byte load
   constexpr int NVT = BK * D / VEC;                              // 16-byte loads per tile, K and V each
   constexpr int NV = (NVT + kSplitThreads - 1) / kSplitThreads;  // per thread
-  constexpr int LD = D + 1;                                      // padded smem row (floats)
-  extern __shared__ float smem[];
+  constexpr int LD = D + 4;                                      // padded smem row (floats)
+  constexpr int NQ = D / 4 < kSplitWarps ? D / 4 : kSplitWarps;  // warps sharing the score dot products
+  constexpr int DQ = D / NQ;                                     // dims per score warp (multiple of 4)
+  constexpr int NC = (D + 127) / 128;                            // 128-dim chunks per lane in P·V
+  constexpr int KW = BK / kSplitWarps;                           // keys per warp in P·V
+  static_assert(D % 8 == 0 && DQ % 4 == 0 && R % 4 == 0, "attention_split_kernel: shape");
+  extern __shared__ __align__(16) float smem[];
   float* q_s = smem;                             // [R, D], pre-scaled
-  float* k_s = q_s + R * D;                      // [BK, D+1]
-  float* v_s = k_s + BK * LD;                    // [BK, D+1]
-  float* p_s = v_s + BK * LD;                    // [R, BK]
-  float* m_s = p_s + R * BK;                     // [R]
+  float* k_s = q_s + R * D;                      // [BK, D+4]
+  float* v_s = k_s + BK * LD;                    // [BK, D+4]
+  float* sp_s = v_s + BK * LD;                   // [NQ, R, BK] partial scores
+  float* p_s = sp_s + kSplitWarps * R * BK;      // [BK, R] probabilities
+  float* m_s = p_s + BK * R;                     // [R]
   float* l_s = m_s + R;                          // [R]
   float* a_s = l_s + R;                          // [R] rescale factor of the current tile
   int* lim_s = reinterpret_cast<int*>(a_s + R);  // [R] keys row r may see
+  float* red_s = k_s;                            // [4, R, D] after the last tile
 
   pdl_trigger();
   const int G = Hq / Hkv, GT = G * T;
@@ -313,11 +330,12 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t kv_stride = (int64_t)Hkv * D;
   const TI* kb = k + ((int64_t)b * Smax * Hkv + hkv) * D;
   const TI* vb = v + ((int64_t)b * Smax * Hkv + hkv) * D;
-  float acc[NE];
+  float acc[NC][R][4];  // this warp's keys: rows r, dims chunk * 128 + lane * 4 + i
 #pragma unroll
-  for (int i = 0; i < NE; i++) acc[i] = 0.0f;
+  for (int c = 0; c < NC; c++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[c][r][0] = acc[c][r][1] = acc[c][r][2] = acc[c][r][3] = 0.0f;
 
-  // Load i of this thread: key lane (j = idx % BK), vector idx / BK of the head dim.
   uint4 kr[NV], vr[NV];
   auto load_tile = [&](int s0) {
 #pragma unroll
@@ -338,41 +356,47 @@ __global__ void __launch_bounds__(kSplitThreads)
     for (int i = 0; i < NV; i++) {
       int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
       if (idx < NVT) {
-        unpack16<TI>(kr[i], k_s + j * LD + vd * VEC);
-        unpack16<TI>(vr[i], v_s + j * LD + vd * VEC);
+        unpack16_store<TI>(kr[i], k_s + j * LD + vd * VEC);
+        unpack16_store<TI>(vr[i], v_s + j * LD + vd * VEC);
       }
     }
     __syncthreads();
     if (s0 + BK < s_end) load_tile(s0 + BK);  // in flight while this tile is used
-    // Scores: a warp takes one row and the 32 keys of the tile (lane = key).
-    for (int e = tid; e < R * BK; e += kSplitThreads) {
-      int r = e / BK, j = e % BK, key = s0 + j;
-      float sc = -INFINITY;
-      if (key < s_end && key < lim_s[r]) {
-        const float* qr = q_s + r * D;
-        const float* kk = k_s + j * LD;
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-#pragma unroll 8
-        for (int d = 0; d < D; d += 4) {
-          a0 = fmaf(qr[d], kk[d], a0);
-          a1 = fmaf(qr[d + 1], kk[d + 1], a1);
-          a2 = fmaf(qr[d + 2], kk[d + 2], a2);
-          a3 = fmaf(qr[d + 3], kk[d + 3], a3);
+    // Partial scores: warp w takes dims [w·DQ, w·DQ + DQ), lane = key, all rows.
+    if (warp < NQ) {
+      float sc[R];
+#pragma unroll
+      for (int r = 0; r < R; r++) sc[r] = 0.0f;
+      const float* kk = k_s + lane * LD + warp * DQ;
+#pragma unroll 4
+      for (int d = 0; d < DQ; d += 4) {
+        float4 k4 = *reinterpret_cast<const float4*>(kk + d);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          float4 q4 = *reinterpret_cast<const float4*>(q_s + r * D + warp * DQ + d);
+          sc[r] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, sc[r]))));
         }
-        sc = (a0 + a1) + (a2 + a3);
       }
-      p_s[e] = sc;
+#pragma unroll
+      for (int r = 0; r < R; r++) sp_s[(warp * R + r) * BK + lane] = sc[r];
     }
     __syncthreads();
-    // Online softmax, one warp per row.
-    for (int r = warp; r < R; r += kSplitThreads / 32) {
-      float sc = p_s[r * BK + lane];
+    // Online softmax, one warp per row, lane = key.
+    for (int r = warp; r < R; r += kSplitWarps) {
+      int key = s0 + lane;
+      float sc = -INFINITY;
+      if (key < s_end && key < lim_s[r]) {
+        sc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NQ; w++) sc += sp_s[(w * R + r) * BK + lane];
+      }
       float mx = warp_max(sc);
       float m_old = m_s[r], m_new = fmaxf(m_old, mx);
       float p = m_new == -INFINITY ? 0.0f : exp2f(sc - m_new);
       float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
       float sum = warp_sum(p);
-      p_s[r * BK + lane] = p;
+      p_s[lane * R + r] = p;
+      __syncwarp();  // every lane has read m_s[r] before lane 0 replaces it
       if (lane == 0) {
         l_s[r] = l_s[r] * alpha + sum;
         m_s[r] = m_new;
@@ -380,35 +404,66 @@ __global__ void __launch_bounds__(kSplitThreads)
       }
     }
     __syncthreads();
-    // acc[r, d] = acc * alpha[r] + Σ_j p[r, j] v[j, d]
+    // acc[r, d] = acc · alpha[r] + Σ_{j in this warp's keys} p[j, r] v[j, d]
+    float alpha[R];
 #pragma unroll
-    for (int i = 0; i < NE; i++) {
-      int e = tid + i * kSplitThreads, r = e / D, d = e % D;
-      if (e >= R * D) break;
-      const float* pr = p_s + r * BK;
-      float a = acc[i] * a_s[r], b2 = 0.0f;
-#pragma unroll 8
-      for (int j = 0; j < BK; j += 2) {
-        a = fmaf(pr[j], v_s[j * LD + d], a);
-        b2 = fmaf(pr[j + 1], v_s[(j + 1) * LD + d], b2);
+    for (int r = 0; r < R; r++) alpha[r] = a_s[r];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+      const int d4 = c * 128 + lane * 4;
+      if (d4 >= D) break;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        acc[c][r][0] *= alpha[r];
+        acc[c][r][1] *= alpha[r];
+        acc[c][r][2] *= alpha[r];
+        acc[c][r][3] *= alpha[r];
       }
-      acc[i] = a + b2;
+#pragma unroll 4
+      for (int jj = 0; jj < KW; jj++) {
+        const int j = warp * KW + jj;
+        float4 v4 = *reinterpret_cast<const float4*>(v_s + j * LD + d4);
+#pragma unroll
+        for (int r4 = 0; r4 < R; r4 += 4) {
+          float4 p4 = *reinterpret_cast<const float4*>(p_s + j * R + r4);
+          float pr[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            acc[c][r4 + i][0] = fmaf(pr[i], v4.x, acc[c][r4 + i][0]);
+            acc[c][r4 + i][1] = fmaf(pr[i], v4.y, acc[c][r4 + i][1]);
+            acc[c][r4 + i][2] = fmaf(pr[i], v4.z, acc[c][r4 + i][2]);
+            acc[c][r4 + i][3] = fmaf(pr[i], v4.w, acc[c][r4 + i][3]);
+          }
+        }
+      }
     }
+  }
+  __syncthreads();  // k_s/v_s are free: they hold the warps' partial outputs next
+#pragma unroll
+  for (int c = 0; c < NC; c++) {
+    const int d4 = c * 128 + lane * 4;
+    if (d4 >= D) break;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+      *reinterpret_cast<float4*>(red_s + (warp * R + r) * D + d4) =
+          make_float4(acc[c][r][0], acc[c][r][1], acc[c][r][2], acc[c][r][3]);
   }
   __syncthreads();
 
   const int rows = gridDim.x / groups * GT;  // B * Hkv * G * T
+  for (int e = tid; e < R * D; e += kSplitThreads) {
+    int r = e / D, d = e % D, rr = rg * R + r;
+    if (rr >= GT) continue;
+    float o = 0.0f;
 #pragma unroll
-  for (int i = 0; i < NE; i++) {
-    int e = tid + i * kSplitThreads, r = e / D, d = e % D, rr = rg * R + r;
-    if (e >= R * D || rr >= GT) continue;
+    for (int w = 0; w < kSplitWarps; w++) o += red_s[(w * R + r) * D + d];
     if (gridDim.y == 1) {
       int t = rr / G, h = hkv * G + rr % G;
       float l = l_s[r];
-      out[(((int64_t)b * T + t) * Hq + h) * D + d] = from_f32<TO>(l > 0.0f ? acc[i] / l : 0.0f);
+      out[(((int64_t)b * T + t) * Hq + h) * D + d] = from_f32<TO>(l > 0.0f ? o / l : 0.0f);
     } else {
       int64_t row = (int64_t)bh * GT + rr;
-      part_o[((int64_t)split * rows + row) * D + d] = acc[i];
+      part_o[((int64_t)split * rows + row) * D + d] = o;
       if (d == 0) {
         part_ml[((int64_t)split * rows + row) * 2] = m_s[r];
         part_ml[((int64_t)split * rows + row) * 2 + 1] = l_s[r];
