@@ -1,0 +1,116 @@
+// LoraLayer: the LoRA / DoRA forward term and PEFT's initialisation (see lora_layer.h).
+#include "peft/lora_layer.h"
+
+#include <cmath>
+#include <random>
+
+#include "core/error.h"
+#include "ops/elementwise.h"
+#include "ops/matmul.h"
+
+namespace qtune {
+
+namespace {
+
+// Dense base weight as F32 CPU [O, I] (DoRA needs its row norms).
+Tensor dense_weight_f32(const Linear& base, const std::string& module) {
+  if (base.quantized() || !base.weight.defined())
+    throw_error(ErrorKind::Unsupported, "DoRA on ", module, ": quantized base weights are not supported yet");
+  return base.weight.to(Device::CPU).to_dtype(DType::F32);
+}
+
+}  // namespace
+
+void LoraLayer::refresh(const Linear& base, Device device, DType act_dtype) {
+  QT_CHECK(A.defined() && B.defined() && A.dtype() == DType::F32 && B.dtype() == DType::F32);
+  Tensor b_scaled = B.clone();  // [O, r]
+  float* bs = b_scaled.data<float>();
+  for (int64_t i = 0; i < b_scaled.numel(); ++i) bs[i] = (float)(bs[i] * scale);
+  a_dev_ = A.to_dtype(act_dtype).to(device);
+  b_dev_ = b_scaled.to_dtype(act_dtype).to(device);
+  dora_scale_ = Tensor();
+  base_bias_ = Tensor();
+  if (!magnitude.defined()) return;
+  if (device != Device::CPU)
+    throw_error(ErrorKind::Unsupported, "DoRA on ", module, ": only the CPU forward is implemented");
+  Tensor w = dense_weight_f32(base, module);  // [O, I]
+  const int64_t O = w.size(0), I = w.size(1);
+  // W + scale·B·A, row norms in double.
+  Tensor delta = Tensor::zeros({O, I}, DType::F32);
+  matmul(delta, B, A, false, false, (float)scale, 0.0f);  // [O, r]·[r, I]
+  dora_scale_ = Tensor::empty({O}, DType::F32);
+  const float* wp = w.data<float>();
+  const float* dp = delta.data<float>();
+  const float* mp = magnitude.data<float>();
+  for (int64_t o = 0; o < O; ++o) {
+    double sq = 0;
+    for (int64_t i = 0; i < I; ++i) {
+      const float v = wp[o * I + i] + dp[o * I + i];
+      sq += (double)v * v;
+    }
+    dora_scale_.data<float>()[o] = (float)(mp[o] / std::sqrt(sq));
+  }
+  if (base.bias.defined()) base_bias_ = base.bias.to(Device::CPU).to_dtype(DType::F32);
+}
+
+void LoraLayer::apply(Tensor& out, const Tensor& x) const {
+  QT_CHECK(a_dev_.defined(), "LoRA layer ", module, " used before refresh()");
+  Shape mid_shape = x.shape();
+  mid_shape.back() = r;
+  Tensor mid = Tensor::empty(mid_shape, x.dtype(), x.device());  // [N, r]
+  linear_forward(mid, x, a_dev_);
+  Tensor delta = Tensor::empty(out.shape(), out.dtype(), out.device());  // [N, O]
+  linear_forward(delta, mid, b_dev_);
+  if (!dora_scale_.defined()) {
+    add_inplace(out, delta);
+    return;
+  }
+  // DoRA (CPU F32): out = b + s ⊙ (out - b + delta).
+  const int64_t O = out.size(-1), N = out.numel() / O;
+  float* y = out.data<float>();
+  const float* d = delta.data<float>();
+  const float* s = dora_scale_.data<float>();
+  const float* b = base_bias_.defined() ? base_bias_.data<float>() : nullptr;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t o = 0; o < O; ++o) {
+      const float bias = b ? b[o] : 0.0f;
+      float& v = y[n * O + o];
+      v = bias + s[o] * (v - bias + d[n * O + o]);
+    }
+}
+
+void init_lora_weights(LoraLayer& l, int64_t in_features, int64_t out_features, const std::string& init,
+                       uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  l.A = Tensor::zeros({l.r, in_features}, DType::F32);
+  l.B = Tensor::zeros({out_features, l.r}, DType::F32);
+  float* a = l.A.data<float>();
+  if (init == "gaussian") {
+    std::normal_distribution<double> nd(0.0, 1.0 / (double)l.r);
+    for (int64_t i = 0; i < l.A.numel(); ++i) a[i] = (float)nd(rng);
+    return;
+  }
+  // kaiming_uniform_(a=√5): gain = √(2/(1+5)), std = gain/√fan_in, bound = √3·std = 1/√fan_in.
+  auto kaiming = [&](float* p, int64_t n, int64_t fan_in) {
+    const double gain = std::sqrt(2.0 / (1.0 + 5.0));
+    const double bound = std::sqrt(3.0) * gain / std::sqrt((double)fan_in);
+    std::uniform_real_distribution<double> ud(-bound, bound);
+    for (int64_t i = 0; i < n; ++i) p[i] = (float)ud(rng);
+  };
+  kaiming(a, l.A.numel(), in_features);
+  if (init == "false") kaiming(l.B.data<float>(), l.B.numel(), l.r);
+}
+
+Tensor dora_initial_magnitude(const Linear& base) {
+  Tensor w = dense_weight_f32(base, base.name);  // [O, I]
+  const int64_t O = w.size(0), I = w.size(1);
+  Tensor m = Tensor::empty({O}, DType::F32);
+  for (int64_t o = 0; o < O; ++o) {
+    double sq = 0;
+    for (int64_t i = 0; i < I; ++i) sq += (double)w.data<float>()[o * I + i] * w.data<float>()[o * I + i];
+    m.data<float>()[o] = (float)std::sqrt(sq);
+  }
+  return m;
+}
+
+}  // namespace qtune
