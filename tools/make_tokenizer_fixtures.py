@@ -545,6 +545,14 @@ def main():
     write_expected("roberta_style", "gpt2",
                    hf_cases(variant(gdir, "roberta", roberta_patch(), ROBERTA_CONFIG), strings[:VARIANT_STRINGS]),
                    patch={"patch": roberta_patch(), "config": ROBERTA_CONFIG})
+    # tokenizer classes that rebuild the pipeline over the plain GPT-2 tokenizer.json (transformers reference)
+    for name, cls_cfg in {"class_gpt2_prefix_space": {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": True},
+                          "class_qwen2": {"tokenizer_class": "Qwen2Tokenizer"},
+                          "class_llama_byte_level": {"tokenizer_class": "LlamaTokenizerFast"}}.items():
+        cfg = dict(cls_cfg, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                   clean_up_tokenization_spaces=False)
+        write_expected("gpt2_" + name, "gpt2", hf_cases(variant(gdir, name, {}, cfg), strings[:VARIANT_STRINGS]),
+                       patch={"patch": {}, "config": cfg})
     write_expected("llama3_style", "llama3_style", hf_cases(make_llama3_style(args.data), strings))
     edge = strings[:VARIANT_STRINGS]
     cleanup = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": True}

@@ -114,11 +114,20 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& m, const std::string& 
   return std::make_unique<BpeModel>(std::move(vocab), merges, std::move(o), source);
 }
 
-void BpeModel::use_llama_settings() {
-  opts_.byte_fallback = true;
-  opts_.fuse_unk = true;
-  opts_.has_unk = false;
-  unk_id_ = -1;
+void BpeModel::set_options(const BpeOptions& o, const std::string& source) {
+  int32_t unk = -1;
+  if (o.has_unk) {
+    auto u = vocab_.find(o.unk_token);
+    if (u == vocab_.end())
+      throw_error(ErrorKind::Format, source, ": unk_token \"", o.unk_token, "\" is not in the vocab");
+    unk = u->second;
+  }
+  opts_.has_unk = o.has_unk;
+  opts_.unk_token = o.unk_token;
+  opts_.fuse_unk = o.fuse_unk;
+  opts_.byte_fallback = o.byte_fallback;
+  opts_.ignore_merges = o.ignore_merges;
+  unk_id_ = unk;
   std::lock_guard<std::mutex> lock(cache_mu_);
   cache_.clear();
 }

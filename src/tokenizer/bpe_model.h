@@ -38,9 +38,10 @@ class BpeModel : public TokenModel {
   // From tokenizer.json's "model" object (type BPE). Merges may be "a b" strings or ["a", "b"] pairs.
   static std::unique_ptr<BpeModel> from_json(const nlohmann::json& model, const std::string& source);
 
-  // What transformers' LlamaTokenizer does to the model it loads: byte_fallback and fuse_unk on, no unknown
-  // token (characters without a piece or byte pieces are dropped), whatever tokenizer.json says.
-  void use_llama_settings();
+  // Replaces unk_token, fuse_unk, byte_fallback and ignore_merges (transformers' tokenizer classes rebuild
+  // the model from the vocab and merges with their own settings); the subword prefix and suffix stay as
+  // built. Throws ErrorKind::Format naming `source` when the unknown token is not in the vocab.
+  void set_options(const BpeOptions& o, const std::string& source);
 
   void tokenize(const std::string& word, std::vector<int32_t>& out) const override;
   int vocab_size() const override { return (int)id_to_token_.size(); }

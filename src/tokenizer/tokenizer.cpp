@@ -106,6 +106,8 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& text, const s
                                                 const std::string& source) {
   json j = parse_json(text, source);
   std::unique_ptr<Tokenizer> t(new Tokenizer());
+  t->from_json_ = true;
+  t->byte_level_json_ = text.find("\"ByteLevel\"") != std::string::npos;
   try {
     if (!j.is_object()) throw_error(ErrorKind::Format, source, ": top level must be a JSON object");
     if (!j.contains("model")) throw_error(ErrorKind::Format, source, ": no \"model\"");
@@ -201,10 +203,11 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
     std::string cls = c.contains("tokenizer_class") && c.at("tokenizer_class").is_string()
                           ? c.at("tokenizer_class").get<std::string>()
                           : "";
-    if ((cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") && !sentencepiece_semantics_) {
-      const json& aps = c.contains("add_prefix_space") ? c.at("add_prefix_space") : json();
-      use_llama_pipeline(aps.is_boolean() ? aps.get<bool>() : true, c.value("legacy", false));
-    }
+    const json& aps = c.contains("add_prefix_space") ? c.at("add_prefix_space") : json();
+    if (!cls.empty())
+      apply_tokenizer_class(
+          cls, aps.is_boolean() ? (int)aps.get<bool>() : -1,
+          c.contains("legacy") && c.at("legacy").is_boolean() && c.at("legacy").get<bool>());
     if (set_post_processor) {
       std::vector<int32_t> pre, post;
       if (c.value("add_bos_token", false) && bos_id_ >= 0) pre.push_back(bos_id_);
@@ -214,20 +217,6 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
   } catch (const json::exception& e) {
     throw_error(ErrorKind::Format, source, ": ", e.what());
   }
-}
-
-void Tokenizer::use_llama_pipeline(bool add_prefix_space, bool legacy) {
-  const char* space = "\xE2\x96\x81";
-  normalizer_.reset();
-  pre_tokenizer_ =
-      make_metaspace_pre_tokenizer(space, add_prefix_space ? (legacy ? "always" : "first") : "never", false);
-  json seq = json::array();
-  seq.push_back({{"type", "Replace"}, {"pattern", {{"String", space}}}, {"content", " "}});
-  seq.push_back({{"type", "ByteFallback"}});
-  seq.push_back({{"type", "Fuse"}});
-  if (add_prefix_space) seq.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
-  decoder_ = make_decoder({{"type", "Sequence"}, {"decoders", seq}}, "LlamaTokenizer decoder");
-  if (auto* bpe = dynamic_cast<BpeModel*>(model_.get())) bpe->use_llama_settings();
 }
 
 void Tokenizer::encode_text(const std::string& piece, bool at_start, std::vector<int32_t>& out) const {

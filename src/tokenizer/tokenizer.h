@@ -40,11 +40,10 @@ class Tokenizer {
   // Loads dir/tokenizer.json (preferred) or dir/tokenizer.model, plus dir/tokenizer_config.json when present
   // (add_bos_token, add_eos_token, bos/eos/pad/unk tokens, added_tokens_decoder entries the tokenizer file
   // lacks, clean_up_tokenization_spaces, chat_template).
-  // Like transformers, a config naming tokenizer_class LlamaTokenizer(Fast) replaces the normalizer,
-  // pre-tokenizer and decoder of tokenizer.json with LlamaTokenizer's own (Metaspace with prepend_scheme
-  // "first", or "always" when the config says legacy: true; "never" when add_prefix_space is false), and
-  // turns the model's unknown token off and byte fallback on. Without a config, tokenizer.json is followed
-  // as the tokenizers library follows it.
+  // Like transformers, a config naming tokenizer_class LlamaTokenizer, GPT2Tokenizer or Qwen2Tokenizer
+  // replaces the normalizer, pre-tokenizer, decoder and model options of tokenizer.json with that class's
+  // own (see transformers_classes.cpp). Without a config, tokenizer.json is followed as the tokenizers
+  // library follows it.
   // Errors (ErrorKind::Io for missing files, Format for malformed ones with line/column or byte offset,
   // Unsupported for component types not implemented) name the file.
   static std::unique_ptr<Tokenizer> load(const std::string& dir, const TokenizerOptions& opts = {});
@@ -77,7 +76,9 @@ class Tokenizer {
  private:
   Tokenizer();
   void apply_config(const std::string& config_json, const std::string& source, bool set_post_processor);
-  void use_llama_pipeline(bool add_prefix_space, bool legacy);
+  // transformers' tokenizer classes that rebuild the pipeline (transformers_classes.cpp). add_prefix_space:
+  // -1 when the config does not say.
+  void apply_tokenizer_class(const std::string& cls, int add_prefix_space, bool legacy);
   void encode_text(const std::string& piece, bool at_start, std::vector<int32_t>& out) const;
 
   std::unique_ptr<Normalizer> normalizer_;
@@ -88,6 +89,8 @@ class Tokenizer {
   AddedVocab added_;
   bool has_normalized_added_ = false;
   bool sentencepiece_semantics_ = false;
+  bool from_json_ = false;        // loaded from tokenizer.json
+  bool byte_level_json_ = false;  // and that file mentions "ByteLevel"
   bool clean_up_spaces_ = false;
   int bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
   std::string chat_template_;

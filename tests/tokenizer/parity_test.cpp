@@ -227,3 +227,15 @@ TEST(TokenizerParity, MetaspaceNever) {
 TEST(TokenizerParity, AddedTokensFromConfig) {
   run_parity("llama2_added_tokens", "", {}, false);
 }
+// tokenizer_config.json classes that rebuild the pipeline around the GPT-2 vocabulary, as transformers does:
+// GPT2Tokenizer with add_prefix_space, Qwen2Tokenizer (NFC + Qwen2's regex), and LlamaTokenizerFast over a
+// byte-level tokenizer.json (transformers then keeps the file's pipeline).
+TEST(TokenizerParity, ClassGpt2AddPrefixSpace) {
+  run_parity("gpt2_class_gpt2_prefix_space", "", {}, false);
+}
+TEST(TokenizerParity, ClassQwen2OverGpt2Json) {
+  run_parity("gpt2_class_qwen2", "", {}, false);
+}
+TEST(TokenizerParity, ClassLlamaOverByteLevelJson) {
+  run_parity("gpt2_class_llama_byte_level", "", {}, false);
+}
