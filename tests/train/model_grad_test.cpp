@@ -120,6 +120,29 @@ TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
   for (float g : twice.entries()[0].grad.to_f32_vector()) ASSERT_EQ(g, 0.0f);
 }
 
+TEST(ModelGrad, MicroBatchesWithTotalCountScaleEqualOneBatch) {
+  // The trainer's normalisation: each micro-batch scales by 1/(targets of the whole step), so two
+  // one-row micro-batches give the gradient of the mean loss over the two-row batch (torch's gradient).
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  Fixture fx = load_fixture("llama");
+  Tensor ids = fx.file->get("ids"), labels = fx.file->get("labels");
+  int64_t T = ids.size(1), count = fx.meta["count"];
+  TrainableParams p;
+  register_full_finetune(p, m);
+  StepOptions opts;
+  opts.grad_scale = 1.0f / count;
+  int64_t seen = 0;
+  for (int64_t b = 0; b < 2; b++) {
+    Tensor ib = ids.reshape({2 * T}).slice0(b * T, T).reshape({1, T});
+    Tensor lb = labels.reshape({2 * T}).slice0(b * T, T).reshape({1, T});
+    seen += causal_lm_forward_backward(m, ib, lb, &p, opts).count;
+  }
+  EXPECT_EQ(seen, count);
+  for (const auto& e : p.entries())
+    EXPECT_LT(rel_err(e.grad.to_f32_vector(), fx.file->get("grad." + e.name).to_f32_vector()), 1e-4)
+        << e.name;
+}
+
 TEST(ModelGrad, PackedSequencesEqualSeparateRows) {
   // Two examples of lengths 4 and 5 in one packed row (seq ids, positions restarting) vs two rows.
   LlamaModel m = LlamaModel::load(model_fixture("llama"));
