@@ -158,7 +158,7 @@ def pack_special(ids_sp, ids):
     return ids_sp
 
 
-VARIANT_STRINGS = 1000  # variants of a tokenizer are checked on the edge cases (the strings before the text slices)
+VARIANT_STRINGS = 600  # variants of a tokenizer are checked on the edge cases (the strings before the text slices)
 
 
 def tokenizers_cases(path, strings, patch=None):
