@@ -59,6 +59,15 @@ Block::Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, Trainab
   g_down_ = lg(L_.down);
 }
 
+bool Block::has_trainable() const {
+  if (g_in_norm_ || g_post_norm_) return true;
+  for (const LinearGrads* g : {&g_q_, &g_k_, &g_v_, &g_o_, &g_gate_, &g_up_, &g_down_})
+    if (g->w || g->b) return true;
+  for (const Linear* l : {&L_.q, &L_.k, &L_.v, &L_.o, &L_.gate, &L_.up, &L_.down})
+    if (l->adapter) return true;
+  return false;
+}
+
 void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const {
   const int64_t B = in.B, T = in.T, N = B * T;
   s.h1 = empty({N, C_});

@@ -60,6 +60,8 @@ class Block {
   void backward(Tensor& dx, const BlockInputs& in, BlockSaved& saved) const;
 
   int index() const { return index_; }
+  // Whether backward accumulates any gradient here: a registered weight of this layer, or an adapter.
+  bool has_trainable() const;
 
  private:
   void run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;

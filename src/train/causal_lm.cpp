@@ -53,11 +53,32 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   for (int l = 0; l < cfg.num_hidden_layers; l++) blocks.emplace_back(cfg, model.layers()[l], l, params);
   std::vector<BlockSaved> saved(blocks.size());
 
+  Tensor* g_embed = backward ? params->grad("model.embed_tokens.weight") : nullptr;
+  // Backward runs blocks [stop, L): below the lowest block with something trainable, only the embedding
+  // or d_inputs_embeds could want the gradient.
+  size_t stop = blocks.size();
+  if (backward && ((g_embed && !opts.inputs_embeds) || opts.d_inputs_embeds)) stop = 0;
+  for (size_t l = 0; backward && l < stop; l++)
+    if (blocks[l].has_trainable()) stop = l;
+
   Tensor x = Tensor::empty({N, C}, DType::F32);  // residual stream [N, C]
-  embedding_forward(x, ids, model.embed_tokens());
+  if (opts.inputs_embeds) {
+    if (opts.inputs_embeds->dtype() != DType::F32 || opts.inputs_embeds->device() != Device::CPU ||
+        opts.inputs_embeds->numel() != N * C)
+      throw_error(ErrorKind::Shape, op, ": inputs_embeds must be CPU F32 [", N, ", ", C, "], got ",
+                  opts.inputs_embeds->describe());
+    x.copy_from(*opts.inputs_embeds);
+  } else {
+    embedding_forward(x, ids, model.embed_tokens());
+  }
+  if (opts.d_inputs_embeds &&
+      (opts.d_inputs_embeds->dtype() != DType::F32 || opts.d_inputs_embeds->numel() != N * C))
+    throw_error(ErrorKind::Shape, op, ": d_inputs_embeds must be F32 [", N, ", ", C, "], got ",
+                opts.d_inputs_embeds->describe());
   for (size_t l = 0; l < blocks.size(); l++) {
-    blocks[l].forward(x, in, saved[l], opts.gradient_checkpointing || !backward);
-    if (!backward) saved[l] = BlockSaved();
+    bool keep = backward && l >= stop;
+    blocks[l].forward(x, in, saved[l], opts.gradient_checkpointing || !keep);
+    if (!keep) saved[l] = BlockSaved();
   }
   Tensor hn = Tensor::empty({N, C}, DType::F32);
   rmsnorm_forward(hn, x, model.final_norm(), eps);
@@ -66,7 +87,6 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
     return cross_entropy_forward_backward(hn, head.weight, labels, nullptr, nullptr, 1.0f,
                                           opts.loss_chunk_rows);
 
-  Tensor* g_embed = params->grad("model.embed_tokens.weight");
   Tensor* g_head = cfg.tie_word_embeddings ? g_embed : params->grad("lm_head.weight");
   Tensor dhn = Tensor::zeros({N, C}, DType::F32);
   LossSum loss = cross_entropy_forward_backward(hn, head.weight, labels, &dhn, g_head, opts.grad_scale,
@@ -75,11 +95,13 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   Tensor dx = Tensor::zeros({N, C}, DType::F32);
   rmsnorm_backward(dx, params->grad("model.norm.weight"), dhn, x, model.final_norm(), eps);
   dhn = x = Tensor();
-  for (size_t l = blocks.size(); l-- > 0;) {
+  for (size_t l = blocks.size(); l-- > stop;) {
     blocks[l].backward(dx, in, saved[l]);
     saved[l] = BlockSaved();
   }
-  if (g_embed) embedding_backward(*g_embed, ids, dx);
+  if (stop > 0) return loss;  // nothing below needs d(input)
+  if (g_embed && !opts.inputs_embeds) embedding_backward(*g_embed, ids, dx);
+  if (opts.d_inputs_embeds) add_inplace(*opts.d_inputs_embeds, dx.reshape(opts.d_inputs_embeds->shape()));
   return loss;
 }
 

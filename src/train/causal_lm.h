@@ -20,11 +20,17 @@ struct StepOptions {
   int64_t loss_chunk_rows = 256;        // rows of logits materialised at a time
   const Tensor* positions = nullptr;    // I32 [B·T]; default 0..T−1 in every row
   const Tensor* seq_ids = nullptr;      // I32 [B, T]: packed examples (attention inside equal-id runs)
+  // Prompt tuning and the like: the first block's input F32 [B·T, C] instead of the embedding lookup
+  // (ids are then only range-checked, and the embedding table gets no gradient) ...
+  const Tensor* inputs_embeds = nullptr;
+  // ... and, when non-null, d(loss)/d(first block input) F32 [B·T, C] is accumulated here.
+  Tensor* d_inputs_embeds = nullptr;
 };
 
 // ids, labels: CPU I32 [B, T]. params null: loss only (no backward). The model must be on the CPU with
 // dense or quantized Linears (quantized ones frozen); the LM head dense. Bad ids/labels throw
-// ErrorKind::Shape naming the position.
+// ErrorKind::Shape naming the position. Backward stops at the lowest block that has a trainable weight or
+// an adapter when nothing below it (the embedding, d_inputs_embeds) needs a gradient.
 LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, const Tensor& labels,
                                    TrainableParams* params, const StepOptions& opts = {});
 

@@ -12,6 +12,7 @@
 
 #include "io/safetensors.h"
 #include "model/llama_model.h"
+#include "ops/ops.h"
 #include "train/causal_lm.h"
 #include "train_test_util.h"
 
@@ -196,4 +197,43 @@ TEST(ModelGrad, Errors) {
       ErrorKind::Shape, {"label 999 at row 1"});
   expect_error([&] { p.add("lm_head.weight", m.lm_head().weight); }, ErrorKind::Usage,
                {"'lm_head.weight' registered twice"});
+}
+
+TEST(ModelGrad, InputsEmbedsAndPartialTraining) {
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  Fixture fx = load_fixture("llama");
+  Tensor ids = fx.file->get("ids"), labels = fx.file->get("labels");
+  const int64_t N = ids.numel(), C = m.config().hidden_size;
+  TrainableParams full;
+  register_full_finetune(full, m);
+  LossSum rf = run(m, fx, full, {});
+  // The first block's input given directly, its gradient returned: scattering it into the table gives
+  // the embedding gradient; every other gradient is unchanged.
+  TrainableParams rest;
+  for (const auto& e : full.entries())
+    if (e.name != "model.embed_tokens.weight") rest.add(e.name, e.param);
+  Tensor emb = Tensor::empty({N, C}, DType::F32), demb = Tensor::zeros({N, C}, DType::F32);
+  embedding_forward(emb, ids, m.embed_tokens());
+  StepOptions o;
+  o.inputs_embeds = &emb;
+  o.d_inputs_embeds = &demb;
+  LossSum re = causal_lm_forward_backward(m, ids, labels, &rest, o);
+  EXPECT_EQ(re.loss, rf.loss);
+  for (const auto& e : rest.entries())
+    EXPECT_EQ(e.grad.to_f32_vector(), full.at(e.name).grad.to_f32_vector()) << e.name;
+  Tensor table_grad = Tensor::zeros(m.embed_tokens().shape(), DType::F32);
+  embedding_backward(table_grad, ids, demb);
+  EXPECT_EQ(table_grad.to_f32_vector(), full.at("model.embed_tokens.weight").grad.to_f32_vector());
+  // Only layer 1 and the final norm train: backward stops at block 1 and the gradients are the same.
+  TrainableParams top;
+  for (const char* n :
+       {"model.layers.1.input_layernorm.weight", "model.layers.1.mlp.up_proj.weight", "model.norm.weight"})
+    top.add(n, full.at(n).param);
+  run(m, fx, top, {});
+  for (const auto& e : top.entries())
+    EXPECT_EQ(e.grad.to_f32_vector(), full.at(e.name).grad.to_f32_vector()) << e.name;
+  Tensor bad = Tensor::zeros({N + 1, C}, DType::F32);
+  o.inputs_embeds = &bad;
+  expect_error([&] { causal_lm_forward_backward(m, ids, labels, &rest, o); }, ErrorKind::Shape,
+               {"inputs_embeds must be CPU F32 [18, 64]"});
 }
