@@ -28,6 +28,9 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
     if (id[i] < 0 || id[i] >= V)
       throw_error(ErrorKind::Shape, op, ": token id ", id[i], " at row ", i / T, ", position ", i % T,
                   " is outside the vocabulary [0, ", V, ")");
+  if (cfg.sliding_window > 0 && T > cfg.sliding_window)
+    throw_error(ErrorKind::Unsupported, op, ": ", T, " tokens exceed the sliding window (",
+                cfg.sliding_window, ") and sliding-window attention is not implemented");
   const Linear& head = model.lm_head();
   if (head.quantized()) throw_error(ErrorKind::Unsupported, op, ": a quantized lm_head is not supported");
 
