@@ -5,6 +5,7 @@
 #include <queue>
 
 #include "core/error.h"
+#include "tokenizer/json_util.h"
 #include "tokenizer/unicode.h"
 
 namespace qtune {
@@ -104,9 +105,9 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& m, const std::string& 
     o.has_unk = true;
     o.unk_token = m.at("unk_token").get<std::string>();
   }
-  o.fuse_unk = m.value("fuse_unk", false);
-  o.byte_fallback = m.value("byte_fallback", false);
-  o.ignore_merges = m.value("ignore_merges", false);
+  o.fuse_unk = json_bool(m, "fuse_unk", false);
+  o.byte_fallback = json_bool(m, "byte_fallback", false);
+  o.ignore_merges = json_bool(m, "ignore_merges", false);
   o.continuing_subword_prefix = str_or_empty("continuing_subword_prefix");
   o.end_of_word_suffix = str_or_empty("end_of_word_suffix");
   if (m.contains("dropout") && m.at("dropout").is_number() && m.at("dropout").get<double>() > 0)

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
+#include "tokenizer/json_util.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
@@ -278,7 +279,7 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& source) 
     if (j.contains("prepend_scheme"))
       m->prepend = j.at("prepend_scheme").get<std::string>() != "never";
     else
-      m->prepend = j.value("add_prefix_space", true);
+      m->prepend = json_bool(j, "add_prefix_space", true);
     return m;
   }
   if (type == "BPEDecoder") {

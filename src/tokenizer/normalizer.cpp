@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "tokenizer/json_util.h"
 #include "tokenizer/precompiled_charsmap.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
@@ -150,7 +151,8 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& so
   }
   if (type == "NFC") return std::make_unique<NfcNormalizer>();
   if (type == "Strip")
-    return std::make_unique<StripNormalizer>(j.value("strip_left", true), j.value("strip_right", true));
+    return std::make_unique<StripNormalizer>(json_bool(j, "strip_left", true),
+                                             json_bool(j, "strip_right", true));
   if (type == "Precompiled") {
     const json& cm = j.at("precompiled_charsmap");
     if (cm.is_null() || (cm.is_string() && cm.get<std::string>().empty())) return nullptr;

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
+#include "tokenizer/json_util.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/unicode.h"
 
@@ -235,8 +236,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
   }
   if (type == "ByteLevel") {
     auto b = std::make_unique<ByteLevelPreTokenizer>();
-    b->add_prefix_space = j.value("add_prefix_space", true);
-    if (j.value("use_regex", true)) b->re.reset(new Regex(kGpt2Regex, source + " ByteLevel"));
+    b->add_prefix_space = json_bool(j, "add_prefix_space", true);
+    if (json_bool(j, "use_regex", true)) b->re.reset(new Regex(kGpt2Regex, source + " ByteLevel"));
     return b;
   }
   if (type == "Split") {
@@ -250,7 +251,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
       throw_error(ErrorKind::Format, source, ": Split pattern must hold \"String\" or \"Regex\", got ",
                   p.dump());
     s->behavior = parse_behavior(j.at("behavior").get<std::string>(), source);
-    s->invert = j.value("invert", false);
+    s->invert = json_bool(j, "invert", false);
     return s;
   }
   if (type == "Metaspace") {
@@ -260,12 +261,12 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
     else if (j.contains("add_prefix_space") && !j.at("add_prefix_space").get<bool>())
       scheme = "never";
     return make_metaspace_pre_tokenizer(j.value("replacement", std::string("\xE2\x96\x81")), scheme,
-                                        j.value("split", true));
+                                        json_bool(j, "split", true));
   }
   if (type == "Digits") {
     auto s = std::make_unique<SplitPreTokenizer>();
     s->pred = is_unicode_numeric;  // char::is_numeric, as HF
-    s->behavior = j.value("individual_digits", false) ? Behavior::Isolated : Behavior::Contiguous;
+    s->behavior = json_bool(j, "individual_digits", false) ? Behavior::Isolated : Behavior::Contiguous;
     return s;
   }
   if (type == "WhitespaceSplit") {

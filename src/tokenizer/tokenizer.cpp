@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "tokenizer/bpe_model.h"
 #include "tokenizer/decoder.h"
+#include "tokenizer/json_util.h"
 #include "tokenizer/normalizer.h"
 #include "tokenizer/post_processor.h"
 #include "tokenizer/pre_tokenizer.h"
@@ -59,6 +60,19 @@ std::string token_field(const json& cfg, const char* key) {
   if (v.is_object() && v.contains("content") && v.at("content").is_string())
     return v.at("content").get<std::string>();
   return "";
+}
+
+// An added token as tokenizer.json's added_tokens and tokenizer_config.json's added_tokens_decoder write it.
+AddedToken parse_added_token(const json& a, int32_t id) {
+  AddedToken at;
+  at.id = id;
+  at.content = a.at("content").get<std::string>();
+  at.special = json_bool(a, "special", false);
+  at.lstrip = json_bool(a, "lstrip", false);
+  at.rstrip = json_bool(a, "rstrip", false);
+  at.normalized = json_bool(a, "normalized", !at.special);
+  at.single_word = json_bool(a, "single_word", false);
+  return at;
 }
 
 }  // namespace
@@ -122,14 +136,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& text, const s
                   "\" is not supported (supported: BPE, Unigram; WordPiece and WordLevel are not)");
     if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
       for (const json& a : j.at("added_tokens")) {
-        AddedToken at;
-        at.id = a.at("id").get<int32_t>();
-        at.content = a.at("content").get<std::string>();
-        at.special = a.value("special", false);
-        at.lstrip = a.value("lstrip", false);
-        at.rstrip = a.value("rstrip", false);
-        at.normalized = a.value("normalized", !at.special);
-        at.single_word = a.value("single_word", false);
+        AddedToken at = parse_added_token(a, a.at("id").get<int32_t>());
         if (at.id < 0)
           throw_error(ErrorKind::Format, source, ": added token \"", at.content, "\" has a negative id");
         t->added_.add(at);
@@ -167,12 +174,7 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
           throw_error(ErrorKind::Format, source, ": added_tokens_decoder key \"", kv.key(),
                       "\" is not an id");
         }
-        at.content = a.at("content").get<std::string>();
-        at.special = a.value("special", false);
-        at.lstrip = a.value("lstrip", false);
-        at.rstrip = a.value("rstrip", false);
-        at.normalized = a.value("normalized", !at.special);
-        at.single_word = a.value("single_word", false);
+        at = parse_added_token(a, at.id);
         const AddedToken* have = added_.find_id(at.id);
         if (at.id < 0 || (have && have->content == at.content)) continue;
         if (!have && model_->id_to_token(at.id) && *model_->id_to_token(at.id) != at.content)
@@ -197,9 +199,9 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
     // transformers ignores clean_up_tokenization_spaces for BPE models (it would eat spaces before
     // punctuation) unless told otherwise.
     clean_up_spaces_ =
-        c.value("clean_up_tokenization_spaces", false) &&
+        json_bool(c, "clean_up_tokenization_spaces", false) &&
         (!dynamic_cast<BpeModel*>(model_.get()) ||
-         c.value("clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", false));
+         json_bool(c, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", false));
     std::string cls = c.contains("tokenizer_class") && c.at("tokenizer_class").is_string()
                           ? c.at("tokenizer_class").get<std::string>()
                           : "";
@@ -210,8 +212,8 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
           c.contains("legacy") && c.at("legacy").is_boolean() && c.at("legacy").get<bool>());
     if (set_post_processor) {
       std::vector<int32_t> pre, post;
-      if (c.value("add_bos_token", false) && bos_id_ >= 0) pre.push_back(bos_id_);
-      if (c.value("add_eos_token", false) && eos_id_ >= 0) post.push_back(eos_id_);
+      if (json_bool(c, "add_bos_token", false) && bos_id_ >= 0) pre.push_back(bos_id_);
+      if (json_bool(c, "add_eos_token", false) && eos_id_ >= 0) post.push_back(eos_id_);
       post_processor_ = make_affix_post_processor(pre, post);
     }
   } catch (const json::exception& e) {

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "tokenizer/json_util.h"
 #include "tokenizer/unicode.h"
 
 namespace qtune {
@@ -67,7 +68,7 @@ std::unique_ptr<UnigramModel> UnigramModel::from_json(const nlohmann::json& m, c
     pieces.emplace_back(v[i][0].get<std::string>(), v[i][1].get<double>());
   }
   int unk = m.contains("unk_id") && m.at("unk_id").is_number_integer() ? m.at("unk_id").get<int>() : -1;
-  return std::make_unique<UnigramModel>(std::move(pieces), unk, m.value("byte_fallback", false), source);
+  return std::make_unique<UnigramModel>(std::move(pieces), unk, json_bool(m, "byte_fallback", false), source);
 }
 
 const std::string* UnigramModel::id_to_token(int id) const {

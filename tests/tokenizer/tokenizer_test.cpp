@@ -156,6 +156,7 @@ TEST(Tokenizer, SpecialIdsAndLookups) {
   // "<s>" in the text is the BOS token (HF splits special tokens out of the input).
   EXPECT_EQ(l->encode("<s>Hi", false)[0], 1);
   EXPECT_EQ(l->decode(l->encode("<s>Hi</s>", false), true), "Hi");
+  EXPECT_EQ(l->decode({-5, 999999, 15043}), "Hello");  // ids without a token are skipped, as HF does
 
   auto g = Tokenizer::load(kDir + "gpt2");
   EXPECT_EQ(g->bos_id(), 50256);
@@ -353,6 +354,14 @@ TEST(TokenizerErrors, MalformedConfigNamesFile) {
                                        "pad_token": "<pad>"})");
   auto t = Tokenizer::load(d.path);
   EXPECT_EQ(t->pad_id(), 2);
+  // null fields take their defaults, as in transformers.
+  d.write("tokenizer_config.json", R"({"add_bos_token": null, "legacy": null, "bos_token": null,
+                                       "clean_up_tokenization_spaces": null, "tokenizer_class": "LlamaTokenizer"})");
+  EXPECT_EQ(Tokenizer::load(d.path)->encode("ab"), (std::vector<int32_t>{0, 1}));
+  d.write("tokenizer_config.json", R"({"add_bos_token": "yes"})");  // wrong type: an error naming the file
+  d.write("tokenizer.model", slurp(kDir + "llama2_model/tokenizer.model"));
+  std::remove((d.path + "/tokenizer.json").c_str());
+  expect_error([&] { Tokenizer::load(d.path); }, ErrorKind::Format, {"tokenizer_config.json", "boolean"});
   EXPECT_EQ(t->encode("a<pad>b"), (std::vector<int32_t>{0, 2, 1}));
   EXPECT_EQ(t->vocab_size(), 3);
 }
