@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "cli/commands.h"
@@ -13,6 +14,7 @@
 #include "core/error.h"
 #include "model/generation_config.h"
 #include "model/llama_model.h"
+#include "peft/lora_model.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qtune::cli {
@@ -20,7 +22,7 @@ namespace qtune::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, prompt, prompt_file, device = "auto";
+  std::string model, prompt, prompt_file, device = "auto", adapter;
   int max_new_tokens = 128;
   float temperature = -1, top_p = -1;
   int top_k = -1;
@@ -52,6 +54,8 @@ int run_generate(const GenerateArgs& a) {
   Device dev = pick_device(a.device);
   auto tok = Tokenizer::load(a.model);
   LlamaModel model = LlamaModel::load(a.model, dev, a.quant.options());
+  std::unique_ptr<LoraModel> lora;  // a PEFT LoRA adapter folder, applied on top of the base weights
+  if (!a.adapter.empty()) lora = std::make_unique<LoraModel>(LoraModel::load(model, a.adapter));
   GenerationConfig gc = load_generation_config(a.model, model.config());
 
   GenerateOptions opt;
@@ -110,6 +114,8 @@ void add_generate_command(CLI::App& app, Runner& run) {
   auto* p = cmd->add_option("--prompt", a->prompt, "Prompt text");
   auto* pf = cmd->add_option("--prompt-file", a->prompt_file, "Read the prompt from a file");
   p->excludes(pf);
+  cmd->add_option("--adapter", a->adapter,
+                  "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Stop after this many new tokens (default 128)");
   cmd->add_option("--temperature", a->temperature, "0 = greedy; default from generation_config.json");
   cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = off)");
