@@ -5,8 +5,8 @@
 // Precompiled charsmap normalizer).
 //
 // Encoding follows HF's pipeline: added tokens are split out of the raw text, the pieces between them are
-// normalized, pre-tokenized into words, each word goes through the model (BPE), and the post-processor adds
-// BOS/EOS when add_special_tokens is set. Decoding maps ids to token strings and runs the decoder chain.
+// normalized, pre-tokenized into words, each word goes through the model (BPE or Unigram), the post-processor
+// adds BOS/EOS when add_special_tokens is set. Decoding maps ids to token strings and runs the decoder chain.
 // Input text must be valid UTF-8 (Python strings cannot hold anything else): encode() throws
 // ErrorKind::Format naming the byte offset of the first bad byte.
 #pragma once
@@ -96,12 +96,12 @@ class Tokenizer {
   std::string chat_template_;
 };
 
-// Incremental detokenizer for streaming generation. push(id) returns the text completed by that id: never a
-// partial UTF-8 character (bytes are held until their character completes), and the concatenation of all
-// push() results followed by finish() equals decode() of the whole sequence.
 // transformers' clean_up_tokenization: " ." -> "." and the like (applied in this order).
 std::string clean_up_tokenization(std::string s);
 
+// Incremental detokenizer for streaming generation. push(id) returns the text completed by that id: never a
+// partial UTF-8 character (bytes are held until their character completes), and the concatenation of all
+// push() results followed by finish() equals decode() of the whole sequence.
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tok, bool skip_special_tokens = false);
