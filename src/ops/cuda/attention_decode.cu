@@ -1,0 +1,355 @@
+// Causal GQA attention, split-K (flash-decoding): the decode path, and the generic path for any float
+// dtype and head dims 8/16/32/64/96/128/256. A block owns up to R query rows that share one KV head (the
+// G heads of a group, for all T new tokens) and one slice of the keys, so long caches spread over many
+// blocks; K/V tiles of 32 keys live in shared memory as f32 and are used by all R rows at once; the
+// partial (m, l, O) of each slice are merged by a second kernel.
+#include <cmath>
+
+#include "core/tensor.h"
+#include "ops/cuda/attention_kernels.h"
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/device_util.cuh"
+
+namespace qtune {
+namespace cuda {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------------
+// Split-K (flash-decoding) kernel.
+
+constexpr int kSplitKeys = 32;  // keys per tile (one warp's width, for the softmax reductions)
+constexpr int kSplitThreads = 128;
+constexpr int kSplitWarps = kSplitThreads / 32;
+constexpr int kSplitMinKeys = 64;  // fewest keys a slice gets
+
+size_t split_smem_bytes(int R, int D) {
+  size_t floats = (size_t)R * D                           // q_s
+                  + 2 * (size_t)kSplitKeys * (D + 4)      // k_s, v_s (reused for the final warp reduction)
+                  + (size_t)kSplitWarps * R * kSplitKeys  // partial scores
+                  + (size_t)kSplitKeys * R                // p_s
+                  + 3 * R;
+  return sizeof(float) * floats + sizeof(int) * R;
+}
+
+template <class TI>
+__device__ __forceinline__ void unpack16_store(const uint4& raw, float* dst) {  // dst 16-byte aligned
+  constexpr int VEC = 16 / sizeof(TI);
+  const TI* e = reinterpret_cast<const TI*>(&raw);
+#pragma unroll
+  for (int i = 0; i < VEC; i += 4)
+    *reinterpret_cast<float4*>(dst + i) =
+        make_float4(to_f32(e[i]), to_f32(e[i + 1]), to_f32(e[i + 2]), to_f32(e[i + 3]));
+}
+
+// Grid (B * Hkv * groups, nsplit). Rows of a (b, hkv) pair: rr = t * G + g, query head hkv * G + g.
+// Block (.x = (b * Hkv + hkv) * groups + rg) takes rows [rg * R, rg * R + R) and keys
+// [split * chunk, split * chunk + chunk). With nsplit == 1 it writes out; else partials:
+// part_o [nsplit, rows, D] (unnormalised), part_ml [nsplit, rows, 2] (m, l), rows = B * Hkv * G * T.
+// Per tile of 32 keys: 16-byte loads (lane = key) prefetched one tile ahead, stored as f32 rows padded to
+// D + 4 (float4 accesses without bank conflicts); scores with warp w over a quarter of the head dim and
+// lane = key, all R rows at once; softmax one warp per row; P·V with warp w over 8 of the keys and
+// lane over 4 dims, all R rows; the warps' partial outputs are summed once at the end.
+template <class TI, class TO, int D, int R>
+__global__ void __launch_bounds__(kSplitThreads)
+    attention_split_kernel(TO* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
+                           const TI* __restrict__ q, const TI* __restrict__ k, const TI* __restrict__ v,
+                           int T, int Hq, int Hkv, int Smax, int q_offset, int kv_len, int groups, int chunk,
+                           float scale_log2) {
+  constexpr int BK = kSplitKeys;
+  constexpr int VEC = 16 / sizeof(TI);                           // elements per 16-byte load
+  constexpr int NVT = BK * D / VEC;                              // 16-byte loads per tile, K and V each
+  constexpr int NV = (NVT + kSplitThreads - 1) / kSplitThreads;  // per thread
+  constexpr int LD = D + 4;                                      // padded smem row (floats)
+  constexpr int NQ = D / 4 < kSplitWarps ? D / 4 : kSplitWarps;  // warps sharing the score dot products
+  constexpr int DQ = D / NQ;                                     // dims per score warp (multiple of 4)
+  constexpr int NC = (D + 127) / 128;                            // 128-dim chunks per lane in P·V
+  constexpr int KW = BK / kSplitWarps;                           // keys per warp in P·V
+  static_assert(D % 8 == 0 && DQ % 4 == 0 && R % 4 == 0, "attention_split_kernel: shape");
+  extern __shared__ __align__(16) float smem[];
+  float* q_s = smem;                             // [R, D], pre-scaled
+  float* k_s = q_s + R * D;                      // [BK, D+4]
+  float* v_s = k_s + BK * LD;                    // [BK, D+4]
+  float* sp_s = v_s + BK * LD;                   // [NQ, R, BK] partial scores
+  float* p_s = sp_s + kSplitWarps * R * BK;      // [BK, R] probabilities
+  float* m_s = p_s + BK * R;                     // [R]
+  float* l_s = m_s + R;                          // [R]
+  float* a_s = l_s + R;                          // [R] rescale factor of the current tile
+  int* lim_s = reinterpret_cast<int*>(a_s + R);  // [R] keys row r may see
+  float* red_s = k_s;                            // [4, R, D] after the last tile
+
+  pdl_trigger();
+  const int G = Hq / Hkv, GT = G * T;
+  const int rg = blockIdx.x % groups, bh = blockIdx.x / groups;
+  const int b = bh / Hkv, hkv = bh % Hkv;
+  const int split = blockIdx.y;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+
+  for (int e = tid; e < R * D; e += kSplitThreads) {
+    int r = e / D, d = e % D, rr = rg * R + r;
+    float val = 0.0f;
+    if (rr < GT) {
+      int t = rr / G, h = hkv * G + rr % G;
+      val = to_f32(q[(((int64_t)b * T + t) * Hq + h) * D + d]) * scale_log2;
+    }
+    q_s[e] = val;
+  }
+  if (tid < R) {
+    int rr = rg * R + tid;
+    lim_s[tid] = rr < GT ? min(kv_len, q_offset + rr / G + 1) : 0;
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.0f;
+  }
+  const int last_rr = min(rg * R + R, GT) - 1;
+  const int group_end = min(kv_len, q_offset + last_rr / G + 1);
+  const int s_begin = split * chunk, s_end = min(s_begin + chunk, group_end);
+  const int64_t kv_stride = (int64_t)Hkv * D;
+  const TI* kb = k + ((int64_t)b * Smax * Hkv + hkv) * D;
+  const TI* vb = v + ((int64_t)b * Smax * Hkv + hkv) * D;
+  float acc[NC][R][4];  // this warp's keys: rows r, dims chunk * 128 + lane * 4 + i
+#pragma unroll
+  for (int c = 0; c < NC; c++)
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[c][r][0] = acc[c][r][1] = acc[c][r][2] = acc[c][r][3] = 0.0f;
+
+  uint4 kr[NV], vr[NV];
+  auto load_tile = [&](int s0) {
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+      int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
+      kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
+      if (idx < NVT && s0 + j < s_end) {
+        kr[i] = *reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vd * VEC);
+        vr[i] = *reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vd * VEC);
+      }
+    }
+  };
+  if (s_begin < s_end) load_tile(s_begin);
+
+  for (int s0 = s_begin; s0 < s_end; s0 += BK) {
+    __syncthreads();  // q_s/lim_s written, or the previous tile fully used
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+      int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
+      if (idx < NVT) {
+        unpack16_store<TI>(kr[i], k_s + j * LD + vd * VEC);
+        unpack16_store<TI>(vr[i], v_s + j * LD + vd * VEC);
+      }
+    }
+    __syncthreads();
+    if (s0 + BK < s_end) load_tile(s0 + BK);  // in flight while this tile is used
+    // Partial scores: warp w takes dims [w·DQ, w·DQ + DQ), lane = key, all rows.
+    if (warp < NQ) {
+      float sc[R];
+#pragma unroll
+      for (int r = 0; r < R; r++) sc[r] = 0.0f;
+      const float* kk = k_s + lane * LD + warp * DQ;
+#pragma unroll 4
+      for (int d = 0; d < DQ; d += 4) {
+        float4 k4 = *reinterpret_cast<const float4*>(kk + d);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          float4 q4 = *reinterpret_cast<const float4*>(q_s + r * D + warp * DQ + d);
+          sc[r] = fmaf(q4.x, k4.x, fmaf(q4.y, k4.y, fmaf(q4.z, k4.z, fmaf(q4.w, k4.w, sc[r]))));
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; r++) sp_s[(warp * R + r) * BK + lane] = sc[r];
+    }
+    __syncthreads();
+    // Online softmax, one warp per row, lane = key.
+    for (int r = warp; r < R; r += kSplitWarps) {
+      int key = s0 + lane;
+      float sc = -INFINITY;
+      if (key < s_end && key < lim_s[r]) {
+        sc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NQ; w++) sc += sp_s[(w * R + r) * BK + lane];
+      }
+      float mx = warp_max(sc);
+      float m_old = m_s[r], m_new = fmaxf(m_old, mx);
+      float p = m_new == -INFINITY ? 0.0f : exp2f(sc - m_new);
+      float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+      float sum = warp_sum(p);
+      p_s[lane * R + r] = p;
+      __syncwarp();  // every lane has read m_s[r] before lane 0 replaces it
+      if (lane == 0) {
+        l_s[r] = l_s[r] * alpha + sum;
+        m_s[r] = m_new;
+        a_s[r] = alpha;
+      }
+    }
+    __syncthreads();
+    // acc[r, d] = acc · alpha[r] + Σ_{j in this warp's keys} p[j, r] v[j, d]
+    float alpha[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) alpha[r] = a_s[r];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+      const int d4 = c * 128 + lane * 4;
+      if (d4 >= D) break;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        acc[c][r][0] *= alpha[r];
+        acc[c][r][1] *= alpha[r];
+        acc[c][r][2] *= alpha[r];
+        acc[c][r][3] *= alpha[r];
+      }
+#pragma unroll 4
+      for (int jj = 0; jj < KW; jj++) {
+        const int j = warp * KW + jj;
+        float4 v4 = *reinterpret_cast<const float4*>(v_s + j * LD + d4);
+#pragma unroll
+        for (int r4 = 0; r4 < R; r4 += 4) {
+          float4 p4 = *reinterpret_cast<const float4*>(p_s + j * R + r4);
+          float pr[4] = {p4.x, p4.y, p4.z, p4.w};
+#pragma unroll
+          for (int i = 0; i < 4; i++) {
+            acc[c][r4 + i][0] = fmaf(pr[i], v4.x, acc[c][r4 + i][0]);
+            acc[c][r4 + i][1] = fmaf(pr[i], v4.y, acc[c][r4 + i][1]);
+            acc[c][r4 + i][2] = fmaf(pr[i], v4.z, acc[c][r4 + i][2]);
+            acc[c][r4 + i][3] = fmaf(pr[i], v4.w, acc[c][r4 + i][3]);
+          }
+        }
+      }
+    }
+  }
+  __syncthreads();  // k_s/v_s are free: they hold the warps' partial outputs next
+#pragma unroll
+  for (int c = 0; c < NC; c++) {
+    const int d4 = c * 128 + lane * 4;
+    if (d4 >= D) break;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+      *reinterpret_cast<float4*>(red_s + (warp * R + r) * D + d4) =
+          make_float4(acc[c][r][0], acc[c][r][1], acc[c][r][2], acc[c][r][3]);
+  }
+  __syncthreads();
+
+  const int rows = gridDim.x / groups * GT;  // B * Hkv * G * T
+  for (int e = tid; e < R * D; e += kSplitThreads) {
+    int r = e / D, d = e % D, rr = rg * R + r;
+    if (rr >= GT) continue;
+    float o = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kSplitWarps; w++) o += red_s[(w * R + r) * D + d];
+    if (gridDim.y == 1) {
+      int t = rr / G, h = hkv * G + rr % G;
+      float l = l_s[r];
+      out[(((int64_t)b * T + t) * Hq + h) * D + d] = from_f32<TO>(l > 0.0f ? o / l : 0.0f);
+    } else {
+      int64_t row = (int64_t)bh * GT + rr;
+      part_o[((int64_t)split * rows + row) * D + d] = o;
+      if (d == 0) {
+        part_ml[((int64_t)split * rows + row) * 2] = m_s[r];
+        part_ml[((int64_t)split * rows + row) * 2 + 1] = l_s[r];
+      }
+    }
+  }
+}
+
+// Merges the nsplit partials of each row: out = Σ_s 2^(m_s − M) O_s / Σ_s 2^(m_s − M) l_s. Grid rows.
+template <class TO>
+__global__ void attention_combine_kernel(TO* __restrict__ out, const float* __restrict__ part_o,
+                                         const float* __restrict__ part_ml, int nsplit, int rows, int T,
+                                         int Hq, int Hkv, int D) {
+  pdl_trigger();
+  int row = blockIdx.x;
+  int G = Hq / Hkv, GT = G * T;
+  int bh = row / GT, rr = row % GT;
+  int b = bh / Hkv, hkv = bh % Hkv, t = rr / G, h = hkv * G + rr % G;
+  float M = -INFINITY;
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, part_ml[((int64_t)s * rows + row) * 2]);
+  float L = 0.0f;
+  for (int s = 0; s < nsplit; s++) {
+    float m = part_ml[((int64_t)s * rows + row) * 2];
+    if (m != -INFINITY) L += exp2f(m - M) * part_ml[((int64_t)s * rows + row) * 2 + 1];
+  }
+  TO* o = out + (((int64_t)b * T + t) * Hq + h) * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < nsplit; s++) {
+      float m = part_ml[((int64_t)s * rows + row) * 2];
+      if (m != -INFINITY) acc += exp2f(m - M) * part_o[((int64_t)s * rows + row) * D + d];
+    }
+    o[d] = from_f32<TO>(L > 0.0f ? acc / L : 0.0f);
+  }
+}
+
+template <class TI, class TO, int D, int R>
+void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& a) {
+  CudaContext& ctx = context();
+  const int G = a.Hq / a.Hkv, GT = G * a.T;
+  const int groups = ceil_div(GT, R);
+  const int base_blocks = a.B * a.Hkv * groups;
+  const int max_keys = std::min(a.kv_len, a.q_offset + a.T);
+  // Enough slices to give each multiprocessor a few blocks, each slice at least kSplitMinKeys keys.
+  int nsplit =
+      std::max(1, std::min(ceil_div(4 * ctx.num_sms, base_blocks), ceil_div(max_keys, kSplitMinKeys)));
+  int chunk = ceil_div(ceil_div(max_keys, nsplit), kSplitKeys) * kSplitKeys;
+  nsplit = ceil_div(max_keys, chunk);
+  size_t smem = split_smem_bytes(R, D);
+  auto kernel = attention_split_kernel<TI, TO, D, R>;
+  if (smem > 48 * 1024) {
+    if (smem > ctx.max_smem_optin)
+      throw_error(ErrorKind::Unsupported, "attention_forward: head dim ", D, " needs ", smem,
+                  " bytes of shared memory, more than the device allows");
+    QT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  }
+  const int rows = a.B * a.Hkv * GT;
+  Tensor part_o, part_ml;
+  if (nsplit > 1) {
+    part_o = Tensor::empty({nsplit, rows, D}, DType::F32, Device::CUDA);
+    part_ml = Tensor::empty({nsplit, rows, 2}, DType::F32, Device::CUDA);
+  }
+  float scale_log2 = kLog2e / std::sqrt((float)D);
+  dim3 grid(base_blocks, nsplit);
+  kernel<<<grid, kSplitThreads, smem, ctx.stream>>>(
+      out.data<TO>(), nsplit > 1 ? part_o.data<float>() : nullptr,
+      nsplit > 1 ? part_ml.data<float>() : nullptr, q.data<TI>(), k.data<TI>(), v.data<TI>(), a.T, a.Hq,
+      a.Hkv, a.Smax, a.q_offset, a.kv_len, groups, chunk, scale_log2);
+  QT_CUDA_CHECK_LAUNCH("attention_split_kernel");
+  if (nsplit > 1) {
+    attention_combine_kernel<TO><<<rows, std::min(D, 128), 0, ctx.stream>>>(
+        out.data<TO>(), part_o.data<float>(), part_ml.data<float>(), nsplit, rows, a.T, a.Hq, a.Hkv, D);
+    QT_CUDA_CHECK_LAUNCH("attention_combine_kernel");
+  }
+}
+
+template <class TI, class TO>
+void launch_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& a) {
+  const bool small = (a.Hq / a.Hkv) * a.T <= 4;
+  switch (a.D) {
+#define QT_ATTN_CASE(DD)                                  \
+  case DD:                                                \
+    if (small)                                            \
+      launch_split_typed<TI, TO, DD, 4>(out, q, k, v, a); \
+    else                                                  \
+      launch_split_typed<TI, TO, DD, 8>(out, q, k, v, a); \
+    break;
+    QT_ATTN_CASE(8)
+    QT_ATTN_CASE(16)
+    QT_ATTN_CASE(32)
+    QT_ATTN_CASE(64)
+    QT_ATTN_CASE(96)
+    QT_ATTN_CASE(128)
+    QT_ATTN_CASE(256)
+#undef QT_ATTN_CASE
+    default:
+      throw_error(ErrorKind::Unsupported, "attention_forward: head dim ", a.D,
+                  " is not supported on CUDA (supported: 8, 16, 32, 64, 96, 128, 256); q ", q.describe());
+  }
+}
+
+}  // namespace
+
+void launch_attention_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const AttnDims& a) {
+  const char* op = "attention_forward";
+  QT_DISPATCH_FLOAT(q.dtype(), op, TI,
+                    { QT_DISPATCH_FLOAT(out.dtype(), op, TO, { launch_split<TI, TO>(out, q, k, v, a); }); });
+}
+
+}  // namespace cuda
+}  // namespace qtune
