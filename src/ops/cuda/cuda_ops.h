@@ -15,8 +15,8 @@ namespace cuda {
 // out[N, C] = table[ids[n], :]. ids I32 [N]; table BF16/F32 [V, C]; out BF16/F32 [N, C].
 void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table);
 
-// out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]); x, w BF16 (or all F32); out BF16 or F32. cuBLASLt,
-// with a GEMV kernel for small N (decode).
+// out[N, O] = x[N, I] · w[O, I]ᵀ (+ bias[O]); x, w BF16 (or both F16, or all F32); out BF16 or F32;
+// bias BF16/F32/F16. cuBLASLt (f32 compute), a streaming GEMV kernel for N <= 2 (decode).
 void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
 // outs[j][N, O_j] = x[N, I] · ws[j][O_j, I]ᵀ (+ biases[j]) for weights sharing one input (q/k/v,
 // gate/up): at decode (bf16, N <= 2, up to 4 weights, one out dtype) a single GEMV launch; otherwise one
@@ -35,7 +35,9 @@ void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float e
 void rope_forward(Tensor& x, const Tensor& positions, const Tensor& inv_freq);
 
 // Fused causal GQA attention (flash style). q [B, T, Hq, D]; k, v [B, Smax, Hkv, D], first kv_len rows
-// valid; query t at position q_offset + t sees keys s <= q_offset + t. out [B, T, Hq, D].
+// valid; query t at position q_offset + t sees keys s <= q_offset + t. out [B, T, Hq, D]. Head dims
+// 8/16/32/64/96/128/256 (others: Unsupported); bf16 prefill (T >= 16) runs on the tensor cores,
+// everything else (decode) on the split-K kernel.
 void attention_forward(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
                        int64_t kv_len);
 // The same, choosing the split-K (flash-decoding) kernel even where the tensor-core prefill kernel would
@@ -46,7 +48,7 @@ void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, cons
 // out[N, F] = silu(gate) * up.
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
 
-// x += y (same shape and dtype).
+// x += y (same element count and dtype).
 void add_inplace(Tensor& x, const Tensor& y);
 
 // out = in converted to out's dtype (F32/BF16/F16), same element count.
