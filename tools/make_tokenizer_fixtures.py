@@ -340,6 +340,9 @@ def llama3_variant_patches(data):
         "whitespace_split": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "WhitespaceSplit"}, split("o", "Isolated", invert=True, kind="String"), bl]}},
         "string_merges": {"model": model},
+        # a normalizer that changes the normalized added token "hello world" itself (HF matches its normal form)
+        "normalized_added": {"normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"String": "o"}, "content": "0"}, {"type": "NFC"}]}},
         # Llama 3's own post-processor shape: Sequence[ByteLevel, TemplateProcessing]
         "sequence_post_processor": {"post_processor": {"type": "Sequence", "processors": [
             {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},

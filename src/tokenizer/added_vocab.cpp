@@ -28,12 +28,29 @@ void AddedVocab::add(const AddedToken& t) {
     tokens_.push_back(t);
     by_content_[t.content] = idx;
   }
+  tokens_[idx].surface = t.content;
   by_id_[t.id] = idx;
-  if (!t.in_text) return;
+  insert(idx);
+}
+
+void AddedVocab::set_normalizer(const std::function<void(std::string&)>& normalize) {
+  trie_[1].clear();
+  for (size_t i = 0; i < tokens_.size(); i++) {
+    AddedToken& t = tokens_[i];
+    if (!t.normalized) continue;
+    t.surface = t.content;
+    if (normalize) normalize(t.surface);
+    insert(i);
+  }
+}
+
+void AddedVocab::insert(size_t idx) {
+  const AddedToken& t = tokens_[idx];
+  if (!t.in_text || t.surface.empty()) return;
   std::vector<TrieNode>& trie = trie_[t.normalized ? 1 : 0];
   if (trie.empty()) trie.emplace_back();
   int node = 0;
-  for (unsigned char c : t.content) {
+  for (unsigned char c : t.surface) {
     auto nx = trie[node].next.find(c);
     if (nx == trie[node].next.end()) {
       trie.emplace_back();

@@ -5,6 +5,7 @@
 // swallow the whitespace before/after the match.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -16,8 +17,11 @@ struct AddedToken {
   std::string content;
   bool special = false;
   bool lstrip = false, rstrip = false, normalized = false, single_word = false;
-  bool in_text =
-      true;  // matched in input text (false: known for decoding only, like sentencepiece's controls)
+  // Matched in input text (false: known for decoding only, like sentencepiece's control pieces).
+  bool in_text = true;
+  // What matching (normalized tokens) and decoding use: content, or for a normalized token its normalized
+  // form once set_normalizer has run (HF keeps the normalized form; token_to_id still takes content).
+  std::string surface;
 };
 
 // A run of input text: either an added token (id >= 0) or text to normalize and tokenize (id == -1).
@@ -30,6 +34,8 @@ struct TextSplit {
 class AddedVocab {
  public:
   void add(const AddedToken& t);
+  // Recomputes the normalized tokens' surface with `normalize` (null: none) and rebuilds their matcher.
+  void set_normalizer(const std::function<void(std::string&)>& normalize);
   bool empty() const { return tokens_.empty(); }
   const std::vector<AddedToken>& tokens() const { return tokens_; }
   const AddedToken* find_id(int32_t id) const;
@@ -47,6 +53,7 @@ class AddedVocab {
   std::vector<AddedToken> tokens_;
   std::unordered_map<int32_t, size_t> by_id_;
   std::unordered_map<std::string, size_t> by_content_;
+  void insert(size_t idx);
   std::vector<TrieNode> trie_[2];  // [normalized]
 };
 

@@ -154,6 +154,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json(const std::string& text, const s
   } catch (const json::exception& e) {  // a field of the wrong type or missing
     throw_error(ErrorKind::Format, source, ": ", e.what());
   }
+  t->refresh_added();
   if (!config_json.empty()) t->apply_config(config_json, source + " (config)", false);
   return t;
 }
@@ -216,9 +217,16 @@ void Tokenizer::apply_config(const std::string& config_json, const std::string& 
       if (json_bool(c, "add_eos_token", false) && eos_id_ >= 0) post.push_back(eos_id_);
       post_processor_ = make_affix_post_processor(pre, post);
     }
+    refresh_added();
   } catch (const json::exception& e) {
     throw_error(ErrorKind::Format, source, ": ", e.what());
   }
+}
+
+void Tokenizer::refresh_added() {
+  std::function<void(std::string&)> norm;
+  if (normalizer_) norm = [this](std::string& s) { normalizer_->normalize(s); };
+  added_.set_normalizer(norm);
 }
 
 void Tokenizer::encode_text(const std::string& piece, bool at_start, std::vector<int32_t>& out) const {
@@ -269,7 +277,7 @@ std::string Tokenizer::decode_raw(const std::vector<int32_t>& ids, bool skip_spe
     const AddedToken* a = added_.find_id(id);
     if (a) {
       if (skip_special_tokens && a->special) continue;
-      tokens.push_back(a->content);
+      tokens.push_back(a->surface);
       continue;
     }
     const std::string* t = model_->id_to_token(id);
@@ -292,7 +300,7 @@ int Tokenizer::vocab_size() const {
 }
 
 std::string Tokenizer::id_to_token(int id) const {
-  if (const AddedToken* a = added_.find_id(id)) return a->content;
+  if (const AddedToken* a = added_.find_id(id)) return a->surface;
   const std::string* t = model_->id_to_token(id);
   return t ? *t : std::string();
 }

@@ -80,6 +80,7 @@ class Tokenizer {
   // -1 when the config does not say.
   void apply_tokenizer_class(const std::string& cls, int add_prefix_space, bool legacy);
   void encode_text(const std::string& piece, bool at_start, std::vector<int32_t>& out) const;
+  void refresh_added();  // after the normalizer or the added tokens change
 
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;

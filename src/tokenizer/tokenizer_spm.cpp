@@ -172,6 +172,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_sentencepiece(const std::string& byte
   t->eos_id_ = id_if(m.eos_id);
   t->pad_id_ = id_if(m.pad_id);
   t->post_processor_ = make_affix_post_processor({}, {});
+  t->refresh_added();
   if (!config_json.empty()) t->apply_config(config_json, source + " (config)", true);
   return t;
 }

@@ -239,3 +239,7 @@ TEST(TokenizerParity, ClassQwen2OverGpt2Json) {
 TEST(TokenizerParity, ClassLlamaOverByteLevelJson) {
   run_parity("gpt2_class_llama_byte_level", "", {}, false);
 }
+// A normalizer that rewrites a normalized added token: HF matches the token's normalized form.
+TEST(TokenizerParity, NormalizedAddedTokenMatchesNormalForm) {
+  run_parity("llama3_normalized_added", "", {}, false);
+}
