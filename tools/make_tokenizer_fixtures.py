@@ -186,9 +186,18 @@ def write_expected(name, dirname, cases, patch=None, reference="transformers"):
                   ensure_ascii=False, separators=(",", ":"))
 
 
+def string_merges(j):
+    """Merges as "a b" strings (the older, smaller form HF also reads) when no merged token holds a space."""
+    m = j.get("model") or {}
+    merges = m.get("merges")
+    if merges and isinstance(merges[0], list) and not any(" " in a or " " in b for a, b in merges):
+        m["merges"] = [a + " " + b for a, b in merges]
+
+
 def compact_json(path):
     with open(path, encoding="utf-8") as f:
         j = json.load(f)
+    string_merges(j)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(j, f, ensure_ascii=False, separators=(",", ":"))
 
@@ -416,6 +425,7 @@ def make_llama2(data):
     scores = {p.piece: p.score for p in m.pieces}
     merges = generate_merges(vocab, scores)
     j["model"]["merges"] = [[a, b] for a, b in merges]
+    string_merges(j)
     j["model"]["unk_token"] = "<unk>"
     j["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
                                                            {"type": "Replace", "pattern": {"String": " "},
