@@ -99,7 +99,7 @@ Behavior parse_behavior(const std::string& s, const std::string& source) {
 
 class SplitPreTokenizer : public PreTokenizer {
  public:
-  // Exactly one of literal_ / re_ is used; pred_ (per character) serves Digits and WhitespaceSplit.
+  // One of re (a regex), pred (a per-character test: Digits, WhitespaceSplit) or literal (a String pattern).
   std::string literal;
   std::unique_ptr<Regex> re;
   bool (*pred)(uint32_t) = nullptr;
@@ -148,7 +148,7 @@ class ByteLevelPreTokenizer : public PreTokenizer {
     std::vector<PreToken> out;
     std::vector<std::pair<size_t, size_t>> m;
     for (PreToken& p : pieces) {
-      if (add_prefix_space && (p.text.empty() || p.text[0] != ' ') && !p.text.empty()) p.text.insert(0, " ");
+      if (add_prefix_space && !p.text.empty() && p.text[0] != ' ') p.text.insert(0, " ");
       if (re) {
         m.clear();
         re->find_all(p.text, m);
