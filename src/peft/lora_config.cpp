@@ -96,8 +96,9 @@ LoraConfig read_lora_config(const std::string& path) {
     auto it = j.find(k);
     return it == j.end() || it->is_null() ? nullptr : &*it;
   };
-  auto bad = [&](const char* k, const char* want) {
-    throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ", json_type_name(j[k]));
+  auto bad = [&](const char* k, const char* want, const json* got = nullptr) {
+    throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ",
+                got ? got->dump() : json_type_name(j[k]));
   };
   const json* pt = field("peft_type");
   if (!pt || !pt->is_string())
@@ -127,17 +128,25 @@ LoraConfig read_lora_config(const std::string& path) {
       c.target_regex = tm->get<std::string>();
   } else if (tm->is_array()) {
     for (const json& t : *tm) {
-      if (!t.is_string()) bad("target_modules", "a list of strings");
+      if (!t.is_string()) bad("target_modules", "a list of strings", &t);
       c.target_modules.push_back(t.get<std::string>());
     }
   } else {
     bad("target_modules", "a string or a list");
   }
-  if (const json* v = field("exclude_modules")) {
+  auto strings = [&](const char* k, std::vector<std::string>& dst) {
+    const json* v = field(k);
+    if (!v) return;
+    if (!v->is_array()) bad(k, "a list of strings");
+    for (const json& t : *v) {
+      if (!t.is_string()) bad(k, "a list of strings", &t);
+      dst.push_back(t.get<std::string>());
+    }
+  };
+  if (const json* v = field("exclude_modules"))
     if (v->is_string())
       throw_error(ErrorKind::Unsupported, path, ": exclude_modules as a regex string is not supported");
-    for (const json& t : *v) c.exclude_modules.push_back(t.get<std::string>());
-  }
+  strings("exclude_modules", c.exclude_modules);
   if (const json* v = field("bias")) {
     std::string b = v->is_string() ? v->get<std::string>() : "";
     if (b == "none")
@@ -160,18 +169,25 @@ LoraConfig read_lora_config(const std::string& path) {
   flag("use_dora", c.use_dora);
   flag("fan_in_fan_out", c.fan_in_fan_out);
   flag("inference_mode", c.inference_mode);
-  if (const json* v = field("modules_to_save")) {
-    if (!v->is_array()) bad("modules_to_save", "a list of strings");
-    for (const json& t : *v) c.modules_to_save.push_back(t.get<std::string>());
-  }
+  strings("modules_to_save", c.modules_to_save);
   if (const json* v = field("init_lora_weights"))
     c.init_lora_weights = v->is_boolean()  ? (v->get<bool>() ? "true" : "false")
                           : v->is_string() ? v->get<std::string>()
                                            : "?";
-  if (const json* v = field("rank_pattern"))
-    for (auto it = v->begin(); it != v->end(); ++it) c.rank_pattern[it.key()] = it->get<int64_t>();
-  if (const json* v = field("alpha_pattern"))
-    for (auto it = v->begin(); it != v->end(); ++it) c.alpha_pattern[it.key()] = it->get<double>();
+  if (const json* v = field("rank_pattern")) {
+    if (!v->is_object()) bad("rank_pattern", "an object");
+    for (auto it = v->begin(); it != v->end(); ++it) {
+      if (!it->is_number_integer()) bad("rank_pattern", "an object of integers", &*it);
+      c.rank_pattern[it.key()] = it->get<int64_t>();
+    }
+  }
+  if (const json* v = field("alpha_pattern")) {
+    if (!v->is_object()) bad("alpha_pattern", "an object");
+    for (auto it = v->begin(); it != v->end(); ++it) {
+      if (!it->is_number()) bad("alpha_pattern", "an object of numbers", &*it);
+      c.alpha_pattern[it.key()] = it->get<double>();
+    }
+  }
   if (const json* v = field("base_model_name_or_path"))
     if (v->is_string()) c.base_model_name_or_path = v->get<std::string>();
   if (const json* v = field("task_type"))

@@ -297,6 +297,17 @@ TEST(LoraModel, ReadErrorsNameTheFile) {
   msg = error_of([&] { LoraModel::load(model, d); });
   EXPECT_NE(msg.find("match nothing"), std::string::npos) << msg;
   EXPECT_NE(msg.find("v_proj.lora_A.weight"), std::string::npos) << msg;
+  // Wrong field types name the field.
+  d = copy_fixture("lora_qv", "types");
+  edit_config(d, [](nlohmann::json& j) { j["modules_to_save"] = {"lm_head", 3}; });
+  msg = error_of([&] { LoraModel::load(model, d); });
+  EXPECT_NE(msg.find("field 'modules_to_save' must be a list of strings, got 3"), std::string::npos) << msg;
+  edit_config(d, [](nlohmann::json& j) {
+    j["modules_to_save"] = nullptr;
+    j["layers_to_transform"] = {0};
+  });
+  msg = error_of([&] { LoraModel::load(model, d); });
+  EXPECT_NE(msg.find("'layers_to_transform'"), std::string::npos) << msg;
   // Missing files.
   msg = error_of([&] { LoraModel::load(model, testing::TempDir() + "/no_such_adapter"); });
   EXPECT_NE(msg.find("no_such_adapter"), std::string::npos) << msg;
@@ -309,6 +320,34 @@ TEST(LoraModel, ReadErrorsNameTheFile) {
   std::ofstream(d + "/adapter_config.json") << "{\n \"r\": 4,\n oops }";
   msg = error_of([&] { LoraModel::load(model, d); });
   EXPECT_NE(msg.find("adapter_config.json"), std::string::npos) << msg;
+}
+
+TEST(LoraModel, RankAndAlphaPatterns) {
+  // PEFT's rank_pattern / alpha_pattern: per-module r and alpha, read back from the saved config.
+  LlamaModel model = LlamaModel::load(kModels + "llama");
+  LoraConfig cfg;
+  cfg.r = 4;
+  cfg.lora_alpha = 8;
+  cfg.rank_pattern = {{"v_proj", 2}};
+  cfg.alpha_pattern = {{"layers\\.1\\.self_attn\\.q_proj", 3}};
+  set_target_modules(cfg, "q_proj,v_proj");
+  LoraModel lm = LoraModel::create(model, cfg, 0);
+  randomize_b(lm, 1);
+  for (const auto& l : lm.layers()) {
+    const bool v = l->module.find("v_proj") != std::string::npos;
+    EXPECT_EQ(l->r, v ? 2 : 4) << l->module;
+    EXPECT_EQ(l->A.size(0), l->r);
+    const bool q1 = l->module == "model.layers.1.self_attn.q_proj";
+    EXPECT_DOUBLE_EQ(l->scale, (q1 ? 3.0 : 8.0) / l->r) << l->module;
+  }
+  Tensor ids = Tensor::from_i32({1, 5, 9, 200}, {1, 4});
+  Tensor want = model.forward(ids);
+  const std::string dir = testing::TempDir() + "/peft_patterns";
+  fs::remove_all(dir);
+  lm.save(dir);
+  LlamaModel fresh = LlamaModel::load(kModels + "llama");
+  LoraModel back = LoraModel::load(fresh, dir);
+  EXPECT_EQ(rel_err(fresh.forward(ids), want), 0.0);
 }
 
 TEST(LoraModel, ConfigErrors) {
