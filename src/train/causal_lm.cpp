@@ -33,6 +33,8 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
                 cfg.sliding_window, ") and sliding-window attention is not implemented");
   const Linear& head = model.lm_head();
   if (head.quantized()) throw_error(ErrorKind::Unsupported, op, ": a quantized lm_head is not supported");
+  if (head.adapter)  // the chunked loss multiplies by the head weight alone
+    throw_error(ErrorKind::Unsupported, op, ": an adapter on lm_head is not supported in training yet");
 
   BlockInputs in;
   in.B = B;

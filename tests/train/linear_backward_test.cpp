@@ -131,7 +131,11 @@ TEST(LinearBackward, AdapterGradientEqualsMergedWeightGradient) {
   EXPECT_LT(rel_err(pa.at(ad->name).grad.to_f32_vector(),
                     pm.at("model.layers.1.self_attn.q_proj.weight").grad.to_f32_vector()),
             1e-5);
-  // An adapter with no backward is refused, naming the layer.
+  // An adapter on lm_head (not in the chunked loss yet) and one with no backward are refused.
+  with.mutable_lm_head().adapter = std::make_shared<ForwardOnlyAdapter>();
+  expect_error([&] { causal_lm_forward_backward(with, ids, labels, &pa, {}); }, ErrorKind::Unsupported,
+               {"adapter on lm_head"});
+  with.mutable_lm_head().adapter = nullptr;
   with.mutable_layers()[0].down.adapter = std::make_shared<ForwardOnlyAdapter>();
   expect_error([&] { causal_lm_forward_backward(with, ids, labels, &pa, {}); }, ErrorKind::Unsupported,
                {"model.layers.0.mlp.down_proj", "TrainableAdapter"});
