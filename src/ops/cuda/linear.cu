@@ -3,7 +3,7 @@
 //   BIAS epilogue when it has out's dtype, else a small kernel after the GEMM.
 // - N <= 2 (decode): a GEMV that streams each weight row once with 16-byte loads, eight in flight per
 //   lane, one warp per output row, applying the weight chunk to all N input rows (bf16 x and w). It is
-//   launched as a programmatic dependent launch, so its first weights load while the kernel before ends.
+//   launched as a programmatic dependent launch, so its blocks are resident when the kernel before ends.
 //   linear_forward_multi runs several weights that share x (q/k/v, gate/up) in one launch: at decode
 //   each launch costs several microseconds of ramp and drain beyond its bytes.
 // In cuBLASLt's column-major terms: outᵀ[O, N] = (w as col-major [I, O])ᵀ · (x as col-major [I, N]).
@@ -62,9 +62,8 @@ struct GemvParts {
 };
 
 // out_j[r, o] = Σ_i x[r, i] w_j[o, i] (+ bias_j[o]) for r < NR; one warp per output row o (of all parts).
-// I % 8 == 0, 16-byte aligned rows. Launched as a programmatic dependent launch: the first round of
-// weights (which no earlier kernel writes) streams in while the previous kernel finishes; x is read
-// only after pdl_wait().
+// I % 8 == 0, 16-byte aligned rows. Launched as a programmatic dependent launch: its blocks are
+// scheduled while the previous kernel finishes and start loading once that kernel is complete.
 template <int NR, class TO, class TB>
 __global__ void __launch_bounds__(kGemvWarps * 32)
     gemv_kernel(const GemvParts parts, const __nv_bfloat16* __restrict__ x, int I) {
@@ -79,10 +78,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   const int nvec = I / 8;
   const uint4* wrow = reinterpret_cast<const uint4*>(parts.w[j] + (int64_t)o * I);  // [I/8] of 8 bf16
   const uint4* xv = reinterpret_cast<const uint4*>(x);                              // [NR, I/8]
+  pdl_trigger();
+  // Wait for the previous kernel before the first weight load too: a weight may have just been written
+  // (dequantised, merged, updated) by it. The launch itself still overlaps that kernel's tail.
+  pdl_wait();
   uint4 wv[kGemvUnroll];
   gemv_load_round(wv, wrow, lane, nvec);
-  pdl_trigger();
-  pdl_wait();
   float acc[NR];
 #pragma unroll
   for (int r = 0; r < NR; r++) acc[r] = 0.0f;
