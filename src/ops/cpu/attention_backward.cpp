@@ -93,17 +93,20 @@ void attention_forward_train(Tensor& out, Tensor& lse, const Tensor& q, const Te
           const float* ks = kd + ((b * T + s0) * Hkv + hk) * D;
           const float* vs = vd + ((b * T + s0) * Hkv + hk) * D;
           gemm(false, true, R, S, D, 1.0f, qt, ldq, ks, ldk, 0.0f, p.data(), S);  // q·kᵀ [R, S]
-          for (int64_t r = 0; r < R; r++) {
+          for (int64_t r = 0; r < R; r++) {  // softmax per row (one exp per visible entry), and its lse
             float* pr = p.data() + r * S;
             int64_t t = t0 + r, lo = bg[t] - s0, hi = t - s0;
             float mx = -INFINITY;
             for (int64_t j = lo; j <= hi; j++) mx = std::max(mx, pr[j] * scale);
             double sum = 0;
-            for (int64_t j = lo; j <= hi; j++) sum += std::exp(pr[j] * scale - mx);
+            for (int64_t j = 0; j < S; j++) {
+              pr[j] = (j < lo || j > hi) ? 0.0f : std::exp(pr[j] * scale - mx);
+              sum += pr[j];
+            }
             ld[(b * T + t) * Hq + h] = mx + (float)std::log(sum);
+            float inv = (float)(1.0 / sum);
+            for (int64_t j = lo; j <= hi; j++) pr[j] *= inv;
           }
-          probabilities(p.data(), R, S, t0, s0, bg, scale,
-                        [&](int64_t r) { return ld[(b * T + t0 + r) * Hq + h]; });
           float* ot = od + ((b * T + t0) * Hq + h) * D;
           gemm(false, false, R, D, S, 1.0f, p.data(), S, vs, ldk, 0.0f, ot, ldq);  // P·V [R, D]
         }
