@@ -23,6 +23,10 @@ struct TrainableAdapter {
   // the adapter's parameters registered in params (by its PEFT name), grad += d(f)/dparam · dy. x is the
   // Linear's forward input [N, I] (for dropout, the adapter must reproduce its forward mask itself).
   virtual void backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const = 0;
+  // Adapters whose apply() rescales the base product per output feature (DoRA: out = s ⊙ (x·Wᵀ + …) + b)
+  // return s (F32 CPU [O]) here: the base backward then uses dy ⊙ s (the weight and bias gradients of
+  // such a base are refused); backward() above still receives the unscaled dy. Default: no rescaling.
+  virtual const Tensor* base_output_scale() const { return nullptr; }
 };
 
 // x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate; params holds the
