@@ -69,6 +69,7 @@ class LlamaModel {
   std::vector<LlamaLayer>& mutable_layers() { return layers_; }
   Linear& mutable_lm_head() { return lm_head_; }
   Tensor& mutable_embed_tokens() { return embed_; }
+  Tensor& mutable_final_norm() { return norm_; }
 
  private:
   ModelConfig cfg_;

@@ -63,4 +63,25 @@ void register_full_finetune(TrainableParams& params, const LlamaModel& model) {
   if (!model.config().tie_word_embeddings) add_linear(params, model.lm_head());
 }
 
+void own_weights(LlamaModel& model) {
+  auto own = [](Tensor& t) {
+    if (t.defined()) t = t.clone();
+  };
+  auto own_linear = [&](Linear& l) {
+    if (!l.quantized()) own(l.weight);
+    own(l.bias);
+  };
+  own(model.mutable_embed_tokens());
+  for (LlamaLayer& L : model.mutable_layers()) {
+    own(L.input_norm);
+    own(L.post_norm);
+    for (Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) own_linear(*l);
+  }
+  own(model.mutable_final_norm());
+  if (model.config().tie_word_embeddings)
+    model.mutable_lm_head().weight = model.mutable_embed_tokens();
+  else
+    own_linear(model.mutable_lm_head());
+}
+
 }  // namespace qtune

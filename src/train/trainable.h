@@ -48,6 +48,11 @@ class TrainableParams {
 // Full fine-tuning: registers every tensor of a dense model under its HF name (embeddings, every
 // Linear weight and bias, the norms, lm_head unless tied). Throws ErrorKind::Unsupported for a quantized
 // Linear (its weight cannot be trained; that is what adapters are for).
+// The dense weights of a loaded model may be read-only views of the mmap'd safetensors file: an optimizer
+// updating them in place would fault. Call own_weights first: every dense tensor (embedding, norms,
+// Linear weights and biases, lm_head; tied weights stay shared) is replaced by a private copy. Register
+// afterwards (registered params share storage with the model's tensors at registration time).
 void register_full_finetune(TrainableParams& params, const LlamaModel& model);
+void own_weights(LlamaModel& model);
 
 }  // namespace qtune

@@ -237,3 +237,23 @@ TEST(ModelGrad, InputsEmbedsAndPartialTraining) {
   expect_error([&] { causal_lm_forward_backward(m, ids, labels, &rest, o); }, ErrorKind::Shape,
                {"inputs_embeds must be CPU F32 [18, 64]"});
 }
+
+TEST(ModelGrad, OwnWeightsMakesParametersWritable) {
+  // Loaded f32 weights may be read-only mmap views; after own_weights an in-place update works and the
+  // model computes with it (tied embeddings stay tied).
+  for (const char* name : {"llama", "llama_bias"}) {
+    LlamaModel m = LlamaModel::load(model_fixture(name));
+    Tensor ids = Tensor::from_i32({1, 2, 3}, {1, 3});
+    std::vector<float> before = m.forward(ids).to_f32_vector();
+    own_weights(m);
+    EXPECT_EQ(m.forward(ids).to_f32_vector(), before);
+    TrainableParams p;
+    register_full_finetune(p, m);
+    for (const auto& e : p.entries()) {
+      float* w = e.param.data<float>();
+      for (int64_t i = 0; i < e.param.numel(); i++) w[i] *= 0.5f;  // would fault on a PROT_READ mapping
+    }
+    EXPECT_NE(m.forward(ids).to_f32_vector(), before) << name;
+    if (m.config().tie_word_embeddings) EXPECT_EQ(m.lm_head().weight.raw(), m.embed_tokens().raw());
+  }
+}
