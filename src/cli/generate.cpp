@@ -52,6 +52,10 @@ int run_generate(const GenerateArgs& a) {
   }
   if (a.max_new_tokens < 0) throw_error(ErrorKind::Usage, "--max-new-tokens must be >= 0");
   Device dev = pick_device(a.device);
+  bool prequantized = false;
+  read_quantization_config(a.model, &prequantized);
+  if (a.device == "auto" && (prequantized || a.quant.options().quantized()))
+    dev = Device::CPU;  // quantized Linear layers run on the CPU for now
   auto tok = Tokenizer::load(a.model);
   LlamaModel model = LlamaModel::load(a.model, dev, a.quant.options());
   std::unique_ptr<LoraModel> lora;  // a PEFT LoRA adapter folder, applied on top of the base weights

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -151,8 +152,11 @@ void quant4_linear_forward(Tensor& out, const Tensor& x, const Quant4Linear& w, 
       for (int64_t n = 0; n < N; n++) y[n * O + o] = acc[n];
     }
   } else {
-    // Tiles of output rows, each dequantized into a per-thread buffer, then y[:, tile] = x · tileᵀ.
-    const int64_t tile = 32, ntiles = (O + tile - 1) / tile;
+    // Tiles of output rows, each dequantized into a per-thread buffer, then y[:, tile] = x · tileᵀ by a
+    // single-threaded sgemm (OpenBLAS's own pool would fight the OpenMP threads, as in ops/cpu/matmul.cpp).
+    static std::once_flag blas_once;
+    std::call_once(blas_once, [] { openblas_set_num_threads(1); });
+    const int64_t tile = 64, ntiles = (O + tile - 1) / tile;
 #pragma omp parallel
     {
       std::vector<float> buf((size_t)(tile * I));  // [tile, I], reused across this thread's tiles
@@ -213,14 +217,44 @@ void int8_linear_forward(Tensor& out, const Tensor& x, const Int8Linear& w, cons
           ((float)qb[o * K + out_cols[(size_t)j]] * sb[o]) * 7.874015718698502e-3f;
 
   const float* bp = bias ? bias->data<float>() : nullptr;
-#pragma omp parallel for collapse(2) schedule(static) if (N * O * K >= (1 << 16))
+  // The int32 products: a scalar loop for a few rows; otherwise dgemm on the int8 values widened to f64
+  // per tile of weight rows, which is exact (every partial sum is an integer below 2^53) and uses the BLAS
+  // kernels; both give the same integer.
+  std::vector<float> acc((size_t)(N * O));  // [N, O]
+  if (N <= 4) {
+#pragma omp parallel for schedule(static) if (N * O * K >= (1 << 16))
+    for (int64_t o = 0; o < O; o++)
+      for (int64_t m = 0; m < N; m++) {
+        const int8_t* a = qa.data() + m * K;
+        const int8_t* b = qb + o * K;
+        int32_t s32 = 0;  // exact: |s32| <= 127 * 127 * K
+        for (int64_t k = 0; k < K; k++) s32 += (int32_t)a[k] * (int32_t)b[k];
+        acc[(size_t)(m * O + o)] = (float)s32;
+      }
+  } else {
+    static std::once_flag blas_once;
+    std::call_once(blas_once, [] { openblas_set_num_threads(1); });
+    std::vector<double> ad(qa.begin(), qa.end());  // [N, K]
+    const int64_t tile = 64, ntiles = (O + tile - 1) / tile;
+#pragma omp parallel
+    {
+      std::vector<double> bt((size_t)(tile * K)), ct((size_t)(N * tile));  // [tile, K], [N, tile]
+#pragma omp for schedule(dynamic)
+      for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t o0 = t * tile, rows = std::min(tile, O - o0);
+        for (int64_t i = 0; i < rows * K; i++) bt[(size_t)i] = qb[o0 * K + i];
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)rows, (int)K, 1.0, ad.data(),
+                    (int)K, bt.data(), (int)K, 0.0, ct.data(), (int)rows);
+        for (int64_t m = 0; m < N; m++)
+          for (int64_t r = 0; r < rows; r++)
+            acc[(size_t)(m * O + o0 + r)] = (float)(int32_t)ct[(size_t)(m * rows + r)];
+      }
+    }
+  }
+#pragma omp parallel for schedule(static) if (N * O >= (1 << 14))
   for (int64_t m = 0; m < N; m++) {
     for (int64_t o = 0; o < O; o++) {
-      const int8_t* a = qa.data() + m * K;
-      const int8_t* b = qb + o * K;
-      int32_t acc = 0;  // exact: |acc| <= 127 * 127 * K
-      for (int64_t k = 0; k < K; k++) acc += (int32_t)a[k] * (int32_t)b[k];
-      float v = ((float)acc * (sa[(size_t)m] * sb[o])) * 6.200124e-05f;
+      float v = (acc[(size_t)(m * O + o)] * (sa[(size_t)m] * sb[o])) * 6.200124e-05f;
       if (bp) v += bp[o];
       for (int64_t j = 0; j < n_out; j++)
         v += xp[m * K + out_cols[(size_t)j]] * wout[(size_t)(o * n_out + j)];
