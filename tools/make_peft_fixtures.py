@@ -3,7 +3,8 @@
 
 1. PEFT → qtune: LoRA adapters on the tiny fixture models of tests/fixtures/model/, with random non-trivial
    A and B (B is zero at init, which would hide every bug), saved by PeftModel.save_pretrained, plus the
-   logits PEFT computes with them (expected.safetensors: ids I32 [2, T], logits F32 [2, T, V], base_logits).
+   logits PEFT computes with them (expected.safetensors: ids I32 [2, T], logits F32 [2, T, V], base_logits,
+   logits_bf16 = PEFT's logits with the base model in bf16, the adapter in f32).
      lora_qv/     llama,      target_modules [q_proj, v_proj], r 4, alpha 8
      rslora_all/  llama,      "all-linear", r 8, alpha 16, use_rslora
      bias_mts/    llama_bias, [q_proj, k_proj, down_proj], r 2, alpha 4, bias "all", modules_to_save [lm_head]
@@ -58,8 +59,15 @@ def make(name, base, **cfg):
     out = os.path.join(OUT, name)
     pm.save_pretrained(out)
     os.remove(os.path.join(out, "README.md"))  # PEFT's model-card template
-    save_file({"ids": IDS, "logits": logits.contiguous(), "base_logits": base_logits.contiguous()},
-              os.path.join(out, "expected.safetensors"))
+    # The same adapter over the base model in bf16 (PEFT keeps the adapter in f32): the error a bf16
+    # engine is expected to have, for the CUDA test's bound.
+    bf = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16), out)
+    bf.eval()
+    with torch.no_grad():
+        logits_bf16 = bf(IDS.long()).logits.float()
+    print(f"{name}: PEFT bf16 base vs f32 relative error {rel(logits_bf16, logits):.2e}")
+    save_file({"ids": IDS, "logits": logits.contiguous(), "base_logits": base_logits.contiguous(),
+               "logits_bf16": logits_bf16.contiguous()}, os.path.join(out, "expected.safetensors"))
     # Reload through PEFT's own reader as a sanity check of the folder.
     again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), out)
     again.eval()

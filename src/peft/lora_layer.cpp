@@ -26,8 +26,11 @@ void LoraLayer::refresh(const Linear& base, Device device, DType act_dtype) {
   Tensor b_scaled = B.clone();  // [O, r]
   float* bs = b_scaled.data<float>();
   for (int64_t i = 0; i < b_scaled.numel(); ++i) bs[i] = (float)(bs[i] * scale);
-  a_dev_ = A.to_dtype(act_dtype).to(device);
-  b_dev_ = b_scaled.to_dtype(act_dtype).to(device);
+  // The LoRA product stays in f32 on every device, as PEFT keeps adapter weights in f32 and casts x to
+  // them (autocast_adapter_dtype) even when the base model runs in bf16.
+  (void)act_dtype;
+  a_dev_ = A.to(device);
+  b_dev_ = b_scaled.to(device);
   dora_scale_ = Tensor();
   base_bias_ = Tensor();
   if (!magnitude.defined()) return;
@@ -55,12 +58,22 @@ void LoraLayer::refresh(const Linear& base, Device device, DType act_dtype) {
 
 void LoraLayer::apply(Tensor& out, const Tensor& x) const {
   QT_CHECK(a_dev_.defined(), "LoRA layer ", module, " used before refresh()");
+  Tensor x32 = x;  // [N, I] F32
+  if (x.dtype() != DType::F32) {
+    x32 = Tensor::empty(x.shape(), DType::F32, x.device());
+    convert(x32, x);
+  }
   Shape mid_shape = x.shape();
   mid_shape.back() = r;
-  Tensor mid = Tensor::empty(mid_shape, x.dtype(), x.device());  // [N, r]
-  linear_forward(mid, x, a_dev_);
-  Tensor delta = Tensor::empty(out.shape(), out.dtype(), out.device());  // [N, O]
+  Tensor mid = Tensor::empty(mid_shape, DType::F32, x.device());  // [N, r]
+  linear_forward(mid, x32, a_dev_);
+  Tensor delta = Tensor::empty(out.shape(), DType::F32, out.device());  // [N, O] = scale·(x·Aᵀ)·Bᵀ
   linear_forward(delta, mid, b_dev_);
+  if (out.dtype() != DType::F32) {
+    Tensor d = Tensor::empty(out.shape(), out.dtype(), out.device());
+    convert(d, delta);
+    delta = d;
+  }
   if (!dora_scale_.defined()) {
     add_inplace(out, delta);
     return;

@@ -3,8 +3,9 @@
 // becomes b + (m / ‖W + scale·B·A‖_row) ⊙ (x·Wᵀ + scale·(x·Aᵀ)·Bᵀ), as PEFT's DoraLinearLayer computes it
 // (the row norm is treated as a constant).
 //
-// A, B (and m) are the trainable masters: F32 CPU tensors. The forward uses copies prepared for the
-// model's device and dtype (B pre-multiplied by scale); call refresh() after changing A/B/m.
+// A, B (and m) are the trainable masters: F32 CPU tensors. The forward uses F32 copies on the model's
+// device (B pre-multiplied by scale) and computes the LoRA term in f32 also for a bf16 model, as PEFT
+// does (adapter weights stay f32, x is cast to them); call refresh() after changing A/B/m.
 // Dropout (lora_dropout) belongs to training; this forward is PEFT's eval mode (no dropout).
 #pragma once
 #include <cstdint>
@@ -28,7 +29,7 @@ struct LoraLayer : LinearAdapter {
   void apply(Tensor& out, const Tensor& x) const override;
 
  private:
-  Tensor a_dev_, b_dev_;  // [r, I], scale·B [O, r] on the device in the activation dtype
+  Tensor a_dev_, b_dev_;  // F32 [r, I], scale·B [O, r] on the model's device
   Tensor dora_scale_;     // F32 CPU [O]: m / ‖W + scale·B·A‖_row
   Tensor base_bias_;      // F32 CPU [O] or undefined (DoRA re-adds it outside the scaling)
 };

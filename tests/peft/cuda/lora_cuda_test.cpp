@@ -1,8 +1,11 @@
-// LoRA adapters on a CUDA model (bf16 weights, activations and adapter copies; f32 logits) against PEFT's
-// float32 logits (tests/fixtures/peft, tools/make_peft_fixtures.py): relative error <= 2e-2, the bound
-// the CUDA model test uses for the base model. DoRA's forward is CPU-only so far: a clear error.
+// LoRA adapters on a CUDA model (bf16 weights and activations, the LoRA term in f32 as PEFT computes it;
+// f32 logits) against PEFT's float32 logits (tests/fixtures/peft, tools/make_peft_fixtures.py). Bound, by
+// the project's rule for bf16 kernels: at most 2x the error of PEFT itself running the bf16 base model
+// (logits_bf16 in the fixture), both measured against PEFT f32. DoRA's forward is CPU-only so far: a clear
+// error.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/allocator.h"
@@ -41,8 +44,10 @@ TEST(LoraCuda, LogitsMatchPeft) {
     Tensor got = model.forward(ids);
     ASSERT_TRUE(got.is_cuda());
     double err = rel_err(got, exp->get("logits"));
-    std::printf("cuda %-11s logits rel err vs PEFT f32 %.2e (base model %.2e)\n", name, err, base_err);
-    EXPECT_LE(err, 2e-2) << name;
+    double ref = rel_err(exp->get("logits_bf16"), exp->get("logits"));
+    std::printf("cuda %-11s logits rel err vs PEFT f32 %.2e (PEFT bf16 %.2e; base model %.2e)\n", name, err,
+                ref, base_err);
+    EXPECT_LE(err, std::max(1e-2, 2 * ref)) << name;
     lora.detach();
     EXPECT_LE(rel_err(model.forward(ids), exp->get("base_logits")), 2e-2) << name;
   }
