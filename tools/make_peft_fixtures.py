@@ -9,6 +9,7 @@
      rslora_all/  llama,      "all-linear", r 8, alpha 16, use_rslora
      bias_mts/    llama_bias, [q_proj, k_proj, down_proj], r 2, alpha 4, bias "all", modules_to_save [lm_head]
      dora_qv/     llama,      [q_proj, v_proj, o_proj], r 4, alpha 8, use_dora (magnitude vector)
+     qlora_nf4/   quant_model/mistral_nf4_dq (bitsandbytes NF4 + double quant), "all-linear", r 4, alpha 8
 2. qtune → PEFT (`--check-qtune`): loads tests/fixtures/peft/qtune_written/ (LoRA, all-linear, rsLoRA) and
    qtune_written_dora/ (DoRA), qtune_written_bias/ (llama_bias, bias "all", modules_to_save lm_head) — adapter folders that tests/peft's LoraModel.QtuneWrittenFixtures test writes
    (QTUNE_REGEN_PEFT=1 build-*/test_peft --gtest_filter='*QtuneWritten*'), with qtune's logits in
@@ -35,9 +36,19 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def load_base(base, dtype=torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, device_map="cpu")
+    # bitsandbytes 4-bit on CPUs with AVX512-BF16 repacks weights for a fused kernel that computes
+    # differently from every other device; use the portable path (as tools/make_quant_model_fixtures.py).
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            m.support_avx512bf16_for_cpu = False
+    return model
+
+
 def make(name, base, **cfg):
     torch.manual_seed(sum(map(ord, name)))
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = load_base(base)
     model.eval()
     with torch.no_grad():
         base_logits = model(IDS.long()).logits.float()
@@ -61,7 +72,7 @@ def make(name, base, **cfg):
     os.remove(os.path.join(out, "README.md"))  # PEFT's model-card template
     # The same adapter over the base model in bf16 (PEFT keeps the adapter in f32): the error a bf16
     # engine is expected to have, for the CUDA test's bound.
-    bf = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16), out)
+    bf = PeftModel.from_pretrained(load_base(base, torch.bfloat16), out)
     bf.eval()
     with torch.no_grad():
         logits_bf16 = bf(IDS.long()).logits.float()
@@ -69,7 +80,7 @@ def make(name, base, **cfg):
     save_file({"ids": IDS, "logits": logits.contiguous(), "base_logits": base_logits.contiguous(),
                "logits_bf16": logits_bf16.contiguous()}, os.path.join(out, "expected.safetensors"))
     # Reload through PEFT's own reader as a sanity check of the folder.
-    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), out)
+    again = PeftModel.from_pretrained(load_base(base), out)
     again.eval()
     with torch.no_grad():
         l2 = again(IDS.long()).logits.float()
@@ -106,6 +117,9 @@ def main():
          target_modules=["q_proj", "k_proj", "down_proj"], bias="all", modules_to_save=["lm_head"])
     make("dora_qv", "tests/fixtures/model/llama", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
          use_dora=True)
+    # QLoRA: LoRA over the NF4 + double-quant model that transformers + bitsandbytes saved
+    # (tests/fixtures/quant_model/mistral_nf4_dq, compute dtype f32).
+    make("qlora_nf4", "tests/fixtures/quant_model/mistral_nf4_dq", r=4, lora_alpha=8, target_modules="all-linear")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ TEST_P(PeftFixture, LogitsMatchPeft) {
   EXPECT_LE(rel_err(model.forward(ids), exp->get("base_logits")), 1e-5);
 }
 
-INSTANTIATE_TEST_SUITE_P(Peft, PeftFixture, testing::Values("lora_qv", "rslora_all", "bias_mts", "dora_qv"));
+INSTANTIATE_TEST_SUITE_P(Peft, PeftFixture,
+                         testing::Values("lora_qv", "rslora_all", "bias_mts", "dora_qv", "qlora_nf4"));
 
 TEST(LoraConfig, ReadsPeftFields) {
   LoraConfig c = read_lora_config(kFix + "rslora_all/adapter_config.json");
