@@ -9,12 +9,46 @@
 #include "io/safetensors.h"
 #include "optim/cpu/optim_kernels.h"
 #include "quant/codebook.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "optim/cuda/optim_cuda.h"
+#endif
 
 namespace qtune {
+
+namespace {
+
+// The 65536-entry table of Quant8Lut (quant/blockwise8.h) for the device kernels: bin i stands for
+// -1 + 2i/65535 and holds the number of code midpoints below it.
+std::vector<uint8_t> lut_table(const std::vector<float>& code) {
+  std::vector<uint8_t> lut(65536);
+  float mids[255];
+  for (int j = 0; j < 255; j++) mids[j] = 0.5f * (code[j] + code[j + 1]);
+  int idx = 0;
+  for (int i = 0; i < 65536; i++) {
+    const float val = -1.0f + (2.0f * (float)i) / 65535.0f;
+    while (idx < 255 && mids[idx] < val) idx++;
+    lut[i] = (uint8_t)idx;
+  }
+  return lut;
+}
+
+}  // namespace
 
 struct Optimizer::Maps {
   Quant8Lut signed_map{create_dynamic_map(true)};     // first moment
   Quant8Lut unsigned_map{create_dynamic_map(false)};  // second moment
+  Tensor dev_code[2], dev_lut[2];                     // CUDA copies, made at the first CUDA 8-bit step
+  void to_device() {
+    if (dev_code[0].defined()) return;
+    for (int k = 0; k < 2; ++k) {
+      const std::vector<float>& code = (k == 0 ? signed_map : unsigned_map).code();
+      std::vector<uint8_t> lut = lut_table(code);
+      dev_code[k] = Tensor::from_f32(code, {256}).to(Device::CUDA);
+      Tensor host_lut = Tensor::empty({65536}, DType::U8);
+      std::copy(lut.begin(), lut.end(), host_lut.data<uint8_t>());
+      dev_lut[k] = host_lut.to(Device::CUDA);
+    }
+  }
 };
 
 const char* optimizer_kind_name(OptimizerKind k) {
@@ -49,9 +83,14 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, std::vector<ParamGroup> groups)
   if (cfg_.kind != OptimizerKind::AdamW) check_blocksize(cfg_.blocksize, "optimizer state blocksize");
   for (const ParamGroup& g : groups_) {
     for (const ParamRef& p : g.params) {
-      if (!p.param.defined() || p.param.dtype() != DType::F32 || p.param.is_cuda())
-        throw_error(ErrorKind::Unsupported, "optimizer: parameter '", p.name,
-                    "' must be an F32 CPU tensor, got ",
+#ifdef QTUNE_HAVE_CUDA
+      const bool device_ok = true;
+#else
+      const bool device_ok = !p.param.is_cuda();
+#endif
+      if (!p.param.defined() || p.param.dtype() != DType::F32 || !device_ok)
+        throw_error(ErrorKind::Unsupported, "optimizer: parameter '", p.name, "' must be an F32 tensor",
+                    device_ok ? "" : " on the CPU (built without CUDA)", ", got ",
                     p.param.defined() ? p.param.describe() : "undefined");
       for (const std::string& n : names_)
         if (n == p.name) throw_error(ErrorKind::Usage, "optimizer: parameter '", p.name, "' appears twice");
@@ -69,20 +108,21 @@ ParamState Optimizer::make_state(const ParamRef& p) const {
   ParamState s;
   const int64_t n = p.param.numel();
   const Shape& shape = p.param.shape();
+  const Device dev = p.param.device();
   s.step = 0;
   s.quantized = cfg_.kind != OptimizerKind::AdamW && n >= cfg_.min_8bit_size;
   const bool two_states = cfg_.kind != OptimizerKind::Lion8bit;
   if (!s.quantized) {
-    s.state1 = Tensor::zeros(shape, DType::F32);
-    if (two_states) s.state2 = Tensor::zeros(shape, DType::F32);
+    s.state1 = Tensor::zeros(shape, DType::F32, dev);
+    if (two_states) s.state2 = Tensor::zeros(shape, DType::F32, dev);
     return s;
   }
   const int64_t blocks = (n + cfg_.blocksize - 1) / cfg_.blocksize;
-  s.state1 = Tensor::zeros(shape, DType::U8);
-  s.absmax1 = Tensor::zeros({blocks}, DType::F32);
+  s.state1 = Tensor::zeros(shape, DType::U8, dev);
+  s.absmax1 = Tensor::zeros({blocks}, DType::F32, dev);
   if (two_states) {
-    s.state2 = Tensor::zeros(shape, DType::U8);
-    s.absmax2 = Tensor::zeros({blocks}, DType::F32);
+    s.state2 = Tensor::zeros(shape, DType::U8, dev);
+    s.absmax2 = Tensor::zeros({blocks}, DType::F32, dev);
   }
   return s;
 }
@@ -93,9 +133,11 @@ void Optimizer::step(double lr) {
     for (const ParamRef& p : g.params) {
       const size_t i = index++;
       if (!p.grad.defined()) continue;
-      if (p.grad.dtype() != DType::F32 || p.grad.is_cuda() || p.grad.numel() != p.param.numel())
+      if (p.grad.dtype() != DType::F32 || p.grad.device() != p.param.device() ||
+          p.grad.numel() != p.param.numel())
         throw_error(ErrorKind::Shape, "optimizer: gradient of '", p.name, "' is ", p.grad.describe(),
-                    ", expected F32 ", shape_str(p.param.shape()), " on the CPU");
+                    ", expected F32 ", shape_str(p.param.shape()), " on the parameter's device (",
+                    device_name(p.param.device()), ")");
       ParamState& s = states_[i];
       if (!s.state1.defined()) s = make_state(p);
       s.step += 1;
@@ -109,6 +151,12 @@ void Optimizer::step(double lr) {
       float* w = p.param.data<float>();
       const float* gr = p.grad.data<float>();
       const int64_t n = p.param.numel();
+#ifdef QTUNE_HAVE_CUDA
+      if (p.param.is_cuda()) {
+        step_cuda(s, w, gr, n, h);
+        continue;
+      }
+#endif
       switch (cfg_.kind) {
         case OptimizerKind::AdamW:
           adamw_step_f32(w, gr, s.state1.data<float>(), s.state2.data<float>(), n, h);
@@ -135,9 +183,40 @@ void Optimizer::step(double lr) {
 
 void Optimizer::zero_grad() {
   for (ParamGroup& g : groups_)
-    for (ParamRef& p : g.params)
-      if (p.grad.defined()) std::fill(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel(), 0.0f);
+    for (ParamRef& p : g.params) {
+      if (!p.grad.defined()) continue;
+      if (p.grad.is_cuda())
+        p.grad.copy_from(Tensor::zeros(p.grad.shape(), DType::F32));
+      else
+        std::fill(p.grad.data<float>(), p.grad.data<float>() + p.grad.numel(), 0.0f);
+    }
 }
+
+#ifdef QTUNE_HAVE_CUDA
+void Optimizer::step_cuda(ParamState& s, float* w, const float* gr, int64_t n, const AdamHyper& h) {
+  if (s.quantized) {
+    maps_->to_device();
+    const DeviceQuantMap m1{maps_->dev_code[0].data<float>(), maps_->dev_lut[0].data<uint8_t>()};
+    const DeviceQuantMap m2{maps_->dev_code[1].data<float>(), maps_->dev_lut[1].data<uint8_t>()};
+    const bool lion = cfg_.kind == OptimizerKind::Lion8bit;
+    bnb8_step_cuda(lion, w, gr, s.state1.data<uint8_t>(), s.absmax1.data<float>(),
+                   lion ? nullptr : s.state2.data<uint8_t>(), lion ? nullptr : s.absmax2.data<float>(), n,
+                   cfg_.blocksize, m1, m2, h);
+    return;
+  }
+  switch (cfg_.kind) {
+    case OptimizerKind::AdamW:
+      adamw_step_cuda(w, gr, s.state1.data<float>(), s.state2.data<float>(), n, h);
+      break;
+    case OptimizerKind::AdamW8bit:
+      bnb_adam32_step_cuda(w, gr, s.state1.data<float>(), s.state2.data<float>(), n, h);
+      break;
+    case OptimizerKind::Lion8bit:
+      bnb_lion32_step_cuda(w, gr, s.state1.data<float>(), n, h);
+      break;
+  }
+}
+#endif
 
 bool Optimizer::has_state(const std::string& name) const {
   for (size_t i = 0; i < names_.size(); ++i)

@@ -22,6 +22,8 @@
 
 namespace qtune {
 
+struct AdamHyper;  // optim/cpu/optim_kernels.h
+
 enum class OptimizerKind { AdamW, AdamW8bit, Lion8bit };
 const char* optimizer_kind_name(OptimizerKind k);                 // "adamw", "adamw_8bit", "lion_8bit"
 OptimizerKind optimizer_kind_from_name(const std::string& name);  // throws ErrorKind::Usage listing names
@@ -35,7 +37,8 @@ struct OptimizerConfig {
   static OptimizerConfig defaults(OptimizerKind kind);
 };
 
-// One trainable tensor: param F32 (updated in place) and its gradient F32 of the same shape. An
+// One trainable tensor: param F32 (updated in place) and its gradient F32 of the same shape, both on the
+// CPU or both on CUDA (states live beside the param; CUDA steps equal CPU steps bit for bit). An
 // undefined grad skips the parameter in step(), as torch skips p.grad None.
 struct ParamRef {
   std::string name;
@@ -89,6 +92,7 @@ class Optimizer {
   struct Maps;
   std::unique_ptr<Maps> maps_;
   ParamState make_state(const ParamRef& p) const;
+  void step_cuda(ParamState& s, float* w, const float* gr, int64_t n, const AdamHyper& h);  // CUDA builds
 };
 
 }  // namespace qtune

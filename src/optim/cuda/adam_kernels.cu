@@ -1,0 +1,233 @@
+// CUDA optimizer kernels: the same updates as optim/cpu/adam_kernels.cpp with the same f32 rounding, step
+// by step (__fmul_rn / __fadd_rn / __fdiv_rn / __fsqrt_rn never contract; __fmaf_rn where the CPU kernel,
+// like torch, fuses), so a CUDA step equals the CPU step bit for bit. 8-bit kernels: one thread block per
+// 256-value state block: dequantize (code[q]·absmax), update, absmax by a block max reduction, requantize
+// through the same 65536-entry lookup table as bitsandbytes' CPU kernel (quant/blockwise8.h).
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "optim/cuda/optim_cuda.h"
+
+namespace qtune {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw_error(ErrorKind::Cuda, what, ": ", cudaGetErrorString(e));
+}
+
+struct Scalars {
+  float decay, b1, w1, b2, w2, eps, a, b;  // a, b: per-kernel step constants
+  bool do_decay;
+};
+
+__device__ __forceinline__ float sign_f(float x) {
+  return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);
+}
+
+__global__ void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, Scalars s) {
+  // s.a = sqrt(bc2), s.b = -(lr / bc1)
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    float pi = p[i];
+    if (s.do_decay) pi = __fmul_rn(pi, s.decay);
+    const float gi = g[i];
+    const float mi = __fmaf_rn(s.w1, __fsub_rn(gi, m[i]), m[i]);
+    const float vi = __fmaf_rn(__fmul_rn(s.w2, gi), gi, __fmul_rn(v[i], s.b2));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.a), s.eps);
+    p[i] = __fadd_rn(pi, __fmul_rn(s.b, __fdiv_rn(mi, denom)));
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+__global__ void bnb_adam32_kernel(float* p, const float* g, float* m, float* v, int64_t n, Scalars s) {
+  // s.a = -lr·c2/c1 (step size), s.eps = eps·c2
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float gi = g[i];
+    const float mi = __fmaf_rn(s.w1, gi, __fmul_rn(m[i], s.b1));
+    const float vi = __fmaf_rn(__fmul_rn(s.w2, gi), gi, __fmul_rn(v[i], s.b2));
+    float pi = p[i];
+    if (s.do_decay) pi = __fmul_rn(pi, s.decay);
+    p[i] = __fadd_rn(pi, __fmul_rn(s.a, __fdiv_rn(mi, __fadd_rn(__fsqrt_rn(vi), s.eps))));
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+__global__ void bnb_lion32_kernel(float* p, const float* g, float* m, int64_t n, Scalars s) {
+  // s.a = -lr
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const float gi = g[i];
+    float pi = p[i];
+    if (s.do_decay) pi = __fmul_rn(pi, s.decay);
+    p[i] = __fadd_rn(pi, __fmul_rn(s.a, sign_f(__fadd_rn(__fmul_rn(m[i], s.b1), __fmul_rn(gi, s.w1)))));
+    m[i] = __fmaf_rn(s.w2, gi, __fmul_rn(m[i], s.b2));
+  }
+}
+
+__device__ __forceinline__ float block_max(float x, float* red) {
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  if (warp == 0) {
+    x = lane < (int)(blockDim.x / 32) ? red[lane] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    if (lane == 0) red[0] = x;
+  }
+  __syncthreads();
+  const float r = red[0];
+  __syncthreads();
+  return r;
+}
+
+__device__ __forceinline__ uint8_t lut_code(float x, float inv, const uint8_t* lut) {
+  float v = fminf(fmaxf(__fmul_rn(x, inv), -1.0f), 1.0f);
+  float t = __fmul_rn(__fadd_rn(v, 1.0f), 0.5f);
+  t = __fmul_rn(t, 65535.0f);
+  t = __fadd_rn(t, 0.5f);
+  return lut[(unsigned int)t];
+}
+
+// Two-state (adam) or one-state (lion) 8-bit update of state block blockIdx.x. Each thread owns at most
+// kPer values of the block (blocksize <= kThreads · kPer).
+constexpr int kPer = 16;
+
+template <bool kLion>
+__global__ void bnb8_kernel(float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
+                            float* absmax2, int64_t n, int blocksize, const float* code1, const float* code2,
+                            const uint8_t* lut1, const uint8_t* lut2, Scalars s) {
+  __shared__ float red[32];
+  const int64_t start = (int64_t)blockIdx.x * blocksize;
+  const int len = (int)min((int64_t)blocksize, n - start);
+  float s1[kPer], s2[kPer];
+  const float am1 = absmax1[blockIdx.x];
+  const float am2 = kLion ? 0.0f : absmax2[blockIdx.x];
+  float mx1 = 0.0f, mx2 = 0.0f;
+  for (int k = 0; k < kPer; ++k) {
+    const int j = threadIdx.x + k * blockDim.x;
+    if (j >= len) break;
+    const int64_t i = start + j;
+    const float gi = g[i];
+    float m = __fmul_rn(code1[q1[i]], am1);
+    float pi = p[i];
+    if (s.do_decay) pi = __fmul_rn(pi, s.decay);
+    if (kLion) {  // s.a = -lr
+      pi = __fadd_rn(pi, __fmul_rn(s.a, sign_f(__fadd_rn(__fmul_rn(m, s.b1), __fmul_rn(gi, s.w1)))));
+      m = __fmaf_rn(s.w2, gi, __fmul_rn(m, s.b2));
+    } else {  // s.a = c2, s.b = -lr / c1
+      float v = __fmul_rn(code2[q2[i]], am2);
+      m = __fmaf_rn(s.w1, gi, __fmul_rn(m, s.b1));
+      v = __fmaf_rn(__fmul_rn(s.w2, gi), gi, __fmul_rn(v, s.b2));
+      const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.a), s.eps);
+      pi = __fadd_rn(pi, __fmul_rn(s.b, __fdiv_rn(m, denom)));
+      s2[k] = v;
+      mx2 = fmaxf(mx2, fabsf(v));
+    }
+    p[i] = pi;
+    s1[k] = m;
+    mx1 = fmaxf(mx1, fabsf(m));
+  }
+  const float a1 = block_max(mx1, red);
+  const float a2 = kLion ? 0.0f : block_max(mx2, red);
+  const float inv1 = a1 == 0.0f ? 0.0f : __fdiv_rn(1.0f, a1);
+  const float inv2 = a2 == 0.0f ? 0.0f : __fdiv_rn(1.0f, a2);
+  for (int k = 0; k < kPer; ++k) {
+    const int j = threadIdx.x + k * blockDim.x;
+    if (j >= len) break;
+    const int64_t i = start + j;
+    q1[i] = a1 == 0.0f ? 0 : lut_code(s1[k], inv1, lut1);
+    if (!kLion) q2[i] = a2 == 0.0f ? 0 : lut_code(s2[k], inv2, lut2);
+  }
+  if (threadIdx.x == 0) {
+    absmax1[blockIdx.x] = a1;
+    if (!kLion) absmax2[blockIdx.x] = a2;
+  }
+}
+
+int grid_for(int64_t n) {
+  return (int)std::min<int64_t>((n + kThreads - 1) / kThreads, 65535);
+}
+
+}  // namespace
+
+void adamw_step_cuda(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h) {
+  const double bc1 = 1.0 - std::pow(h.beta1, (double)h.step), bc2 = 1.0 - std::pow(h.beta2, (double)h.step);
+  Scalars s{(float)(1.0 - h.lr * h.weight_decay),
+            (float)h.beta1,
+            (float)(1.0 - h.beta1),
+            (float)h.beta2,
+            (float)(1.0 - h.beta2),
+            (float)h.eps,
+            (float)std::sqrt(bc2),
+            (float)(-(h.lr / bc1)),
+            h.weight_decay != 0.0};
+  adamw_kernel<<<grid_for(n), kThreads>>>(p, g, m, v, n, s);
+  check(cudaGetLastError(), "adamw_step_cuda");
+}
+
+void bnb_adam32_step_cuda(float* p, const float* g, float* m, float* v, int64_t n, const AdamHyper& h) {
+  const double c1 = 1.0 - std::pow(h.beta1, (double)h.step),
+               c2 = std::sqrt(1.0 - std::pow(h.beta2, (double)h.step));
+  Scalars s{(float)(1.0 - h.lr * h.weight_decay),
+            (float)h.beta1,
+            (float)(1.0 - h.beta1),
+            (float)h.beta2,
+            (float)(1.0 - h.beta2),
+            (float)(h.eps * c2),
+            (float)(-h.lr * c2 / c1),
+            0.0f,
+            h.weight_decay > 0.0};
+  bnb_adam32_kernel<<<grid_for(n), kThreads>>>(p, g, m, v, n, s);
+  check(cudaGetLastError(), "bnb_adam32_step_cuda");
+}
+
+void bnb_lion32_step_cuda(float* p, const float* g, float* m, int64_t n, const AdamHyper& h) {
+  Scalars s{(float)(1.0 - h.lr * h.weight_decay),
+            (float)h.beta1,
+            (float)(1.0 - h.beta1),
+            (float)h.beta2,
+            (float)(1.0 - h.beta2),
+            0.0f,
+            (float)(-h.lr),
+            0.0f,
+            h.weight_decay > 0.0};
+  bnb_lion32_kernel<<<grid_for(n), kThreads>>>(p, g, m, n, s);
+  check(cudaGetLastError(), "bnb_lion32_step_cuda");
+}
+
+void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
+                    float* absmax2, int64_t n, int64_t blocksize, const DeviceQuantMap& map1,
+                    const DeviceQuantMap& map2, const AdamHyper& h) {
+  if (blocksize > (int64_t)kThreads * kPer)
+    throw_error(ErrorKind::Unsupported, "8-bit optimizer on CUDA: blocksize ", blocksize, " > ",
+                kThreads * kPer);
+  const int64_t blocks = (n + blocksize - 1) / blocksize;
+  const double c1 = 1.0 - std::pow(h.beta1, (double)h.step),
+               c2 = std::sqrt(1.0 - std::pow(h.beta2, (double)h.step));
+  Scalars s{(float)(1.0 - h.lr * h.weight_decay),
+            (float)h.beta1,
+            (float)(1.0 - h.beta1),
+            (float)h.beta2,
+            (float)(1.0 - h.beta2),
+            (float)h.eps,
+            lion ? (float)(-h.lr) : (float)c2,
+            (float)(-h.lr / c1),
+            h.weight_decay > 0.0};
+  if (lion)
+    bnb8_kernel<true><<<(unsigned)blocks, kThreads>>>(p, g, q1, absmax1, nullptr, nullptr, n, (int)blocksize,
+                                                      map1.code, nullptr, map1.lut, nullptr, s);
+  else
+    bnb8_kernel<false><<<(unsigned)blocks, kThreads>>>(p, g, q1, absmax1, q2, absmax2, n, (int)blocksize,
+                                                       map1.code, map2.code, map1.lut, map2.lut, s);
+  check(cudaGetLastError(), "bnb8_step_cuda");
+}
+
+}  // namespace qtune
