@@ -1,0 +1,113 @@
+// `qtune finetune`: LoRA / QLoRA supervised fine-tuning on the CPU with Hugging Face's argument names
+// (TrainingArguments / SFTConfig / LoraConfig / BitsAndBytesConfig). The output folder gets the PEFT
+// adapter, training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the semantics.
+#include <cstdio>
+#include <memory>
+
+#include "cli/commands.h"
+#include "core/error.h"
+#include "model/quant_load.h"
+#include "train/trainer.h"
+
+namespace qtune::cli {
+
+namespace {
+
+struct FinetuneArgs {
+  TrainerArgs t;
+  std::string target_modules = "q_proj,v_proj";
+  int64_t lora_r = 8;
+  double lora_alpha = 16, lora_dropout = 0.0;
+  bool rslora = false, dora = false;
+  bool load_4bit = false, double_quant = false, load_8bit = false;
+  std::string quant_type = "nf4", compute_dtype = "float32";
+};
+
+int run_finetune_command(FinetuneArgs& a) {
+  TrainerArgs& t = a.t;
+  t.lora.r = a.lora_r;
+  t.lora.lora_alpha = a.lora_alpha;
+  t.lora.lora_dropout = a.lora_dropout;
+  t.lora.use_rslora = a.rslora;
+  t.lora.use_dora = a.dora;
+  set_target_modules(t.lora, a.target_modules);
+  if (a.load_4bit && a.load_8bit)
+    throw_error(ErrorKind::Usage, "choose --load-in-4bit or --load-in-8bit, not both");
+  t.load.load_in_4bit = a.load_4bit;
+  t.load.load_in_8bit = a.load_8bit;
+  if (a.load_4bit) {
+    t.load.quant_type = quant_type_from_name(a.quant_type, "--bnb-4bit-quant-type");
+    t.load.double_quant = a.double_quant;
+    t.load.compute_dtype = torch_dtype_from_name(a.compute_dtype, "--bnb-4bit-compute-dtype");
+  } else if (a.double_quant) {
+    throw_error(ErrorKind::Usage, "--bnb-4bit-use-double-quant needs --load-in-4bit");
+  }
+  TrainResult r = run_finetune(t);
+  return r.stopped_early ? 3 : 0;
+}
+
+}  // namespace
+
+void add_finetune_command(CLI::App& app, Runner& run) {
+  auto a = std::make_shared<FinetuneArgs>();
+  TrainerArgs& t = a->t;
+  auto* cmd =
+      app.add_subcommand("finetune", "LoRA / QLoRA supervised fine-tuning (writes a PEFT adapter folder)");
+  cmd->add_option("--model", t.model_dir, "Model folder (config.json, *.safetensors, tokenizer files)")
+      ->required();
+  cmd->add_option(
+         "--data", t.data_path,
+         "Dataset: .jsonl rows with text | prompt+completion | messages | Alpaca fields, or a .json array")
+      ->required();
+  cmd->add_option("--out", t.out_dir, "Output folder: adapter, training_log.csv, loss_curve.png, checkpoints")
+      ->required();
+  cmd->add_option("--adapter", t.adapter_dir, "Continue training this PEFT LoRA adapter folder");
+  cmd->add_option("--lora-r", a->lora_r, "LoRA rank (default 8)");
+  cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (default 16)");
+  cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (default 0)");
+  cmd->add_option("--target-modules", a->target_modules,
+                  "Comma-separated module names or all-linear (default q_proj,v_proj)");
+  cmd->add_flag("--use-rslora", a->rslora, "Scale by alpha/sqrt(r) (rsLoRA)");
+  cmd->add_flag("--use-dora", a->dora, "DoRA adapters");
+  cmd->add_option("--learning-rate", t.learning_rate, "Peak learning rate (default 2e-4)");
+  cmd->add_option("--num-train-epochs", t.num_train_epochs, "Epochs (default 3)");
+  cmd->add_option("--max-steps", t.max_steps, "Optimizer steps; overrides epochs when > 0");
+  cmd->add_option("--per-device-train-batch-size", t.per_device_train_batch_size,
+                  "Rows per micro-batch (default 8)");
+  cmd->add_option("--gradient-accumulation-steps", t.gradient_accumulation_steps,
+                  "Micro-batches per step (default 1)");
+  cmd->add_option("--lr-scheduler-type", t.lr_scheduler_type,
+                  "linear, cosine, constant, constant_with_warmup");
+  cmd->add_option("--warmup-ratio", t.warmup_ratio, "Fraction of the steps spent warming up (default 0)");
+  cmd->add_option("--weight-decay", t.weight_decay, "AdamW weight decay, not on norms/biases (default 0)");
+  cmd->add_option("--max-grad-norm", t.max_grad_norm,
+                  "Gradient clipping by global norm (default 1.0; 0 = off)");
+  cmd->add_option("--optim", t.optim,
+                  "adamw_torch, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, lion_8bit");
+  cmd->add_flag("--load-in-4bit", a->load_4bit, "QLoRA: quantize the base Linears to 4 bits while loading");
+  cmd->add_option("--bnb-4bit-quant-type", a->quant_type, "nf4 or fp4 (default nf4)")
+      ->check(CLI::IsMember({"nf4", "fp4"}));
+  cmd->add_flag("--bnb-4bit-use-double-quant", a->double_quant, "Quantize the 4-bit absmax too");
+  cmd->add_option("--bnb-4bit-compute-dtype", a->compute_dtype,
+                  "float32, bfloat16 or float16 (default float32)");
+  cmd->add_flag("--load-in-8bit", a->load_8bit, "LLM.int8 base Linears");
+  cmd->add_option("--seed", t.seed, "Seed for the adapter init, data order and dropout (default 42)");
+  cmd->add_option("--eval-split", t.eval_split, "Fraction of rows held out for eval loss (default 0)");
+  cmd->add_option("--eval-steps", t.eval_steps, "Evaluate every N steps (default: at the end only)");
+  cmd->add_option("--save-steps", t.save_steps, "Write out/checkpoint-N every N steps (default: never)");
+  cmd->add_option("--logging-steps", t.logging_steps, "Log a line and the CSV every N steps (default 1)");
+  cmd->add_option("--max-seq-length", t.max_seq_length,
+                  "Truncate examples to this many tokens (default 1024)");
+  cmd->add_flag("--packing", t.packing,
+                "Pack several examples per row (attention stays inside each example)");
+  cmd->add_flag("--completion-only-loss", t.completion_only_loss,
+                "Train only on completions / assistant turns");
+  cmd->add_flag("--gradient-checkpointing", t.gradient_checkpointing, "Recompute each block in backward");
+  cmd->add_flag("--resume", t.resume, "Continue from the newest checkpoint-N in --out");
+  cmd->add_flag("--quiet", t.quiet, "No progress output");
+  cmd->add_option("--stop-after-steps", t.stop_after_steps, "Testing: exit after this step as if killed")
+      ->group("");
+  cmd->callback([&run, a] { run = [a] { return run_finetune_command(*a); }; });
+}
+
+}  // namespace qtune::cli

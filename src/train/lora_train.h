@@ -1,0 +1,53 @@
+// Training-mode LoRA adapters: wraps each peft/ LoraLayer attached to a model Linear in an adapter that
+// (1) applies PEFT's training forward out += scale·(dropout(x)·Aᵀ)·Bᵀ and (2) implements the
+// TrainableAdapter backward (train/linear_backward.h), accumulating the gradients of A and B under their
+// PEFT keys ("base_model.model.<module>.lora_A.weight" / "lora_B.weight") in a TrainableParams.
+//
+// Dropout masks are a pure function of (seed, micro-batch counter, layer, element), so the gradient
+// checkpointing recompute and the backward see the forward's mask without storing it:
+//   LoraTraining t(lora, params, seed, dropout);  t.set_step(micro_batch_index);  t.set_training(true);
+// Destroying it puts the plain LoraLayers back on the Linears. DoRA layers are refused (ErrorKind::
+// Unsupported): the magnitude's gradient needs the base product, which linear_backward does not expose.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "model/llama_model.h"
+#include "peft/lora_model.h"
+#include "train/trainable.h"
+
+namespace qtune {
+
+class LoraTraining {
+ public:
+  LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& params, uint64_t seed, double dropout);
+  ~LoraTraining();
+  LoraTraining(const LoraTraining&) = delete;
+  LoraTraining& operator=(const LoraTraining&) = delete;
+
+  void set_training(bool on);  // off: no dropout (evaluation)
+  // After an optimizer step: LoraModel::refresh() (new forward copies of A and B), keeping this
+  // training adapter on the Linears (refresh puts the plain layers back).
+  void refresh();
+  void set_step(uint64_t counter);  // selects the dropout masks of one micro-batch
+
+  struct State {
+    bool training = false;
+    uint64_t seed = 0, counter = 0;
+    double dropout = 0;
+  };
+
+ private:
+  LlamaModel& model_;
+  LoraModel& lora_;
+  std::shared_ptr<State> state_;
+  struct Slot {
+    Linear* linear;
+    std::shared_ptr<const LinearAdapter> original;
+    std::shared_ptr<const LinearAdapter> training;
+  };
+  std::vector<Slot> slots_;
+};
+
+}  // namespace qtune

@@ -1,0 +1,309 @@
+// The SFT trainer loop (see trainer.h).
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/json_util.h"
+#include "model/llama_model.h"
+#include "optim/clip.h"
+#include "optim/optimizer.h"
+#include "optim/param_groups.h"
+#include "optim/schedule.h"
+#include "peft/lora_model.h"
+#include "tokenizer/tokenizer.h"
+#include "train/causal_lm.h"
+#include "train/checkpoint.h"
+#include "train/collate.h"
+#include "train/dataset.h"
+#include "train/lora_train.h"
+#include "train/progress.h"
+
+namespace qtune {
+namespace {
+
+uint64_t mix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Fisher-Yates with a splitmix64 stream: the same order on every platform.
+void shuffle(std::vector<int64_t>& v, uint64_t seed) {
+  uint64_t s = mix64(seed);
+  for (size_t i = v.size(); i > 1; --i) {
+    s = mix64(s);
+    std::swap(v[i - 1], v[s % i]);
+  }
+}
+
+OptimizerKind optimizer_for(const std::string& name, bool* paged) {
+  *paged = name.rfind("paged_", 0) == 0;
+  const std::string n = *paged ? name.substr(6) : name;
+  if (n == "adamw_torch" || n == "adamw_32bit" || n == "adamw_torch_fused" || n == "adamw")
+    return OptimizerKind::AdamW;
+  if (n == "adamw_8bit" || n == "adamw_bnb_8bit") return OptimizerKind::AdamW8bit;
+  if (n == "lion_8bit") return OptimizerKind::Lion8bit;
+  throw_error(ErrorKind::Usage, "--optim ", name,
+              ": expected adamw_torch, adamw_8bit, lion_8bit, paged_adamw_8bit, paged_adamw_32bit or "
+              "paged_lion_8bit");
+}
+
+// The stream of micro-batches: epoch e visits the train split in shuffle(seed, e) order, in rows of
+// make_rows(), batch_size rows per micro-batch. Position k (micro-batches consumed) is all it needs.
+class DataStream {
+ public:
+  DataStream(const std::vector<SftExample>& ex, std::vector<int64_t> train_idx, const TrainerArgs& a)
+      : ex_(ex), idx_(std::move(train_idx)), a_(a) {
+    load_epoch(0);
+  }
+  int64_t micro_per_epoch0() const { return per_epoch_; }
+  MicroBatch at(int64_t k) {  // k-th micro-batch of the whole run
+    while (k >= epoch_start_ + per_epoch_) {
+      epoch_start_ += per_epoch_;
+      load_epoch(epoch_ + 1);
+    }
+    while (k < epoch_start_) {  // only after a resume into an earlier epoch: recompute from the start
+      epoch_start_ = 0;
+      load_epoch(0);
+    }
+    const size_t first = (size_t)(k - epoch_start_) * a_.per_device_train_batch_size;
+    const size_t count = std::min<size_t>(a_.per_device_train_batch_size, rows_.size() - first);
+    return collate(ex_, rows_, first, count, pad_);
+  }
+  void set_pad(int32_t p) { pad_ = p; }
+
+ private:
+  void load_epoch(int64_t e) {
+    epoch_ = e;
+    std::vector<int64_t> order = idx_;
+    shuffle(order, a_.seed * 1000003ull + (uint64_t)e + 1);
+    rows_ = make_rows(ex_, order, a_.packing, a_.max_seq_length);
+    per_epoch_ =
+        ((int64_t)rows_.size() + a_.per_device_train_batch_size - 1) / a_.per_device_train_batch_size;
+  }
+  const std::vector<SftExample>& ex_;
+  std::vector<int64_t> idx_;
+  const TrainerArgs& a_;
+  std::vector<std::vector<int64_t>> rows_;
+  int64_t epoch_ = 0, epoch_start_ = 0, per_epoch_ = 0;
+  int32_t pad_ = 0;
+};
+
+void check_args(const TrainerArgs& a) {
+  if (a.model_dir.empty() || a.data_path.empty() || a.out_dir.empty())
+    throw_error(ErrorKind::Usage, "finetune needs --model, --data and --out");
+  if (a.per_device_train_batch_size < 1)
+    throw_error(ErrorKind::Usage, "--per-device-train-batch-size must be >= 1");
+  if (a.gradient_accumulation_steps < 1)
+    throw_error(ErrorKind::Usage, "--gradient-accumulation-steps must be >= 1");
+  if (!(a.learning_rate >= 0)) throw_error(ErrorKind::Usage, "--learning-rate must be >= 0");
+  if (a.max_steps <= 0 && !(a.num_train_epochs > 0))
+    throw_error(ErrorKind::Usage, "--num-train-epochs must be > 0 (or give --max-steps)");
+  if (!(a.eval_split >= 0 && a.eval_split < 1))
+    throw_error(ErrorKind::Usage, "--eval-split must be in [0, 1)");
+  if (!(a.warmup_ratio >= 0 && a.warmup_ratio <= 1))
+    throw_error(ErrorKind::Usage, "--warmup-ratio must be in [0, 1]");
+  if (a.logging_steps < 1) throw_error(ErrorKind::Usage, "--logging-steps must be >= 1");
+  if (a.adapter_dir.empty()) a.lora.validate("finetune: ");
+}
+
+}  // namespace
+
+TrainResult run_finetune(const TrainerArgs& a) {
+  check_args(a);
+  bool paged = false;
+  const OptimizerKind okind = optimizer_for(a.optim, &paged);
+  const bool say = !a.quiet;
+  auto note = [&](const std::string& s) {
+    if (say) std::fprintf(stderr, "%s\n", s.c_str());
+  };
+  if (paged)
+    note("note: " + a.optim + " keeps its states in host memory anyway on the CPU: using " +
+         a.optim.substr(6));
+
+  // Data first: bad rows fail before the model loads.
+  auto tok = Tokenizer::load(a.model_dir);
+  const std::string bos = tok->bos_id() >= 0 ? tok->id_to_token(tok->bos_id()) : "";
+  const std::string eos = tok->eos_id() >= 0 ? tok->id_to_token(tok->eos_id()) : "";
+  std::vector<SftRow> rows = read_sft_rows(a.data_path, tok->chat_template(), bos, eos);
+  int64_t truncated = 0, dropped = 0;
+  std::vector<SftExample> ex =
+      tokenize_rows(rows, *tok, {a.completion_only_loss, a.max_seq_length}, &truncated, &dropped);
+  if (truncated)
+    note("warning: " + std::to_string(truncated) + " of " + std::to_string(rows.size()) +
+         " examples are longer than --max-seq-length " + std::to_string(a.max_seq_length) +
+         " and were truncated");
+  if (dropped)
+    note("warning: " + std::to_string(dropped) + " examples have no trained tokens and were dropped");
+  if (ex.empty()) throw_error(ErrorKind::Format, a.data_path, ": no example has a trained token");
+  std::vector<int64_t> all(ex.size());
+  for (size_t i = 0; i < ex.size(); ++i) all[i] = (int64_t)i;
+  shuffle(all, a.seed);
+  int64_t n_eval = a.eval_split > 0 ? (int64_t)std::ceil(a.eval_split * (double)ex.size()) : 0;
+  if (n_eval >= (int64_t)ex.size()) n_eval = (int64_t)ex.size() - 1;
+  std::vector<int64_t> eval_idx(all.end() - n_eval, all.end()), train_idx(all.begin(), all.end() - n_eval);
+  std::sort(train_idx.begin(), train_idx.end());
+  const int32_t pad = tok->pad_id() >= 0 ? tok->pad_id() : tok->eos_id();
+
+  // Model + adapter.
+  LlamaModel model = LlamaModel::load(a.model_dir, Device::CPU, a.load);
+  std::string resume_dir;
+  TrainerState st;
+  if (a.resume) {
+    resume_dir = latest_checkpoint(a.out_dir);
+    if (resume_dir.empty()) throw_error(ErrorKind::Usage, "--resume: no checkpoint-N folder in ", a.out_dir);
+    st = read_trainer_state(resume_dir);
+    if (st.seed != a.seed)
+      throw_error(ErrorKind::Usage, "--resume: ", resume_dir, " was trained with --seed ", st.seed, ", not ",
+                  a.seed);
+  }
+  std::unique_ptr<LoraModel> lora;
+  if (!resume_dir.empty())
+    lora = std::make_unique<LoraModel>(LoraModel::load(model, resume_dir));
+  else if (!a.adapter_dir.empty())
+    lora = std::make_unique<LoraModel>(LoraModel::load(model, a.adapter_dir));
+  else
+    lora = std::make_unique<LoraModel>(LoraModel::create(model, a.lora, a.seed));
+  const double dropout = lora->config().lora_dropout;
+  TrainableParams params;
+  LoraTraining training(model, *lora, params, a.seed, dropout);
+  std::vector<ParamRef> refs;
+  for (const auto& e : params.entries()) refs.push_back({e.name, e.param, e.grad});
+  Optimizer opt(OptimizerConfig::defaults(okind), group_by_weight_decay(refs, a.weight_decay));
+  if (!resume_dir.empty()) opt.load(path_join(resume_dir, "optimizer.safetensors"));
+
+  DataStream stream(ex, train_idx, a);
+  stream.set_pad(pad);
+  int64_t total = a.max_steps;
+  if (total <= 0)
+    total = std::max<int64_t>(1, (int64_t)std::ceil(a.num_train_epochs * (double)stream.micro_per_epoch0() /
+                                                    (double)a.gradient_accumulation_steps));
+  LrSchedule sched;
+  sched.kind = schedule_kind_from_name(a.lr_scheduler_type);
+  sched.base_lr = a.learning_rate;
+  sched.total_steps = total;
+  sched.warmup_steps = warmup_steps_from_ratio(a.warmup_ratio, total);
+  st.seed = a.seed;
+  st.total_steps = total;
+  if (!resume_dir.empty() && st.global_step > total)
+    throw_error(ErrorKind::Usage, "--resume: ", resume_dir, " is past the run's ", total, " steps");
+
+  std::filesystem::create_directories(a.out_dir);
+  note("finetune: " + std::to_string(train_idx.size()) + " train / " + std::to_string(eval_idx.size()) +
+       " eval examples, " + std::to_string(total) + " steps, " + std::to_string(lora->layers().size()) +
+       " LoRA layers, " + std::to_string(params.numel()) + " trainable parameters" +
+       (resume_dir.empty() ? "" : ", resuming from " + resume_dir));
+
+  StepOptions so;
+  so.gradient_checkpointing = a.gradient_checkpointing;
+  auto evaluate = [&]() {
+    training.set_training(false);
+    std::vector<int64_t> order = eval_idx;
+    auto erows = make_rows(ex, order, a.packing, a.max_seq_length);
+    double sum = 0;
+    int64_t cnt = 0;
+    for (size_t r = 0; r < erows.size(); r += a.per_device_train_batch_size) {
+      MicroBatch mb =
+          collate(ex, erows, r, std::min<size_t>(a.per_device_train_batch_size, erows.size() - r), pad);
+      StepOptions eo;
+      eo.positions = &mb.positions;
+      eo.seq_ids = &mb.seq_ids;
+      LossSum l = causal_lm_forward_backward(model, mb.ids, mb.labels, nullptr, eo);
+      sum += l.loss;
+      cnt += l.count;
+    }
+    training.set_training(true);
+    return cnt ? sum / (double)cnt : 0.0;
+  };
+
+  TrainResult res;
+  for (const LogRow& r : st.history) res.losses.push_back(r.loss);
+  ProgressBar bar(total, st.global_step, say);
+  training.set_training(true);
+  int64_t run_tokens = 0;
+  const auto t_run = std::chrono::steady_clock::now();
+  while (st.global_step < total) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<MicroBatch> mbs;
+    int64_t targets = 0, tokens = 0;
+    for (int64_t g = 0; g < a.gradient_accumulation_steps; ++g) {
+      mbs.push_back(stream.at(st.micro_batches_done + g));
+      targets += mbs.back().targets;
+      tokens += mbs.back().tokens;
+    }
+    params.zero_grads();
+    double loss_sum = 0;
+    for (int64_t g = 0; g < (int64_t)mbs.size(); ++g) {
+      training.set_step((uint64_t)(st.micro_batches_done + g));
+      so.positions = &mbs[g].positions;
+      so.seq_ids = &mbs[g].seq_ids;
+      so.grad_scale = targets ? 1.0f / (float)targets : 0.0f;
+      loss_sum += causal_lm_forward_backward(model, mbs[g].ids, mbs[g].labels, &params, so).loss;
+    }
+    st.micro_batches_done += (int64_t)mbs.size();
+    const float gnorm =
+        a.max_grad_norm > 0 ? clip_grad_norm(opt.groups(), a.max_grad_norm) : grad_global_norm(opt.groups());
+    const double lr = sched.lr(st.global_step);
+    opt.step(lr);
+    training.refresh();
+    ++st.global_step;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    run_tokens += tokens;
+    LogRow row{st.global_step,
+               targets ? loss_sum / (double)targets : 0.0,
+               lr,
+               gnorm,
+               tokens / std::max(secs, 1e-9),
+               -1};
+    const bool last = st.global_step == total;
+    if (!eval_idx.empty() && ((a.eval_steps > 0 && st.global_step % a.eval_steps == 0) || last)) {
+      row.eval_loss = evaluate();
+      res.eval_losses.push_back(row.eval_loss);
+    }
+    st.history.push_back(row);
+    res.losses.push_back(row.loss);
+    bar.update(row);
+    if (st.global_step % a.logging_steps == 0 || last || row.eval_loss >= 0) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "step %ld/%ld  loss %.4f  lr %.3e  grad_norm %.3f  %.0f tok/s",
+                    (long)st.global_step, (long)total, row.loss, lr, gnorm, row.tokens_per_s);
+      std::string s = buf;
+      if (row.eval_loss >= 0) {
+        std::snprintf(buf, sizeof buf, "  eval_loss %.4f", row.eval_loss);
+        s += buf;
+      }
+      bar.line(s);
+      write_training_log(a.out_dir, st.history);
+    }
+    if (a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last)
+      save_checkpoint(a.out_dir, *lora, opt, st);
+    if (a.stop_after_steps > 0 && st.global_step == a.stop_after_steps && !last) {
+      bar.finish();
+      res.stopped_early = true;
+      res.steps = st.global_step;
+      return res;
+    }
+  }
+  bar.finish();
+  const double run_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
+  res.tokens_per_s = run_tokens / std::max(run_secs, 1e-9);
+  res.steps = st.global_step;
+  write_training_log(a.out_dir, st.history);
+  lora->save(a.out_dir);
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB; adapter in %s",
+                (long)res.steps, res.losses.empty() ? 0.0 : res.losses.front(),
+                res.losses.empty() ? 0.0 : res.losses.back(), res.tokens_per_s, peak_resident_mib(),
+                a.out_dir.c_str());
+  note(buf);
+  return res;
+}
+
+}  // namespace qtune

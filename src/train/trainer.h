@@ -1,0 +1,62 @@
+// The SFT trainer behind `qtune finetune`: LoRA / QLoRA fine-tuning of a Llama-family model on the CPU
+// with Hugging Face Trainer / TRL SFTTrainer semantics (names, defaults, loss normalisation, schedules).
+//
+//   TrainerArgs a;  a.model_dir = "models/qtune-tiny-8m";  a.data_path = "data.jsonl";  a.out_dir = "out";
+//   TrainResult r = run_finetune(a);      // out/: the PEFT adapter, training_log.csv, loss_curve.png,
+//                                         //       checkpoint-N/ (adapter, optimizer, trainer_state.json)
+//
+// One optimizer step = gradient_accumulation_steps micro-batches of per_device_train_batch_size rows; the
+// loss of a step is Σ token losses / Σ target tokens over all its micro-batches (so accumulation equals
+// one big batch). Data order: the train split shuffled per epoch with (seed, epoch); dropout masks from
+// (seed, micro-batch counter): a checkpoint's step number therefore fixes the data position and RNG, and
+// --resume continues bit-identically.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/load_options.h"
+#include "peft/lora_config.h"
+
+namespace qtune {
+
+struct TrainerArgs {
+  std::string model_dir, data_path, out_dir;
+  std::string adapter_dir;  // continue training this PEFT adapter instead of a fresh one
+  LoraConfig lora;          // r, lora_alpha, lora_dropout, target_modules, use_rslora, use_dora
+  LoadOptions load;         // --load-in-4bit / --load-in-8bit
+  double learning_rate = 2e-4;
+  double num_train_epochs = 3;
+  int64_t max_steps = -1;  // > 0 overrides epochs
+  int64_t per_device_train_batch_size = 8;
+  int64_t gradient_accumulation_steps = 1;
+  std::string lr_scheduler_type = "linear";
+  double warmup_ratio = 0;
+  double weight_decay = 0;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  std::string optim = "adamw_torch";
+  uint64_t seed = 42;
+  int64_t eval_steps = 0;  // 0: evaluate only at the end (when there is an eval split)
+  int64_t save_steps = 0;  // 0: no intermediate checkpoints
+  int64_t logging_steps = 1;
+  int64_t max_seq_length = 1024;
+  bool packing = false;
+  bool completion_only_loss = false;
+  double eval_split = 0;  // fraction of rows held out for eval loss
+  bool gradient_checkpointing = false;
+  bool resume = false;            // continue from the newest out/checkpoint-N
+  int64_t stop_after_steps = -1;  // testing: exit after this step as if killed (no final save)
+  bool quiet = false;             // no progress bar
+};
+
+struct TrainResult {
+  std::vector<double> losses;       // per optimizer step (from the start, also on resume)
+  std::vector<double> eval_losses;  // per evaluation
+  int64_t steps = 0;                // total steps of the run
+  double tokens_per_s = 0;          // over the steps this process ran
+  bool stopped_early = false;       // stop_after_steps hit
+};
+
+TrainResult run_finetune(const TrainerArgs& args);
+
+}  // namespace qtune
