@@ -191,6 +191,34 @@ TEST(Trainer, EndToEndAndResumeBitIdentical) {
             read_all(b.out_dir + "/adapter_model.safetensors"));
 }
 
+TEST(Trainer, ContinuesAnAdapterAndTrainsChatRows) {
+  const std::string dir = testing::TempDir() + "qtune_trainer_chat";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  TrainerArgs a = tiny_args(dir);
+  {
+    std::ofstream f(dir + "/chat.jsonl");
+    for (int i = 0; i < 12; ++i)
+      f << "{\"messages\": [{\"role\": \"user\", \"content\": \"count " << i
+        << "\"}, {\"role\": \"assistant\", \"content\": \"" << i + 1 << "\"}]}\n";
+  }
+  a.data_path = dir + "/chat.jsonl";  // the bundled tokenizer's ChatML template
+  a.completion_only_loss = true;
+  a.eval_split = 0;
+  a.max_steps = 4;
+  TrainResult first = run_finetune(a);
+  EXPECT_LT(first.losses.back(), first.losses.front());
+  TrainerArgs b = a;
+  b.adapter_dir = a.out_dir;
+  b.out_dir = dir + "/continued";
+  b.max_steps = 2;
+  TrainResult more = run_finetune(b);
+  // Continuing starts from the trained adapter: its first loss is near where the first run ended.
+  EXPECT_LT(more.losses.front(), first.losses.front());
+  EXPECT_NE(read_all(a.out_dir + "/adapter_model.safetensors"),
+            read_all(b.out_dir + "/adapter_model.safetensors"));
+}
+
 TEST(Trainer, BadArgumentsFailBeforeTraining) {
   const std::string dir = testing::TempDir() + "qtune_trainer_bad";
   fs::remove_all(dir);
