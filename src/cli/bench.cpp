@@ -34,8 +34,11 @@ int run_bench(const BenchArgs& a) {
   GenerateOptions opt;
   opt.max_new_tokens = a.new_tokens;
   double best_prefill = 1e30, best_decode = 1e30;
+  std::string decode_path, decode_note;
   for (int r = 0; r <= a.repeat; r++) {
     GenerateResult res = generate(model, prompt, opt);
+    decode_path = res.decode_path;
+    decode_note = res.decode_note;
     if (r == 0) continue;  // warm-up
     best_prefill = std::min(best_prefill, res.prefill_seconds);
     if (res.tokens.size() > 1)
@@ -50,6 +53,8 @@ int run_bench(const BenchArgs& a) {
   j["prefill_tokens_per_s"] = a.prompt_len / best_prefill;
   j["decode_tokens_per_s"] = 1.0 / best_decode;
   j["decode_ms_per_token"] = best_decode * 1e3;
+  j["decode_path"] = decode_path;
+  if (!decode_note.empty()) j["decode_note"] = decode_note;
   if (dev == Device::CUDA) j["peak_gpu_bytes"] = device_memory_stats().peak_in_use;
   std::printf("%s\n", j.dump().c_str());
   return 0;

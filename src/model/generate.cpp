@@ -3,10 +3,26 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 
 #include "core/error.h"
+#include "model/decode_step.h"
 
 namespace qtune {
+
+namespace {
+
+// Environment switches for A/B measurements: QTUNE_DECODE_STEP=0 decodes through LlamaModel::forward,
+// QTUNE_DECODE_GRAPH=0 keeps DecodeStep but launches eagerly, QTUNE_DECODE_FUSE=0 splits its fused
+// residual-add + RMSNorm launches.
+bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, "0") == 0;
+}
+
+}  // namespace
 
 const char* stop_reason_name(StopReason r) {
   switch (r) {
@@ -44,6 +60,11 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& pro
   auto t1 = clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   int64_t pos = P;
+  // Batch-1 CUDA decode with dense weights: persistent buffers and one CUDA graph per step.
+  std::unique_ptr<DecodeStep> step;
+  if (!env_off("QTUNE_DECODE_STEP") && DecodeStep::supported(model, cache))
+    step = std::make_unique<DecodeStep>(model, cache, !env_off("QTUNE_DECODE_GRAPH"),
+                                        !env_off("QTUNE_DECODE_FUSE"));
   while (true) {
     int32_t tok = sampler.sample(row.data(), V);
     res.tokens.push_back(tok);
@@ -63,11 +84,17 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& pro
       res.stop = StopReason::ContextFull;
       break;
     }
-    logits = model.forward(Tensor::from_i32({tok}, {1, 1}), cache, pos, true);  // [1, 1, V]
-    row = logits.to_f32_vector();
+    if (step)
+      row = step->run(tok, pos).to_f32_vector();  // [1, V]
+    else
+      row = model.forward(Tensor::from_i32({tok}, {1, 1}), cache, pos, true).to_f32_vector();  // [1, 1, V]
     pos++;
   }
   res.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  if (step) {
+    res.decode_path = step->graph_active() ? "graph" : "eager_step";
+    res.decode_note = step->graph_error();
+  }
   return res;
 }
 

@@ -28,6 +28,10 @@ struct GenerateResult {
   std::vector<int32_t> tokens;  // the new tokens (not the prompt)
   StopReason stop = StopReason::MaxNewTokens;
   double prefill_seconds = 0, decode_seconds = 0;
+  // How the decode steps ran: "graph" (DecodeStep replaying a CUDA graph), "eager_step" (DecodeStep's
+  // launches, e.g. when capture failed: then decode_note says why) or "forward" (LlamaModel::forward).
+  std::string decode_path = "forward";
+  std::string decode_note;
 };
 
 // Throws ErrorKind::Usage for an empty prompt and ErrorKind::Shape for ids outside the vocabulary. Stops

@@ -9,6 +9,15 @@
 
 namespace qtune {
 
+namespace {
+
+// A dense weight with no bias and no adapter: its product can share a launch with its siblings'.
+bool plain_linear(const Linear& lin) {
+  return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
+}
+
+}  // namespace
+
 KVCache LlamaModel::make_cache(int64_t batch, int64_t max_seq) const {
   if (batch <= 0 || max_seq <= 0)
     throw_error(ErrorKind::Usage, "KV cache: batch (", batch, ") and max_seq (", max_seq,
@@ -75,13 +84,19 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
 
   for (int l = 0; l < cfg_.num_hidden_layers; l++) {
     const LlamaLayer& L = layers_[l];
+    const bool fuse_qkv = plain_linear(L.q) && plain_linear(L.k) && plain_linear(L.v);
+    const bool fuse_gate_up = plain_linear(L.gate) && plain_linear(L.up);
     Tensor kl = direct ? cache.k_rows(l, start_pos, T) : k;  // [N, Hkv·D]
     Tensor vl = direct ? cache.v_rows(l, start_pos, T) : v;  // [N, Hkv·D]
     Tensor k_heads = kl.reshape({N, Hkv, D});
     rmsnorm_forward(h, x, L.input_norm, eps);
-    L.q.forward(q, h);
-    L.k.forward(kl, h);
-    L.v.forward(vl, h);
+    if (fuse_qkv) {  // one GEMV launch at decode (see ops/matmul.h)
+      linear_forward_multi({&q, &kl, &vl}, h, {&L.q.weight, &L.k.weight, &L.v.weight});
+    } else {
+      L.q.forward(q, h);
+      L.k.forward(kl, h);
+      L.v.forward(vl, h);
+    }
     rope_forward(q_heads, pos, inv_freq_);
     rope_forward(k_heads, pos, inv_freq_);
     if (!direct) cache.write(l, k, v, start_pos, T);
@@ -90,8 +105,12 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
     add_inplace(x, proj);
 
     rmsnorm_forward(h, x, L.post_norm, eps);
-    L.gate.forward(g, h);
-    L.up.forward(u, h);
+    if (fuse_gate_up) {
+      linear_forward_multi({&g, &u}, h, {&L.gate.weight, &L.up.weight});
+    } else {
+      L.gate.forward(g, h);
+      L.up.forward(u, h);
+    }
     swiglu_forward(a, g, u);
     L.down.forward(proj, a);
     add_inplace(x, proj);

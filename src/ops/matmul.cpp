@@ -34,6 +34,26 @@ void linear_forward(Tensor& out, const Tensor& x, const Tensor& w, const Tensor*
   cpu::linear_forward(out, x, w, bias);
 }
 
+void linear_forward_multi(const std::vector<Tensor*>& outs, const Tensor& x,
+                          const std::vector<const Tensor*>& ws) {
+  const char* op = "linear_forward_multi";
+  if (outs.size() != ws.size() || ws.empty())
+    throw_error(ErrorKind::Shape, op, ": ", outs.size(), " outputs and ", ws.size(),
+                " weights (need one output per weight, at least one)");
+  for (size_t j = 0; j < ws.size(); j++)
+    if (!outs[j] || !ws[j]) throw_error(ErrorKind::Shape, op, ": output or weight ", j, " is null");
+  if (x.device() == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    for (size_t j = 0; j < ws.size(); j++)  // the dispatch's device and shape checks, per pair
+      check_device(op, {{"out", outs[j]}, {"x", &x}, {"w", ws[j]}});
+    return cuda::linear_forward_multi(outs, x, ws);
+#else
+    no_cuda(op);
+#endif
+  }
+  for (size_t j = 0; j < ws.size(); j++) linear_forward(*outs[j], x, *ws[j]);
+}
+
 void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
             float beta) {
   const char* op = "matmul";

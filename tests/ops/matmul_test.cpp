@@ -58,6 +58,28 @@ TEST(Linear, ShapeErrorsNameTheArgument) {
   expect_error([&] { linear_forward(y, x, wb); }, ErrorKind::Shape, {"'w' must be F32", "BF16"});
 }
 
+TEST(Linear, MultiWeightsEqualOneCallEach) {
+  // q/k/v-like weights sharing one input: each output as its own linear_forward computes it.
+  Tensor x = randn({3, 40}), wq = randn({48, 40}, 0.1f), wk = randn({16, 40}, 0.1f),
+         wv = randn({16, 40}, 0.1f);
+  Tensor q = Tensor::empty({3, 48}, DType::F32), k = Tensor::empty({3, 16}, DType::F32),
+         v = Tensor::empty({3, 16}, DType::F32);
+  linear_forward_multi({&q, &k, &v}, x, {&wq, &wk, &wv});
+  EXPECT_LT(rel_err(q, ref_linear(x, wq, nullptr)), 1e-5);
+  EXPECT_LT(rel_err(k, ref_linear(x, wk, nullptr)), 1e-5);
+  EXPECT_LT(rel_err(v, ref_linear(x, wv, nullptr)), 1e-5);
+  expect_error(
+      [&] {
+        linear_forward_multi({&q, &k}, x, {&wq});
+      },
+      ErrorKind::Shape, {"linear_forward_multi", "2 outputs and 1 weights"});
+  expect_error(
+      [&] {
+        linear_forward_multi({&q, &k}, x, {&wq, &wq});
+      },
+      ErrorKind::Shape, {"linear_forward", "'out'"});
+}
+
 TEST(Matmul, AllTransposesWithAlphaBeta) {
   for (int64_t M : {45, 1})       // M = 1 takes the GEMV path
     for (int64_t N : {70, 3000})  // 1 x 3000 x 700 (4.2 M flops) splits over threads

@@ -80,5 +80,69 @@ void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, cons
   launch_attention_split(out, q, k, v, a);
 }
 
+namespace {
+
+// Dims of a device-position decode call: q [B, 1, Hq, D], k/v [B, Smax, Hkv, D] (checked).
+AttnDims dims_at(const char* op, const Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v) {
+  require_cuda(out, op, "out");
+  require_cuda(q, op, "q");
+  require_cuda(k, op, "k");
+  require_cuda(v, op, "v");
+  if (q.ndim() != 4 || k.ndim() != 4 || q.size(1) != 1 || v.shape() != k.shape() ||
+      out.shape() != q.shape() || k.size(0) != q.size(0) || k.size(3) != q.size(3) || k.size(2) == 0 ||
+      q.size(2) % k.size(2) != 0)
+    throw_error(ErrorKind::Shape, op,
+                ": need q, out [B, 1, Hq, D] and k, v [B, Smax, Hkv, D] (Hq a multiple of ", "Hkv); got q ",
+                q.describe(), ", k ", k.describe(), ", v ", v.describe(), ", out ", out.describe());
+  if (q.dtype() != k.dtype() || q.dtype() != v.dtype())
+    throw_error(ErrorKind::Unsupported, op, ": q ", q.describe(), ", k ", k.describe(), ", v ", v.describe(),
+                " must share one dtype");
+  require_dtype(q, op, "q", DType::BF16, DType::F32, DType::F16);
+  require_dtype(out, op, "out", DType::BF16, DType::F32, DType::F16);
+  if (!aligned16(k) || !aligned16(v))
+    throw_error(ErrorKind::Unsupported, op, ": k and v must start on 16-byte boundaries (k ", k.describe(),
+                ")");
+  AttnDims a;
+  a.B = checked_int(q.size(0), op);
+  a.T = 1;
+  a.Hq = checked_int(q.size(2), op);
+  a.D = checked_int(q.size(3), op);
+  a.Smax = checked_int(k.size(1), op);
+  a.Hkv = checked_int(k.size(2), op);
+  checked_int(k.numel(), op);
+  a.q_offset = 0;
+  a.kv_len = a.Smax;
+  return a;
+}
+
+}  // namespace
+
+int64_t attention_at_workspace_floats(const Tensor& q, const Tensor& k) {
+  Tensor out = q;
+  AttnDims a = dims_at("attention_at_workspace_floats", out, q, k, k);
+  static const int32_t any_position = 0;
+  a.pos_dev = &any_position;  // the device-position mode's slice count (the pointer is never read here)
+  return attention_split_workspace_floats(a);
+}
+
+void attention_forward_at(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos,
+                          Tensor& workspace) {
+  const char* op = "attention_forward_at";
+  AttnDims a = dims_at(op, out, q, k, v);
+  require_cuda(pos, op, "pos");
+  require_dtype(pos, op, "pos", DType::I32);
+  require_cuda(workspace, op, "workspace");
+  require_dtype(workspace, op, "workspace", DType::F32);
+  if (pos.numel() != 1)
+    throw_error(ErrorKind::Shape, op, ": pos must hold one position, got ", pos.describe());
+  a.pos_dev = pos.data<int32_t>();
+  const int64_t need = attention_split_workspace_floats(a);
+  if (workspace.numel() < need)
+    throw_error(ErrorKind::Shape, op, ": workspace ", workspace.describe(), " has fewer than the ", need,
+                " floats needed (attention_at_workspace_floats)");
+  a.workspace = workspace.data<float>();
+  launch_attention_split(out, q, k, v, a);
+}
+
 }  // namespace cuda
 }  // namespace qtune

@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(TO* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
                            const TI* __restrict__ q, const TI* __restrict__ k, const TI* __restrict__ v,
                            int T, int Hq, int Hkv, int Smax, int q_offset, int kv_len, int groups, int chunk,
-                           float scale_log2) {
+                           float scale_log2, const int* __restrict__ pos_dev) {
   constexpr int BK = kSplitKeys;
   constexpr int VEC = 16 / sizeof(TI);                           // elements per 16-byte load
   constexpr int NVT = BK * D / VEC;                              // 16-byte loads per tile, K and V each
@@ -80,6 +80,11 @@ __global__ void __launch_bounds__(kSplitThreads)
   float* red_s = k_s;                            // [4, R, D] after the last tile
 
   pdl_trigger();
+  if (pos_dev) {  // device-held position: the same split of keys as the host computes from kv_len
+    q_offset = *pos_dev;
+    kv_len = q_offset + T;
+    chunk = ((kv_len + (int)gridDim.y - 1) / (int)gridDim.y + BK - 1) / BK * BK;
+  }
   const int G = Hq / Hkv, GT = G * T;
   const int rg = blockIdx.x % groups, bh = blockIdx.x / groups;
   const int b = bh / Hkv, hkv = bh % Hkv;
@@ -277,18 +282,32 @@ __global__ void attention_combine_kernel(TO* __restrict__ out, const float* __re
   }
 }
 
+// Slices of max_keys keys for the split kernel with R rows per block: enough to give each multiprocessor
+// a few blocks, each slice at least kSplitMinKeys keys. *chunk: keys per slice (a multiple of kSplitKeys).
+// In the device-position mode (one token, a CUDA graph per decode step) slices may be one tile short:
+// a batch-1 step has only B·Hkv row groups, and its attention is latency-bound.
+template <int R>
+int split_count(const AttnDims& a, int max_keys, int* chunk) {
+  const int groups = ceil_div((a.Hq / a.Hkv) * a.T, R);
+  const int base_blocks = a.B * a.Hkv * groups;
+  const int min_keys = a.pos_dev ? kSplitKeys : kSplitMinKeys;
+  int nsplit =
+      std::max(1, std::min(ceil_div(4 * context().num_sms, base_blocks), ceil_div(max_keys, min_keys)));
+  *chunk = ceil_div(ceil_div(max_keys, nsplit), kSplitKeys) * kSplitKeys;
+  return ceil_div(max_keys, *chunk);
+}
+
 template <class TI, class TO, int D, int R>
 void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const AttnDims& a) {
   CudaContext& ctx = context();
   const int G = a.Hq / a.Hkv, GT = G * a.T;
   const int groups = ceil_div(GT, R);
   const int base_blocks = a.B * a.Hkv * groups;
-  const int max_keys = std::min(a.kv_len, a.q_offset + a.T);
-  // Enough slices to give each multiprocessor a few blocks, each slice at least kSplitMinKeys keys.
-  int nsplit =
-      std::max(1, std::min(ceil_div(4 * ctx.num_sms, base_blocks), ceil_div(max_keys, kSplitMinKeys)));
-  int chunk = ceil_div(ceil_div(max_keys, nsplit), kSplitKeys) * kSplitKeys;
-  nsplit = ceil_div(max_keys, chunk);
+  // Device-held position: slices for the longest cache (Smax); the kernel sizes them from the position,
+  // and trailing slices may be empty.
+  const int max_keys = a.pos_dev ? a.Smax : std::min(a.kv_len, a.q_offset + a.T);
+  int chunk = 0;
+  const int nsplit = split_count<R>(a, max_keys, &chunk);
   size_t smem = split_smem_bytes(R, D);
   auto kernel = attention_split_kernel<TI, TO, D, R>;
   if (smem > 48 * 1024) {
@@ -298,21 +317,26 @@ void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Ten
     QT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   }
   const int rows = a.B * a.Hkv * GT;
-  Tensor part_o, part_ml;
-  if (nsplit > 1) {
-    part_o = Tensor::empty({nsplit, rows, D}, DType::F32, Device::CUDA);
-    part_ml = Tensor::empty({nsplit, rows, 2}, DType::F32, Device::CUDA);
+  Tensor part_o_t, part_ml_t;  // [nsplit, rows, D], [nsplit, rows, 2]
+  float *part_o = nullptr, *part_ml = nullptr;
+  if (nsplit > 1 && a.workspace) {
+    part_o = a.workspace;
+    part_ml = a.workspace + (int64_t)nsplit * rows * D;
+  } else if (nsplit > 1) {
+    part_o_t = Tensor::empty({nsplit, rows, D}, DType::F32, Device::CUDA);
+    part_ml_t = Tensor::empty({nsplit, rows, 2}, DType::F32, Device::CUDA);
+    part_o = part_o_t.data<float>();
+    part_ml = part_ml_t.data<float>();
   }
   float scale_log2 = kLog2e / std::sqrt((float)D);
   dim3 grid(base_blocks, nsplit);
   kernel<<<grid, kSplitThreads, smem, ctx.stream>>>(
-      out.data<TO>(), nsplit > 1 ? part_o.data<float>() : nullptr,
-      nsplit > 1 ? part_ml.data<float>() : nullptr, q.data<TI>(), k.data<TI>(), v.data<TI>(), a.T, a.Hq,
-      a.Hkv, a.Smax, a.q_offset, a.kv_len, groups, chunk, scale_log2);
+      out.data<TO>(), part_o, part_ml, q.data<TI>(), k.data<TI>(), v.data<TI>(), a.T, a.Hq, a.Hkv, a.Smax,
+      a.q_offset, a.kv_len, groups, chunk, scale_log2, a.pos_dev);
   QT_CUDA_CHECK_LAUNCH("attention_split_kernel");
   if (nsplit > 1) {
     attention_combine_kernel<TO><<<rows, std::min(D, 128), 0, ctx.stream>>>(
-        out.data<TO>(), part_o.data<float>(), part_ml.data<float>(), nsplit, rows, a.T, a.Hq, a.Hkv, D);
+        out.data<TO>(), part_o, part_ml, nsplit, rows, a.T, a.Hq, a.Hkv, D);
     QT_CUDA_CHECK_LAUNCH("attention_combine_kernel");
   }
 }
@@ -343,6 +367,15 @@ void launch_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v
 }
 
 }  // namespace
+
+int64_t attention_split_workspace_floats(const AttnDims& a) {
+  int chunk = 0;
+  const bool small = (a.Hq / a.Hkv) * a.T <= 4;  // as launch_split picks R
+  int nsplit = small ? split_count<4>(a, a.Smax, &chunk) : split_count<8>(a, a.Smax, &chunk);
+  if (nsplit <= 1) return 0;
+  const int64_t rows = (int64_t)a.B * a.Hq * a.T;
+  return (int64_t)nsplit * rows * (a.D + 2);
+}
 
 void launch_attention_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                             const AttnDims& a) {

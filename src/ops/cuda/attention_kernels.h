@@ -8,6 +8,10 @@ namespace cuda {
 
 struct AttnDims {
   int B, T, Hq, Hkv, D, Smax, q_offset, kv_len;
+  // Decode at a device-held position (attention_forward_at): q_offset = *pos_dev, kv_len = q_offset + T,
+  // read by the kernel; the slice count depends on Smax alone and the partials live in `workspace`.
+  const int* pos_dev = nullptr;
+  float* workspace = nullptr;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -20,6 +24,8 @@ void launch_attention_prefill(Tensor& out, const Tensor& q, const Tensor& k, con
 // Any float dtypes, D in 8/16/32/64/96/128/256 (else Unsupported); k, v 16-byte aligned.
 void launch_attention_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v,
                             const AttnDims& a);
+// Floats of workspace the split kernel needs in the device-position mode (0: a single slice).
+int64_t attention_split_workspace_floats(const AttnDims& a);
 
 }  // namespace cuda
 }  // namespace qtune

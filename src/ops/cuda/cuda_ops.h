@@ -45,11 +45,28 @@ void attention_forward(Tensor& out, const Tensor& q, const Tensor& k, const Tens
 void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, int64_t q_offset,
                              int64_t kv_len, bool force_split);
 
+// Decode of one token per sequence at a position held on the device (pos I32 [1], the same for every
+// sequence): nothing the host passes depends on the position, so a CUDA graph captured once replays at
+// every position. q_offset = pos, kv_len = pos + 1; q, out [B, 1, Hq, D]; k, v [B, Smax, Hkv, D]. The
+// split-K slice count depends on Smax only; workspace F32 with at least attention_at_workspace_floats()
+// elements holds the slices' partials.
+int64_t attention_at_workspace_floats(const Tensor& q, const Tensor& k);
+void attention_forward_at(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos,
+                          Tensor& workspace);
+// Batch 1, one token at the device-held position p = pos[0]: RoPE (as rope_forward) on q [1, Hq, D] in
+// place and on k_new [1, Hkv, D] into cache row p of k_cache [1, Smax, Hkv, D]; v_new [1, Hkv, D] copied
+// to row p of v_cache. One launch for what is otherwise two RoPE launches and the cache writes.
+void rope_kv_write_at(Tensor& q, const Tensor& k_new, const Tensor& v_new, Tensor& k_cache, Tensor& v_cache,
+                      const Tensor& pos, const Tensor& inv_freq);
+
 // out[N, F] = silu(gate) * up.
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
 
 // x += y (same element count and dtype).
 void add_inplace(Tensor& x, const Tensor& y);
+// x[N, C] += y, then out[N, C] = rmsnorm(x) * weight[C], one launch; equals add_inplace followed by
+// rmsnorm_forward bit for bit. x, y, out share a dtype.
+void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, float eps);
 
 // out = in converted to out's dtype (F32/BF16/F16), same element count.
 void convert(Tensor& out, const Tensor& in);

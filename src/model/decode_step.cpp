@@ -1,0 +1,165 @@
+// DecodeStep (decode_step.h): persistent buffers, the step's launches, and its CUDA-graph capture.
+#include "model/decode_step.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "ops/ops.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "ops/cuda/cuda_graph.h"
+#include "ops/cuda/cuda_ops.h"
+#endif
+
+namespace qtune {
+
+namespace {
+
+bool plain(const Linear& lin) {
+  return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
+}
+
+}  // namespace
+
+#ifdef QTUNE_HAVE_CUDA
+struct DecodeStep::Graph {
+  cuda::CudaGraph g;
+};
+#else
+struct DecodeStep::Graph {};
+#endif
+
+bool DecodeStep::supported(const LlamaModel& model, const KVCache& cache) {
+#ifdef QTUNE_HAVE_CUDA
+  if (model.device() != Device::CUDA || cache.batch() != 1 ||
+      cache.layers() != model.config().num_hidden_layers)
+    return false;
+  if (model.activation_dtype() != DType::BF16 || model.config().head_dim % 2 != 0) return false;
+  if (!plain(model.lm_head())) return false;
+  for (const LlamaLayer& L : model.layers())
+    for (const Linear* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      if (!plain(*lin)) return false;
+  return true;
+#else
+  (void)model;
+  (void)cache;
+  return false;
+#endif
+}
+
+DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, bool fuse_add_norm)
+    : model_(model), cache_(cache), use_graph_(use_graph), fuse_add_norm_(fuse_add_norm) {
+  if (!supported(model, cache))
+    throw_error(ErrorKind::Unsupported,
+                "DecodeStep: needs a CUDA model with dense Linears and a batch-1 cache");
+  const ModelConfig& c = model.config();
+  const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const DType act = model.activation_dtype();
+  const Device dev = Device::CUDA;
+  io_ = Tensor::zeros({2}, DType::I32, dev);
+  ids_ = io_.slice0(0, 1).reshape({1, 1});  // [1, 1]
+  pos_ = io_.slice0(1, 1);                  // [1]
+  x_ = Tensor::empty({1, C}, act, dev);     // residual stream
+  h_ = Tensor::empty({1, C}, act, dev);
+  q_ = Tensor::empty({1, Hq * D}, act, dev);
+  k_ = Tensor::empty({1, Hkv * D}, act, dev);
+  v_ = Tensor::empty({1, Hkv * D}, act, dev);
+  att_ = Tensor::empty({1, Hq * D}, act, dev);
+  proj_ = Tensor::empty({1, C}, act, dev);
+  g_ = Tensor::empty({1, F}, act, dev);
+  u_ = Tensor::empty({1, F}, act, dev);
+  a_ = Tensor::empty({1, F}, act, dev);
+  hn_ = Tensor::empty({1, C}, act, dev);
+  logits_ = Tensor::empty({1, V}, DType::F32, dev);
+  graph_ = std::make_unique<Graph>();
+#ifdef QTUNE_HAVE_CUDA
+  int64_t wsf = cuda::attention_at_workspace_floats(q_.reshape({1, 1, Hq, D}), cache.k(0));
+  ws_ = Tensor::empty({std::max<int64_t>(wsf, 1)}, DType::F32, dev);
+#endif
+}
+
+DecodeStep::~DecodeStep() = default;
+
+bool DecodeStep::graph_active() const {
+#ifdef QTUNE_HAVE_CUDA
+  return graph_ && graph_->g.ready();
+#else
+  return false;
+#endif
+}
+
+void DecodeStep::launch_step() {
+#ifdef QTUNE_HAVE_CUDA
+  const ModelConfig& c = model_.config();
+  const int64_t Hq = c.num_attention_heads, D = c.head_dim;
+  const float eps = (float)c.rms_norm_eps;
+  Tensor q3 = q_.reshape({1, Hq, D}), q4 = q_.reshape({1, 1, Hq, D}), att4 = att_.reshape({1, 1, Hq, D});
+  const std::vector<LlamaLayer>& layers = model_.layers();
+  // x += proj, then h = rmsnorm(x) * w: one launch (add_rmsnorm) or two.
+  auto add_norm = [&](Tensor& h, const Tensor& w) {
+    if (fuse_add_norm_) {
+      cuda::add_rmsnorm(x_, proj_, h, w, eps);
+    } else {
+      add_inplace(x_, proj_);
+      rmsnorm_forward(h, x_, w, eps);
+    }
+  };
+  rmsnorm_forward(h_, x_, layers[0].input_norm, eps);  // x_ holds the token's embedding (run())
+  for (int l = 0; l < c.num_hidden_layers; l++) {
+    const LlamaLayer& L = layers[l];
+    Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
+    linear_forward_multi({&q_, &k_, &v_}, h_, {&L.q.weight, &L.k.weight, &L.v.weight});
+    cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
+    cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
+    linear_forward(proj_, att_, L.o.weight);
+    add_norm(h_, L.post_norm);
+    linear_forward_multi({&g_, &u_}, h_, {&L.gate.weight, &L.up.weight});
+    swiglu_forward(a_, g_, u_);
+    linear_forward(proj_, a_, L.down.weight);
+    if (l + 1 < c.num_hidden_layers)
+      add_norm(h_, layers[l + 1].input_norm);
+    else
+      add_norm(hn_, model_.final_norm());
+  }
+  linear_forward(logits_, hn_, model_.lm_head().weight);
+#endif
+}
+
+const Tensor& DecodeStep::run(int32_t token, int64_t pos) {
+  const ModelConfig& c = model_.config();
+  if (token < 0 || token >= c.vocab_size)
+    throw_error(ErrorKind::Shape, "DecodeStep: token id ", token, " is outside the vocabulary [0, ",
+                c.vocab_size, ")");
+  if (pos < 0 || pos >= cache_.max_seq())
+    throw_error(ErrorKind::Shape, "DecodeStep: position ", pos, " is outside the KV cache of ",
+                cache_.max_seq(), " positions");
+  if (c.sliding_window > 0 && pos + 1 > c.sliding_window)
+    throw_error(ErrorKind::Unsupported, "DecodeStep: position ", pos, " is past the sliding window (",
+                c.sliding_window, ") and sliding-window attention is not implemented");
+#ifdef QTUNE_HAVE_CUDA
+  host_io_[0] = token;
+  host_io_[1] = (int32_t)pos;
+  cuda::copy_to_device_async(io_.raw(), host_io_, sizeof(host_io_));
+  // The embedding row, outside the graph: embedding_forward checks ids with a host sync, which a
+  // capture cannot hold; the token was checked above and a row copy needs no kernel.
+  const Tensor& embed = model_.embed_tokens();
+  if (embed.dtype() == x_.dtype())
+    cuda::copy_device_async(x_.raw(), embed.slice0(token, 1).raw(), x_.nbytes());
+  else
+    embedding_forward(x_, ids_, embed);
+  if (use_graph_ && !graph_->g.ready() && err_.empty() && runs_ >= 1) {
+    if (!graph_->g.capture([this] { launch_step(); })) {
+      err_ = graph_->g.error();
+      if (err_.empty()) err_ = "capture failed";
+    }
+  }
+  if (graph_->g.ready())
+    graph_->g.launch();
+  else
+    launch_step();
+  runs_++;
+#endif
+  return logits_;
+}
+
+}  // namespace qtune

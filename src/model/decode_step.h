@@ -1,0 +1,60 @@
+// DecodeStep: the batch-1, one-token decode step of a LlamaModel on CUDA, with every buffer allocated
+// once and the token's position read by the kernels from device memory, so the whole step (32 layers of
+// norm, fused q/k/v GEMV, RoPE + cache write, split-K attention, o GEMV, residual, norm, fused gate/up
+// GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA graph and replayed
+// at every position. The first step runs eagerly (it also loads the kernels); the second captures.
+// Each residual add shares its launch with the RMSNorm after it (add_rmsnorm): 10 launches per layer.
+// Graph and eager steps launch the same kernels with the same arguments: their logits are identical.
+//
+//   if (DecodeStep::supported(model, cache)) {
+//     DecodeStep step(model, cache);
+//     const Tensor& logits = step.run(token, pos);   // F32 [1, V] on the GPU, valid until the next run
+//   }
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+#include "model/kv_cache.h"
+#include "model/llama_model.h"
+
+namespace qtune {
+
+class DecodeStep {
+ public:
+  // True for a CUDA model with a batch-1 cache whose decoder and lm_head Linears are all dense (no
+  // quantized weight, bias or adapter: those keep LlamaModel::forward's path).
+  static bool supported(const LlamaModel& model, const KVCache& cache);
+
+  // model and cache must outlive the step. use_graph false: always eager launches (for tests).
+  // fuse_add_norm false: separate residual-add and RMSNorm launches (for A/B measurements; same logits).
+  DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph = true, bool fuse_add_norm = true);
+  ~DecodeStep();
+  DecodeStep(const DecodeStep&) = delete;
+  DecodeStep& operator=(const DecodeStep&) = delete;
+
+  // Runs token at position pos (cache rows [0, pos) hold the earlier tokens; row pos is written).
+  // Returns F32 logits [1, V] on the GPU, overwritten by the next run.
+  const Tensor& run(int32_t token, int64_t pos);
+
+  bool graph_active() const;                               // the last run replayed the graph
+  const std::string& graph_error() const { return err_; }  // why capture failed, if it did
+
+ private:
+  void launch_step();  // queues the whole step (eagerly, or into a capture)
+
+  const LlamaModel& model_;
+  KVCache& cache_;
+  bool use_graph_, fuse_add_norm_;
+  int runs_ = 0;
+  std::string err_;
+  int32_t host_io_[2] = {0, 0};
+  Tensor io_;  // I32 [2] on the GPU: token, position
+  Tensor ids_, pos_;
+  Tensor x_, h_, q_, k_, v_, att_, proj_, g_, u_, a_, hn_, logits_, ws_;
+  struct Graph;
+  std::unique_ptr<Graph> graph_;
+};
+
+}  // namespace qtune

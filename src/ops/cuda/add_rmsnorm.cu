@@ -1,0 +1,75 @@
+// add_rmsnorm: the residual add and the next RMSNorm of a decoder block in one launch,
+//   x[n, :] += y[n, :] (rounded to x's dtype, as add_inplace),  out[n, :] = rmsnorm(x[n, :]) * weight,
+// with rmsnorm_kernel's arithmetic (same thread count, same f32 sum order over the rounded x), so the
+// result equals add_inplace followed by rmsnorm_forward bit for bit. At batch 1 each launch costs more
+// than its few kilobytes of traffic, and a decode step has two of these per layer.
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_ops.h"
+#include "ops/cuda/device_util.cuh"
+
+namespace qtune {
+namespace cuda {
+
+namespace {
+
+template <class T, class TW>
+__global__ void add_rmsnorm_kernel(T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
+                                   const TW* __restrict__ w, int C, float eps) {
+  __shared__ float partial[32];
+  __shared__ float rstd_s;
+  pdl_trigger();                         // a following GEMV may start launching (it waits before loads)
+  T* row = x + (int64_t)blockIdx.x * C;  // [C]
+  const T* yrow = y + (int64_t)blockIdx.x * C;
+  T* orow = out + (int64_t)blockIdx.x * C;
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < C; c += blockDim.x) {
+    T s = from_f32<T>(to_f32(row[c]) + to_f32(yrow[c]));
+    row[c] = s;
+    float v = to_f32(s);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = blockDim.x / 32;
+    float v = lane < nw ? partial[lane] : 0.0f;
+    v = warp_sum(v);
+    if (lane == 0) rstd_s = rsqrtf(v / (float)C + eps);
+  }
+  __syncthreads();
+  float rstd = rstd_s;
+  for (int c = threadIdx.x; c < C; c += blockDim.x)  // the elements this thread wrote above
+    orow[c] = from_f32<T>(to_f32(row[c]) * rstd * to_f32(w[c]));
+}
+
+}  // namespace
+
+void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, float eps) {
+  const char* op = "add_rmsnorm";
+  require_cuda(x, op, "x");
+  require_cuda(y, op, "y");
+  require_cuda(out, op, "out");
+  require_cuda(weight, op, "weight");
+  if (x.ndim() < 1) throw_error(ErrorKind::Shape, op, ": x must be [N, C], got ", x.describe());
+  const int64_t C = x.size(-1);
+  if (y.numel() != x.numel() || out.numel() != x.numel() || weight.numel() != C || y.dtype() != x.dtype() ||
+      out.dtype() != x.dtype())
+    throw_error(ErrorKind::Shape, op, ": x ", x.describe(), ", y ", y.describe(), ", out ", out.describe(),
+                " and weight ", weight.describe(), " must agree (x, y, out alike; weight [C])");
+  if (C == 0) return;
+  const int N = checked_int(x.numel() / C, op);
+  if (N == 0) return;
+  const int threads = C >= 4096 ? 512 : (C >= 1024 ? 256 : 128);  // as rmsnorm_forward
+  QT_DISPATCH_FLOAT(x.dtype(), op, T, {
+    QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {
+      add_rmsnorm_kernel<T, TW><<<N, threads, 0, stream()>>>(x.data<T>(), y.data<T>(), out.data<T>(),
+                                                             weight.data<TW>(), (int)C, eps);
+    });
+  });
+  QT_CUDA_CHECK_LAUNCH("add_rmsnorm_kernel");
+}
+
+}  // namespace cuda
+}  // namespace qtune
