@@ -1,5 +1,5 @@
-// Lexer and expression parser of the Jinja subset that chat templates use (train/chat_template.h
-// lists it). Internal to train/: chat_template.cpp evaluates the trees built here.
+// Template chunking, lexer and expression parser of the Jinja subset that chat templates use
+// (train/chat_template.h lists it). Internal to train/: chat_template.cpp evaluates the trees built here.
 #pragma once
 #include <algorithm>
 #include <memory>
@@ -11,6 +11,16 @@
 namespace qtune::jinja {
 
 [[noreturn]] void fail(const std::string& ctx, const std::string& msg);
+
+// The template cut into text, {{ expression }} and {% statement %} chunks, with transformers' Jinja
+// settings: "-" strips whitespace beside a tag, trim_blocks drops the newline after a block or comment
+// tag, lstrip_blocks drops the blanks before one at the start of a line. Comments vanish.
+enum class ChunkKind { Text, Expr, Stmt };
+struct Chunk {
+  ChunkKind kind;
+  std::string src;  // the text, or the tag's inside
+};
+std::vector<Chunk> split_chunks(const std::string& tmpl, const std::string& ctx);
 
 enum class Tk { Name, Str, Int, Float, Op, End };
 struct Token {

@@ -64,6 +64,15 @@ void ProgressBar::update(const LogRow& r) {
   drawn_ = true;
 }
 
+std::string ProgressBar::status(const LogRow& r) const {
+  const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const int64_t done = r.step - first_;
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "mem %.0f MiB  ETA %s", resident_mib(),
+                hms(done > 0 ? el / done * (total_ - r.step) : -1).c_str());
+  return buf;
+}
+
 void ProgressBar::line(const std::string& s) {
   if (!enabled_) return;
   if (drawn_) std::fprintf(stderr, "\r\033[K");

@@ -18,6 +18,8 @@ class ProgressBar {
   void update(const LogRow& r);
   // A permanent line (logging steps, eval results), printed above the bar.
   void line(const std::string& s);
+  // "mem 180 MiB  ETA 00:42" after step r.step.
+  std::string status(const LogRow& r) const;
   void finish();
 
  private:

@@ -273,7 +273,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
       char buf[256];
       std::snprintf(buf, sizeof buf, "step %ld/%ld  loss %.4f  lr %.3e  grad_norm %.3f  %.0f tok/s",
                     (long)st.global_step, (long)total, row.loss, lr, gnorm, row.tokens_per_s);
-      std::string s = buf;
+      std::string s = buf + ("  " + bar.status(row));
       if (row.eval_loss >= 0) {
         std::snprintf(buf, sizeof buf, "  eval_loss %.4f", row.eval_loss);
         s += buf;
