@@ -1,11 +1,13 @@
 // CUDA optimizer kernels: the same updates as optim/cpu/adam_kernels.cpp with the same f32 rounding, step
 // by step (__fmul_rn / __fadd_rn / __fdiv_rn / __fsqrt_rn never contract; __fmaf_rn where the CPU kernel,
-// like torch, fuses), so a CUDA step equals the CPU step bit for bit. 8-bit kernels: one thread block per
-// 256-value state block: dequantize (code[q]·absmax), update, absmax by a block max reduction, requantize
-// through the same 65536-entry lookup table as bitsandbytes' CPU kernel (quant/blockwise8.h).
+// like torch, fuses), so a CUDA step equals the CPU step bit for bit. 8-bit kernels: dequantize
+// (code[q]·absmax), update, absmax of the block, requantize through the same 65536-entry lookup table as
+// bitsandbytes' CPU kernel (quant/blockwise8.h); blocks of 256 go one warp per block (8 values per lane,
+// vector loads, shuffle max), other block sizes and a partial last block one thread block per state block.
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 
 #include "core/error.h"
 #include "optim/cuda/optim_cuda.h"
@@ -152,6 +154,76 @@ __global__ void bnb8_kernel(float* p, const float* g, uint8_t* q1, float* absmax
   }
 }
 
+// The fast path for blocksize 256: one warp per state block, 8 consecutive values per lane (vector
+// loads), the block max by warp shuffles alone. Same arithmetic as bnb8_kernel.
+template <bool kLion>
+__global__ void bnb8_warp_kernel(float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
+                                 float* absmax2, int64_t nblocks, const float* code1, const float* code2,
+                                 const uint8_t* lut1, const uint8_t* lut2, Scalars s) {
+  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (blk >= nblocks) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t base = blk * 256 + lane * 8;
+  float pv[8], gv[8], s1[8], s2[8];
+  *(float4*)&pv[0] = *(const float4*)(p + base);
+  *(float4*)&pv[4] = *(const float4*)(p + base + 4);
+  *(float4*)&gv[0] = *(const float4*)(g + base);
+  *(float4*)&gv[4] = *(const float4*)(g + base + 4);
+  uint2 c1 = *(const uint2*)(q1 + base), c2 = kLion ? make_uint2(0, 0) : *(const uint2*)(q2 + base);
+  const uint8_t* b1 = (const uint8_t*)&c1;
+  const uint8_t* b2 = (const uint8_t*)&c2;
+  const float am1 = absmax1[blk];
+  const float am2 = kLion ? 0.0f : absmax2[blk];
+  float mx1 = 0.0f, mx2 = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const float gi = gv[k];
+    float m = __fmul_rn(code1[b1[k]], am1);
+    float pi = pv[k];
+    if (s.do_decay) pi = __fmul_rn(pi, s.decay);
+    if (kLion) {
+      pi = __fadd_rn(pi, __fmul_rn(s.a, sign_f(__fadd_rn(__fmul_rn(m, s.b1), __fmul_rn(gi, s.w1)))));
+      m = __fmaf_rn(s.w2, gi, __fmul_rn(m, s.b2));
+    } else {
+      float v = __fmul_rn(code2[b2[k]], am2);
+      m = __fmaf_rn(s.w1, gi, __fmul_rn(m, s.b1));
+      v = __fmaf_rn(__fmul_rn(s.w2, gi), gi, __fmul_rn(v, s.b2));
+      const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.a), s.eps);
+      pi = __fadd_rn(pi, __fmul_rn(s.b, __fdiv_rn(m, denom)));
+      s2[k] = v;
+      mx2 = fmaxf(mx2, fabsf(v));
+    }
+    pv[k] = pi;
+    s1[k] = m;
+    mx1 = fmaxf(mx1, fabsf(m));
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o));
+    if (!kLion) mx2 = fmaxf(mx2, __shfl_xor_sync(0xffffffffu, mx2, o));
+  }
+  const float inv1 = mx1 == 0.0f ? 0.0f : __fdiv_rn(1.0f, mx1);
+  const float inv2 = mx2 == 0.0f ? 0.0f : __fdiv_rn(1.0f, mx2);
+  uint8_t* o1 = (uint8_t*)&c1;
+  uint8_t* o2 = (uint8_t*)&c2;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    o1[k] = mx1 == 0.0f ? 0 : lut_code(s1[k], inv1, lut1);
+    if (!kLion) o2[k] = mx2 == 0.0f ? 0 : lut_code(s2[k], inv2, lut2);
+  }
+  *(float4*)(p + base) = *(float4*)&pv[0];
+  *(float4*)(p + base + 4) = *(float4*)&pv[4];
+  *(uint2*)(q1 + base) = c1;
+  if (!kLion) *(uint2*)(q2 + base) = c2;
+  if (lane == 0) {
+    absmax1[blk] = mx1;
+    if (!kLion) absmax2[blk] = mx2;
+  }
+}
+
+bool aligned(const void* ptr, int bytes) {
+  return ptr == nullptr || ((uintptr_t)ptr % bytes) == 0;
+}
+
 int grid_for(int64_t n) {
   return (int)std::min<int64_t>((n + kThreads - 1) / kThreads, 65535);
 }
@@ -221,12 +293,33 @@ void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* abs
             lion ? (float)(-h.lr) : (float)c2,
             (float)(-h.lr / c1),
             h.weight_decay > 0.0};
-  if (lion)
-    bnb8_kernel<true><<<(unsigned)blocks, kThreads>>>(p, g, q1, absmax1, nullptr, nullptr, n, (int)blocksize,
-                                                      map1.code, nullptr, map1.lut, nullptr, s);
-  else
-    bnb8_kernel<false><<<(unsigned)blocks, kThreads>>>(p, g, q1, absmax1, q2, absmax2, n, (int)blocksize,
-                                                       map1.code, map2.code, map1.lut, map2.lut, s);
+  // Full 256-blocks through the warp kernel when the pointers allow vector access; the rest (a partial
+  // last block, other block sizes) through the general kernel.
+  int64_t done_blocks = 0;
+  if (blocksize == 256 && aligned(p, 16) && aligned(g, 16) && aligned(q1, 8) && aligned(q2, 8)) {
+    done_blocks = n / 256;
+    if (done_blocks > 0) {
+      const unsigned grid = (unsigned)((done_blocks + 7) / 8);
+      if (lion)
+        bnb8_warp_kernel<true><<<grid, kThreads>>>(p, g, q1, absmax1, nullptr, nullptr, done_blocks,
+                                                   map1.code, nullptr, map1.lut, nullptr, s);
+      else
+        bnb8_warp_kernel<false><<<grid, kThreads>>>(p, g, q1, absmax1, q2, absmax2, done_blocks, map1.code,
+                                                    map2.code, map1.lut, map2.lut, s);
+    }
+  }
+  const int64_t off = done_blocks * blocksize;
+  if (done_blocks < blocks) {
+    const unsigned rest = (unsigned)(blocks - done_blocks);
+    if (lion)
+      bnb8_kernel<true><<<rest, kThreads>>>(p + off, g + off, q1 + off, absmax1 + done_blocks, nullptr,
+                                            nullptr, n - off, (int)blocksize, map1.code, nullptr, map1.lut,
+                                            nullptr, s);
+    else
+      bnb8_kernel<false><<<rest, kThreads>>>(p + off, g + off, q1 + off, absmax1 + done_blocks, q2 + off,
+                                             absmax2 + done_blocks, n - off, (int)blocksize, map1.code,
+                                             map2.code, map1.lut, map2.lut, s);
+  }
   check(cudaGetLastError(), "bnb8_step_cuda");
 }
 

@@ -78,7 +78,14 @@ TEST(OptimCuda, StepTime256M) {
     ParamGroup g;
     g.weight_decay = 0.01;
     Tensor p = Tensor::zeros({n}, DType::F32, Device::CUDA);
-    Tensor gr = Tensor::zeros({n}, DType::F32, Device::CUDA);
+    // Non-zero gradients (an all-zero state block would skip the requantization).
+    Tensor host = Tensor::empty({n}, DType::F32);
+    uint32_t x = 12345;
+    for (int64_t i = 0; i < n; ++i) {
+      x = x * 1664525u + 1013904223u;
+      host.data<float>()[i] = ((int32_t)(x >> 8) - (1 << 23)) * (1e-2f / (1 << 23));
+    }
+    Tensor gr = host.to(Device::CUDA);
     g.params.push_back({"w", p, gr});
     Optimizer opt(OptimizerConfig::defaults(kind), {g});
     opt.step(1e-3);  // states, maps
@@ -89,9 +96,9 @@ TEST(OptimCuda, StepTime256M) {
     cudaDeviceSynchronize();
     const double ms =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
-    // Bytes per element: f32 AdamW reads p, g, m, v and writes p, m, v (28); 8-bit reads p, g, 2 codes and
-    // writes p and 2 codes (20), absmax negligible.
-    const double bytes = (kind == OptimizerKind::AdamW ? 28.0 : 20.0) * n;
+    // Bytes per element: f32 AdamW reads p, g, m, v and writes p, m, v (28); 8-bit reads p, g and 2 codes
+    // and writes p and 2 codes (16), absmax negligible.
+    const double bytes = (kind == OptimizerKind::AdamW ? 28.0 : 16.0) * n;
     std::printf("%s 256M params: %.2f ms/step, %.0f GB/s\n", optimizer_kind_name(kind), ms, bytes / ms / 1e6);
   }
 }
