@@ -29,6 +29,10 @@ float round_to(DType dt, float f) {
 // The 16 dequantized weight values of one block: cd(orig(code[c] * absmax)).
 void block_table(const Quant4Linear& w, float absmax, float* lut) {
   const float* code = code4(w.q.quant_type);
+  if (w.compute_dtype == DType::F32 && w.q.dtype == DType::F32) {
+    for (int c = 0; c < 16; c++) lut[c] = code[c] * absmax;
+    return;
+  }
   for (int c = 0; c < 16; c++) lut[c] = round_to(w.compute_dtype, round_to(w.q.dtype, code[c] * absmax));
 }
 
@@ -58,6 +62,15 @@ void dequant_rows(const Quant4Linear& w, int64_t o0, int64_t rows, int64_t I, fl
     const int64_t base = (o0 + r) * I;
     float* dst = buf + r * I;
     for_row_segments(w, o0 + r, I, [&](int64_t pos, int64_t end, const float* lut) {
+      if (pos % 2 == 0 && end % 2 == 0) {  // byte-aligned run: two weights per byte
+        const uint8_t* pb = packed + pos / 2;
+        float* d = dst + (pos - base);
+        for (int64_t j = 0, nb = (end - pos) / 2; j < nb; j++) {
+          d[2 * j] = lut[pb[j] >> 4];
+          d[2 * j + 1] = lut[pb[j] & 15];
+        }
+        return;
+      }
       for (int64_t p = pos; p < end; p++) dst[p - base] = lut[nibble(packed, p)];
     });
   }
@@ -137,7 +150,25 @@ void quant4_linear_forward(Tensor& out, const Tensor& x, const Quant4Linear& w, 
     for (int64_t i = 0; i < N * I; i++) xr[(size_t)i] = round_to(cd, xp[i]);
     xp = xr.data();
   }
-  if (N <= 4) {
+  if (N == 1 && I % 2 == 0) {
+    // Fused GEMV, one row: rows and blocks start on byte boundaries (I and the block size are even), so
+    // each packed byte gives two weights, looked up in the block's 16-entry table.
+#pragma omp parallel for schedule(static) if (O * I >= (1 << 15))
+    for (int64_t o = 0; o < O; o++) {
+      float acc0 = 0.0f, acc1 = 0.0f;
+      const int64_t base = o * I;
+      for_row_segments(w, o, I, [&](int64_t pos, int64_t end, const float* lut) {
+        const uint8_t* pb = packed + pos / 2;  // [(end - pos) / 2]
+        const float* xs = xp + (pos - base);   // [end - pos]
+        for (int64_t j = 0, nb = (end - pos) / 2; j < nb; j++) {
+          const uint8_t b = pb[j];
+          acc0 += lut[b >> 4] * xs[2 * j];
+          acc1 += lut[b & 15] * xs[2 * j + 1];
+        }
+      });
+      y[o] = acc0 + acc1;
+    }
+  } else if (N <= 4) {
     // Fused GEMV: each packed byte is read once for all N rows of x.
 #pragma omp parallel for schedule(static) if (O * I >= (1 << 15))
     for (int64_t o = 0; o < O; o++) {

@@ -57,22 +57,23 @@ TEST(QuantLinear, DequantizedWeightEqualsDequantize4bitRounded) {
 
 TEST(QuantLinear, Forward4bitMatchesFloat64OnBothPaths) {
   std::mt19937 g(2);
-  for (int64_t N : {1, 2, 4, 5, 37})
-    for (int64_t bs : {32, 64, 256}) {
-      const int64_t O = 70, I = 96;
-      Tensor w = randn({O, I}, g), x = randn({N, I}, g), b = randn({O}, g);
-      auto l = quantize_linear_4bit(w, QuantType::NF4, bs, bs == 64, DType::F32);
-      Linear lin;
-      lin.q4 = l;
-      lin.bias = b;
-      Tensor y = Tensor::empty({N, O}, DType::F32);
-      lin.forward(y, x);
-      std::vector<float> want =
-          ref_linear(x.to_f32_vector(), quant4_linear_dense(*l).to_f32_vector(), b.to_f32_vector(), N, O, I);
-      EXPECT_LT(rel_err(y.to_f32_vector(), want), 1e-6) << "N " << N << " blocksize " << bs;
-      EXPECT_EQ(lin.out_features(), O);
-      EXPECT_EQ(lin.in_features(), I);
-    }
+  for (int64_t I : {96, 75})  // odd I: blocks and rows start mid-byte (the generic paths)
+    for (int64_t N : {1, 2, 4, 5, 37})
+      for (int64_t bs : {32, 64, 256}) {
+        const int64_t O = 70;
+        Tensor w = randn({O, I}, g), x = randn({N, I}, g), b = randn({O}, g);
+        auto l = quantize_linear_4bit(w, QuantType::NF4, bs, bs == 64, DType::F32);
+        Linear lin;
+        lin.q4 = l;
+        lin.bias = b;
+        Tensor y = Tensor::empty({N, O}, DType::F32);
+        lin.forward(y, x);
+        std::vector<float> want = ref_linear(x.to_f32_vector(), quant4_linear_dense(*l).to_f32_vector(),
+                                             b.to_f32_vector(), N, O, I);
+        EXPECT_LT(rel_err(y.to_f32_vector(), want), 1e-6) << "N " << N << " I " << I << " blocksize " << bs;
+        EXPECT_EQ(lin.out_features(), O);
+        EXPECT_EQ(lin.in_features(), I);
+      }
 }
 
 TEST(QuantLinear, Int8ForwardMatchesFloat64Decomposition) {
