@@ -3,6 +3,7 @@
 #include "peft/lora_model.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <regex>
 #include <set>
@@ -11,6 +12,7 @@
 #include "core/error.h"
 #include "io/json_util.h"
 #include "io/safetensors.h"
+#include "ops/matmul.h"
 
 namespace qtune {
 
@@ -238,6 +240,33 @@ void LoraModel::refresh() {
 void LoraModel::detach() {
   for (const auto& l : layers_) find_linear(l->module)->adapter.reset();
   for (Extra& x : extras_) *x.slot = x.original;
+}
+
+void LoraModel::merge() {
+  for (const auto& l : layers_) {
+    Linear* lin = find_linear(l->module);
+    if (lin->quantized() || !lin->weight.defined() || lin->weight.is_cuda())
+      throw_error(ErrorKind::Unsupported, "merge: ", l->module,
+                  " is not a dense CPU weight (merging into quantized or CUDA weights is not supported)");
+  }
+  for (const auto& l : layers_) {
+    Linear* lin = find_linear(l->module);
+    Tensor w = lin->weight.to_dtype(DType::F32).clone();         // [O, I], owned (the original may be mmap'd)
+    matmul(w, l->B, l->A, false, false, (float)l->scale, 1.0f);  // W += scale·B[O, r]·A[r, I]
+    if (l->magnitude.defined()) {
+      const int64_t O = w.size(0), I = w.size(1);
+      float* wp = w.data<float>();
+      for (int64_t o = 0; o < O; ++o) {
+        double sq = 0;
+        for (int64_t i = 0; i < I; ++i) sq += (double)wp[o * I + i] * wp[o * I + i];
+        const float f = (float)(l->magnitude.data<float>()[o] / std::sqrt(sq));
+        for (int64_t i = 0; i < I; ++i) wp[o * I + i] *= f;
+      }
+    }
+    lin->weight = w;
+    lin->adapter.reset();
+  }
+  layers_.clear();
 }
 
 std::vector<NamedTensor> LoraModel::trainable() const {

@@ -63,6 +63,11 @@ class LoraModel {
   void refresh();
   // Removes the adapters from the model (restoring its original biases and head/embedding weights).
   void detach();
+  // Folds every LoRA/DoRA layer into its base weight, as PEFT's merge_and_unload: W += scale·B·A (DoRA:
+  // W = m / ‖W + scale·B·A‖_row ⊙ (W + scale·B·A)); trained biases and modules_to_save stay in the model.
+  // The model then runs without adapters (for `qtune merge`); this LoraModel keeps only those extras.
+  // Dense F32 CPU weights only (throws ErrorKind::Unsupported for quantized or CUDA weights).
+  void merge();
 
   const LoraConfig& config() const { return cfg_; }
   const std::vector<std::string>& targets() const { return targets_; }

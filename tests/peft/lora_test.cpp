@@ -101,6 +101,25 @@ TEST_P(PeftFixture, LogitsMatchPeft) {
 INSTANTIATE_TEST_SUITE_P(Peft, PeftFixture,
                          testing::Values("lora_qv", "rslora_all", "bias_mts", "dora_qv", "qlora_nf4"));
 
+TEST_P(PeftFixture, MergeKeepsLogits) {
+  const std::string dir = kFix + GetParam();
+  auto exp = SafetensorsFile::open(dir + "/expected.safetensors");
+  LoraConfig cfg = read_lora_config(dir + "/adapter_config.json");
+  LlamaModel model = LlamaModel::load(std::string(QTUNE_SOURCE_DIR) + "/" + cfg.base_model_name_or_path);
+  LoraModel lora = LoraModel::load(model, dir);
+  Tensor ids = exp->get("ids").clone();
+  if (cfg.base_model_name_or_path.find("quant_model") != std::string::npos) {  // NF4 base
+    std::string msg = error_of([&] { lora.merge(); });
+    EXPECT_NE(msg.find("not a dense CPU weight"), std::string::npos) << msg;
+    return;
+  }
+  lora.merge();
+  for (auto& [name, lin] : linear_modules(model)) EXPECT_FALSE(lin->adapter) << name;
+  double err = rel_err(model.forward(ids), exp->get("logits"));
+  std::printf("%-11s merged logits rel err vs PEFT %.2e\n", GetParam(), err);
+  EXPECT_LE(err, 1e-4);
+}
+
 TEST(LoraConfig, ReadsPeftFields) {
   LoraConfig c = read_lora_config(kFix + "rslora_all/adapter_config.json");
   EXPECT_EQ(c.r, 8);
