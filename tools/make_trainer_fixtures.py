@@ -11,6 +11,7 @@
    −100 on prompt tokens), and expected.json: 20 per-step losses (Σ token CE over the step's 2 micro-batches
    / their target count), AdamW lr 1e-3 (betas 0.9/0.999, eps 1e-8, weight decay 0.01), linear schedule
    with 2 warmup steps over 20, clip_grad_norm_ 1.0.
+   loss_parity_dora/: the same with use_dora=True (magnitudes scaled by 1 + 0.2·N(0, 1) from PEFT's init).
 
 Run from the repository root:  python3 tools/make_trainer_fixtures.py
 """
@@ -114,17 +115,19 @@ def chat_fixtures():
         json.dump(out, f, indent=1, ensure_ascii=False)
 
 
-def loss_parity():
-    d = os.path.join(OUT, "loss_parity")
+def loss_parity(name="loss_parity", use_dora=False):
+    d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/llama", dtype=torch.float32)
     pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
-                                          target_modules=["q_proj", "v_proj", "down_proj"]))
+                                          target_modules=["q_proj", "v_proj", "down_proj"], use_dora=use_dora))
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for n, p in pm.named_parameters():
-            if p.requires_grad:
+            if "lora_magnitude_vector" in n:
+                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            elif p.requires_grad:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     pm.save_pretrained(os.path.join(d, "adapter_init"))
     V = model.config.vocab_size
@@ -163,10 +166,11 @@ def loss_parity():
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump({"losses": losses, "grad_norms": norms, "lr": 1e-3, "warmup_steps": 2, "steps": steps,
                    "weight_decay": 0.01, "max_grad_norm": 1.0}, f, indent=1)
-    print("loss parity:", losses[0], "->", losses[-1])
+    print(name, losses[0], "->", losses[-1])
 
 
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     chat_fixtures()
     loss_parity()
+    loss_parity("loss_parity_dora", use_dora=True)

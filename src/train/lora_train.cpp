@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 
+#include <cmath>
 #include <cstring>
 #include <map>
 
@@ -24,7 +25,8 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   std::shared_ptr<LoraLayer> layer;
   std::shared_ptr<const LoraTraining::State> state;
   uint64_t layer_id = 0;
-  std::string key_a, key_b;
+  std::string key_a, key_b, key_m;
+  const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA's backward reads its weight)
 
   bool dropping() const { return state->training && state->dropout > 0; }
 
@@ -52,6 +54,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 
   void backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const override {
+    if (layer->magnitude.defined()) return dora_backward(dx, dy, x, params);
     const int64_t N = x.numel() / x.size(-1), I = x.size(-1), O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
     Tensor xd = dropping() ? dropped(x) : x;  // [N, I]
@@ -88,6 +91,71 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
       }
     }
   }
+
+  // DoRA (PEFT's DoraLinearLayer, weight norm detached): out = b + d ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) with
+  // d = m / ‖W + s·B·A‖_row. With g = d ⊙ dy:  dm = Σ_n dy ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) / ‖·‖,
+  // dB = s·gᵀ·h, dA = (s·g·B)ᵀ·x (h = x·Aᵀ), dx += s·g·B·A + ((d − 1) ⊙ dy)·W (linear_backward already
+  // added dy·W for the base weight).
+  void dora_backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const {
+    const int64_t N = x.numel() / x.size(-1), I = x.size(-1), O = dy.size(-1), r = layer->r;
+    const float s = (float)layer->scale;
+    const float* A = layer->A.data<float>();  // [r, I]
+    const float* B = layer->B.data<float>();  // [O, r]
+    std::vector<float> W((size_t)O * I);      // [O, I] dense f32 base weight
+    if (base->quantized())
+      dequant_weight_rows(*base, 0, O, W.data());
+    else
+      std::memcpy(W.data(), base->weight.data<float>(), W.size() * sizeof(float));
+    std::vector<float> delta((size_t)O * I);  // s·B·A [O, I]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, I, r, s, B, r, A, I, 0.0f, delta.data(), I);
+    std::vector<float> norm(O), d(O);
+    const float* m = layer->magnitude.data<float>();
+    for (int64_t o = 0; o < O; ++o) {
+      double sq = 0;
+      for (int64_t i = 0; i < I; ++i) {
+        const float v = W[o * I + i] + delta[o * I + i];
+        sq += (double)v * v;
+      }
+      norm[o] = (float)std::sqrt(sq);
+      d[o] = (float)(m[o] / std::sqrt(sq));
+    }
+    std::vector<float> h(N * r), y((size_t)N * O), g((size_t)N * O), dh(N * r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, I, 1.0f, x.data<float>(), I, A, I, 0.0f,
+                h.data(), r);
+    // y = x·Wᵀ + s·h·Bᵀ  [N, O]
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x.data<float>(), I, W.data(), I, 0.0f,
+                y.data(), O);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, r, s, h.data(), r, B, r, 1.0f, y.data(), O);
+    const float* dyp = dy.data<float>();
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t o = 0; o < O; ++o) g[n * O + o] = d[o] * dyp[n * O + o];
+    if (params)
+      if (Tensor* gm = params->grad(key_m)) {
+        float* gmp = gm->data<float>();
+        for (int64_t o = 0; o < O; ++o) {
+          double acc = 0;
+          for (int64_t n = 0; n < N; ++n) acc += (double)dyp[n * O + o] * y[n * O + o];
+          gmp[o] += (float)(acc / norm[o]);
+        }
+      }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, O, s, g.data(), O, B, r, 0.0f, dh.data(), r);
+    if (params) {
+      if (Tensor* gb = params->grad(key_b))
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, r, N, s, g.data(), O, h.data(), r, 1.0f,
+                    gb->data<float>(), r);
+      if (Tensor* ga = params->grad(key_a))
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, I, N, 1.0f, dh.data(), r, x.data<float>(), I,
+                    1.0f, ga->data<float>(), I);
+    }
+    if (dx) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, r, 1.0f, dh.data(), r, A, I, 1.0f,
+                  dx->data<float>(), I);
+      for (int64_t n = 0; n < N; ++n)  // reuse g as (d − 1) ⊙ dy
+        for (int64_t o = 0; o < O; ++o) g[n * O + o] = (d[o] - 1.0f) * dyp[n * O + o];
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, g.data(), O, W.data(), I, 1.0f,
+                  dx->data<float>(), I);
+    }
+  }
 };
 
 }  // namespace
@@ -102,9 +170,10 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
   const std::string prefix = "base_model.model.";
   uint64_t id = 0;
   for (const auto& l : lora.layers()) {
-    if (l->magnitude.defined())
-      throw_error(ErrorKind::Unsupported, "training DoRA adapters is not implemented yet (module ", l->module,
-                  "); train plain LoRA (drop --use-dora)");
+    if (l->magnitude.defined() && dropout > 0)
+      throw_error(ErrorKind::Unsupported,
+                  "DoRA training with lora_dropout > 0 is not implemented yet (module ", l->module,
+                  "); use --lora-dropout 0");
     auto it = by_name.find(l->module);
     if (it == by_name.end())
       throw_error(ErrorKind::Internal, "LoRA module ", l->module, " is not in the model");
@@ -116,14 +185,19 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     a->layer_id = id++;
     a->key_a = prefix + l->module + ".lora_A.weight";
     a->key_b = prefix + l->module + ".lora_B.weight";
+    a->key_m = prefix + l->module + ".lora_magnitude_vector";
+    a->base = it->second;
     slots_.push_back({it->second, it->second->adapter, a});
     it->second->adapter = a;
   }
+  size_t registered = 0;
   for (const auto& l : lora.layers()) {
+    registered += l->magnitude.defined() ? 3 : 2;
     params.add(prefix + l->module + ".lora_A.weight", l->A);
     params.add(prefix + l->module + ".lora_B.weight", l->B);
+    if (l->magnitude.defined()) params.add(prefix + l->module + ".lora_magnitude_vector", l->magnitude);
   }
-  if (lora.trainable().size() != 2 * lora.layers().size())
+  if (lora.trainable().size() != registered)
     throw_error(ErrorKind::Unsupported,
                 "training LoRA biases or modules_to_save is not implemented yet (bias must be \"none\")");
 }

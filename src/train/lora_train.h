@@ -6,8 +6,8 @@
 // Dropout masks are a pure function of (seed, micro-batch counter, layer, element), so the gradient
 // checkpointing recompute and the backward see the forward's mask without storing it:
 //   LoraTraining t(lora, params, seed, dropout);  t.set_step(micro_batch_index);  t.set_training(true);
-// Destroying it puts the plain LoraLayers back on the Linears. DoRA layers are refused (ErrorKind::
-// Unsupported): the magnitude's gradient needs the base product, which linear_backward does not expose.
+// Destroying it puts the plain LoraLayers back on the Linears. DoRA layers train A, B and the magnitude
+// ("...lora_magnitude_vector") with PEFT's detached weight norm (no dropout with DoRA yet).
 #pragma once
 #include <cstdint>
 #include <memory>

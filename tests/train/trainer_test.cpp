@@ -82,8 +82,10 @@ TrainerArgs tiny_args(const std::string& dir) {
 
 }  // namespace
 
-TEST(Trainer, LossParityWithPeft) {
-  const std::string fx = std::string(QTUNE_FIXTURES) + "/train/loss_parity";
+namespace {
+
+void check_loss_parity(const std::string& name) {
+  const std::string fx = std::string(QTUNE_FIXTURES) + "/train/" + name;
   nlohmann::json exp = nlohmann::json::parse(read_all(fx + "/expected.json"));
   LlamaModel model = LlamaModel::load(std::string(QTUNE_FIXTURES) + "/model/llama");
   LoraModel lora = LoraModel::load(model, fx + "/adapter_init");
@@ -123,9 +125,18 @@ TEST(Trainer, LossParityWithPeft) {
     EXPECT_NEAR(norm, exp["grad_norms"][s].get<double>(), 1e-3 * exp["grad_norms"][s].get<double>())
         << "step " << s;
   }
-  std::printf("loss parity: worst relative loss difference over %d steps %.3g\n", steps, worst);
+  std::printf("%s: worst relative loss difference over %d steps %.3g\n", name.c_str(), steps, worst);
   // The losses must actually move, or the comparison above says little about the updates.
   EXPECT_GT(std::fabs(exp["losses"][0].get<double>() - exp["losses"][steps - 1].get<double>()), 1e-3);
+}
+
+}  // namespace
+
+TEST(Trainer, LossParityWithPeft) {
+  check_loss_parity("loss_parity");
+}
+TEST(Trainer, DoraLossParityWithPeft) {
+  check_loss_parity("loss_parity_dora");
 }
 
 TEST(Trainer, LoraAdapterGradientMatchesFiniteDifference) {
