@@ -14,7 +14,7 @@ namespace qtune {
 
 namespace {
 
-bool plain(const Linear& lin) {
+[[maybe_unused]] bool plain(const Linear& lin) {  // unused without CUDA
   return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
 }
 
