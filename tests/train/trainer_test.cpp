@@ -230,6 +230,31 @@ TEST(Trainer, ContinuesAnAdapterAndTrainsChatRows) {
             read_all(b.out_dir + "/adapter_model.safetensors"));
 }
 
+TEST(Trainer, AccumulationEqualsOneBigBatch) {
+  // Without packing (padded rows) and dropout: 2 micro-batches of 2 rows per step train like 1 of 4 rows,
+  // since each step's loss is normalised by its total target count.
+  const std::string dir = testing::TempDir() + "qtune_trainer_accum";
+  fs::remove_all(dir);
+  TrainerArgs a = tiny_args(dir + "/big");
+  a.packing = false;
+  a.lora.lora_dropout = 0;
+  a.eval_split = 0;
+  a.max_steps = 3;
+  a.per_device_train_batch_size = 4;
+  a.gradient_accumulation_steps = 1;
+  TrainResult big = run_finetune(a);
+  TrainerArgs b = a;
+  b.out_dir = dir + "/accum/out";
+  b.per_device_train_batch_size = 2;
+  b.gradient_accumulation_steps = 2;
+  TrainResult acc = run_finetune(b);
+  ASSERT_EQ(big.losses.size(), 3u);
+  ASSERT_EQ(acc.losses.size(), 3u);
+  for (size_t i = 0; i < 3; ++i)
+    EXPECT_NEAR(acc.losses[i], big.losses[i], 1e-5 * big.losses[i]) << "step " << i + 1;
+  EXPECT_NE(big.losses[0], big.losses[2]);
+}
+
 TEST(Trainer, BadArgumentsFailBeforeTraining) {
   const std::string dir = testing::TempDir() + "qtune_trainer_bad";
   fs::remove_all(dir);
