@@ -38,11 +38,11 @@ CTX = 512
 SETTINGS = [
     ("bf16 weights, f32 compute", None, []),
     ("NF4", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32),
-     ["--load-in-4bit", "nf4"]),
+     ["--load-in-4bit", "--bnb-4bit-quant-type", "nf4"]),
     ("NF4 + double quant", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=torch.float32), ["--load-in-4bit", "nf4", "--double-quant"]),
+                                bnb_4bit_compute_dtype=torch.float32), ["--load-in-4bit", "--bnb-4bit-quant-type", "nf4", "--bnb-4bit-use-double-quant"]),
     ("FP4", dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32),
-     ["--load-in-4bit", "fp4"]),
+     ["--load-in-4bit", "--bnb-4bit-quant-type", "fp4"]),
     ("LLM.int8 (threshold 6)", dict(load_in_8bit=True), ["--load-in-8bit"]),
 ]
 

@@ -23,7 +23,7 @@ build/qtune finetune --model "$model" --data "$data" --out "$out" \
   --completion-only-loss --eval-split 0.05 --eval-steps 20 --logging-steps 5 --seed 42
 echo
 echo "== the same prompt with the adapter (greedy) =="
-build/qtune generate --model "$model" --adapter "$out" --load-in-4bit nf4 --double-quant \
+build/qtune generate --model "$model" --adapter "$out" --load-in-4bit --bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant \
   --prompt "$prompt" --max-new-tokens 60 --temperature 0
 echo
 echo "loss log: $out/training_log.csv   loss curve: $out/loss_curve.png   adapter: $out/"

@@ -131,7 +131,7 @@ void add_generate_command(CLI::App& app, Runner& run) {
   cmd->add_flag("--no-special-tokens", a->no_special, "Encode the prompt without BOS");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at EOS");
   cmd->add_flag("--quiet", a->quiet, "Do not print the speed summary on stderr");
-  a->quant.add(cmd, "--load-in-4bit", "--load-in-8bit");
+  a->quant.add_load_flags(cmd);
   cmd->callback([&run, a, p, pf] {
     if (p->count() == 0 && pf->count() == 0) throw CLI::RequiredError("--prompt or --prompt-file");
     run = [a] { return run_generate(*a); };

@@ -1,5 +1,5 @@
 // `qtune perplexity`: perplexity of a model folder on a text file, optionally quantizing while loading
-// (--load-in-4bit nf4|fp4 [--double-quant] [--compute-dtype ...] | --load-in-8bit).
+// (--load-in-4bit [--bnb-4bit-quant-type nf4|fp4] [--bnb-4bit-use-double-quant] | --load-in-8bit).
 //
 // Protocol (the same as tools/eval_bundled_model.py and bench/quant_ppl.py): ids = tokenizer(text) with
 // special tokens (BOS); windows of `context` tokens (default: the model's max_position_embeddings) starting
@@ -91,7 +91,7 @@ void add_perplexity_command(CLI::App& app, Runner& run) {
   cmd->add_option("--stride", a->stride, "Window step in tokens (default: the context, non-overlapping)");
   cmd->add_option("--max-tokens", a->max_tokens, "Use only the first N tokens of the file");
   cmd->add_flag("--json", a->json, "Print one JSON line");
-  a->q.add(cmd, "--load-in-4bit", "--load-in-8bit");
+  a->q.add_load_flags(cmd);
   cmd->callback([&run, a] { run = [a] { return run_perplexity(*a); }; });
 }
 

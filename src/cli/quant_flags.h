@@ -1,6 +1,6 @@
-// Command-line flags shared by the subcommands that load or write quantized models (generate,
-// perplexity, quantize): --load-in-4bit / --4bit nf4|fp4, --double-quant, --blocksize, --compute-dtype,
-// --load-in-8bit / --8bit, --threshold, --skip-modules, turned into LoadOptions.
+// Command-line flags shared by the subcommands that load or write quantized models, turned into
+// LoadOptions: transformers' BitsAndBytesConfig names for loading (generate, perplexity), the short
+// `qtune quantize` names for writing.
 #pragma once
 #include <CLI/CLI.hpp>
 #include <memory>
@@ -14,18 +14,41 @@
 namespace qtune::cli {
 
 struct QuantFlags {
-  std::string four_bit;  // "" | nf4 | fp4
+  std::string four_bit;                 // "" | nf4 | fp4 (quantize's --4bit)
+  bool load_in_4bit = false;            // loading commands' --load-in-4bit
+  std::string quant_type_4bit = "nf4";  // with --bnb-4bit-quant-type
   bool eight_bit = false, double_quant = false;
   int64_t blocksize = 64;
   std::string compute_dtype = "float32";
   float threshold = 6.0f;
   std::string skip_modules = "lm_head";
 
-  // four_flag: "--4bit" (quantize) or "--load-in-4bit" (generate, perplexity); likewise for 8-bit.
-  void add(CLI::App* cmd, const std::string& four_flag, const std::string& eight_flag) {
-    cmd->add_option(four_flag, four_bit, "4-bit quantization of the decoder Linear weights: nf4 or fp4")
+  // Loading commands (generate, perplexity) take transformers' BitsAndBytesConfig names:
+  //   --load-in-4bit [--bnb-4bit-quant-type nf4|fp4] [--bnb-4bit-use-double-quant]
+  //   [--bnb-4bit-compute-dtype T] | --load-in-8bit [--llm-int8-threshold X], --skip-modules.
+  void add_load_flags(CLI::App* cmd) {
+    cmd->add_flag("--load-in-4bit", load_in_4bit,
+                  "Quantize the decoder Linear weights to 4 bits while loading (bitsandbytes)");
+    cmd->add_option("--bnb-4bit-quant-type", quant_type_4bit, "4-bit code book: nf4 (default) or fp4")
         ->check(CLI::IsMember({"nf4", "fp4"}));
-    cmd->add_flag(eight_flag, eight_bit, "LLM.int8 quantization of the decoder Linear weights");
+    cmd->add_flag("--bnb-4bit-use-double-quant", double_quant, "4-bit: quantize the absmax values too");
+    cmd->add_option("--bnb-4bit-compute-dtype", compute_dtype,
+                    "4-bit compute dtype: float32, bfloat16 or float16")
+        ->check(CLI::IsMember({"float32", "bfloat16", "float16", "f32", "bf16", "f16", "fp16"}));
+    cmd->add_option("--bnb-4bit-blocksize", blocksize,
+                    "4-bit block size, a power of two in [32, 4096] (default 64)");
+    cmd->add_flag("--load-in-8bit", eight_bit,
+                  "LLM.int8 quantization of the decoder Linear weights while loading");
+    cmd->add_option("--llm-int8-threshold", threshold, "8-bit outlier threshold (default 6.0)");
+    cmd->add_option("--skip-modules", skip_modules, "Comma-separated modules kept dense (default lm_head)");
+  }
+
+  // `qtune quantize`: --4bit nf4|fp4 [--double-quant] [--blocksize N] [--compute-dtype T] | --8bit
+  // [--threshold X], --skip-modules.
+  void add_quantize_flags(CLI::App* cmd) {
+    cmd->add_option("--4bit", four_bit, "4-bit quantization of the decoder Linear weights: nf4 or fp4")
+        ->check(CLI::IsMember({"nf4", "fp4"}));
+    cmd->add_flag("--8bit", eight_bit, "LLM.int8 quantization of the decoder Linear weights");
     cmd->add_flag("--double-quant", double_quant,
                   "4-bit: quantize the absmax too (bnb_4bit_use_double_quant)");
     cmd->add_option("--blocksize", blocksize, "4-bit block size, a power of two in [32, 4096] (default 64)");
@@ -36,11 +59,12 @@ struct QuantFlags {
   }
 
   LoadOptions options() const {
+    const std::string four_bit = load_in_4bit ? quant_type_4bit : this->four_bit;
     LoadOptions o;
     if (!four_bit.empty() && eight_bit) throw_error(ErrorKind::Usage, "choose 4-bit or 8-bit, not both");
     o.load_in_4bit = !four_bit.empty();
     o.load_in_8bit = eight_bit;
-    if (o.load_in_4bit) o.quant_type = quant_type_from_name(four_bit, "--4bit");
+    if (o.load_in_4bit) o.quant_type = quant_type_from_name(four_bit, "4-bit quant type");
     o.double_quant = double_quant;
     check_blocksize(blocksize, "--blocksize");
     o.blocksize = blocksize;

@@ -17,7 +17,7 @@ void add_quantize_command(CLI::App& app, Runner& run) {
   auto* cmd = app.add_subcommand("quantize", "Quantize a model folder to bitsandbytes 4-bit or 8-bit layout");
   cmd->add_option("--model", a->model, "Dense model folder (config.json, *.safetensors)")->required();
   cmd->add_option("--out", a->out, "Output folder")->required();
-  a->q.add(cmd, "--4bit", "--8bit");
+  a->q.add_quantize_flags(cmd);
   cmd->callback([&run, a] {
     run = [a] {
       LoadOptions o = a->q.options();

@@ -51,6 +51,14 @@ grep -q "CPU backend" "$tmp/env" || fail "env output lacks the CPU backend line"
 "$qtune" inspect "$model" >"$tmp/inspect" || fail "inspect of the bundled model"
 grep -q "model.layers.0.self_attn.q_proj.weight" "$tmp/inspect" || fail "inspect lacks a tensor name"
 
+# 4-bit: quantizing while loading and loading a folder written by `qtune quantize` give the same text.
+q_live=$("$qtune" generate --model "$model" --prompt "ROMEO:" --max-new-tokens 12 --temperature 0 --quiet \
+  --load-in-4bit --bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant) || fail "generate --load-in-4bit"
+"$qtune" quantize --model "$model" --out "$tmp/q4" --4bit nf4 --double-quant >/dev/null || fail "quantize --4bit nf4"
+q_file=$("$qtune" generate --model "$tmp/q4" --prompt "ROMEO:" --max-new-tokens 12 --temperature 0 --quiet) ||
+  fail "generate from the quantized folder"
+[ -n "$q_live" ] && [ "$q_live" = "$q_file" ] || fail "4-bit on load [$q_live] != quantized folder [$q_file]"
+
 # Bad input: one clear line, non-zero exit.
 expect_error "missing model folder" "nonexistent" "$qtune" generate --model "$tmp/nonexistent" --prompt hi
 expect_error "no prompt" "prompt" "$qtune" generate --model "$model"
@@ -70,6 +78,7 @@ printf 'caf\xc3(\xff)' >"$tmp/bad_utf8.txt"
 expect_error "bad UTF-8" "UTF-8" "$qtune" tokenize --model "$model" --file "$tmp/bad_utf8.txt"
 expect_error "decode id out of range" "outside the vocabulary" "$qtune" tokenize --model "$model" --decode --text "[1, 999999]"
 expect_error "decode not JSON" "JSON array" "$qtune" tokenize --model "$model" --decode --text "1 2 3"
+expect_error "bad 4-bit type" "bnb-4bit-quant-type" "$qtune" generate --model "$model" --prompt hi --load-in-4bit --bnb-4bit-quant-type int3
 expect_error "bad top-p" "top-p" "$qtune" generate --model "$model" --prompt hi --top-p 1.5
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
