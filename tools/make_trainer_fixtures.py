@@ -11,7 +11,10 @@
    −100 on prompt tokens), and expected.json: 20 per-step losses (Σ token CE over the step's 2 micro-batches
    / their target count), AdamW lr 1e-3 (betas 0.9/0.999, eps 1e-8, weight decay 0.01), linear schedule
    with 2 warmup steps over 20, clip_grad_norm_ 1.0.
-   loss_parity_dora/: the same with use_dora=True (magnitudes scaled by 1 + 0.2·N(0, 1) from PEFT's init).
+   loss_parity_qlora/: QLoRA, the mistral fixture model quantized by bitsandbytes (NF4 + double quant,
+   compute float32; every Linear's in_features a multiple of 64, see make_quant_model_fixtures.py), LoRA on
+   q_proj,v_proj; qtune quantizes the same f32 weights while loading.
+   loss_parity_dora/: the same as loss_parity with use_dora=True (magnitudes scaled by 1 + 0.2·N(0, 1) from PEFT's init).
 
 Run from the repository root:  python3 tools/make_trainer_fixtures.py
 """
@@ -115,13 +118,24 @@ def chat_fixtures():
         json.dump(out, f, indent=1, ensure_ascii=False)
 
 
-def loss_parity(name="loss_parity", use_dora=False):
+def loss_parity(name="loss_parity", use_dora=False, qlora=False):
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/llama", dtype=torch.float32)
+    if qlora:  # bitsandbytes NF4 + double quant on the CPU, portable dequantize-then-matmul path
+        from transformers import BitsAndBytesConfig
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/mistral", dtype=torch.float32,
+                                                     device_map="cpu", quantization_config=q)
+        for m in model.modules():
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False
+    else:
+        model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/llama", dtype=torch.float32)
     pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
-                                          target_modules=["q_proj", "v_proj", "down_proj"], use_dora=use_dora))
+                                          target_modules=["q_proj", "v_proj"] if qlora else ["q_proj", "v_proj", "down_proj"],
+                                          use_dora=use_dora))
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for n, p in pm.named_parameters():
@@ -174,3 +188,4 @@ if __name__ == "__main__":
     chat_fixtures()
     loss_parity()
     loss_parity("loss_parity_dora", use_dora=True)
+    loss_parity("loss_parity_qlora", qlora=True)

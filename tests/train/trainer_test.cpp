@@ -1,5 +1,6 @@
-// The trainer: per-step LoRA training losses equal transformers+peft's for 20 steps (f32 CPU; fixture
-// tests/fixtures/train/loss_parity from tools/make_trainer_fixtures.py), the LoRA training adapter's
+// The trainer: per-step LoRA, DoRA and QLoRA (bitsandbytes NF4 + double quant) training losses equal
+// transformers+peft's for 20 steps (f32 CPU; fixtures tests/fixtures/train/loss_parity* from
+// tools/make_trainer_fixtures.py), the LoRA training adapter's
 // gradients against finite differences, and run_finetune end to end on the bundled model: loss falls, the
 // PEFT folder / CSV / PNG are written, an interrupted run resumed from its checkpoint continues bit for bit,
 // and bad arguments fail before training.
@@ -84,10 +85,12 @@ TrainerArgs tiny_args(const std::string& dir) {
 
 namespace {
 
-void check_loss_parity(const std::string& name) {
+void check_loss_parity(const std::string& name, const std::string& model_name = "llama",
+                       const LoadOptions& load = {}) {
   const std::string fx = std::string(QTUNE_FIXTURES) + "/train/" + name;
   nlohmann::json exp = nlohmann::json::parse(read_all(fx + "/expected.json"));
-  LlamaModel model = LlamaModel::load(std::string(QTUNE_FIXTURES) + "/model/llama");
+  LlamaModel model =
+      LlamaModel::load(std::string(QTUNE_FIXTURES) + "/model/" + model_name, Device::CPU, load);
   LoraModel lora = LoraModel::load(model, fx + "/adapter_init");
   TrainableParams params;
   LoraTraining tr(model, lora, params, 0, 0.0);
@@ -137,6 +140,13 @@ TEST(Trainer, LossParityWithPeft) {
 }
 TEST(Trainer, DoraLossParityWithPeft) {
   check_loss_parity("loss_parity_dora");
+}
+TEST(Trainer, QloraLossParityWithPeftBitsandbytes) {
+  LoadOptions q;  // bitsandbytes NF4 + double quant of the same f32 weights, quantized while loading
+  q.load_in_4bit = true;
+  q.quant_type = QuantType::NF4;
+  q.double_quant = true;
+  check_loss_parity("loss_parity_qlora", "mistral", q);
 }
 
 TEST(Trainer, LoraAdapterGradientMatchesFiniteDifference) {
