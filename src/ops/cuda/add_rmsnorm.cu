@@ -15,8 +15,6 @@ namespace {
 template <class T, class TW>
 __global__ void add_rmsnorm_kernel(T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
                                    const TW* __restrict__ w, int C, float eps) {
-  __shared__ float partial[32];
-  __shared__ float rstd_s;
   pdl_trigger();                         // a following GEMV may start launching (it waits before loads)
   T* row = x + (int64_t)blockIdx.x * C;  // [C]
   const T* yrow = y + (int64_t)blockIdx.x * C;
@@ -28,18 +26,7 @@ __global__ void add_rmsnorm_kernel(T* __restrict__ x, const T* __restrict__ y, T
     float v = to_f32(s);
     ss += v * v;
   }
-  ss = warp_sum(ss);
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    int nw = blockDim.x / 32;
-    float v = lane < nw ? partial[lane] : 0.0f;
-    v = warp_sum(v);
-    if (lane == 0) rstd_s = rsqrtf(v / (float)C + eps);
-  }
-  __syncthreads();
-  float rstd = rstd_s;
+  float rstd = block_rstd(ss, C, eps);
   for (int c = threadIdx.x; c < C; c += blockDim.x)  // the elements this thread wrote above
     orow[c] = from_f32<T>(to_f32(row[c]) * rstd * to_f32(w[c]));
 }

@@ -40,6 +40,24 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// RMSNorm's 1/sqrt(mean(x²) + eps) for one row spread over the block: ss is this thread's partial sum of
+// squares; every thread gets the result. Needs blockDim.x a multiple of 32 and <= 1024.
+__device__ __forceinline__ float block_rstd(float ss, int C, float eps) {
+  __shared__ float partial[32];
+  __shared__ float rstd_s;
+  ss = warp_sum(ss);
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    int nw = blockDim.x / 32;
+    float v = lane < nw ? partial[lane] : 0.0f;
+    v = warp_sum(v);
+    if (lane == 0) rstd_s = rsqrtf(v / (float)C + eps);
+  }
+  __syncthreads();
+  return rstd_s;
+}
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

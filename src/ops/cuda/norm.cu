@@ -13,8 +13,6 @@ namespace {
 template <class TX, class TW, class TO>
 __global__ void rmsnorm_kernel(TO* __restrict__ out, const TX* __restrict__ x, const TW* __restrict__ w,
                                int C, float eps) {
-  __shared__ float partial[32];
-  __shared__ float rstd_s;
   pdl_trigger();                                // a following GEMV may start loading its weights
   const TX* row = x + (int64_t)blockIdx.x * C;  // [C]
   TO* orow = out + (int64_t)blockIdx.x * C;     // [C]
@@ -23,18 +21,7 @@ __global__ void rmsnorm_kernel(TO* __restrict__ out, const TX* __restrict__ x, c
     float v = to_f32(row[c]);
     ss += v * v;
   }
-  ss = warp_sum(ss);
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    int nw = blockDim.x / 32;
-    float v = lane < nw ? partial[lane] : 0.0f;
-    v = warp_sum(v);
-    if (lane == 0) rstd_s = rsqrtf(v / (float)C + eps);
-  }
-  __syncthreads();
-  float rstd = rstd_s;
+  float rstd = block_rstd(ss, C, eps);
   for (int c = threadIdx.x; c < C; c += blockDim.x)
     orow[c] = from_f32<TO>(to_f32(row[c]) * rstd * to_f32(w[c]));
 }
