@@ -59,6 +59,18 @@ void attention_forward_at(Tensor& out, const Tensor& q, const Tensor& k, const T
 void rope_kv_write_at(Tensor& q, const Tensor& k_new, const Tensor& v_new, Tensor& k_cache, Tensor& v_cache,
                       const Tensor& pos, const Tensor& inv_freq);
 
+// Training attention (ops/attention.h): whole sequences, causal, GQA; seq_ids I32 [B, T] (optional, on
+// the device) confines each query to its own packed example. q [B, T, Hq, D]; k, v [B, T, Hkv, D] (one
+// float dtype, D <= 256); out BF16/F32/F16, lse F32 [B, T, Hq] (natural log). bf16 q/k/v with D
+// 32/64/96/128 run on the tensor cores (flash-attention 2 style), everything else on simple kernels.
+void attention_forward_train(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                             const Tensor* seq_ids = nullptr);
+// dq, dk, dv (BF16/F32/F16) += the gradients, from dout and the saved out, lse; summed in f32 (atomics:
+// reproducible to rounding, not bit for bit). The tensor cores need bf16 dout too.
+void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                        const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                        const Tensor* seq_ids = nullptr);
+
 // out[N, F] = silu(gate) * up.
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
 
