@@ -82,8 +82,10 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   cmd->add_option("--weight-decay", t.weight_decay, "AdamW weight decay, not on norms/biases (default 0)");
   cmd->add_option("--max-grad-norm", t.max_grad_norm,
                   "Gradient clipping by global norm (default 1.0; 0 = off)");
-  cmd->add_option("--optim", t.optim,
-                  "adamw_torch, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, lion_8bit");
+  cmd->add_option(
+      "--optim", t.optim,
+      "adamw_torch, adamw_8bit, lion_8bit, paged_adamw_32bit, paged_adamw_8bit, paged_lion_8bit "
+      "(paged_*: states in pinned host memory streamed to the GPU; on the CPU the same as unpaged)");
   cmd->add_flag("--load-in-4bit", a->load_4bit, "QLoRA: quantize the base Linears to 4 bits while loading");
   cmd->add_option("--bnb-4bit-quant-type", a->quant_type, "nf4 or fp4 (default nf4)")
       ->check(CLI::IsMember({"nf4", "fp4"}));

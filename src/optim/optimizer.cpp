@@ -1,5 +1,6 @@
-// Optimizer: state creation (f32 or 8-bit blockwise, as bitsandbytes decides by tensor size), the
-// per-parameter dispatch to the CPU kernels, and checkpoint save/load.
+// Optimizer: state creation (f32 or 8-bit blockwise, as bitsandbytes decides by tensor size; pinned host
+// memory when paged), the per-parameter dispatch to the CPU or CUDA kernels (paged: through PagedStates),
+// and checkpoint save/load.
 #include "optim/optimizer.h"
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "quant/codebook.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "optim/cuda/optim_cuda.h"
+#include "optim/cuda/paged_states.h"
 #endif
 
 namespace qtune {
@@ -51,6 +53,13 @@ struct Optimizer::Maps {
   }
 };
 
+struct Optimizer::Paged {
+#ifdef QTUNE_HAVE_CUDA
+  explicit Paged(int64_t slot_bytes) : states(slot_bytes) {}
+  PagedStates states;
+#endif
+};
+
 const char* optimizer_kind_name(OptimizerKind k) {
   switch (k) {
     case OptimizerKind::AdamW:
@@ -69,6 +78,25 @@ OptimizerKind optimizer_kind_from_name(const std::string& name) {
   if (name == "adamw_torch") return OptimizerKind::AdamW;
   throw_error(ErrorKind::Usage, "unknown optimizer '", name,
               "' (known: adamw, adamw_torch, adamw_8bit, lion_8bit)");
+}
+
+OptimizerConfig optimizer_config_from_name(const std::string& name) {
+  const bool paged = name.rfind("paged_", 0) == 0;
+  const std::string n = paged ? name.substr(6) : name;
+  OptimizerKind kind;
+  if (n == "adamw_torch" || n == "adamw_torch_fused" || n == "adamw_32bit" || n == "adamw")
+    kind = OptimizerKind::AdamW;
+  else if (n == "adamw_8bit" || n == "adamw_bnb_8bit")
+    kind = OptimizerKind::AdamW8bit;
+  else if (n == "lion_8bit")
+    kind = OptimizerKind::Lion8bit;
+  else
+    throw_error(ErrorKind::Usage, "unknown optimizer '", name,
+                "' (known: adamw_torch, adamw_torch_fused, adamw_8bit, adamw_bnb_8bit, lion_8bit, "
+                "paged_adamw_32bit, paged_adamw_8bit, paged_lion_8bit)");
+  OptimizerConfig c = OptimizerConfig::defaults(kind);
+  c.paged = paged;
+  return c;
 }
 
 OptimizerConfig OptimizerConfig::defaults(OptimizerKind kind) {
@@ -98,6 +126,9 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, std::vector<ParamGroup> groups)
     }
   }
   states_.resize(names_.size());
+#ifdef QTUNE_HAVE_CUDA
+  if (cfg_.paged) paged_ = std::make_unique<Paged>(cfg_.paged_slot_bytes);
+#endif
 }
 
 Optimizer::~Optimizer() = default;
@@ -109,25 +140,41 @@ ParamState Optimizer::make_state(const ParamRef& p) const {
   const int64_t n = p.param.numel();
   const Shape& shape = p.param.shape();
   const Device dev = p.param.device();
+#ifdef QTUNE_HAVE_CUDA
+  const bool pinned = paged_ && dev == Device::CUDA;
+#else
+  const bool pinned = false;
+#endif
+  // Zero states beside the param, or in pinned host memory when paged.
+  auto zeros = [&](const Shape& sh, DType dt) {
+#ifdef QTUNE_HAVE_CUDA
+    if (pinned) return pinned_host_zeros(sh, dt);
+#endif
+    return Tensor::zeros(sh, dt, dev);
+  };
+  (void)pinned;
   s.step = 0;
   s.quantized = cfg_.kind != OptimizerKind::AdamW && n >= cfg_.min_8bit_size;
   const bool two_states = cfg_.kind != OptimizerKind::Lion8bit;
   if (!s.quantized) {
-    s.state1 = Tensor::zeros(shape, DType::F32, dev);
-    if (two_states) s.state2 = Tensor::zeros(shape, DType::F32, dev);
+    s.state1 = zeros(shape, DType::F32);
+    if (two_states) s.state2 = zeros(shape, DType::F32);
     return s;
   }
   const int64_t blocks = (n + cfg_.blocksize - 1) / cfg_.blocksize;
-  s.state1 = Tensor::zeros(shape, DType::U8, dev);
-  s.absmax1 = Tensor::zeros({blocks}, DType::F32, dev);
+  s.state1 = zeros(shape, DType::U8);
+  s.absmax1 = zeros({blocks}, DType::F32);
   if (two_states) {
-    s.state2 = Tensor::zeros(shape, DType::U8, dev);
-    s.absmax2 = Tensor::zeros({blocks}, DType::F32, dev);
+    s.state2 = zeros(shape, DType::U8);
+    s.absmax2 = zeros({blocks}, DType::F32);
   }
   return s;
 }
 
 void Optimizer::step(double lr) {
+#ifdef QTUNE_HAVE_CUDA
+  std::vector<PagedJob> jobs;  // paged CUDA params, streamed after the loop
+#endif
   size_t index = 0;
   for (const ParamGroup& g : groups_) {
     for (const ParamRef& p : g.params) {
@@ -152,8 +199,24 @@ void Optimizer::step(double lr) {
       const float* gr = p.grad.data<float>();
       const int64_t n = p.param.numel();
 #ifdef QTUNE_HAVE_CUDA
+      if (p.param.is_cuda() && paged_) {
+        PagedJob j;
+        j.p = w;
+        j.g = gr;
+        j.n = n;
+        j.quantized = s.quantized;
+        j.blocksize = cfg_.blocksize;
+        j.state[0] = s.state1;
+        j.state[1] = s.state2;
+        j.absmax[0] = s.absmax1;
+        j.absmax[1] = s.absmax2;
+        j.h = h;
+        jobs.push_back(std::move(j));
+        continue;
+      }
       if (p.param.is_cuda()) {
-        step_cuda(s, w, gr, n, h);
+        update_cuda(s.quantized, w, gr, s.state1.raw(), s.state2.raw(), s.absmax1.data<float>(),
+                    s.absmax2.data<float>(), n, h);
         continue;
       }
 #endif
@@ -179,6 +242,22 @@ void Optimizer::step(double lr) {
       }
     }
   }
+#ifdef QTUNE_HAVE_CUDA
+  if (!jobs.empty()) {
+    // The same kernels as above, on each staged piece of the states.
+    paged_->states.step(std::move(jobs),
+                        [this](const PagedJob& j, int64_t off, int64_t len, const StagedStates& st) {
+                          update_cuda(j.quantized, j.p + off, j.g + off, st.state[0], st.state[1],
+                                      st.absmax[0], st.absmax[1], len, j.h);
+                        });
+  }
+#endif
+}
+
+void Optimizer::wait_paged() const {
+#ifdef QTUNE_HAVE_CUDA
+  if (paged_) paged_->states.wait();
+#endif
 }
 
 void Optimizer::zero_grad() {
@@ -193,26 +272,26 @@ void Optimizer::zero_grad() {
 }
 
 #ifdef QTUNE_HAVE_CUDA
-void Optimizer::step_cuda(ParamState& s, float* w, const float* gr, int64_t n, const AdamHyper& h) {
-  if (s.quantized) {
+void Optimizer::update_cuda(bool quantized, float* w, const float* gr, void* s1, void* s2, float* a1,
+                            float* a2, int64_t n, const AdamHyper& h) {
+  if (quantized) {
     maps_->to_device();
     const DeviceQuantMap m1{maps_->dev_code[0].data<float>(), maps_->dev_lut[0].data<uint8_t>()};
     const DeviceQuantMap m2{maps_->dev_code[1].data<float>(), maps_->dev_lut[1].data<uint8_t>()};
     const bool lion = cfg_.kind == OptimizerKind::Lion8bit;
-    bnb8_step_cuda(lion, w, gr, s.state1.data<uint8_t>(), s.absmax1.data<float>(),
-                   lion ? nullptr : s.state2.data<uint8_t>(), lion ? nullptr : s.absmax2.data<float>(), n,
+    bnb8_step_cuda(lion, w, gr, (uint8_t*)s1, a1, lion ? nullptr : (uint8_t*)s2, lion ? nullptr : a2, n,
                    cfg_.blocksize, m1, m2, h);
     return;
   }
   switch (cfg_.kind) {
     case OptimizerKind::AdamW:
-      adamw_step_cuda(w, gr, s.state1.data<float>(), s.state2.data<float>(), n, h);
+      adamw_step_cuda(w, gr, (float*)s1, (float*)s2, n, h);
       break;
     case OptimizerKind::AdamW8bit:
-      bnb_adam32_step_cuda(w, gr, s.state1.data<float>(), s.state2.data<float>(), n, h);
+      bnb_adam32_step_cuda(w, gr, (float*)s1, (float*)s2, n, h);
       break;
     case OptimizerKind::Lion8bit:
-      bnb_lion32_step_cuda(w, gr, s.state1.data<float>(), n, h);
+      bnb_lion32_step_cuda(w, gr, (float*)s1, n, h);
       break;
   }
 }
@@ -225,6 +304,7 @@ bool Optimizer::has_state(const std::string& name) const {
 }
 
 const ParamState& Optimizer::state(const std::string& name) const {
+  wait_paged();
   for (size_t i = 0; i < names_.size(); ++i)
     if (names_[i] == name) {
       if (!states_[i].state1.defined())
@@ -235,6 +315,7 @@ const ParamState& Optimizer::state(const std::string& name) const {
 }
 
 void Optimizer::save(const std::string& path) const {
+  wait_paged();
   std::vector<std::pair<std::string, Tensor>> tensors;
   nlohmann::json steps = nlohmann::json::object();
   for (size_t i = 0; i < names_.size(); ++i) {
@@ -257,6 +338,7 @@ void Optimizer::save(const std::string& path) const {
 }
 
 void Optimizer::load(const std::string& path) {
+  wait_paged();  // the old states are freed below
   auto f = SafetensorsFile::open(path);
   const auto& meta = f->metadata();
   auto kind_it = meta.find("optimizer");

@@ -8,9 +8,12 @@
 //   opt.save("optimizer.safetensors");      // and Optimizer::load on resume
 //
 // State storage: each parameter owns one ParamState whose buffers are plain Tensors (F32 states, or U8
-// codes + F32 absmax per 256-block for the 8-bit kinds). A paged variant (host memory streamed to the GPU)
-// only needs a different place for these tensors and a prefetch before each parameter's update: the
-// kernels take raw pointers to one parameter's state at a time and never hold state across parameters.
+// codes + F32 absmax per 256-block for the 8-bit kinds), beside the parameter. Paged optimizers
+// (config.paged, the names paged_adamw_32bit / paged_adamw_8bit / paged_lion_8bit) keep the states of
+// CUDA parameters in pinned host memory instead and stream them through a small device staging area
+// each step (optim/cuda/paged_states.h), running the same kernels on the staged copy: results are bit
+// for bit those of the unpaged optimizer, and device memory is the staging slots only. For parameters
+// on the CPU (and in builds without CUDA) paged changes nothing: the states are host memory already.
 // Like bitsandbytes, tensors with fewer than min_8bit_size (4096) elements keep 32-bit states even in the
 // 8-bit optimizers, updated by bitsandbytes' 32-bit rule.
 #pragma once
@@ -33,12 +36,20 @@ struct OptimizerConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // Lion8bit: use betas (0.9, 0.99) as bitsandbytes does
   int64_t min_8bit_size = 4096;                   // 8-bit kinds: smaller tensors keep f32 states
   int64_t blocksize = 256;                        // 8-bit state block size (bitsandbytes: 256)
+  bool paged = false;                             // CUDA params: states in pinned host memory, streamed
+  int64_t paged_slot_bytes = 16 << 20;            // paged: each of the 2 device staging slots
   // bitsandbytes' defaults for a kind (AdamW8bit: betas (0.9, 0.999), Lion8bit: (0.9, 0.99)).
   static OptimizerConfig defaults(OptimizerKind kind);
 };
 
+// The config for a transformers --optim name: adamw_torch, adamw_torch_fused, adamw_32bit, adamw,
+// adamw_8bit, adamw_bnb_8bit, lion_8bit, and paged_adamw_32bit, paged_adamw_8bit, paged_lion_8bit
+// (paged = true). The 32-bit names use torch's AdamW rule (OptimizerKind::AdamW). Throws Usage.
+OptimizerConfig optimizer_config_from_name(const std::string& name);
+
 // One trainable tensor: param F32 (updated in place) and its gradient F32 of the same shape, both on the
-// CPU or both on CUDA (states live beside the param; CUDA steps equal CPU steps bit for bit). An
+// CPU or both on CUDA (states live beside the param, or in pinned host memory when paged; CUDA steps
+// equal CPU steps bit for bit). An
 // undefined grad skips the parameter in step(), as torch skips p.grad None.
 struct ParamRef {
   std::string name;
@@ -74,7 +85,8 @@ class Optimizer {
   const OptimizerConfig& config() const { return cfg_; }
   std::vector<ParamGroup>& groups() { return groups_; }
   const std::vector<ParamGroup>& groups() const { return groups_; }
-  // State of a parameter by name (created lazily at its first step; throws when absent).
+  // State of a parameter by name (created lazily at its first step; throws when absent). Paged states
+  // are host tensors; state(), save() and load() first wait for the last step's copies.
   const ParamState& state(const std::string& name) const;
   bool has_state(const std::string& name) const;
 
@@ -91,8 +103,13 @@ class Optimizer {
   std::vector<std::string> names_;
   struct Maps;
   std::unique_ptr<Maps> maps_;
+  struct Paged;                   // the PagedStates stream engine (CUDA builds)
+  std::unique_ptr<Paged> paged_;  // last member: destroyed first, waiting for copies in flight
   ParamState make_state(const ParamRef& p) const;
-  void step_cuda(ParamState& s, float* w, const float* gr, int64_t n, const AdamHyper& h);  // CUDA builds
+  void wait_paged() const;
+  // The CUDA kernel of this kind on device pointers (states F32, or U8 codes + absmax when quantized).
+  void update_cuda(bool quantized, float* w, const float* gr, void* s1, void* s2, float* a1, float* a2,
+                   int64_t n, const AdamHyper& h);  // CUDA builds
 };
 
 }  // namespace qtune

@@ -267,3 +267,41 @@ TEST(Optimizer, Errors) {
   o2.step(1e-3);
   EXPECT_FALSE(o2.has_state("b"));
 }
+
+TEST(Optimizer, NamesAndPagedOnCpu) {
+  struct Want {
+    const char* name;
+    OptimizerKind kind;
+    bool paged;
+  };
+  for (const Want& w : {Want{"adamw_torch", OptimizerKind::AdamW, false},
+                        Want{"adamw_torch_fused", OptimizerKind::AdamW, false},
+                        Want{"paged_adamw_32bit", OptimizerKind::AdamW, true},
+                        Want{"adamw_8bit", OptimizerKind::AdamW8bit, false},
+                        Want{"adamw_bnb_8bit", OptimizerKind::AdamW8bit, false},
+                        Want{"paged_adamw_8bit", OptimizerKind::AdamW8bit, true},
+                        Want{"lion_8bit", OptimizerKind::Lion8bit, false},
+                        Want{"paged_lion_8bit", OptimizerKind::Lion8bit, true}}) {
+    const OptimizerConfig c = optimizer_config_from_name(w.name);
+    EXPECT_EQ(c.kind, w.kind) << w.name;
+    EXPECT_EQ(c.paged, w.paged) << w.name;
+    EXPECT_EQ(c.beta2, w.kind == OptimizerKind::Lion8bit ? 0.99 : 0.999) << w.name;
+  }
+  std::string msg = error_of([&] { optimizer_config_from_name("paged_sgd"); });
+  EXPECT_NE(msg.find("paged_sgd"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("paged_adamw_8bit"), std::string::npos) << msg;
+  // On the CPU a paged optimizer is the unpaged one: same updates, states in (plain) host memory.
+  for (const char* name : {"adamw_8bit", "lion_8bit"}) {
+    TrainSet a = make_run(), b = make_run();
+    Optimizer plain(optimizer_config_from_name(name), a.groups);
+    Optimizer paged(optimizer_config_from_name(std::string("paged_") + name), b.groups);
+    run_steps(plain, a, 0, 3);
+    run_steps(paged, b, 0, 3);
+    for (size_t i = 0; i < 3; ++i) {
+      const Tensor& x = plain.groups()[0].params[i].param;
+      const Tensor& y = paged.groups()[0].params[i].param;
+      EXPECT_EQ(0, std::memcmp(x.raw(), y.raw(), x.nbytes())) << name << " " << kNames[i];
+      EXPECT_FALSE(paged.state(kNames[i]).state1.is_cuda());
+    }
+  }
+}
