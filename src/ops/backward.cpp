@@ -5,6 +5,7 @@
 #include "ops/attention.h"
 #include "ops/check.h"
 #include "ops/cpu/backward_ops.h"
+#include "ops/cuda/cuda_ops.h"
 #include "ops/embedding.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
@@ -20,12 +21,13 @@ void cpu_f32(const char* op, Device dev, std::initializer_list<Arg> args) {
   for (const Arg& a : args) check_dtype(op, a, {DType::F32});
 }
 
-// seq_ids, when given: I32 [B, T] on the CPU.
-void check_seq_ids(const char* op, const Tensor* seq_ids, int64_t B, int64_t T) {
+// seq_ids, when given: I32 [B, T] on the device of the other tensors.
+void check_seq_ids(const char* op, const Tensor* seq_ids, int64_t B, int64_t T, Device dev) {
   if (!seq_ids) return;
   check_dtype(op, {"seq_ids", seq_ids}, {DType::I32});
   check_shape(op, {"seq_ids", seq_ids}, {B, T});
-  if (seq_ids->device() != Device::CPU) no_cuda(op);
+  if (seq_ids->device() != dev)
+    throw_error(ErrorKind::Shape, op, ": 'seq_ids' ", seq_ids->describe(), " must be on the device of q");
 }
 
 }  // namespace
@@ -137,8 +139,15 @@ void attention_forward_train(Tensor& out, Tensor& lse, const Tensor& q, const Te
   check_train_qkv(op, q, k, v);
   check_shape(op, {"out", &out}, q.shape());
   check_shape(op, {"lse", &lse}, {q.size(0), q.size(1), q.size(2)});
+  check_seq_ids(op, seq_ids, q.size(0), q.size(1), dev);
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::attention_forward_train(out, lse, q, k, v, seq_ids);  // checks its dtypes
+#else
+    no_cuda(op);
+#endif
+  }
   cpu_f32(op, dev, {{"out", &out}, {"lse", &lse}, {"q", &q}, {"k", &k}, {"v", &v}});
-  check_seq_ids(op, seq_ids, q.size(0), q.size(1));
   cpu::attention_forward_train(out, lse, q, k, v, seq_ids);
 }
 
@@ -162,6 +171,14 @@ void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, 
   check_shape(op, {"dk", &dk}, k.shape());
   check_shape(op, {"dv", &dv}, v.shape());
   check_shape(op, {"lse", &lse}, {q.size(0), q.size(1), q.size(2)});
+  check_seq_ids(op, seq_ids, q.size(0), q.size(1), dev);
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seq_ids);  // checks its dtypes
+#else
+    no_cuda(op);
+#endif
+  }
   cpu_f32(op, dev,
           {{"dq", &dq},
            {"dk", &dk},
@@ -172,7 +189,6 @@ void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, 
            {"v", &v},
            {"out", &out},
            {"lse", &lse}});
-  check_seq_ids(op, seq_ids, q.size(0), q.size(1));
   cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seq_ids);
 }
 
