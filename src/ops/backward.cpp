@@ -1,6 +1,7 @@
 // Dispatch for the backward ops and training attention declared beside their forwards in ops/<family>.h:
-// argument checks (shape errors name the op and the tensor), then the CPU kernel. CUDA kernels do not
-// exist yet: tensors on the GPU throw ErrorKind::Unsupported.
+// argument checks (shape errors name the op and the tensor), then the CPU kernel (all F32) or, for
+// tensors on the GPU, the CUDA kernel, which checks its dtypes itself (ops/cuda/cuda_ops.h: BF16
+// activations, F32 gradients; training attention BF16 or F32 throughout, seq_ids on the GPU too).
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/check.h"
@@ -42,6 +43,13 @@ void embedding_backward(Tensor& dtable, const Tensor& ids, const Tensor& dout) {
   if (rows != ids.numel())
     throw_error(ErrorKind::Shape, op, ": 'dout' ", dout.describe(), " has ", rows, " rows for ", ids.numel(),
                 " ids");
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::embedding_backward(dtable, ids, dout);  // range-checks the ids itself
+#else
+    no_cuda(op);
+#endif
+  }
   cpu_f32(op, dev, {{"dtable", &dtable}, {"dout", &dout}});
   const int32_t* id = ids.data<int32_t>();
   for (int64_t n = 0; n < ids.numel(); n++)
@@ -63,8 +71,15 @@ void rmsnorm_backward(Tensor& dx, Tensor* dweight, const Tensor& dout, const Ten
   if (dweight) {
     check_device(op, {{"x", &x}, {"dweight", dweight}});
     check_shape(op, {"dweight", dweight}, {C});
-    cpu_f32(op, dev, {{"dweight", dweight}});
   }
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::rmsnorm_backward(dx, dweight, dout, x, weight, eps);
+#else
+    no_cuda(op);
+#endif
+  }
+  if (dweight) cpu_f32(op, dev, {{"dweight", dweight}});
   cpu_f32(op, dev, {{"dx", &dx}, {"dout", &dout}, {"x", &x}, {"weight", &weight}});
   cpu::rmsnorm_backward(dx, dweight, dout, x, weight, eps);
 }
@@ -78,6 +93,13 @@ void rope_backward(Tensor& dx, const Tensor& positions, const Tensor& inv_freq) 
   check_dtype(op, {"positions", &positions}, {DType::I32});
   check_shape(op, {"positions", &positions}, {N});
   check_shape(op, {"inv_freq", &inv_freq}, {D / 2});
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::rope_backward(dx, positions, inv_freq);
+#else
+    no_cuda(op);
+#endif
+  }
   cpu_f32(op, dev, {{"dx", &dx}, {"inv_freq", &inv_freq}});
   cpu::rope_backward(dx, positions, inv_freq);
 }
@@ -88,6 +110,13 @@ void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tenso
       check_device(op, {{"dgate", &dgate}, {"dup", &dup}, {"dout", &dout}, {"gate", &gate}, {"up", &up}});
   for (Arg a : {Arg{"dgate", &dgate}, Arg{"dup", &dup}, Arg{"dout", &dout}, Arg{"up", &up}})
     check_shape(op, a, gate.shape());
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::swiglu_backward(dgate, dup, dout, gate, up);
+#else
+    no_cuda(op);
+#endif
+  }
   cpu_f32(op, dev, {{"dgate", &dgate}, {"dup", &dup}, {"dout", &dout}, {"gate", &gate}, {"up", &up}});
   cpu::swiglu_backward(dgate, dup, dout, gate, up);
 }
@@ -102,22 +131,29 @@ void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const
   if (rows != N)
     throw_error(ErrorKind::Shape, op, ": 'dy' ", dy.describe(), " has ", rows, " rows, x ", x.describe(),
                 " has ", N);
-  cpu_f32(op, dev, {{"dy", &dy}, {"x", &x}, {"w", &w}});
   if (dx) {
     check_device(op, {{"dy", &dy}, {"dx", dx}});
     check_shape(op, {"dx", dx}, x.shape());
-    cpu_f32(op, dev, {{"dx", dx}});
   }
   if (dw) {
     check_device(op, {{"dy", &dy}, {"dw", dw}});
     check_shape(op, {"dw", dw}, w.shape());
-    cpu_f32(op, dev, {{"dw", dw}});
   }
   if (db) {
     check_device(op, {{"dy", &dy}, {"db", db}});
     check_shape(op, {"db", db}, {O});
-    cpu_f32(op, dev, {{"db", db}});
   }
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::linear_backward(dx, dw, db, dy, x, w);
+#else
+    no_cuda(op);
+#endif
+  }
+  cpu_f32(op, dev, {{"dy", &dy}, {"x", &x}, {"w", &w}});
+  if (dx) cpu_f32(op, dev, {{"dx", dx}});
+  if (dw) cpu_f32(op, dev, {{"dw", dw}});
+  if (db) cpu_f32(op, dev, {{"db", db}});
   cpu::linear_backward(dx, dw, db, dy, x, w);
 }
 

@@ -83,6 +83,22 @@ void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, 
 // out = in converted to out's dtype (F32/BF16/F16), same element count.
 void convert(Tensor& out, const Tensor& in);
 
+// Backward ops (formulas beside their declarations in ops/<family>.h), f32 math; gradients accumulate
+// (+=) into what the caller passes, rope_backward works in place. Each tensor of the element-wise and
+// row ops is BF16 or F32, independently of the others.
+// dx[N, C] += ..., dweight[C] += ... (optional); dout, x [N, C]; weight [C]. dweight is deterministic.
+void rmsnorm_backward(Tensor& dx, Tensor* dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
+                      float eps);
+// In place on dx[N, H, D]: rotation by −a; positions I32 [N], inv_freq F32 [D/2], on the device.
+void rope_backward(Tensor& dx, const Tensor& positions, const Tensor& inv_freq);
+// dgate, dup, dout, gate, up: one shape.
+void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up);
+// dtable F32 [V, C] += scatter of dout [N, C] by ids I32 [N] (atomicAdd); ids checked before any write.
+void embedding_backward(Tensor& dtable, const Tensor& ids, const Tensor& dout);
+// dx[N, I] += dy·w, dw[O, I] += dyᵀ·x, db[O] += Σ_n dy (each when non-null), cuBLASLt with beta = 1.
+// dy, x, w all BF16 or all F32; dx BF16 or F32 (F32 for F32 inputs); dw, db F32.
+void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x, const Tensor& w);
+
 }  // namespace cuda
 }  // namespace qtune
 #endif  // QTUNE_HAVE_CUDA
