@@ -1,4 +1,5 @@
-// CPU forward passes of the quantized Linear storage (see quant_linear.h for the arithmetic).
+// CPU forward passes of the quantized Linear storage (see quant_linear.h for the arithmetic), the moves
+// between devices, and the dispatch to the CUDA side (model/cuda/) for storage on the GPU.
 #include "model/quant_linear.h"
 
 #include <cblas.h>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/cuda/quant_linear_cuda.h"
 #include "quant/codebook.h"
 
 namespace qtune {
@@ -78,8 +80,10 @@ void dequant_rows(const Quant4Linear& w, int64_t o0, int64_t rows, int64_t I, fl
 
 void check_args(const char* what, const Tensor& out, const Tensor& x, int64_t O, int64_t I,
                 const Tensor* bias) {
-  if (x.is_cuda() || out.is_cuda())
-    throw_error(ErrorKind::Unsupported, what, ": quantized linear layers run on the CPU only for now");
+  if (x.is_cuda() || out.is_cuda() || (bias && bias->is_cuda()))
+    throw_error(ErrorKind::Usage, what, ": the weight's storage is on the CPU but x ", x.describe(),
+                " / out ", out.describe(),
+                " are not all CPU tensors (move the storage with quant4_linear_to / int8_linear_to)");
   if (x.dtype() != DType::F32 || out.dtype() != DType::F32 || x.size(-1) != I || out.size(-1) != O ||
       x.numel() / I != out.numel() / O)
     throw_error(ErrorKind::Shape, what, ": expected F32 x [N, ", I, "] and out [N, ", O, "], got ",
@@ -116,12 +120,26 @@ std::shared_ptr<const Quant4Linear> quantize_linear_4bit(const Tensor& w, QuantT
                                                          bool double_quant, DType compute_dtype) {
   if (w.ndim() != 2)
     throw_error(ErrorKind::Shape, "quantize_linear_4bit: weight must be [O, I], got ", w.describe());
+  if (w.is_cuda()) {
+#ifdef QTUNE_HAVE_CUDA
+    return quantize_linear_4bit_cuda(w, qt, blocksize, double_quant, compute_dtype);
+#else
+    throw_error(ErrorKind::Unsupported, "quantize_linear_4bit: a GPU weight in a build without CUDA");
+#endif
+  }
   return make_quant4_linear(quantize_4bit(w, qt, blocksize, double_quant), compute_dtype);
 }
 
 std::shared_ptr<const Int8Linear> quantize_linear_8bit(const Tensor& w, float threshold) {
   if (w.ndim() != 2)
     throw_error(ErrorKind::Shape, "quantize_linear_8bit: weight must be [O, I], got ", w.describe());
+  if (w.is_cuda()) {
+#ifdef QTUNE_HAVE_CUDA
+    return quantize_linear_8bit_cuda(w, threshold);
+#else
+    throw_error(ErrorKind::Unsupported, "quantize_linear_8bit: a GPU weight in a build without CUDA");
+#endif
+  }
   auto l = std::make_shared<Int8Linear>();
   // bitsandbytes' Int8Params quantizes an f16 copy of the weight, without outliers.
   l->w = int8_vectorwise_quant(w.dtype() == DType::F16 ? w : w.to_dtype(DType::F16), 0.0f);
@@ -129,7 +147,28 @@ std::shared_ptr<const Int8Linear> quantize_linear_8bit(const Tensor& w, float th
   return l;
 }
 
+std::shared_ptr<const Quant4Linear> quant4_linear_to(const Quant4Linear& w, Device device) {
+  auto r = std::make_shared<Quant4Linear>(w);
+  for (Tensor* t : {&r->q.packed, &r->q.absmax, &r->q.nested_absmax, &r->q.nested_code})
+    if (t->defined()) *t = t->to(device);
+  if (device == Device::CPU)
+    r->absmax = quant4_absmax_f32(r->q);
+  else
+    r->absmax = r->q.nested ? Tensor() : r->q.absmax;
+  return r;
+}
+
+std::shared_ptr<const Int8Linear> int8_linear_to(const Int8Linear& w, Device device) {
+  auto r = std::make_shared<Int8Linear>(w);
+  r->w.q = w.w.q.to(device);
+  r->w.scale = w.w.scale.to(device);
+  return r;
+}
+
 Tensor quant4_linear_dense(const Quant4Linear& w) {
+  if (w.on_cuda())
+    throw_error(ErrorKind::Usage,
+                "quant4_linear_dense: the storage is on the GPU (quant4_dequantize_rows_cuda)");
   const int64_t O = w.q.shape[0], I = w.q.shape[1];
   Tensor out = Tensor::empty({O, I}, DType::F32);
   dequant_rows(w, 0, O, I, out.data<float>());
@@ -138,6 +177,9 @@ Tensor quant4_linear_dense(const Quant4Linear& w) {
 
 void quant4_linear_forward(Tensor& out, const Tensor& x, const Quant4Linear& w, const Tensor* bias) {
   const int64_t O = w.q.shape[0], I = w.q.shape[1];
+#ifdef QTUNE_HAVE_CUDA
+  if (w.on_cuda() || x.is_cuda()) return quant4_linear_forward_cuda(out, x, w, bias);
+#endif
   check_args("quant4_linear_forward", out, x, O, I, bias);
   const int64_t N = x.numel() / I;
   const float* xp = x.data<float>();  // [N, I]
@@ -207,6 +249,9 @@ void quant4_linear_forward(Tensor& out, const Tensor& x, const Quant4Linear& w, 
 
 void int8_linear_forward(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {
   const int64_t O = w.w.q.size(0), K = w.w.q.size(1);
+#ifdef QTUNE_HAVE_CUDA
+  if (w.on_cuda() || x.is_cuda()) return int8_linear_forward_cuda(out, x, w, bias);
+#endif
   check_args("int8_linear_forward", out, x, O, K, bias);
   const int64_t N = x.numel() / K;
   const float* xp = x.data<float>();  // [N, K]

@@ -233,11 +233,12 @@ bool load_quantized_linear(Linear& lin, const WeightStore& store, const LoadOpti
   const TensorInfo& info = store.info(W);
   const bool stored_quant = !is_float(info.dtype);
   if (!stored_quant && (!opts.quantized() || skip_quantization(opts, lin.name))) return false;
-  if (device != Device::CPU)
-    throw_error(ErrorKind::Unsupported, W, ": quantized linear layers run on the CPU only for now");
+  // On CUDA: stored entries are read (mapped) and copied up; a float weight goes up alone in its file dtype
+  // and is quantized there, so host memory holds no more than the mapped files.
   if (info.dtype == DType::U8) {
     TensorMap m = entries_4bit(store, W);
     lin.q4 = make_quant4_linear(bnb_read_4bit(m, W), opts.compute_dtype);
+    if (device != Device::CPU) lin.q4 = quant4_linear_to(*lin.q4, device);
     for (const auto& kv : m) used->push_back(kv.first);
   } else if (info.dtype == DType::I8) {
     auto l = std::make_shared<Int8Linear>();
@@ -245,12 +246,13 @@ bool load_quantized_linear(Linear& lin, const WeightStore& store, const LoadOpti
     l->w.q = store.get(W);
     l->w.scale = store.get(scb);
     l->threshold = opts.llm_int8_threshold;
-    lin.q8 = l;
+    lin.q8 = device == Device::CPU ? l : int8_linear_to(*l, device);
     used->push_back(W);
     used->push_back(scb);
     if (store.has(lin.name + ".weight_format")) used->push_back(lin.name + ".weight_format");
   } else {
-    Tensor w = store.get(W);  // [O, I], mapped: quantized straight from the file
+    Tensor w = store.get(W);  // [O, I], mapped: quantized straight from the file (or from its GPU copy)
+    if (device != Device::CPU) w = w.to(device);
     if (opts.load_in_4bit)
       lin.q4 =
           quantize_linear_4bit(w, opts.quant_type, opts.blocksize, opts.double_quant, opts.compute_dtype);

@@ -37,7 +37,7 @@ std::string check_linear_entries(const WeightStore& store, const std::string& na
 // Puts the Linear's weight into quantized storage (lin.q4 / lin.q8) when the file holds bitsandbytes entries
 // for it, or when opts quantize it and it is not skipped; appends the store entries it used to *used.
 // Returns false (touching nothing) when the weight stays dense, for the caller's dense path. Call after
-// check_linear_entries. Throws ErrorKind::Unsupported for quantized weights on CUDA (not yet).
+// check_linear_entries. On CUDA the storage ends up on the GPU (a float weight is quantized there).
 bool load_quantized_linear(Linear& lin, const WeightStore& store, const LoadOptions& opts, Device device,
                            std::vector<std::string>* used);
 

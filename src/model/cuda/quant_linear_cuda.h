@@ -1,0 +1,21 @@
+// The CUDA side of model/quant_linear.h, called by its dispatch (quant_linear.cpp) when x or the weight is on
+// the GPU: forwards, and quantization of a GPU weight into GPU storage. Internal to model/.
+#pragma once
+#ifdef QTUNE_HAVE_CUDA
+#include <memory>
+
+#include "model/quant_linear.h"
+
+namespace qtune {
+
+void quant4_linear_forward_cuda(Tensor& out, const Tensor& x, const Quant4Linear& w, const Tensor* bias);
+void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias);
+
+// w: GPU F32/BF16/F16 [O, I]; the storage equals quantize_linear_4bit / _8bit of the same values on the CPU.
+std::shared_ptr<const Quant4Linear> quantize_linear_4bit_cuda(const Tensor& w, QuantType qt,
+                                                              int64_t blocksize, bool double_quant,
+                                                              DType compute_dtype);
+std::shared_ptr<const Int8Linear> quantize_linear_8bit_cuda(const Tensor& w, float threshold);
+
+}  // namespace qtune
+#endif  // QTUNE_HAVE_CUDA

@@ -1,0 +1,269 @@
+// 4-bit NF4 / FP4 blockwise quantize and dequantize on the GPU, bit-exact with quant4.cpp (rules in
+// quant4.h). quantize: one warp per block: the block's absmax (warp max), then each lane packs pairs of
+// elements
+//   (element 2i in the high nibble), code = order[#midpoints < v] after the same scaling and clamping.
+// dequantize: one thread per 32 consecutive elements (16 packed bytes, always inside one block, as block
+//   sizes are powers of two >= 32): code[q] · absmax (f32), optional rounding steps, the output dtype.
+#include <algorithm>
+#include <cstring>
+
+#include "quant/cuda/quant_device.cuh"
+#include "quant/double_quant.h"
+
+namespace qtune {
+
+using namespace quant_cuda;
+
+namespace {
+
+constexpr float kTinyAbsmax = 1e-38f;  // the partial last block's divisor floor (quant4.cpp)
+constexpr int kThreads = 256;
+
+__device__ __forceinline__ uint8_t find_code(const Code4& cs, const uint8_t* order, float v) {
+  v = cpu_min(cpu_max(v, -1.0f), 1.0f);
+  int count = 0;
+#pragma unroll
+  for (int i = 0; i < 15; i++) count += cs.mids[i] < v;  // a tie (v == midpoint) stays below
+  return order[count];
+}
+
+template <class T>
+__global__ void quantize4_kernel(const T* __restrict__ x, int64_t n, int64_t bs, Code4 cs,
+                                 uint8_t* __restrict__ packed, float* __restrict__ absmax) {
+  __shared__ uint8_t order[16];
+  if (threadIdx.x < 16) order[threadIdx.x] = cs.order[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t nb = (n + bs - 1) / bs, full = n / bs;
+  const int64_t nwarps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  for (int64_t b = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < nb; b += nwarps) {
+    const int64_t start = b * bs, len = min(n, start + bs) - start;
+    const T* xb = x + start;
+    float a = 0.0f;
+    for (int64_t i = lane; i < len; i += 32) a = cpu_max(a, fabsf(load_f32(xb[i])));  // NaN ignored
+    for (int o = 16; o > 0; o >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, o));
+    const bool partial = b >= full;
+    const float denom = cpu_max(a, kTinyAbsmax), inv = __fdiv_rn(1.0f, denom);
+    if (lane == 0) absmax[b] = partial ? denom : a;
+    const int64_t npairs = (len + 1) / 2;
+    for (int64_t p = lane; p < npairs; p += 32) {
+      const int64_t i0 = 2 * p, i1 = i0 + 1;
+      float v0 = load_f32(xb[i0]);
+      v0 = partial ? __fdiv_rn(v0, denom) : __fmul_rn(v0, inv);
+      float v1 = 0.0f;  // an odd count pads with the code of 0
+      if (i1 < len) {
+        v1 = load_f32(xb[i1]);
+        v1 = partial ? __fdiv_rn(v1, denom) : __fmul_rn(v1, inv);
+      }
+      packed[start / 2 + p] = (uint8_t)((find_code(cs, order, v0) << 4) | find_code(cs, order, v1));
+    }
+  }
+}
+
+// Two values rounded to a 16-bit type, packed as one 32-bit word (the first in the low half).
+template <class TO>
+__device__ __forceinline__ uint32_t pack2(float a, float b);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float a, float b) {
+  __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float a, float b) {
+  __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&h);
+}
+
+template <class TO>
+__device__ __forceinline__ TO from_f32_rn(float v);
+template <>
+__device__ __forceinline__ float from_f32_rn<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32_rn<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_f32_rn<__half>(float v) {
+  return __float2half_rn(v);
+}
+
+// Elements [e0, e0 + count) into out[0 .. count). vec: e0 % 32 == 0 and out / packed 16-byte aligned, so
+// whole 32-element chunks inside the range go through 16-byte loads and stores.
+template <class TO>
+__global__ void dequantize4_kernel(const uint8_t* __restrict__ packed, Absmax4View am, int64_t e0,
+                                   int64_t count, int lg_bs, Code4 cs, TO* __restrict__ out, int r1, int r2,
+                                   bool vec) {
+  __shared__ float code[16];
+  __shared__ float ncode[256];
+  if (threadIdx.x < 16) code[threadIdx.x] = cs.code[threadIdx.x];
+  if (!am.absmax)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) ncode[i] = am.nested_code[i];
+  __syncthreads();
+  const int64_t e_end = e0 + count, c_first = e0 >> 5, c_last = (e_end - 1) >> 5;
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  auto value = [&](int nib, float s) {
+    float v = __fmul_rn(code[nib], s);
+    return round_step(r2, round_step(r1, v));
+  };
+  for (int64_t k = c_first + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k <= c_last; k += stride) {
+    const int64_t eb = k << 5;
+    const float s = block_absmax(am, eb >> lg_bs, ncode);
+    if (vec && eb + 32 <= e_end) {
+      const uint4 w = __ldcs(reinterpret_cast<const uint4*>(packed) + k);  // 32 codes
+      const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+      if constexpr (sizeof(TO) == 2) {
+        uint32_t o[16];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const uint32_t byte = (words[j] >> (8 * b)) & 0xFFu;
+            o[4 * j + b] = pack2<TO>(value(byte >> 4, s), value(byte & 15, s));
+          }
+        uint4* dst = reinterpret_cast<uint4*>(out + (eb - e0));
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+          __stcs(dst + i, make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
+      } else {
+        float o[32];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+          for (int b = 0; b < 4; b++) {
+            const uint32_t byte = (words[j] >> (8 * b)) & 0xFFu;
+            o[8 * j + 2 * b] = value(byte >> 4, s);
+            o[8 * j + 2 * b + 1] = value(byte & 15, s);
+          }
+        float4* dst = reinterpret_cast<float4*>(out + (eb - e0));
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+          __stcs(dst + i, make_float4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]));
+      }
+      continue;
+    }
+    for (int64_t e = max(eb, e0); e < min(eb + 32, e_end); e++) {
+      const uint8_t byte = packed[e >> 1];
+      out[e - e0] = from_f32_rn<TO>(value((e & 1) ? (byte & 15) : (byte >> 4), s));
+    }
+  }
+}
+
+int log2_exact(int64_t bs) {
+  int lg = 0;
+  while ((int64_t(1) << lg) < bs) lg++;
+  return lg;
+}
+
+bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+void require_gpu(const Tensor& t, const char* what, const char* name) {
+  if (!t.defined() || !t.is_cuda())
+    throw_error(ErrorKind::Usage, what, ": ", name, " must be a GPU tensor, got ",
+                t.defined() ? t.describe() : std::string("an undefined tensor"));
+}
+
+}  // namespace
+
+Absmax4View absmax4_view(const Quant4Tensor& q) {
+  Absmax4View v;
+  require_gpu(q.absmax, "absmax4_view", "absmax");
+  if (!q.nested) {
+    v.absmax = q.absmax.data<float>();
+    return v;
+  }
+  require_gpu(q.nested_absmax, "absmax4_view", "nested_absmax");
+  require_gpu(q.nested_code, "absmax4_view", "nested_code");
+  v.qabsmax = q.absmax.data<uint8_t>();
+  v.nested_absmax = q.nested_absmax.data<float>();
+  v.nested_code = q.nested_code.data<float>();
+  v.offset = q.offset;
+  return v;
+}
+
+void quantize_4bit_cuda_raw(const void* x, DType dtype, int64_t n, int64_t blocksize, QuantType qt,
+                            uint8_t* packed, float* absmax, cudaStream_t stream) {
+  check_blocksize(blocksize, "quantize_4bit_cuda");
+  if (n <= 0) return;
+  const Code4 cs = make_code4(qt);
+  const int64_t nb = (n + blocksize - 1) / blocksize;
+  const int blocks = grid_blocks(nb * 32, kThreads);
+  QT_QUANT_DISPATCH(dtype, "quantize_4bit_cuda", T, {
+    quantize4_kernel<T>
+        <<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), n, blocksize, cs, packed, absmax);
+  });
+  check_launch("quantize4_kernel");
+}
+
+void dequantize_4bit_cuda_raw(const uint8_t* packed, const Absmax4View& am, int64_t e0, int64_t count,
+                              int64_t blocksize, QuantType qt, DType out_dtype, void* out,
+                              cudaStream_t stream, DType round1, DType round2) {
+  check_blocksize(blocksize, "dequantize_4bit_cuda");
+  if (count <= 0) return;
+  if (!am.absmax && (!am.qabsmax || !am.nested_absmax || !am.nested_code))
+    throw_error(ErrorKind::Usage, "dequantize_4bit_cuda: no absmax (plain or nested) given");
+  const Code4 cs = make_code4(qt);
+  const bool vec = e0 % 32 == 0 && aligned16(packed) && aligned16(out);
+  const int64_t chunks = ((e0 + count - 1) >> 5) - (e0 >> 5) + 1;
+  const int blocks = grid_blocks(chunks, kThreads);
+  const int lg = log2_exact(blocksize), r1 = round_kind(round1), r2 = round_kind(round2);
+  QT_QUANT_DISPATCH(out_dtype, "dequantize_4bit_cuda", TO, {
+    dequantize4_kernel<TO>
+        <<<blocks, kThreads, 0, stream>>>(packed, am, e0, count, lg, cs, static_cast<TO*>(out), r1, r2, vec);
+  });
+  check_launch("dequantize4_kernel");
+}
+
+Quant4Tensor quantize_4bit_cuda(const Tensor& x, QuantType qt, int64_t blocksize, bool double_quant) {
+  require_gpu(x, "quantize_4bit_cuda", "x");
+  check_blocksize(blocksize, "quantize_4bit_cuda");
+  const int64_t n = x.numel();
+  if (n == 0) throw_error(ErrorKind::Usage, "quantize_4bit_cuda: empty tensor ", x.describe());
+  Quant4Tensor q;
+  q.quant_type = qt;
+  q.blocksize = blocksize;
+  q.shape = x.shape();
+  q.dtype = x.dtype();
+  q.packed = Tensor::empty({(n + 1) / 2, 1}, DType::U8, Device::CUDA);
+  const int64_t nb = q.num_blocks();
+  Tensor absmax = Tensor::empty({nb}, DType::F32, Device::CUDA);
+  quantize_4bit_cuda_raw(x.raw(), x.dtype(), n, blocksize, qt, q.packed.data<uint8_t>(), absmax.data<float>(),
+                         0);
+  if (!double_quant) {
+    q.absmax = absmax;
+    return q;
+  }
+  // The nested statistics on the host: torch's f32 mean must be reproduced to the last bit.
+  Tensor host = absmax.to(Device::CPU);
+  NestedAbsmax nested = double_quantize_absmax(host.data<float>(), nb);
+  q.nested = true;
+  q.offset = nested.offset;
+  q.nested_blocksize = kNestedBlocksize;
+  Tensor qa = Tensor::empty({nb}, DType::U8);
+  std::memcpy(qa.raw(), nested.q.data(), (size_t)nb);
+  q.absmax = qa.to(Device::CUDA);
+  q.nested_absmax = Tensor::from_f32(nested.absmax, {(int64_t)nested.absmax.size()}).to(Device::CUDA);
+  q.nested_code = Tensor::from_f32(create_dynamic_map(true), {256}).to(Device::CUDA);
+  return q;
+}
+
+Tensor dequantize_4bit_cuda(const Quant4Tensor& q, DType out_dtype) {
+  validate_quant4(q, "dequantize_4bit_cuda");
+  require_gpu(q.packed, "dequantize_4bit_cuda", "packed");
+  Tensor out = Tensor::empty(q.shape, out_dtype, Device::CUDA);
+  dequantize_4bit_cuda_raw(q.packed.data<uint8_t>(), absmax4_view(q), 0, q.numel(), q.blocksize, q.quant_type,
+                           out_dtype, out.raw(), 0);
+  return out;
+}
+
+Quant4Tensor quant4_to(const Quant4Tensor& q, Device device) {
+  Quant4Tensor r = q;
+  for (Tensor* t : {&r.packed, &r.absmax, &r.nested_absmax, &r.nested_code})
+    if (t->defined()) *t = t->to(device);
+  return r;
+}
+
+}  // namespace qtune

@@ -1,0 +1,105 @@
+// Device helpers shared by the quant/ kernels: the 4-bit code book as a kernel argument (with the sorted
+// midpoints quantization searches), f32 rounding to bf16 / f16 as the CPU's round_to does, the absmax of a
+// block from either absmax form, and a grid size for grid-stride loops. Internal to quant/cuda.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/error.h"
+#include "quant/codebook.h"
+#include "quant/quant_cuda.h"
+
+namespace qtune {
+namespace quant_cuda {
+
+// The 16 code values (index = nibble), and for quantization the 15 f32 midpoints between neighbours in
+// sorted order and the code index of each sorted slot (as quant4.cpp's Code4Search builds them).
+struct Code4 {
+  float code[16];
+  float mids[15];
+  uint8_t order[16];
+};
+Code4 make_code4(QuantType qt);
+
+// Rounding steps: 0 none (F32), 1 bf16, 2 f16.
+int round_kind(DType dt);
+// The float kind of a tensor dtype for load_kind / store_kind; throws Usage for non-float dtypes.
+int float_kind(DType dt, const char* what);
+__device__ __forceinline__ float round_step(int kind, float v) {
+  if (kind == 1) return __bfloat162float(__float2bfloat16_rn(v));
+  if (kind == 2) return __half2float(__float2half_rn(v));
+  return v;
+}
+
+__device__ __forceinline__ float load_f32(float v) {
+  return v;
+}
+__device__ __forceinline__ float load_f32(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+__device__ __forceinline__ float load_f32(__half v) {
+  return __half2float(v);
+}
+
+// Runtime-typed element access for values touched once per output (bias, results): kind 0 F32, 1 BF16,
+// 2 F16 (round_kind's numbering).
+__device__ __forceinline__ float load_kind(const void* p, int64_t i, int kind) {
+  if (kind == 1) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  if (kind == 2) return __half2float(static_cast<const __half*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+__device__ __forceinline__ void store_kind(void* p, int64_t i, int kind, float v) {
+  if (kind == 1)
+    static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  else if (kind == 2)
+    static_cast<__half*>(p)[i] = __float2half_rn(v);
+  else
+    static_cast<float*>(p)[i] = v;
+}
+
+// absmax of block blk; ncode: the nested code book in shared memory (nested form only).
+__device__ __forceinline__ float block_absmax(const Absmax4View& am, int64_t blk, const float* ncode) {
+  if (am.absmax) return am.absmax[blk];
+  return __fadd_rn(__fmul_rn(ncode[am.qabsmax[blk]], am.nested_absmax[blk >> 8]), am.offset);
+}
+
+// std::max / std::min as the CPU code evaluates them ((a < b) ? b : a), NaN handling included.
+__device__ __forceinline__ float cpu_max(float a, float b) {
+  return (a < b) ? b : a;
+}
+__device__ __forceinline__ float cpu_min(float a, float b) {
+  return (b < a) ? b : a;
+}
+
+// Blocks for a grid-stride loop over `work` items with `threads` per block (at most 16 blocks per SM).
+int grid_blocks(int64_t work, int threads);
+
+void check_launch(const char* kernel);
+
+}  // namespace quant_cuda
+}  // namespace qtune
+
+// Binds T to the C++ element type of a float dtype (F32, BF16, F16) and runs the body.
+#define QT_QUANT_DISPATCH(dtype, what, T, ...)                                                        \
+  do {                                                                                                \
+    switch (dtype) {                                                                                  \
+      case ::qtune::DType::F32: {                                                                     \
+        using T = float;                                                                              \
+        __VA_ARGS__;                                                                                  \
+      } break;                                                                                        \
+      case ::qtune::DType::BF16: {                                                                    \
+        using T = __nv_bfloat16;                                                                      \
+        __VA_ARGS__;                                                                                  \
+      } break;                                                                                        \
+      case ::qtune::DType::F16: {                                                                     \
+        using T = __half;                                                                             \
+        __VA_ARGS__;                                                                                  \
+      } break;                                                                                        \
+      default:                                                                                        \
+        ::qtune::throw_error(::qtune::ErrorKind::Usage, what, ": dtype ", ::qtune::dtype_name(dtype), \
+                             " is not supported (F32, BF16 or F16)");                                 \
+    }                                                                                                 \
+  } while (0)

@@ -1,0 +1,140 @@
+// CUDA kernels of quant/: 4-bit NF4/FP4 blockwise quantize and dequantize (plain or double-quantized
+// absmax), 8-bit dynamic blockwise quantize and dequantize, the fused 4-bit GEMV, and the LLM.int8 pieces
+// (row-wise int8 quantization with outlier columns, the rescaling epilogue, a small-batch int8 GEMV).
+//
+// Quantize / dequantize equal the CPU functions of quant4.h and blockwise8.h bit for bit: the same f32
+// operations in the same order (__fmul_rn / __fadd_rn / __fdiv_rn, never contracted), the same tie and NaN
+// rules, the same nibble order. Double quantization of the absmax runs on the host (torch's exact mean,
+// double_quant.h) on the copied absmax, which is 1/64 of the data or less.
+//
+// Raw functions take device pointers and a stream; the Tensor-level ones use the legacy default stream
+// (which orders with the blocking stream of ops/cuda). Declared only in CUDA builds.
+#pragma once
+#ifdef QTUNE_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "quant/blockwise8.h"
+#include "quant/codebook.h"
+#include "quant/quant4.h"
+
+namespace qtune {
+
+// ---- 4-bit blockwise -------------------------------------------------------------------------------
+
+// Where a 4-bit tensor's per-block absmax comes from on the device: plain f32 values, or the nested form
+// absmax[b] = f32(nested_code[qabsmax[b]] * nested_absmax[b / 256]) + offset (double quantization).
+struct Absmax4View {
+  const float* absmax = nullptr;         // F32 [num_blocks] (plain)
+  const uint8_t* qabsmax = nullptr;      // U8 [num_blocks] (nested)
+  const float* nested_absmax = nullptr;  // F32 [ceil(num_blocks / 256)]
+  const float* nested_code = nullptr;    // F32 [256]
+  float offset = 0.0f;
+};
+// The view of q's device tensors (q.nested picks the form). Throws Usage unless they are on the GPU.
+Absmax4View absmax4_view(const Quant4Tensor& q);
+
+// x: n values of dtype (F32/BF16/F16); packed: (n + 1) / 2 bytes; absmax: ceil(n / blocksize) floats.
+void quantize_4bit_cuda_raw(const void* x, DType dtype, int64_t n, int64_t blocksize, QuantType qt,
+                            uint8_t* packed, float* absmax, cudaStream_t stream);
+// out[i] = out_dtype(r2(r1(code[q[e]] * absmax[e / blocksize]))) for e = e0 + i, i < count, where r1 and
+// r2 round to round1 / round2 (F32: no rounding). e0 + count <= the tensor's element count.
+void dequantize_4bit_cuda_raw(const uint8_t* packed, const Absmax4View& absmax, int64_t e0, int64_t count,
+                              int64_t blocksize, QuantType qt, DType out_dtype, void* out,
+                              cudaStream_t stream, DType round1 = DType::F32, DType round2 = DType::F32);
+
+// Tensor-level, as quantize_4bit / dequantize_4bit: x a GPU F32/BF16/F16 tensor; the result's tensors
+// live on the GPU (packed, absmax, and when nested nested_absmax and nested_code).
+Quant4Tensor quantize_4bit_cuda(const Tensor& x, QuantType qt, int64_t blocksize = 64,
+                                bool double_quant = false);
+Tensor dequantize_4bit_cuda(const Quant4Tensor& q, DType out_dtype);
+// Copies every tensor of q to `device` (the metadata is shared).
+Quant4Tensor quant4_to(const Quant4Tensor& q, Device device);
+
+// ---- 8-bit dynamic blockwise -----------------------------------------------------------------------
+
+// code: device F32 [256] sorted (the dynamic map); the CPU Quant8Lut's 65536-entry table is evaluated
+// on the fly (a binary search over the code midpoints gives the same entry).
+void quantize_blockwise_8bit_cuda_raw(const void* x, DType dtype, int64_t n, const float* code,
+                                      int64_t blocksize, uint8_t* q, float* absmax, cudaStream_t stream);
+void dequantize_blockwise_8bit_cuda_raw(const uint8_t* q, const float* absmax, const float* code, int64_t n,
+                                        int64_t blocksize, DType out_dtype, void* out, cudaStream_t stream);
+// Tensor-level: x on the GPU; the result's tensors on the GPU.
+Blockwise8 quantize_blockwise_8bit_cuda(const Tensor& x, const std::vector<float>& code, int64_t blocksize);
+Tensor dequantize_blockwise_8bit_cuda(const Blockwise8& b, const std::vector<float>& code, DType out_dtype);
+
+// ---- fused 4-bit GEMV --------------------------------------------------------------------------------
+
+// out[r, o] = Σ_i x[r, i] · code[q[o, i]] · absmax[blk(o, i)] (+ bias[o]) for r < rows (1 or 2), in f32:
+// per 32 weights Σ code·x, then times the block's absmax. The packed weight [O, I] is read once.
+struct Gemv4Args {
+  const uint8_t* packed = nullptr;  // [O · I / 2], 16-byte aligned
+  Absmax4View absmax;
+  int64_t blocksize = 64;
+  QuantType quant_type = QuantType::NF4;
+  const void* x = nullptr;  // BF16 [rows, I]
+  void* out = nullptr;      // out_dtype [rows, O]
+  DType out_dtype = DType::BF16;
+  const void* bias = nullptr;  // bias_dtype [O] or null
+  DType bias_dtype = DType::BF16;
+  int64_t O = 0, I = 0;
+  int rows = 1;
+  int rows_per_block = 0;  // output rows per thread block: 2, 4 or 8 (0: chosen from the shape)
+};
+// True when the GEMV handles the weight: I % 32 == 0 and a 16-byte aligned packed pointer.
+bool gemv_4bit_supported(int64_t I, const void* packed);
+void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
+
+// ---- LLM.int8 ----------------------------------------------------------------------------------------
+
+// Row-wise int8 quantization of x [rows, cols] (F32/BF16/F16), values first rounded to f16 when
+// round_f16: scale[r] = max |x| over the row's elements below threshold (all of them when threshold is 0),
+// q = round_half_even(x · ((1 / scale) · 127)) clamped to ±127, 0 when scale is 0. With threshold > 0,
+// col_flags[c] is set to 1 for every column holding an |x| >= threshold (col_flags zeroed by the caller).
+// Elements of such columns still get a q value (the epilogues subtract their product again).
+void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols, float threshold,
+                          bool round_f16, int8_t* q, float* scale, uint8_t* col_flags, cudaStream_t stream);
+// out[r, c] = out_dtype(((float)q[r0 + r, c] · scale[r0 + r]) · (1/127)) for r < rows: the dequantized
+// int8 weight rows (int8_vectorwise_dequant's arithmetic).
+void int8_dequantize_rows_cuda_raw(const int8_t* q, const float* scale, int64_t r0, int64_t rows,
+                                   int64_t cols, DType out_dtype, void* out, cudaStream_t stream);
+// The flagged columns in ascending order: cols[0 .. *count). One thread block.
+void int8_outlier_columns_cuda(const uint8_t* col_flags, int64_t K, int32_t* cols, int32_t* count,
+                               cudaStream_t stream);
+
+// What the int8 epilogues need beyond the int32 products (all device pointers).
+struct Int8Epilogue {
+  const float* sa = nullptr;   // [N] activation row scales
+  const int8_t* qa = nullptr;  // [N, K] quantized activations
+  const float* sb = nullptr;   // [O] weight row scales (SCB)
+  const int8_t* qb = nullptr;  // [O, K] int8 weight
+  const void* x = nullptr;     // x_dtype [N, K], the original activations (outlier columns)
+  DType x_dtype = DType::BF16;
+  const int32_t* cols = nullptr;   // outlier columns [count]
+  const int32_t* count = nullptr;  // [1]
+  // The outlier weight columns gathered by int8_gather_outliers_cuda, for the first `cap` outliers.
+  const float* wout = nullptr;   // [cap, O] q·SCB/127
+  const int8_t* qout = nullptr;  // [cap, O]
+  int cap = 0;
+  const void* bias = nullptr;  // bias_dtype [O] or null
+  DType bias_dtype = DType::F32;
+  void* out = nullptr;  // out_dtype [N, O]
+  DType out_dtype = DType::BF16;
+  int64_t N = 0, K = 0, O = 0;
+};
+// wout[j, o] = ((float)qb[o, c_j] · sb[o]) · (1/127), qout[j, o] = qb[o, c_j] for j < min(count, cap).
+void int8_gather_outliers_cuda(const Int8Epilogue& e, float* wout, int8_t* qout, int cap,
+                               cudaStream_t stream);
+// out[m, o] = (float)(acc − Σ_j qa[m, c_j]·qb[o, c_j]) · (sa[m]·sb[o]) · 6.200124e-05 (+ bias[o])
+//             + Σ_j x[m, c_j] · wout[j, o], in the CPU forward's order. acc: int32 [N, O].
+void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t stream);
+// The same output computed directly (int32 dot products with __dp4a), for few rows or shapes cuBLASLt's
+// int8 GEMM does not take; rows [m0, m0 + rows) of N, rows <= 4.
+void int8_gemv_cuda(const Int8Epilogue& e, int64_t m0, int rows, cudaStream_t stream);
+
+}  // namespace qtune
+
+#endif  // QTUNE_HAVE_CUDA
