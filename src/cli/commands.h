@@ -15,5 +15,6 @@ void add_bench_command(CLI::App& app, Runner& run);
 void add_quantize_command(CLI::App& app, Runner& run);
 void add_perplexity_command(CLI::App& app, Runner& run);
 void add_finetune_command(CLI::App& app, Runner& run);
+void add_merge_command(CLI::App& app, Runner& run);
 
 }  // namespace qtune::cli

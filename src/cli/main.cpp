@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   qtune::cli::add_quantize_command(app, run);
   qtune::cli::add_perplexity_command(app, run);
   qtune::cli::add_finetune_command(app, run);
+  qtune::cli::add_merge_command(app, run);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

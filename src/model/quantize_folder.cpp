@@ -2,11 +2,11 @@
 #include "model/quantize_folder.h"
 
 #include <filesystem>
-#include <fstream>
 #include <regex>
 
 #include "core/error.h"
 #include "io/json_util.h"
+#include "io/model_folder.h"
 #include "io/safetensors.h"
 #include "model/quant_linear.h"
 #include "model/quant_load.h"
@@ -15,27 +15,6 @@
 namespace qtune {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// Files save_pretrained / the tokenizer's save_pretrained put next to the weights.
-const char* kCopied[] = {"tokenizer.json",
-                         "tokenizer_config.json",
-                         "tokenizer.model",
-                         "special_tokens_map.json",
-                         "added_tokens.json",
-                         "vocab.json",
-                         "merges.txt",
-                         "chat_template.jinja",
-                         "generation_config.json"};
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream f(path, std::ios::binary);
-  f << text;
-  if (!f) throw_error(ErrorKind::Io, "cannot write ", path);
-}
-
-}  // namespace
 
 bool is_decoder_linear_weight(const std::string& name) {
   static const std::regex re(
@@ -62,18 +41,14 @@ QuantizeReport quantize_model_folder(const std::string& in, const std::string& o
   if (!path_is_dir(out)) throw_error(ErrorKind::Io, "cannot create the output folder ", out);
 
   QuantizeReport rep;
-  std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
-  int64_t shard_bytes = 0;
-  auto add = [&](std::vector<std::pair<std::string, Tensor>> entries) {
+  std::vector<ShardTensors> groups;  // one module's entries stay together
+  std::vector<int64_t> group_bytes;
+  auto add = [&](ShardTensors entries) {
     int64_t n = 0;
     for (auto& kv : entries) n += (int64_t)kv.second.nbytes();
-    if (shard_bytes > 0 && shard_bytes + n > max_shard_bytes) {  // one module's entries stay together
-      shards.emplace_back();
-      shard_bytes = 0;
-    }
-    shard_bytes += n;
     rep.bytes_out += n;
-    for (auto& kv : entries) shards.back().push_back(std::move(kv));
+    groups.push_back(std::move(entries));
+    group_bytes.push_back(n);
   };
   for (const std::string& name : store.names()) {
     Tensor t = store.get(name);  // mapped
@@ -100,33 +75,20 @@ QuantizeReport quantize_model_folder(const std::string& in, const std::string& o
     throw_error(ErrorKind::Usage, in, ": no decoder Linear weight to quantize (all skipped or none found)");
 
   // Weights: one file, or shards with an index (transformers' names).
-  const std::map<std::string, std::string> meta = {{"format", "pt"}};
+  const std::vector<std::vector<size_t>> shards = plan_shards(group_bytes, max_shard_bytes);
   rep.shards = (int)shards.size();
-  for (const char* stale : {"model.safetensors", "model.safetensors.index.json"})
-    fs::remove(path_join(out, stale), ec);
-  if (shards.size() == 1) {
-    write_safetensors(path_join(out, "model.safetensors"), shards[0], meta);
-  } else {
-    nlohmann::json index;
-    index["metadata"]["total_size"] = rep.bytes_out;
-    for (size_t i = 0; i < shards.size(); i++) {
-      char fname[64];
-      std::snprintf(fname, sizeof fname, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
-      write_safetensors(path_join(out, fname), shards[i], meta);
-      for (const auto& kv : shards[i]) index["weight_map"][kv.first] = fname;
-    }
-    write_text(path_join(out, "model.safetensors.index.json"), index.dump(2) + "\n");
-  }
+  write_weight_shards(out, rep.shards, [&](int i) {
+    ShardTensors t;
+    for (size_t g : shards[(size_t)i])
+      for (auto& kv : groups[g]) t.push_back(kv);
+    return t;
+  });
 
   // config.json with quantization_config (keys sorted, indent 2, as transformers writes it).
   LoadOptions written = opts;
   cfg["quantization_config"] = quantization_config_json(written);
-  write_text(path_join(out, "config.json"), cfg.dump(2) + "\n");
-  for (const char* f : kCopied)
-    if (path_is_file(path_join(in, f))) {
-      fs::copy_file(path_join(in, f), path_join(out, f), fs::copy_options::overwrite_existing, ec);
-      if (ec) throw_error(ErrorKind::Io, "cannot copy ", f, " to ", out, ": ", ec.message());
-    }
+  write_text_file(path_join(out, "config.json"), cfg.dump(2) + "\n");
+  copy_model_side_files(in, out);
   return rep;
 }
 
