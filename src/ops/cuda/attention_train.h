@@ -27,5 +27,9 @@ Tensor train_key_begin(const Tensor* seq_ids, const TrainDims& a);
 // 16-byte aligned rows.
 bool train_mma_supported(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* also = nullptr);
 
+// Query m-tiles (16 rows each) per warp of the tensor-core forward: 1 (64 queries per block) or 2 (128,
+// the default; 0 restores it). For the tests and the timing comparison.
+void set_train_forward_mtiles(int mt);
+
 }  // namespace cuda
 }  // namespace qtune

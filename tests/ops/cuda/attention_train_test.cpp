@@ -6,6 +6,8 @@
 // 2× (+ 1e-4) the error of the same math done with PyTorch-eager bf16 roundings (scores, P, out, dP, dS
 // and each gradient rounded to bf16), computed here in float64.
 // Also a timing printout for the Llama-3-8B shape (B 1, T 2048, Hq 32, Hkv 8, D 128), not an assertion.
+#include "ops/cuda/attention_train.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -216,21 +218,32 @@ void check_case(const TrainCase& c) {
   check_bf16("dv", e_dv, rel_err(r.dv, ref_dv));
 }
 
+// Both forward variants: 16 and 32 queries per warp.
 TEST(CudaAttentionTrain, TensorCoresCausal) {
   QT_REQUIRE_GPU();
-  check_case({2, 37, 4, 4, 64});
-  check_case({2, 300, 8, 2, 128});  // GQA 4:1, a partial last block
-  check_case({1, 300, 4, 1, 32});
-  check_case({1, 128, 4, 2, 96});
-  check_case({2, 37, 8, 2, 128, false, DType::BF16, DType::F32});  // f32 out and gradients
+  for (int mt : {1, 2}) {
+    std::printf("forward m-tiles per warp: %d\n", mt);
+    cuda::set_train_forward_mtiles(mt);
+    check_case({2, 37, 4, 4, 64});
+    check_case({2, 300, 8, 2, 128});  // GQA 4:1, a partial last block
+    check_case({1, 300, 4, 1, 32});
+    check_case({1, 128, 4, 2, 96});
+    check_case({2, 37, 8, 2, 128, false, DType::BF16, DType::F32});  // f32 out and gradients
+  }
+  cuda::set_train_forward_mtiles(0);  // back to the default
 }
 
 TEST(CudaAttentionTrain, TensorCoresPacked) {
   QT_REQUIRE_GPU();
-  check_case({2, 37, 8, 2, 32, true});
-  check_case({2, 300, 8, 2, 128, true});
-  check_case({2, 300, 4, 4, 64, true});
-  check_case({1, 256, 8, 2, 64, true, DType::BF16, DType::F32});
+  for (int mt : {1, 2}) {
+    std::printf("forward m-tiles per warp: %d\n", mt);
+    cuda::set_train_forward_mtiles(mt);
+    check_case({2, 37, 8, 2, 32, true});
+    check_case({2, 300, 8, 2, 128, true});
+    check_case({2, 300, 4, 4, 64, true});
+    check_case({1, 256, 8, 2, 64, true, DType::BF16, DType::F32});
+  }
+  cuda::set_train_forward_mtiles(0);
 }
 
 TEST(CudaAttentionTrain, SimpleKernels) {
@@ -288,6 +301,12 @@ TEST(CudaAttentionTrain, Timing8B) {
     cuda::synchronize();
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
   };
+  for (int mt : {1, 2}) {
+    cuda::set_train_forward_mtiles(mt);
+    double ms = time_ms([&] { attention_forward_train(out, lse, qd, kd, vd); });
+    std::printf("  [timing] forward with %d m-tile(s) per warp: %.3f ms\n", mt, ms);
+  }
+  cuda::set_train_forward_mtiles(0);
   double fwd = time_ms([&] { attention_forward_train(out, lse, qd, kd, vd); });
   double bwd = time_ms([&] { attention_backward(dq, dk, dv, gd, qd, kd, vd, out, lse); });
   const double fwd_flops = 2.0 * 2.0 * T * T * Hq * D / 2.0 * B, bwd_flops = 2.5 * fwd_flops;
