@@ -200,3 +200,16 @@ TEST(Merge, Errors) {
   m = error_of([&] { merge_adapter_folder(base, kFix + "lora_qv", base); });
   EXPECT_NE(m.find("must differ"), std::string::npos) << m;
 }
+
+TEST(Merge, AnAdapterWithNoTensorsIsNeverWritten) {
+  // After merge() a LoRA-only adapter holds no tensors: save() refuses and leaves no file behind.
+  LlamaModel model = LlamaModel::load(base_of("lora_qv"));
+  LoraModel lora = LoraModel::load(model, kFix + "lora_qv");
+  lora.merge();
+  ASSERT_TRUE(lora.trainable().empty());
+  const std::string out = out_dir("empty_adapter");
+  std::string m = error_of([&] { lora.save(out); });
+  EXPECT_NE(m.find("no tensors"), std::string::npos) << m;
+  EXPECT_FALSE(fs::exists(out + "/adapter_model.safetensors"));
+  EXPECT_FALSE(fs::exists(out + "/adapter_config.json"));
+}
