@@ -1,5 +1,5 @@
-// `qtune finetune`: LoRA / QLoRA supervised fine-tuning on the CPU with Hugging Face's argument names
-// (TrainingArguments / SFTConfig / LoraConfig / BitsAndBytesConfig). The output folder gets the PEFT
+// `qtune finetune`: LoRA / QLoRA supervised fine-tuning on the CPU or one GPU with Hugging Face's argument
+// names (TrainingArguments / SFTConfig / LoraConfig / BitsAndBytesConfig). The output folder gets the PEFT
 // adapter, training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the semantics.
 #include <cstdio>
 #include <memory>
@@ -104,7 +104,14 @@ void add_finetune_command(CLI::App& app, Runner& run) {
                 "Pack several examples per row (attention stays inside each example)");
   cmd->add_flag("--completion-only-loss", t.completion_only_loss,
                 "Train only on completions / assistant turns");
-  cmd->add_flag("--gradient-checkpointing", t.gradient_checkpointing, "Recompute each block in backward");
+  cmd->add_flag_function(
+      "--gradient-checkpointing", [&t](int64_t) { t.gradient_checkpointing = 1; },
+      "Recompute each block in backward (default: on for GPU training, off on the CPU)");
+  cmd->add_flag_function(
+      "--no-gradient-checkpointing", [&t](int64_t) { t.gradient_checkpointing = 0; },
+      "Keep every block's activations (faster, more memory)");
+  cmd->add_option("--device", t.device, "cpu, cuda or auto (default: the GPU when usable)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   cmd->add_flag("--resume", t.resume, "Continue from the newest checkpoint-N in --out");
   cmd->add_flag("--quiet", t.quiet, "No progress output");
   cmd->add_option("--stop-after-steps", t.stop_after_steps, "Testing: exit after this step as if killed")

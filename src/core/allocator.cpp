@@ -149,6 +149,16 @@ void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (e != cudaSuccess) throw_error(ErrorKind::Cuda, "cudaMemcpy of ", n, " bytes failed: ", cudaGetErrorString(e));
 }
 
+void zero_bytes(void* dst, Device dev, size_t n) {
+  if (n == 0) return;
+  if (dev == Device::CPU) {
+    std::memset(dst, 0, n);
+    return;
+  }
+  cudaError_t e = cudaMemsetAsync(dst, 0, n, 0);
+  if (e != cudaSuccess) throw_error(ErrorKind::Cuda, "cudaMemsetAsync of ", n, " bytes failed: ", cudaGetErrorString(e));
+}
+
 #else  // no CUDA in this build
 
 bool cuda_available() { return false; }
@@ -165,6 +175,10 @@ void host_pinned_free(void* p) { std::free(p); }
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (dd != Device::CPU || sd != Device::CPU) no_cuda();
   if (n) std::memcpy(dst, src, n);
+}
+void zero_bytes(void* dst, Device dev, size_t n) {
+  if (dev != Device::CPU) no_cuda();
+  if (n) std::memset(dst, 0, n);
 }
 
 #endif

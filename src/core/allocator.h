@@ -32,5 +32,8 @@ void host_pinned_free(void* p);
 
 // Copies n bytes between any two devices (synchronous).
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t n);
+// Sets n bytes to zero. On the GPU it is queued on the legacy default stream, which orders it with the
+// (blocking) stream the kernels run on, without waiting on the host.
+void zero_bytes(void* dst, Device dev, size_t n);
 
 }  // namespace qtune

@@ -64,13 +64,12 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  if (device == Device::CPU) {
-    std::memset(t.raw(), 0, t.nbytes());
-  } else {
-    std::vector<char> z(t.nbytes(), 0);
-    copy_bytes(t.raw(), device, z.data(), Device::CPU, t.nbytes());
-  }
+  t.set_zero();
   return t;
+}
+
+void Tensor::set_zero() {
+  zero_bytes(raw(), device_, nbytes());
 }
 
 Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, Device device,

@@ -64,6 +64,8 @@ class Tensor {
   Tensor clone() const;
   // Copies src's bytes into this tensor (same dtype and element count, any devices).
   void copy_from(const Tensor& src);
+  // Fills this tensor's bytes with zeros (on the GPU without waiting for the host, see zero_bytes).
+  void set_zero();
   // CPU F32 values as a vector (converting F16/BF16, copying from the device if needed).
   std::vector<float> to_f32_vector() const;
 

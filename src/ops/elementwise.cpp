@@ -11,7 +11,7 @@ using namespace ops_detail;
 void add_inplace(Tensor& x, const Tensor& y) {
   const char* op = "add_inplace";
   Device dev = check_device(op, {{"x", &x}, {"y", &y}});
-  if (x.numel() != y.numel() || x.dtype() != y.dtype())
+  if (x.numel() != y.numel() || (dev == Device::CPU && x.dtype() != y.dtype()))
     throw_error(ErrorKind::Shape, op, ": 'y' ", y.describe(), " does not match 'x' ", x.describe());
   if (dev == Device::CUDA) {
 #ifdef QTUNE_HAVE_CUDA

@@ -4,7 +4,7 @@
 
 namespace qtune {
 
-// x += y (same element count and dtype).
+// x += y (same element count; the same dtype on the CPU, any F32/BF16/F16 pair on CUDA, summed in f32).
 void add_inplace(Tensor& x, const Tensor& y);
 
 // out = in converted to out's dtype (F32/BF16/F16), same device and element count.

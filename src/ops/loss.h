@@ -22,7 +22,8 @@ constexpr int32_t kIgnoreIndex = -100;
 // hidden [N, C] (any leading shape), lm_head [V, C], labels I32 [N]. When dhidden / dlm_head are non-null,
 // accumulates grad_scale · d(loss)/d(hidden) [N, C] and grad_scale · d(loss)/d(lm_head) [V, C] into them
 // (rows with ignored labels get nothing). chunk_rows: rows per logits chunk (>= 1). A label outside
-// [0, V) other than −100 throws ErrorKind::Shape naming its row. CPU F32.
+// [0, V) other than −100 throws ErrorKind::Shape naming its row. CPU: all F32. CUDA: hidden and lm_head
+// BF16 (or F32), labels on either device, dhidden F32/BF16, dlm_head F32.
 LossSum cross_entropy_forward_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& labels,
                                        Tensor* dhidden, Tensor* dlm_head, float grad_scale = 1.0f,
                                        int64_t chunk_rows = 256);

@@ -68,7 +68,13 @@ void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool tr
                 ", ", N, "] (a ", a.describe(), trans_a ? " transposed" : "", ", b ", b.describe(),
                 trans_b ? " transposed" : "", ")");
   check_shape(op, {"out", &out}, {M, N});
-  if (dev == Device::CUDA) no_cuda(op);
+  if (dev == Device::CUDA) {
+#ifdef QTUNE_HAVE_CUDA
+    return cuda::matmul(out, a, b, trans_a, trans_b, alpha, beta);
+#else
+    no_cuda(op);
+#endif
+  }
   check_dtype(op, {"a", &a}, {DType::F32});
   check_dtype(op, {"b", &b}, {DType::F32});
   check_dtype(op, {"out", &out}, {DType::F32});

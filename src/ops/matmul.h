@@ -18,7 +18,7 @@ void linear_forward_multi(const std::vector<Tensor*>& outs, const Tensor& x,
                           const std::vector<const Tensor*>& ws);
 
 // out[M, N] = alpha · op(a) · op(b) + beta · out, op(t) = t or tᵀ. a [M, K] (or [K, M] when trans_a),
-// b [K, N] (or [N, K] when trans_b). F32, CPU only for now (CUDA throws Unsupported).
+// b [K, N] (or [N, K] when trans_b). CPU: F32. CUDA: a, b F32 or both BF16/F16; out F32/BF16/F16.
 void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha = 1.0f,
             float beta = 0.0f);
 

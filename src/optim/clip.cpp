@@ -4,17 +4,27 @@
 #include <cmath>
 
 #include "core/error.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "optim/cuda/clip_cuda.h"
+#endif
 
 namespace qtune {
 
 float grad_global_norm(const std::vector<ParamGroup>& groups) {
   double total_sq = 0.0;
+  std::vector<const float*> dev_x;  // GPU gradients: summed in one batch below
+  std::vector<int64_t> dev_n;
   for (const ParamGroup& g : groups) {
     for (const ParamRef& p : g.params) {
       if (!p.grad.defined()) continue;
-      if (p.grad.dtype() != DType::F32 || p.grad.is_cuda())
+      if (p.grad.dtype() != DType::F32)
         throw_error(ErrorKind::Unsupported, "clip_grad_norm: gradient of '", p.name, "' is ",
-                    p.grad.describe(), ", expected F32 on the CPU");
+                    p.grad.describe(), ", expected F32");
+      if (p.grad.is_cuda()) {
+        dev_x.push_back(p.grad.data<float>());
+        dev_n.push_back(p.grad.numel());
+        continue;
+      }
       const float* x = p.grad.data<float>();
       const int64_t n = p.grad.numel();
       double sq = 0.0;
@@ -24,6 +34,12 @@ float grad_global_norm(const std::vector<ParamGroup>& groups) {
       total_sq += (double)norm * (double)norm;
     }
   }
+#ifdef QTUNE_HAVE_CUDA
+  for (double sq : sum_squares_cuda(dev_x, dev_n)) {
+    const float norm = (float)std::sqrt(sq);
+    total_sq += (double)norm * (double)norm;
+  }
+#endif
   return (float)std::sqrt(total_sq);
 }
 
@@ -36,6 +52,12 @@ float clip_grad_norm(std::vector<ParamGroup>& groups, double max_norm) {
       if (!p.grad.defined()) continue;
       float* x = p.grad.data<float>();
       const int64_t n = p.grad.numel();
+#ifdef QTUNE_HAVE_CUDA
+      if (p.grad.is_cuda()) {
+        scale_cuda(x, n, clamped);
+        continue;
+      }
+#endif
 #pragma omp parallel for if (n > 65536)
       for (int64_t i = 0; i < n; ++i) x[i] = x[i] * clamped;
     }

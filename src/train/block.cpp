@@ -1,7 +1,7 @@
-// Block forward/backward for training (see block.h). Every step is an op from ops/ (CPU f32 for now).
+// Block forward/backward for training (see block.h). Every step is an op from ops/. On the CPU all
+// tensors are F32. On CUDA activations (and the gradients that feed a GEMM) are BF16, as the model's
+// weights; the residual-stream gradient and the d(norm input) accumulators stay F32.
 #include "train/block.h"
-
-#include <algorithm>
 
 #include "core/error.h"
 #include "ops/ops.h"
@@ -11,12 +11,9 @@ namespace qtune {
 
 namespace {
 
-Tensor zeros(const Shape& s) {
-  return Tensor::zeros(s, DType::F32);
-}
-
-Tensor empty(const Shape& s) {
-  return Tensor::empty(s, DType::F32);
+// The dtype of activations on a device: F32 on the CPU, BF16 on the GPU.
+DType act_dtype(Device d) {
+  return d == Device::CPU ? DType::F32 : DType::BF16;
 }
 
 }  // namespace
@@ -42,7 +39,9 @@ Block::Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, Trainab
       Hkv_(cfg.num_key_value_heads),
       D_(cfg.head_dim),
       eps_((float)cfg.rms_norm_eps),
-      params_(params) {
+      params_(params),
+      dev_(layer.input_norm.device()),
+      adt_(act_dtype(dev_)) {
   if (!params) return;
   std::string pre = "model.layers." + std::to_string(index);
   g_in_norm_ = params->grad(pre + ".input_layernorm.weight");
@@ -68,8 +67,25 @@ bool Block::has_trainable() const {
   return false;
 }
 
+Tensor Block::act(const Shape& s) const {
+  return Tensor::empty(s, adt_, dev_);
+}
+
+Tensor Block::grad_zeros(const Shape& s, bool gemm_input) const {
+  return Tensor::zeros(s, gemm_input ? adt_ : DType::F32, dev_);
+}
+
+// d [N, C] F32 as the dy of a Linear backward: itself on the CPU, a BF16 copy on the GPU.
+Tensor Block::gemm_grad(const Tensor& d) const {
+  if (d.dtype() == adt_) return d;
+  Tensor g = act(d.shape());
+  convert(g, d);
+  return g;
+}
+
 void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const {
   const int64_t B = in.B, T = in.T, N = B * T;
+  auto empty = [&](const Shape& sh) { return act(sh); };
   s.h1 = empty({N, C_});
   rmsnorm_forward(s.h1, x_in, L_.input_norm, eps_);
   s.q = empty({B, T, Hq_, D_});
@@ -83,7 +99,7 @@ void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, 
   rope_forward(qh, in.positions, in.inv_freq);
   rope_forward(kh, in.positions, in.inv_freq);
   s.att = empty({B, T, Hq_, D_});
-  s.lse = empty({B, T, Hq_});
+  s.lse = Tensor::empty({B, T, Hq_}, DType::F32, dev_);
   attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
   s.x_mid = empty({N, C_});
   L_.o.forward(s.x_mid, s.att.reshape({N, Hq_ * D_}));
@@ -103,11 +119,12 @@ void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, 
 
 void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const {
   const int64_t N = in.B * in.T;
-  if (x.dtype() != DType::F32 || x.device() != Device::CPU || x.numel() != N * C_)
-    throw_error(ErrorKind::Shape, "block ", index_, " forward: x must be CPU F32 [", N, ", ", C_, "], got ",
-                x.describe());
-  saved.x_in = x.clone();
-  Tensor out = empty({N, C_});
+  if (x.dtype() != adt_ || x.device() != dev_ || x.numel() != N * C_)
+    throw_error(ErrorKind::Shape, "block ", index_, " forward: x must be ", device_name(dev_), " ",
+                dtype_name(adt_), " [", N, ", ", C_, "], got ", x.describe());
+  saved.x_in = Tensor::empty(x.shape(), adt_, dev_);
+  saved.x_in.copy_from(x);
+  Tensor out = act({N, C_});
   run_forward(saved.x_in, out, in, saved);
   if (checkpoint) saved.drop_activations();
   x.copy_from(out);
@@ -116,36 +133,37 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
 void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   const int64_t B = in.B, T = in.T, N = B * T;
   if (!s.x_in.defined()) throw_error(ErrorKind::Usage, "block ", index_, " backward: no saved forward");
-  if (dx.numel() != N * C_ || dx.dtype() != DType::F32)
-    throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be F32 [", N, ", ", C_, "], got ",
-                dx.describe());
+  if (dx.numel() != N * C_ || dx.dtype() != DType::F32 || dx.device() != dev_)
+    throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be ", device_name(dev_), " F32 [", N,
+                ", ", C_, "], got ", dx.describe());
   if (!s.full) {  // gradient checkpointing: recompute the activations from the saved input
-    Tensor out = empty({N, C_});
+    Tensor out = act({N, C_});
     run_forward(s.x_in, out, in, s);
   }
   Tensor dx2 = dx.reshape({N, C_});  // d(out), which is also the residual's share of d(x_mid)
   // MLP: out = x_mid + down(act), act = silu(gate)·up, gate/up = W·h2, h2 = rmsnorm(x_mid).
-  Tensor d_act = zeros({N, F_});
-  linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, dx2, s.act, params_);
-  Tensor d_gate = zeros({N, F_}), d_up = zeros({N, F_});
+  Tensor d_act = grad_zeros({N, F_}, true);
+  linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(dx2), s.act, params_);
+  Tensor d_gate = grad_zeros({N, F_}, true), d_up = grad_zeros({N, F_}, true);
   swiglu_backward(d_gate, d_up, d_act, s.gate, s.up);
   d_act = Tensor();
-  Tensor d_h = zeros({N, C_});
+  Tensor d_h = grad_zeros({N, C_}, false);
   linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2, params_);
   linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2, params_);
   d_gate = d_up = Tensor();
   rmsnorm_backward(dx2, g_post_norm_, d_h, s.x_mid, L_.post_norm, eps_);  // dx2 = d(x_mid)
   // Attention: x_mid = x + o(att), att = attn(rope(q), rope(k), v), q/k/v = W·h1, h1 = rmsnorm(x).
-  Tensor d_att = zeros({B, T, Hq_, D_});
+  Tensor d_att = grad_zeros({B, T, Hq_, D_}, true);
   Tensor d_att2 = d_att.reshape({N, Hq_ * D_});
-  linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, dx2, s.att.reshape({N, Hq_ * D_}), params_);
-  Tensor dq = zeros({B, T, Hq_, D_}), dk = zeros({B, T, Hkv_, D_}), dv = zeros({B, T, Hkv_, D_});
+  linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, gemm_grad(dx2), s.att.reshape({N, Hq_ * D_}), params_);
+  Tensor dq = grad_zeros({B, T, Hq_, D_}, true), dk = grad_zeros({B, T, Hkv_, D_}, true),
+         dv = grad_zeros({B, T, Hkv_, D_}, true);
   attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
   d_att = d_att2 = Tensor();
   Tensor dqh = dq.reshape({N, Hq_, D_}), dkh = dk.reshape({N, Hkv_, D_});
   rope_backward(dqh, in.positions, in.inv_freq);
   rope_backward(dkh, in.positions, in.inv_freq);
-  std::fill(d_h.data<float>(), d_h.data<float>() + N * C_, 0.0f);
+  d_h.set_zero();
   linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1, params_);
   linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1, params_);
   linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1, params_);

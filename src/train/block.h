@@ -3,6 +3,8 @@
 //   x_mid = x + o_proj(attn(rope(q_proj(h1)), rope(k_proj(h1)), v_proj(h1))),  h1 = rmsnorm(x)
 //   out   = x_mid + down(silu(gate(h2)) · up(h2)),                              h2 = rmsnorm(x_mid)
 //
+// Runs where the layer's weights are: on the CPU everything is F32; on CUDA activations are BF16 (x, the
+// saved tensors), the gradient dx of backward F32.
 // Saved activations (BlockSaved): the block input always; unless gradient checkpointing, also h1, the
 // rotated q and k, v, the attention output and its log-sum-exp, x_mid, h2, gate, up and silu·up.
 // With checkpointing only the input is kept and backward first recomputes the forward. Backward turns
@@ -52,10 +54,10 @@ class Block {
   // params may be null (everything frozen). The layer must outlive the Block.
   Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, TrainableParams* params);
 
-  // x [N, C]: the block input, replaced by the block output. saved receives a copy of the input and,
+  // x [N, C] (F32 on the CPU, BF16 on CUDA): the block input, replaced by the block output. saved receives a copy of the input and,
   // unless checkpoint, the activations backward needs.
   void forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const;
-  // dx [N, C]: d(loss)/d(output) in, d(loss)/d(input) out. Recomputes the activations first when saved
+  // dx F32 [N, C] on the layer's device: d(loss)/d(output) in, d(loss)/d(input) out. Recomputes the activations first when saved
   // holds only the input; drops them afterwards.
   void backward(Tensor& dx, const BlockInputs& in, BlockSaved& saved) const;
 
@@ -65,12 +67,17 @@ class Block {
 
  private:
   void run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
+  Tensor act(const Shape& s) const;                           // an uninitialised activation
+  Tensor grad_zeros(const Shape& s, bool gemm_input) const;   // BF16 on CUDA when a GEMM reads it, else F32
+  Tensor gemm_grad(const Tensor& d) const;                    // d in the activation dtype
 
   const LlamaLayer& L_;
   int index_;
   int64_t C_, F_, Hq_, Hkv_, D_;
   float eps_;
   TrainableParams* params_;  // adapters look up their gradients here
+  Device dev_;               // where the layer's weights live
+  DType adt_;                // activation dtype: F32 on the CPU, BF16 on CUDA
   // Gradients of this layer's parameters (null = frozen).
   Tensor *g_in_norm_ = nullptr, *g_post_norm_ = nullptr;
   struct LinearGrads {

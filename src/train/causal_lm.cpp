@@ -13,9 +13,8 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
                                    TrainableParams* params, const StepOptions& opts) {
   const ModelConfig& cfg = model.config();
   const char* op = "causal_lm_forward_backward";
-  if (model.device() != Device::CPU)
-    throw_error(ErrorKind::Unsupported, op, ": the model is on ", device_name(model.device()),
-                "; training runs on the CPU so far");
+  const Device dev = model.device();
+  const DType adt = dev == Device::CPU ? DType::F32 : DType::BF16;  // activation dtype (block.h)
   if (ids.ndim() != 2 || ids.dtype() != DType::I32 || ids.device() != Device::CPU)
     throw_error(ErrorKind::Shape, op, ": ids must be CPU I32 [B, T], got ", ids.describe());
   if (labels.shape() != ids.shape() || labels.dtype() != DType::I32 || labels.device() != Device::CPU)
@@ -45,11 +44,16 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
     if (opts.positions->dtype() != DType::I32 || opts.positions->numel() != N)
       throw_error(ErrorKind::Shape, op, ": positions must be I32 with ", N, " entries, got ",
                   opts.positions->describe());
-    in.positions = opts.positions->reshape({N});
+    in.positions = opts.positions->reshape({N}).to(dev);
   } else {
     std::vector<int32_t> pos(N);
     for (int64_t i = 0; i < N; i++) pos[i] = (int32_t)(i % T);
-    in.positions = Tensor::from_i32(pos, {N});
+    in.positions = Tensor::from_i32(pos, {N}).to(dev);
+  }
+  Tensor seq_ids_dev;  // the packing ids where the blocks run
+  if (opts.seq_ids) {
+    seq_ids_dev = opts.seq_ids->to(dev);
+    in.seq_ids = &seq_ids_dev;
   }
 
   const bool backward = params != nullptr;
@@ -66,15 +70,15 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   for (size_t l = 0; backward && l < stop; l++)
     if (blocks[l].has_trainable()) stop = l;
 
-  Tensor x = Tensor::empty({N, C}, DType::F32);  // residual stream [N, C]
+  Tensor x = Tensor::empty({N, C}, adt, dev);  // residual stream [N, C]
+  const Tensor ids_dev = ids.to(dev);
   if (opts.inputs_embeds) {
-    if (opts.inputs_embeds->dtype() != DType::F32 || opts.inputs_embeds->device() != Device::CPU ||
-        opts.inputs_embeds->numel() != N * C)
-      throw_error(ErrorKind::Shape, op, ": inputs_embeds must be CPU F32 [", N, ", ", C, "], got ",
+    if (opts.inputs_embeds->dtype() != DType::F32 || opts.inputs_embeds->numel() != N * C)
+      throw_error(ErrorKind::Shape, op, ": inputs_embeds must be F32 [", N, ", ", C, "], got ",
                   opts.inputs_embeds->describe());
-    x.copy_from(*opts.inputs_embeds);
+    convert(x, opts.inputs_embeds->to(dev).reshape({N, C}));
   } else {
-    embedding_forward(x, ids, model.embed_tokens());
+    embedding_forward(x, ids_dev, model.embed_tokens());
   }
   if (opts.d_inputs_embeds &&
       (opts.d_inputs_embeds->dtype() != DType::F32 || opts.d_inputs_embeds->numel() != N * C))
@@ -85,7 +89,7 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
     blocks[l].forward(x, in, saved[l], opts.gradient_checkpointing || !keep);
     if (!keep) saved[l] = BlockSaved();
   }
-  Tensor hn = Tensor::empty({N, C}, DType::F32);
+  Tensor hn = Tensor::empty({N, C}, adt, dev);
   rmsnorm_forward(hn, x, model.final_norm(), eps);
 
   if (!backward)
@@ -93,11 +97,11 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
                                           opts.loss_chunk_rows);
 
   Tensor* g_head = cfg.tie_word_embeddings ? g_embed : params->grad("lm_head.weight");
-  Tensor dhn = Tensor::zeros({N, C}, DType::F32);
+  Tensor dhn = Tensor::zeros({N, C}, DType::F32, dev);
   LossSum loss = cross_entropy_forward_backward(hn, head.weight, labels, &dhn, g_head, opts.grad_scale,
                                                 opts.loss_chunk_rows);
   hn = Tensor();
-  Tensor dx = Tensor::zeros({N, C}, DType::F32);
+  Tensor dx = Tensor::zeros({N, C}, DType::F32, dev);
   rmsnorm_backward(dx, params->grad("model.norm.weight"), dhn, x, model.final_norm(), eps);
   dhn = x = Tensor();
   for (size_t l = blocks.size(); l-- > stop;) {
@@ -105,8 +109,9 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
     saved[l] = BlockSaved();
   }
   if (stop > 0) return loss;  // nothing below needs d(input)
-  if (g_embed && !opts.inputs_embeds) embedding_backward(*g_embed, ids, dx);
-  if (opts.d_inputs_embeds) add_inplace(*opts.d_inputs_embeds, dx.reshape(opts.d_inputs_embeds->shape()));
+  if (g_embed && !opts.inputs_embeds) embedding_backward(*g_embed, ids_dev, dx);
+  if (opts.d_inputs_embeds)
+    add_inplace(*opts.d_inputs_embeds, dx.to(opts.d_inputs_embeds->device()).reshape(opts.d_inputs_embeds->shape()));
   return loss;
 }
 

@@ -27,8 +27,10 @@ struct StepOptions {
   Tensor* d_inputs_embeds = nullptr;
 };
 
-// ids, labels: CPU I32 [B, T]. params null: loss only (no backward). The model must be on the CPU with
-// dense or quantized Linears (quantized ones frozen); the LM head dense. Bad ids/labels throw
+// ids, labels: CPU I32 [B, T]. params null: loss only (no backward). The model runs where it lives: the
+// CPU (F32) or CUDA (BF16 activations, F32 gradients; positions, seq_ids and ids are copied there), with
+// dense or quantized Linears (quantized ones frozen); the LM head dense. inputs_embeds may be on either
+// device. Bad ids/labels throw
 // ErrorKind::Shape naming the position. Backward stops at the lowest block that has a trainable weight or
 // an adapter when nothing below it (the embedding, d_inputs_embeds) needs a gradient.
 LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, const Tensor& labels,

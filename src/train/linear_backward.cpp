@@ -69,6 +69,18 @@ static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db,
                 "' has a quantized weight: its weight and bias gradients are not available (frozen base)");
   if (!dx) return;
   const int64_t O = lin.out_features(), I = lin.in_features();
+  if (dy.is_cuda()) {
+#ifdef QTUNE_HAVE_CUDA
+    // The whole weight dequantized (BF16 [O, I], the values the forward multiplies with) into a buffer
+    // that the caching allocator hands back to the next layer, then the dense backward.
+    Tensor w = Tensor::empty({O, I}, DType::BF16, Device::CUDA);
+    if (lin.q4)
+      quant4_dequantize_rows_cuda(w, *lin.q4, 0, O);
+    else
+      int8_dequantize_rows_cuda(w, *lin.q8, 0, O);
+    return linear_backward(dx, nullptr, nullptr, dy, x, w);
+#endif
+  }
   if (dy.dtype() != DType::F32 || dx->dtype() != DType::F32 || dy.device() != Device::CPU ||
       dx->device() != Device::CPU || dy.size(-1) != O || dx->size(-1) != I ||
       dy.numel() / O != dx->numel() / I)
@@ -106,6 +118,9 @@ void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, cons
     base_backward(lin, dx, dw, db, dy, x);
   } else {
     const int64_t O = lin.out_features(), N = dy.numel() / std::max<int64_t>(1, O);
+    if (dy.is_cuda())
+      throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
+                  "': DoRA (an adapter rescaling the base output) trains on the CPU only so far");
     if (s->dtype() != DType::F32 || s->device() != Device::CPU || s->numel() != O)
       throw_error(ErrorKind::Shape, "linear_backward: the adapter on '", lin.name,
                   "' returned a base output scale ", s->describe(), ", expected CPU F32 [", O, "]");

@@ -31,7 +31,8 @@ struct TrainableAdapter {
 
 // x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate; params holds the
 // adapter's gradients (null: all frozen). Asking for dw or db of a quantized Linear throws
-// ErrorKind::Unsupported naming the layer. CPU F32.
+// ErrorKind::Unsupported naming the layer. CPU: F32. CUDA: dy, x BF16; dx BF16 or F32; a quantized weight is
+// dequantized whole into one BF16 buffer per call (the caching allocator reuses it across layers).
 void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
                      TrainableParams* params = nullptr);
 

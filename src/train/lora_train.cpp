@@ -8,7 +8,12 @@
 #include <map>
 
 #include "core/error.h"
+#include "ops/elementwise.h"
+#include "ops/matmul.h"
 #include "train/linear_backward.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "train/cuda/lora_dropout.h"
+#endif
 
 namespace qtune {
 namespace {
@@ -21,14 +26,78 @@ inline uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+}  // namespace
+
 struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   std::shared_ptr<LoraLayer> layer;
   std::shared_ptr<const LoraTraining::State> state;
   uint64_t layer_id = 0;
   std::string key_a, key_b, key_m;
   const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA's backward reads its weight)
+  // On a GPU model: the trainable masters A F32 [r, I] and B F32 [O, r] live on the device (registered in
+  // TrainableParams, updated there by the optimizer); layer->A/B are refreshed from them by sync_to_host.
+  Tensor a_dev, b_dev;
 
   bool dropping() const { return state->training && state->dropout > 0; }
+  bool on_gpu() const { return a_dev.defined(); }
+  uint64_t mask_base() const { return mix(state->seed ^ mix(state->counter * 1000003ull + layer_id)); }
+  uint64_t mask_threshold() const { return (uint64_t)(state->dropout * 18446744073709551616.0); }
+
+  // GPU: x (any float dtype) as F32 [N, I], through the dropout mask when training with dropout.
+  Tensor f32_input(const Tensor& x) const {
+    const int64_t I = x.size(-1), N = x.numel() / I;
+    Tensor out = Tensor::empty({N, I}, DType::F32, x.device());
+    if (!dropping()) {
+      convert(out, x.reshape({N, I}));
+      return out;
+    }
+#ifdef QTUNE_HAVE_CUDA
+    lora_dropout_cuda(out, x, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+#endif
+    return out;
+  }
+
+  // GPU forward: out[N, O] += scale·(xd·Aᵀ)·Bᵀ in f32 (PEFT keeps adapter weights in f32 and casts x).
+  void apply_gpu(Tensor& out, const Tensor& x) const {
+    const int64_t O = out.size(-1), N = out.numel() / O;
+    Tensor xd = f32_input(x);                                         // [N, I]
+    Tensor mid = Tensor::empty({N, layer->r}, DType::F32, x.device());  // [N, r]
+    matmul(mid, xd, a_dev, false, true);
+    Tensor delta = Tensor::empty({N, O}, DType::F32, x.device());  // [N, O]
+    matmul(delta, mid, b_dev, false, true, (float)layer->scale);
+    Tensor o2 = out.reshape({N, O});
+    add_inplace(o2, delta);
+  }
+
+  // GPU backward, the CPU formulas below with device GEMMs; through the dropout mask dx gets
+  // dropout(dh·A) (the same mask and 1/(1-p) scale as the forward's input).
+  void backward_gpu(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const {
+    const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
+    const float s = (float)layer->scale;
+    const Device dev = x.device();
+    Tensor xd = f32_input(x);  // [N, I]
+    Tensor dy32 = Tensor::empty({N, O}, DType::F32, dev);
+    convert(dy32, dy.reshape({N, O}));
+    Tensor h = Tensor::empty({N, r}, DType::F32, dev), dh = Tensor::empty({N, r}, DType::F32, dev);
+    matmul(h, xd, a_dev, false, true);           // h = xd·Aᵀ
+    matmul(dh, dy32, b_dev, false, false, s);    // dh = s·dy·B
+    if (params) {
+      if (Tensor* gb = params->grad(key_b)) matmul(*gb, dy32, h, true, false, s, 1.0f);  // dB += s·dyᵀ·h
+      if (Tensor* ga = params->grad(key_a)) matmul(*ga, dh, xd, true, false, 1.0f, 1.0f);  // dA += dhᵀ·xd
+    }
+    if (!dx) return;
+    Tensor dx2 = dx->reshape({N, I});
+    if (!dropping() && dx->dtype() == DType::F32) {
+      matmul(dx2, dh, a_dev, false, false, 1.0f, 1.0f);  // dx += dh·A
+      return;
+    }
+    Tensor t = Tensor::empty({N, I}, DType::F32, dev);
+    matmul(t, dh, a_dev, false, false);
+#ifdef QTUNE_HAVE_CUDA
+    if (dropping()) lora_dropout_cuda(t, t, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+#endif
+    add_inplace(dx2, t);
+  }
 
   // x with dropout applied (scaled by 1/(1-p)), [N, I].
   Tensor dropped(const Tensor& x) const {
@@ -37,8 +106,8 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     float* dst = d.data<float>();
     const double p = state->dropout;
     const float keep = (float)(1.0 / (1.0 - p));
-    const uint64_t base = mix(state->seed ^ mix(state->counter * 1000003ull + layer_id));
-    const uint64_t threshold = (uint64_t)(p * 18446744073709551616.0);
+    const uint64_t base = mask_base();
+    const uint64_t threshold = mask_threshold();
     const int64_t n = x.numel();
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) dst[i] = mix(base + (uint64_t)i) < threshold ? 0.0f : src[i] * keep;
@@ -46,6 +115,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 
   void apply(Tensor& out, const Tensor& x) const override {
+    if (on_gpu()) return apply_gpu(out, x);
     if (!dropping()) {
       layer->apply(out, x);
       return;
@@ -54,6 +124,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 
   void backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const override {
+    if (on_gpu()) return backward_gpu(dx, dy, x, params);
     if (layer->magnitude.defined()) return dora_backward(dx, dy, x, params);
     const int64_t N = x.numel() / x.size(-1), I = x.size(-1), O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
@@ -158,7 +229,6 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 };
 
-}  // namespace
 
 LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& params, uint64_t seed,
                            double dropout)
@@ -177,8 +247,8 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     auto it = by_name.find(l->module);
     if (it == by_name.end())
       throw_error(ErrorKind::Internal, "LoRA module ", l->module, " is not in the model");
-    if (l->A.device() != Device::CPU || model.device() != Device::CPU)
-      throw_error(ErrorKind::Unsupported, "LoRA training runs on the CPU only so far");
+    if (l->magnitude.defined() && model.device() != Device::CPU)
+      throw_error(ErrorKind::Unsupported, "DoRA training runs on the CPU only so far (module ", l->module, ")");
     auto a = std::make_shared<TrainLoraAdapter>();
     a->layer = l;
     a->state = state_;
@@ -187,15 +257,20 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     a->key_b = prefix + l->module + ".lora_B.weight";
     a->key_m = prefix + l->module + ".lora_magnitude_vector";
     a->base = it->second;
-    slots_.push_back({it->second, it->second->adapter, a});
+    if (model.device() != Device::CPU) {
+      a->a_dev = l->A.clone().to(model.device());
+      a->b_dev = l->B.clone().to(model.device());
+    }
+    slots_.push_back({it->second, it->second->adapter, a, a});
     it->second->adapter = a;
   }
   size_t registered = 0;
-  for (const auto& l : lora.layers()) {
-    registered += l->magnitude.defined() ? 3 : 2;
-    params.add(prefix + l->module + ".lora_A.weight", l->A);
-    params.add(prefix + l->module + ".lora_B.weight", l->B);
-    if (l->magnitude.defined()) params.add(prefix + l->module + ".lora_magnitude_vector", l->magnitude);
+  for (const Slot& sl : slots_) {
+    const LoraLayer& l = *sl.lora->layer;
+    registered += l.magnitude.defined() ? 3 : 2;
+    params.add(sl.lora->key_a, sl.lora->on_gpu() ? sl.lora->a_dev : l.A);
+    params.add(sl.lora->key_b, sl.lora->on_gpu() ? sl.lora->b_dev : l.B);
+    if (l.magnitude.defined()) params.add(sl.lora->key_m, l.magnitude);
   }
   if (lora.trainable().size() != registered)
     throw_error(ErrorKind::Unsupported,
@@ -203,10 +278,25 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
 }
 
 LoraTraining::~LoraTraining() {
+  try {
+    sync_to_host();
+  } catch (...) {  // a failing GPU must not turn unwinding into std::terminate
+  }
   for (Slot& s : slots_) s.linear->adapter = s.original;
 }
 
 void LoraTraining::refresh() {
+  if (model_.device() != Device::CPU) return;  // the GPU forward reads the device masters directly
+  lora_.refresh();
+  for (Slot& s : slots_) s.linear->adapter = s.training;
+}
+
+void LoraTraining::sync_to_host() {
+  if (model_.device() == Device::CPU) return;
+  for (Slot& s : slots_) {
+    s.lora->layer->A.copy_from(s.lora->a_dev);
+    s.lora->layer->B.copy_from(s.lora->b_dev);
+  }
   lora_.refresh();
   for (Slot& s : slots_) s.linear->adapter = s.training;
 }

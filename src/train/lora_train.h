@@ -6,6 +6,8 @@
 // Dropout masks are a pure function of (seed, micro-batch counter, layer, element), so the gradient
 // checkpointing recompute and the backward see the forward's mask without storing it:
 //   LoraTraining t(lora, params, seed, dropout);  t.set_step(micro_batch_index);  t.set_training(true);
+// On a GPU model the trainable A and B live on the device (F32) and the LoRA math runs there in f32;
+// sync_to_host() brings them back to the LoraModel for saving.
 // Destroying it puts the plain LoraLayers back on the Linears. DoRA layers train A, B and the magnitude
 // ("...lora_magnitude_vector") with PEFT's detached weight norm (no dropout with DoRA yet).
 #pragma once
@@ -19,6 +21,8 @@
 
 namespace qtune {
 
+struct TrainLoraAdapter;  // lora_train.cpp
+
 class LoraTraining {
  public:
   LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& params, uint64_t seed, double dropout);
@@ -28,8 +32,10 @@ class LoraTraining {
 
   void set_training(bool on);  // off: no dropout (evaluation)
   // After an optimizer step: LoraModel::refresh() (new forward copies of A and B), keeping this
-  // training adapter on the Linears (refresh puts the plain layers back).
+  // training adapter on the Linears (refresh puts the plain layers back). Nothing on a GPU model.
   void refresh();
+  // GPU model: copies the device masters back into the LoraModel's A and B (before saving it).
+  void sync_to_host();
   void set_step(uint64_t counter);  // selects the dropout masks of one micro-batch
 
   struct State {
@@ -46,6 +52,7 @@ class LoraTraining {
     Linear* linear;
     std::shared_ptr<const LinearAdapter> original;
     std::shared_ptr<const LinearAdapter> training;
+    std::shared_ptr<TrainLoraAdapter> lora;  // the same adapter, typed
   };
   std::vector<Slot> slots_;
 };

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "io/json_util.h"
 #include "train/loss_plot.h"
@@ -42,11 +43,29 @@ double peak_resident_mib() {
   return proc_status_mib("VmHWM:");
 }
 
-ProgressBar::ProgressBar(int64_t total_steps, int64_t first_step, bool enabled)
+std::string gpu_peak_mib_text() {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%.0f MiB", device_memory_stats().peak_in_use / 1048576.0);
+  return buf;
+}
+
+std::string ProgressBar::memory() const {
+  char buf[80];
+  if (dev_ == Device::CPU) {
+    std::snprintf(buf, sizeof buf, "mem %.0f MiB", resident_mib());
+  } else {
+    DeviceMemoryStats m = device_memory_stats();
+    std::snprintf(buf, sizeof buf, "gpu %.0f MiB (peak %.0f)", m.in_use / 1048576.0, m.peak_in_use / 1048576.0);
+  }
+  return buf;
+}
+
+ProgressBar::ProgressBar(int64_t total_steps, int64_t first_step, bool enabled, Device dev)
     : total_(total_steps),
       first_(first_step),
       enabled_(enabled),
       tty_(isatty(2) != 0),
+      dev_(dev),
       start_(std::chrono::steady_clock::now()) {}
 
 void ProgressBar::update(const LogRow& r) {
@@ -58,8 +77,8 @@ void ProgressBar::update(const LogRow& r) {
   const int fill = total_ > 0 ? (int)(width * r.step / total_) : 0;
   std::string bar(fill, '#');
   bar += std::string(width - fill, '.');
-  std::fprintf(stderr, "\r[%s] %ld/%ld loss %.4f lr %.2e %.0f tok/s mem %.0f MiB ETA %s   ", bar.c_str(),
-               (long)r.step, (long)total_, r.loss, r.lr, r.tokens_per_s, resident_mib(), hms(eta).c_str());
+  std::fprintf(stderr, "\r[%s] %ld/%ld loss %.4f lr %.2e %.0f tok/s %s ETA %s   ", bar.c_str(), (long)r.step,
+               (long)total_, r.loss, r.lr, r.tokens_per_s, memory().c_str(), hms(eta).c_str());
   std::fflush(stderr);
   drawn_ = true;
 }
@@ -67,8 +86,8 @@ void ProgressBar::update(const LogRow& r) {
 std::string ProgressBar::status(const LogRow& r) const {
   const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const int64_t done = r.step - first_;
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "mem %.0f MiB  ETA %s", resident_mib(),
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%s  ETA %s", memory().c_str(),
                 hms(done > 0 ? el / done * (total_ - r.step) : -1).c_str());
   return buf;
 }

@@ -26,13 +26,7 @@ const TrainableParams::Entry& TrainableParams::at(const std::string& name) const
 }
 
 void TrainableParams::zero_grads() {
-  for (Entry& e : entries_) {
-    if (e.grad.device() != Device::CPU)
-      throw_error(ErrorKind::Unsupported, "zero_grads: gradient '", e.name,
-                  "' is on the GPU (CPU only so far)");
-    float* g = e.grad.data<float>();
-    for (int64_t i = 0; i < e.grad.numel(); i++) g[i] = 0.0f;
-  }
+  for (Entry& e : entries_) e.grad.set_zero();
 }
 
 int64_t TrainableParams::numel() const {

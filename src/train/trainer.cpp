@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "io/json_util.h"
 #include "model/llama_model.h"
@@ -40,18 +41,6 @@ void shuffle(std::vector<int64_t>& v, uint64_t seed) {
     s = mix64(s);
     std::swap(v[i - 1], v[s % i]);
   }
-}
-
-OptimizerKind optimizer_for(const std::string& name, bool* paged) {
-  *paged = name.rfind("paged_", 0) == 0;
-  const std::string n = *paged ? name.substr(6) : name;
-  if (n == "adamw_torch" || n == "adamw_32bit" || n == "adamw_torch_fused" || n == "adamw")
-    return OptimizerKind::AdamW;
-  if (n == "adamw_8bit" || n == "adamw_bnb_8bit") return OptimizerKind::AdamW8bit;
-  if (n == "lion_8bit") return OptimizerKind::Lion8bit;
-  throw_error(ErrorKind::Usage, "--optim ", name,
-              ": expected adamw_torch, adamw_8bit, lion_8bit, paged_adamw_8bit, paged_adamw_32bit or "
-              "paged_lion_8bit");
 }
 
 // The stream of micro-batches: epoch e visits the train split in shuffle(seed, e) order, in rows of
@@ -95,6 +84,15 @@ class DataStream {
   int32_t pad_ = 0;
 };
 
+Device training_device(const std::string& name) {
+  if (name == "cpu") return Device::CPU;
+  if (name != "cuda" && name != "auto")
+    throw_error(ErrorKind::Usage, "--device ", name, ": expected cpu, cuda or auto");
+  if (cuda_available()) return Device::CUDA;
+  if (name == "cuda") throw_error(ErrorKind::Unsupported, "--device cuda: no usable GPU (run `qtune env`)");
+  return Device::CPU;
+}
+
 void check_args(const TrainerArgs& a) {
   if (a.model_dir.empty() || a.data_path.empty() || a.out_dir.empty())
     throw_error(ErrorKind::Usage, "finetune needs --model, --data and --out");
@@ -117,13 +115,18 @@ void check_args(const TrainerArgs& a) {
 
 TrainResult run_finetune(const TrainerArgs& a) {
   check_args(a);
-  bool paged = false;
-  const OptimizerKind okind = optimizer_for(a.optim, &paged);
+  OptimizerConfig ocfg;
+  try {
+    ocfg = optimizer_config_from_name(a.optim);
+  } catch (const Error& e) {
+    throw_error(ErrorKind::Usage, "--optim ", a.optim, ": ", e.what());
+  }
   const bool say = !a.quiet;
   auto note = [&](const std::string& s) {
     if (say) std::fprintf(stderr, "%s\n", s.c_str());
   };
-  if (paged)
+  const Device dev = training_device(a.device);
+  if (ocfg.paged && dev == Device::CPU)
     note("note: " + a.optim + " keeps its states in host memory anyway on the CPU: using " +
          a.optim.substr(6));
 
@@ -152,7 +155,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
   const int32_t pad = tok->pad_id() >= 0 ? tok->pad_id() : tok->eos_id();
 
   // Model + adapter.
-  LlamaModel model = LlamaModel::load(a.model_dir, Device::CPU, a.load);
+  LlamaModel model = LlamaModel::load(a.model_dir, dev, a.load);
   std::string resume_dir;
   TrainerState st;
   if (a.resume) {
@@ -175,7 +178,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
   LoraTraining training(model, *lora, params, a.seed, dropout);
   std::vector<ParamRef> refs;
   for (const auto& e : params.entries()) refs.push_back({e.name, e.param, e.grad});
-  Optimizer opt(OptimizerConfig::defaults(okind), group_by_weight_decay(refs, a.weight_decay));
+  Optimizer opt(ocfg, group_by_weight_decay(refs, a.weight_decay));
   if (!resume_dir.empty()) opt.load(path_join(resume_dir, "optimizer.safetensors"));
 
   DataStream stream(ex, train_idx, a);
@@ -201,7 +204,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
        (resume_dir.empty() ? "" : ", resuming from " + resume_dir));
 
   StepOptions so;
-  so.gradient_checkpointing = a.gradient_checkpointing;
+  so.gradient_checkpointing = a.gradient_checkpointing < 0 ? dev != Device::CPU : a.gradient_checkpointing != 0;
   auto evaluate = [&]() {
     training.set_training(false);
     std::vector<int64_t> order = eval_idx;
@@ -224,7 +227,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
 
   TrainResult res;
   for (const LogRow& r : st.history) res.losses.push_back(r.loss);
-  ProgressBar bar(total, st.global_step, say);
+  ProgressBar bar(total, st.global_step, say, dev);
   training.set_training(true);
   int64_t run_tokens = 0;
   const auto t_run = std::chrono::steady_clock::now();
@@ -281,8 +284,10 @@ TrainResult run_finetune(const TrainerArgs& a) {
       bar.line(s);
       write_training_log(a.out_dir, st.history);
     }
-    if (a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last)
+    if (a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last) {
+      training.sync_to_host();
       save_checkpoint(a.out_dir, *lora, opt, st);
+    }
     if (a.stop_after_steps > 0 && st.global_step == a.stop_after_steps && !last) {
       bar.finish();
       res.stopped_early = true;
@@ -295,13 +300,14 @@ TrainResult run_finetune(const TrainerArgs& a) {
   res.tokens_per_s = run_tokens / std::max(run_secs, 1e-9);
   res.steps = st.global_step;
   write_training_log(a.out_dir, st.history);
+  training.sync_to_host();
   lora->save(a.out_dir);
-  char buf[256];
+  char buf[320];
   std::snprintf(buf, sizeof buf,
-                "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB; adapter in %s",
+                "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB%s; adapter in %s",
                 (long)res.steps, res.losses.empty() ? 0.0 : res.losses.front(),
                 res.losses.empty() ? 0.0 : res.losses.back(), res.tokens_per_s, peak_resident_mib(),
-                a.out_dir.c_str());
+                dev == Device::CPU ? "" : (" (GPU peak " + gpu_peak_mib_text() + ")").c_str(), a.out_dir.c_str());
   note(buf);
   return res;
 }

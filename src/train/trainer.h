@@ -1,5 +1,5 @@
 // The SFT trainer behind `qtune finetune`: LoRA / QLoRA fine-tuning of a Llama-family model on the CPU
-// with Hugging Face Trainer / TRL SFTTrainer semantics (names, defaults, loss normalisation, schedules).
+// (F32) or one GPU (BF16 activations, F32 LoRA weights, gradients and optimizer states on the device) with Hugging Face Trainer / TRL SFTTrainer semantics (names, defaults, loss normalisation, schedules).
 //
 //   TrainerArgs a;  a.model_dir = "models/qtune-tiny-8m";  a.data_path = "data.jsonl";  a.out_dir = "out";
 //   TrainResult r = run_finetune(a);      // out/: the PEFT adapter, training_log.csv, loss_curve.png,
@@ -43,7 +43,8 @@ struct TrainerArgs {
   bool packing = false;
   bool completion_only_loss = false;
   double eval_split = 0;  // fraction of rows held out for eval loss
-  bool gradient_checkpointing = false;
+  int gradient_checkpointing = -1;  // 1 on, 0 off, -1 auto: on for GPU training, off on the CPU
+  std::string device = "auto";      // cpu, cuda, auto (the GPU when one is usable)
   bool resume = false;            // continue from the newest out/checkpoint-N
   int64_t stop_after_steps = -1;  // testing: exit after this step as if killed (no final save)
   bool quiet = false;             // no progress bar

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "ops/loss.h"
 
 namespace qtune {
 namespace cuda {
@@ -26,6 +27,10 @@ void linear_forward_multi(const std::vector<Tensor*>& outs, const Tensor& x,
                           const std::vector<const Tensor*>& biases = {});
 // The cuBLASLt path alone, whatever N (for tests and the workbench; linear_forward checks the arguments).
 void linear_forward_cublaslt(Tensor& out, const Tensor& x, const Tensor& w, const Tensor* bias = nullptr);
+
+// out[M, N] = alpha·op(a)·op(b) + beta·out (row-major, op = transpose when asked), cuBLASLt with f32
+// accumulation. a, b share a dtype (F32, BF16 or F16); out F32, BF16 or F16.
+void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
 
 // out[N, C] = x / sqrt(mean(x²) + eps) * weight[C], f32 math.
 void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float eps);
@@ -74,11 +79,17 @@ void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, 
 // out[N, F] = silu(gate) * up.
 void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up);
 
-// x += y (same element count and dtype).
+// x += y (same element count; the same dtype on the CPU, any F32/BF16/F16 pair on CUDA, summed in f32).
 void add_inplace(Tensor& x, const Tensor& y);
 // x[N, C] += y, then out[N, C] = rmsnorm(x) * weight[C], one launch; equals add_inplace followed by
 // rmsnorm_forward bit for bit. x, y, out share a dtype.
 void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, float eps);
+
+// Chunked LM-head cross-entropy (ops/loss.h) with cuBLASLt: hidden [N, C] and lm_head [V, C] share a dtype
+// (BF16 or F32), labels I32 [N] on the device; dhidden F32/BF16 and dlm_head F32 accumulate. Logits and
+// the softmax are f32; the logits gradient is rounded to lm_head's dtype for the two GEMMs.
+LossSum cross_entropy_forward_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& labels,
+                                       Tensor* dhidden, Tensor* dlm_head, float grad_scale, int64_t chunk_rows);
 
 // out = in converted to out's dtype (F32/BF16/F16), same element count.
 void convert(Tensor& out, const Tensor& in);

@@ -29,13 +29,13 @@ __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate,
   }
 }
 
-// x[i] += y[i].
-template <class T>
-__global__ void add_kernel(T* __restrict__ x, const T* __restrict__ y, int64_t n) {
+// x[i] += y[i] (sum in f32, rounded once to x's type).
+template <class TX, class TY>
+__global__ void add_kernel(TX* __restrict__ x, const TY* __restrict__ y, int64_t n) {
   pdl_trigger();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
-    x[i] = from_f32<T>(to_f32(x[i]) + to_f32(y[i]));
+    x[i] = from_f32<TX>(to_f32(x[i]) + to_f32(y[i]));
 }
 
 // out[i] = in[i] in out's type.
@@ -89,13 +89,15 @@ void add_inplace(Tensor& x, const Tensor& y) {
   const char* op = "add_inplace";
   require_cuda(x, op, "x");
   require_cuda(y, op, "y");
-  if (x.numel() != y.numel() || x.dtype() != y.dtype())
-    throw_error(ErrorKind::Shape, op, ": x ", x.describe(), " and y ", y.describe(),
-                " differ in element count or dtype");
+  if (x.numel() != y.numel())
+    throw_error(ErrorKind::Shape, op, ": x ", x.describe(), " and y ", y.describe(), " differ in element count");
   int64_t n = x.numel();
   if (n == 0) return;
-  QT_DISPATCH_FLOAT(x.dtype(), op, T,
-                    { add_kernel<T><<<grid_for(n, 256), 256, 0, stream()>>>(x.data<T>(), y.data<T>(), n); });
+  QT_DISPATCH_FLOAT(x.dtype(), op, TX, {
+    QT_DISPATCH_FLOAT(y.dtype(), op, TY, {
+      add_kernel<TX, TY><<<grid_for(n, 256), 256, 0, stream()>>>(x.data<TX>(), y.data<TY>(), n);
+    });
+  });
   QT_CUDA_CHECK_LAUNCH("add_kernel");
 }
 

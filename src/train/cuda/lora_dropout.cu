@@ -1,0 +1,42 @@
+// lora_dropout_cuda (see lora_dropout.h).
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/device_util.cuh"
+#include "train/cuda/lora_dropout.h"
+
+namespace qtune {
+namespace {
+
+__device__ __forceinline__ uint64_t mix(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+template <class T>
+__global__ void lora_dropout_kernel(float* __restrict__ out, const T* __restrict__ x, int64_t n, uint64_t base,
+                                    uint64_t threshold, float keep) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = mix(base + (uint64_t)i) < threshold ? 0.0f : cuda::to_f32(x[i]) * keep;
+}
+
+}  // namespace
+
+void lora_dropout_cuda(Tensor& out, const Tensor& x, uint64_t base, uint64_t threshold, float keep) {
+  const char* op = "lora_dropout";
+  cuda::require_cuda(out, op, "out");
+  cuda::require_cuda(x, op, "x");
+  cuda::require_dtype(out, op, "out", DType::F32);
+  if (out.numel() != x.numel())
+    throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " and x ", x.describe(), " differ in size");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const int blocks = (int)std::min<int64_t>((n + 255) / 256, 4096);
+  QT_DISPATCH_FLOAT(x.dtype(), op, T, {
+    lora_dropout_kernel<T><<<blocks, 256, 0, cuda::stream()>>>(out.data<float>(), x.data<T>(), n, base,
+                                                                threshold, keep);
+  });
+  QT_CUDA_CHECK_LAUNCH("lora_dropout_kernel");
+}
+
+}  // namespace qtune
