@@ -1,0 +1,191 @@
+// qtune side of bench/quant_kernels.sh: copy bandwidth (the ceiling), NF4 dequantize to bf16, the fused
+// 4-bit GEMV at batch 1 (standalone and inside a CUDA graph, rows per block 2/4/8), and the LLM.int8
+// Linear forward against fp16 / bf16 cuBLASLt, on Llama-3-8B shapes. One JSON line per measurement
+// (impl "qtune"), CUDA-event medians; weights rotate over enough copies that the L2 never holds them.
+// Bytes: dequantize = packed + absmax (+ nested) read + bf16 written; GEMV = packed + absmax + x + out.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "core/allocator.h"
+#include "model/quant_linear.h"
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_ops.h"
+#include "quant/quant_cuda.h"
+
+using namespace qtune;
+
+namespace {
+
+double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5) {
+  cudaStream_t s = cuda::stream();
+  for (int i = 0; i < warm; i++) fn(i);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<double> t;
+  for (int i = 0; i < reps; i++) {
+    cudaEventRecord(a, s);
+    fn(i);
+    cudaEventRecord(b, s);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Per-call time of `count` calls captured into one CUDA graph on the ops stream and replayed.
+double graph_ms(const std::function<void(int)>& fn, int count) {
+  cudaStream_t s = cuda::stream();
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  QT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < count; i++) fn(i);
+  QT_CUDA_CHECK(cudaStreamEndCapture(s, &g));
+  QT_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+  double ms = median_ms([&](int) { QT_CUDA_CHECK(cudaGraphLaunch(ge, s)); }, 10, 2);
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  return ms / count;
+}
+
+Tensor randn_gpu(const Shape& shape, DType dt, float scale, std::mt19937& g) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v((size_t)shape_numel(shape));
+  for (float& x : v) x = d(g);
+  return Tensor::from_f32(v, shape).to_dtype(dt).to(Device::CUDA);
+}
+
+int copies_for(double bytes) {
+  return std::max(2, (int)std::ceil(256.0 * (1 << 20) / bytes));
+}
+
+double copy_bandwidth() {
+  const size_t n = size_t(1) << 30;
+  void* a = device_malloc(n);
+  void* b = device_malloc(n);
+  double ms = median_ms(
+      [&](int) { QT_CUDA_CHECK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, cuda::stream())); });
+  device_free(a);
+  device_free(b);
+  return 2.0 * n / ms / 1e6;
+}
+
+void bench_dequant(double copy_gbs, std::mt19937& g) {
+  for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}})
+    for (bool dq : {false, true}) {
+      const int64_t O = shape.first, I = shape.second, n = O * I, nb = n / 64;
+      const double bytes = n / 2.0 + (dq ? nb + nb / 256 * 4.0 : nb * 4.0) + 2.0 * n;
+      const int k = copies_for(bytes);
+      std::vector<Quant4Tensor> qs;
+      std::vector<Tensor> outs;
+      Tensor w = randn_gpu({O, I}, DType::BF16, 0.02f, g);  // quantized into k separate copies
+      for (int c = 0; c < k; c++) {
+        qs.push_back(quantize_4bit_cuda(w, QuantType::NF4, 64, dq));
+        outs.push_back(Tensor::empty({O, I}, DType::BF16, Device::CUDA));
+      }
+      auto f = [&](int i) {
+        const Quant4Tensor& q = qs[i % k];
+        dequantize_4bit_cuda_raw(q.packed.data<uint8_t>(), absmax4_view(q), 0, n, 64, QuantType::NF4,
+                                 DType::BF16, outs[i % k].raw(), cuda::stream());
+      };
+      const double ms = median_ms(f), gms = graph_ms(f, k);
+      std::printf(
+          "{\"impl\": \"qtune\", \"bench\": \"dequant_nf4_bf16\", \"O\": %lld, \"I\": %lld, \"dq\": %s, "
+          "\"us\": %.2f, "
+          "\"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, \"frac_copy_graph\": %.3f}\n",
+          (long long)O, (long long)I, dq ? "true" : "false", ms * 1e3, gms * 1e3, bytes / ms / 1e6,
+          bytes / ms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
+    }
+}
+
+void bench_gemv(double copy_gbs, std::mt19937& g) {
+  for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}})
+    for (bool dq : {false, true}) {
+      const int64_t O = shape.first, I = shape.second, n = O * I, nb = n / 64;
+      const double bytes = n / 2.0 + (dq ? nb + nb / 256 * 4.0 : nb * 4.0) + 2.0 * I + 2.0 * O;
+      const int k = copies_for(bytes);
+      std::vector<Quant4Tensor> qs;
+      Tensor w = randn_gpu({O, I}, DType::BF16, 0.02f, g);  // quantized into k separate copies
+      for (int c = 0; c < k; c++) qs.push_back(quantize_4bit_cuda(w, QuantType::NF4, 64, dq));
+      Tensor x = randn_gpu({1, I}, DType::BF16, 1.0f, g);
+      Tensor y = Tensor::empty({1, O}, DType::BF16, Device::CUDA);
+      for (int R : {2, 4, 8}) {
+        auto f = [&](int i) {
+          const Quant4Tensor& q = qs[i % k];
+          Gemv4Args a;
+          a.packed = q.packed.data<uint8_t>();
+          a.absmax = absmax4_view(q);
+          a.x = x.raw();
+          a.out = y.raw();
+          a.O = O;
+          a.I = I;
+          a.rows_per_block = R;
+          gemv_4bit_cuda(a, cuda::stream());
+        };
+        const double ms = median_ms(f), gms = graph_ms(f, k);
+        std::printf(
+            "{\"impl\": \"qtune\", \"bench\": \"gemv_nf4\", \"O\": %lld, \"I\": %lld, \"dq\": %s, "
+            "\"rows_per_block\": "
+            "%d, \"us\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, \"frac_copy_graph\": "
+            "%.3f}\n",
+            (long long)O, (long long)I, dq ? "true" : "false", R, ms * 1e3, gms * 1e3, bytes / ms / 1e6,
+            bytes / ms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
+      }
+    }
+}
+
+void bench_int8(std::mt19937& g) {
+  const int64_t N = 2048, K = 4096;
+  for (int64_t O : {14336, 4096}) {
+    const double flops = 2.0 * N * K * O;
+    Tensor w = randn_gpu({O, K}, DType::BF16, 0.02f, g);
+    auto q8 = quantize_linear_8bit(w, 6.0f);
+    std::vector<float> xv((size_t)(N * K));
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (float& v : xv) v = d(g);
+    for (int64_t m = 0; m < N; m++)
+      for (int64_t c : {11, 1000, 3000}) xv[(size_t)(m * K + c)] *= 8.0f;  // outlier columns
+    Tensor x = Tensor::from_f32(xv, {N, K}).to_dtype(DType::BF16).to(Device::CUDA);
+    Tensor y = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
+    const double ms8 = median_ms([&](int) { int8_linear_forward(y, x, *q8, nullptr); });
+    auto thr0 = std::make_shared<Int8Linear>(*q8);
+    thr0->threshold = 0.0f;
+    const double ms8n = median_ms([&](int) { int8_linear_forward(y, x, *thr0, nullptr); });
+    Tensor w16 = w.to(Device::CPU).to_dtype(DType::F16).to(Device::CUDA);
+    Tensor x16 = x.to(Device::CPU).to_dtype(DType::F16).to(Device::CUDA);
+    Tensor y16 = Tensor::empty({N, O}, DType::F16, Device::CUDA);
+    const double ms16 = median_ms([&](int) { cuda::linear_forward(y16, x16, w16); });
+    const double msbf = median_ms([&](int) { cuda::linear_forward(y, x, w); });
+    std::printf(
+        "{\"impl\": \"qtune\", \"bench\": \"int8_linear\", \"N\": %lld, \"K\": %lld, \"O\": %lld, \"us\": "
+        "%.1f, "
+        "\"tflops\": %.0f, \"us_no_outliers\": %.1f, \"fp16_us\": %.1f, \"fp16_tflops\": %.0f, \"bf16_us\": "
+        "%.1f, "
+        "\"ratio_vs_fp16\": %.2f}\n",
+        (long long)N, (long long)K, (long long)O, ms8 * 1e3, flops / ms8 / 1e9, ms8n * 1e3, ms16 * 1e3,
+        flops / ms16 / 1e9, msbf * 1e3, ms16 / ms8);
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 g(1234);
+  const double copy_gbs = copy_bandwidth();
+  std::printf("{\"impl\": \"qtune\", \"bench\": \"copy\", \"gbs\": %.1f}\n", copy_gbs);
+  bench_dequant(copy_gbs, g);
+  bench_gemv(copy_gbs, g);
+  bench_int8(g);
+  return 0;
+}

@@ -1,0 +1,226 @@
+// Quantized Linear layers on CUDA against the CPU quantized forward, on fresh random inputs:
+// - 4-bit (NF4/FP4, with and without double quant): the fused GEMV (N = 1, 2, 5) and the dequantize +
+//   cuBLASLt path (N = 300), bf16 rule: ‖cuda − ref‖ ≤ 2·‖cpu_bf16 − ref‖ + slack, ref the float64 product
+//   of the bf16 x with the CPU's dequantized weight, cpu_bf16 the CPU forward computing in bf16;
+// - LLM.int8 with outlier columns (N = 1, 3, 300): the same f32 value as the CPU forward, so the bf16
+//   outputs agree with the CPU's rounded to bf16;
+// - quant4 / int8_dequantize_rows_cuda equal the CPU's dense weights rounded to bf16, bit for bit;
+// - GPU quantization inside quantize_linear_* equals the CPU storage byte for byte.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "../model_test_util.h"
+#include "core/allocator.h"
+#include "model/quant_linear.h"
+
+using namespace qtune;
+using namespace qtune_test;
+
+namespace {
+
+#define REQUIRE_GPU()                                             \
+  do {                                                            \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU present"; \
+  } while (0)
+
+uint64_t seed() {
+  static uint64_t s = [] {
+    const char* e = std::getenv("QTUNE_TEST_SEED");
+    uint64_t v =
+        e ? std::strtoull(e, nullptr, 10) : ((uint64_t)std::random_device{}() << 32) ^ std::random_device{}();
+    std::printf("[quant linear cuda tests] QTUNE_TEST_SEED=%llu\n", (unsigned long long)v);
+    return v;
+  }();
+  return s;
+}
+
+float bf16r(float f) {
+  return bf16_to_f32(f32_to_bf16(f));
+}
+
+// n values of N(0, scale) rounded to bf16.
+std::vector<float> randn_bf16(std::mt19937_64& g, int64_t n, float scale = 1.0f) {
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v((size_t)n);
+  for (float& x : v) x = bf16r(d(g));
+  return v;
+}
+
+// y[n, o] = Σ_i x[n, i] w[o, i] (+ b[o]) in float64.
+std::vector<double> ref_linear(const std::vector<float>& x, const std::vector<float>& w,
+                               const std::vector<float>& b, int64_t N, int64_t O, int64_t I) {
+  std::vector<double> y((size_t)(N * O));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t o = 0; o < O; o++) {
+      double acc = b.empty() ? 0.0 : b[(size_t)o];
+      for (int64_t i = 0; i < I; i++) acc += (double)x[(size_t)(n * I + i)] * w[(size_t)(o * I + i)];
+      y[(size_t)(n * O + o)] = acc;
+    }
+  return y;
+}
+
+double rel(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); i++) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / den);
+}
+
+}  // namespace
+
+TEST(QuantLinearCuda, Forward4bitFollowsTheBf16RuleOnGemvAndGemmPaths) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed());
+  const int64_t O = 320, I = 512;
+  for (QuantType qt : {QuantType::NF4, QuantType::FP4})
+    for (bool dq : {false, true}) {
+      std::vector<float> wv = randn_bf16(g, O * I, 0.05f), bv = randn_bf16(g, O, 0.1f);
+      Tensor w = Tensor::from_f32(wv, {O, I}).to_dtype(DType::BF16);  // a bf16 checkpoint
+      auto cpu = quantize_linear_4bit(w, qt, 64, dq, DType::F32);
+      auto cpu_bf16 = quantize_linear_4bit(w, qt, 64, dq, DType::BF16);  // the same weights, bf16 math
+      auto gpu = quant4_linear_to(*cpu, Device::CUDA);
+      const std::vector<float> wd = quant4_linear_dense(*cpu).to_f32_vector();  // [O, I]
+      Tensor bias = Tensor::from_f32(bv, {O}), bias_gpu = bias.to_dtype(DType::BF16).to(Device::CUDA);
+      for (int64_t N : {1, 2, 5, 300}) {
+        const std::string what =
+            std::string(quant_type_name(qt)) + (dq ? " dq" : "") + " N=" + std::to_string(N);
+        SCOPED_TRACE(what);
+        std::vector<float> xv = randn_bf16(g, N * I);
+        Tensor x = Tensor::from_f32(xv, {N, I});
+        std::vector<double> ref = ref_linear(xv, wd, bv, N, O, I);
+        Tensor y_cpu = Tensor::empty({N, O}, DType::F32), y_cpu16 = Tensor::empty({N, O}, DType::F32);
+        quant4_linear_forward(y_cpu, x, *cpu, &bias);
+        quant4_linear_forward(y_cpu16, x, *cpu_bf16, &bias);
+        Tensor xg = x.to_dtype(DType::BF16).to(Device::CUDA);
+        Tensor y_gpu = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
+        Tensor y_gpu32 = Tensor::empty({N, O}, DType::F32, Device::CUDA);
+        quant4_linear_forward(y_gpu, xg, *gpu, &bias_gpu);
+        quant4_linear_forward(y_gpu32, xg, *gpu, &bias_gpu);
+        const double e_cpu16 = rel(y_cpu16.to_f32_vector(), ref), e_gpu = rel(y_gpu.to_f32_vector(), ref);
+        const double e_gpu32 = rel(y_gpu32.to_f32_vector(), ref), e_cpu = rel(y_cpu.to_f32_vector(), ref);
+        std::vector<double> cpu_d(y_cpu.numel());
+        const std::vector<float> yc = y_cpu.to_f32_vector();
+        for (size_t i = 0; i < cpu_d.size(); i++) cpu_d[i] = yc[i];
+        std::printf(
+            "[ measured ] 4-bit %s: vs f64 cuda bf16 %.3g, cuda f32 %.3g, cpu bf16 %.3g, cpu f32 %.3g; "
+            "cuda vs cpu quantized forward %.3g\n",
+            what.c_str(), e_gpu, e_gpu32, e_cpu16, e_cpu, rel(y_gpu.to_f32_vector(), cpu_d));
+        EXPECT_LE(e_gpu, 2.0 * e_cpu16 + 1e-5);
+        EXPECT_LE(e_gpu32, 2.0 * e_cpu16 + 1e-5);  // f32 out: the weights' bf16 rounding at most
+      }
+    }
+}
+
+TEST(QuantLinearCuda, Int8ForwardGivesTheCpuValue) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 1);
+  const int64_t O = 192, K = 256;
+  for (float thr : {6.0f, 0.0f}) {
+    std::vector<float> wv = randn_bf16(g, O * K, 0.05f), bv = randn_bf16(g, O, 0.1f);
+    auto cpu = quantize_linear_8bit(Tensor::from_f32(wv, {O, K}), thr);
+    auto gpu = int8_linear_to(*cpu, Device::CUDA);
+    Tensor bias = Tensor::from_f32(bv, {O}), bias_gpu = bias.to_dtype(DType::BF16).to(Device::CUDA);
+    for (int64_t N : {1, 3, 300}) {
+      SCOPED_TRACE("threshold " + std::to_string(thr) + " N=" + std::to_string(N));
+      std::vector<float> xv = randn_bf16(g, N * K);
+      for (int64_t c : {5, 77, 200})  // outlier columns: one element each above the threshold
+        xv[(size_t)(((c * 7) % N) * K + c)] = bf16r(8.0f + (float)c / 64.0f);
+      Tensor x = Tensor::from_f32(xv, {N, K});
+      Tensor y_cpu = Tensor::empty({N, O}, DType::F32);
+      int8_linear_forward(y_cpu, x, *cpu, &bias);
+      Tensor xg = x.to_dtype(DType::BF16).to(Device::CUDA);
+      Tensor y_gpu = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
+      Tensor y_gpu32 = Tensor::empty({N, O}, DType::F32, Device::CUDA);
+      int8_linear_forward(y_gpu, xg, *gpu, &bias_gpu);
+      int8_linear_forward(y_gpu32, xg, *gpu, &bias_gpu);
+      const std::vector<float> c = y_cpu.to_f32_vector(), b16 = y_gpu.to_f32_vector(),
+                               f32 = y_gpu32.to_f32_vector();
+      int diff16 = 0, diff32 = 0;
+      double num = 0, den = 0;
+      for (size_t i = 0; i < c.size(); i++) {
+        diff16 += bf16r(c[i]) != b16[i];
+        diff32 += c[i] != f32[i];
+        num += (double)(c[i] - f32[i]) * (c[i] - f32[i]);
+        den += (double)c[i] * c[i];
+      }
+      std::printf(
+          "[ measured ] int8 thr %.0f N=%lld: %d of %zu bf16 outputs and %d f32 outputs differ from the "
+          "CPU's (f32 rel %.3g)\n",
+          thr, (long long)N, diff16, c.size(), diff32, std::sqrt(num / den));
+      EXPECT_EQ(diff32, 0);
+      EXPECT_EQ(diff16, 0);
+    }
+  }
+}
+
+TEST(QuantLinearCuda, DequantizedRowsEqualTheCpuWeightsInBf16) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 2);
+  const int64_t O = 48, I = 160;  // 160 % 64 != 0: blocks straddle rows
+  for (DType orig : {DType::F32, DType::BF16})
+    for (DType cd : {DType::F32, DType::BF16, DType::F16})
+      for (bool dq : {false, true}) {
+        Tensor w = Tensor::from_f32(randn_bf16(g, O * I), {O, I}).to_dtype(orig);
+        auto cpu = quantize_linear_4bit(w, QuantType::NF4, 64, dq, cd);
+        auto gpu = quant4_linear_to(*cpu, Device::CUDA);
+        EXPECT_EQ(gpu->absmax.defined(), !dq);
+        const std::vector<float> dense = quant4_linear_dense(*cpu).to_f32_vector();
+        for (int64_t o0 : {0, 5, 47}) {
+          const int64_t rows = std::min<int64_t>(O - o0, 9);
+          Tensor out = Tensor::empty({rows, I}, DType::BF16, Device::CUDA);
+          quant4_dequantize_rows_cuda(out, *gpu, o0, rows);
+          const std::vector<float> got = out.to_f32_vector();
+          int bad = 0;
+          for (int64_t i = 0; i < rows * I; i++) bad += got[(size_t)i] != bf16r(dense[(size_t)(o0 * I + i)]);
+          EXPECT_EQ(bad, 0) << dtype_name(orig) << " cd " << dtype_name(cd) << (dq ? " dq" : "") << " o0 "
+                            << o0;
+        }
+      }
+  auto q8 = quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, O * I), {O, I}), 6.0f);
+  auto q8g = int8_linear_to(*q8, Device::CUDA);
+  const std::vector<float> dense8 = int8_vectorwise_dequant(q8->w).to_f32_vector();
+  Tensor out = Tensor::empty({10, I}, DType::BF16, Device::CUDA);
+  int8_dequantize_rows_cuda(out, *q8g, 30, 10);
+  const std::vector<float> got = out.to_f32_vector();
+  int bad = 0;
+  for (int64_t i = 0; i < 10 * I; i++) bad += got[(size_t)i] != bf16r(dense8[(size_t)(30 * I + i)]);
+  EXPECT_EQ(bad, 0);
+  EXPECT_THROW(int8_dequantize_rows_cuda(out, *q8g, 40, 10), Error);  // past the last row
+}
+
+TEST(QuantLinearCuda, GpuQuantizationEqualsCpuStorage) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 3);
+  Tensor w = Tensor::from_f32(randn_bf16(g, 96 * 448, 0.02f), {96, 448}).to_dtype(DType::BF16);
+  for (bool dq : {false, true}) {
+    auto cpu = quantize_linear_4bit(w, QuantType::NF4, 64, dq, DType::BF16);
+    auto gpu = quantize_linear_4bit(w.to(Device::CUDA), QuantType::NF4, 64, dq, DType::BF16);
+    ASSERT_TRUE(gpu->on_cuda());
+    auto back = quant4_linear_to(*gpu, Device::CPU);
+    EXPECT_EQ(std::memcmp(back->q.packed.raw(), cpu->q.packed.raw(), cpu->q.packed.nbytes()), 0);
+    EXPECT_EQ(std::memcmp(back->q.absmax.raw(), cpu->q.absmax.raw(), cpu->q.absmax.nbytes()), 0);
+    EXPECT_EQ(std::memcmp(back->absmax.raw(), cpu->absmax.raw(), cpu->absmax.nbytes()), 0);
+  }
+  auto c8 = quantize_linear_8bit(w, 6.0f);
+  auto g8 = quantize_linear_8bit(w.to(Device::CUDA), 6.0f);
+  auto b8 = int8_linear_to(*g8, Device::CPU);
+  EXPECT_EQ(std::memcmp(b8->w.q.raw(), c8->w.q.raw(), c8->w.q.nbytes()), 0);
+  EXPECT_EQ(std::memcmp(b8->w.scale.raw(), c8->w.scale.raw(), c8->w.scale.nbytes()), 0);
+}
+
+TEST(QuantLinearCuda, MixedDevicesAreErrors) {
+  REQUIRE_GPU();
+  auto cpu = quantize_linear_4bit(Tensor::zeros({32, 64}, DType::F32), QuantType::NF4, 64, false, DType::F32);
+  Tensor xg = Tensor::zeros({1, 64}, DType::BF16, Device::CUDA),
+         yg = Tensor::empty({1, 32}, DType::BF16, Device::CUDA);
+  expect_error([&] { quant4_linear_forward(yg, xg, *cpu, nullptr); }, ErrorKind::Usage, {"on the CPU"});
+  auto gpu = quant4_linear_to(*cpu, Device::CUDA);
+  Tensor x = Tensor::zeros({1, 64}, DType::F32), y = Tensor::empty({1, 32}, DType::F32);
+  expect_error([&] { quant4_linear_forward(y, x, *gpu, nullptr); }, ErrorKind::Usage, {"GPU"});
+}

@@ -1,0 +1,229 @@
+// quant/ CUDA kernels against the CPU functions of the same declarations (which match bitsandbytes' golden
+// files, tests/quant): 4-bit quantize and dequantize (NF4, FP4, plain and double-quant absmax) on 24 fresh
+// random tensors of assorted shapes, block sizes and dtypes, 8-bit dynamic blockwise on 20 more, the
+// row-range / rounding-chain dequantization the Linear layers use, and LLM.int8 row quantization: every
+// byte and every output value must be identical.
+#include "quant/quant_cuda.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+
+#include "core/allocator.h"
+#include "core/error.h"
+#include "quant/blockwise8.h"
+#include "quant/codebook.h"
+#include "quant/double_quant.h"
+#include "quant/int8.h"
+#include "quant/quant4.h"
+
+using namespace qtune;
+
+namespace {
+
+#define REQUIRE_GPU()                                             \
+  do {                                                            \
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU present"; \
+  } while (0)
+
+uint64_t seed() {
+  static uint64_t s = [] {
+    const char* e = std::getenv("QTUNE_TEST_SEED");
+    uint64_t v =
+        e ? std::strtoull(e, nullptr, 10) : ((uint64_t)std::random_device{}() << 32) ^ std::random_device{}();
+    std::printf("[quant cuda tests] QTUNE_TEST_SEED=%llu\n", (unsigned long long)v);
+    return v;
+  }();
+  return s;
+}
+
+// Random values with a per-tensor scale, some zero blocks and ties: values exactly on code midpoints of
+// a block whose absmax is 1 (v == midpoint must take the lower code on both sides).
+Tensor random_tensor(std::mt19937_64& g, const Shape& shape, DType dt, int64_t blocksize, QuantType qt) {
+  const int64_t n = shape_numel(shape);
+  std::vector<float> v((size_t)n);
+  const float scale = std::exp(std::uniform_real_distribution<float>(-4.0f, 3.0f)(g));
+  std::normal_distribution<float> nd(0.0f, scale);
+  for (float& x : v) x = nd(g);
+  const int64_t nb = (n + blocksize - 1) / blocksize;
+  if (nb > 2) {
+    const int64_t z = (int64_t)(g() % (uint64_t)(nb - 1));  // an all-zero full block
+    std::fill(v.begin() + z * blocksize, v.begin() + (z + 1) * blocksize, 0.0f);
+    const int64_t t = (z + 1) % (nb - 1);  // a block of ties: absmax 1 and midpoint values
+    const float* c = code4(qt);
+    float* b = v.data() + t * blocksize;
+    b[0] = 1.0f;
+    for (int64_t i = 1; i < blocksize; i++) b[i] = (c[i % 15] + c[i % 15 + 1]) / 2.0f;
+  }
+  return Tensor::from_f32(v, shape).to_dtype(dt);
+}
+
+void expect_same_bytes(const Tensor& got_gpu, const Tensor& want, const std::string& what) {
+  Tensor got = got_gpu.to(Device::CPU);
+  ASSERT_EQ(got.nbytes(), want.nbytes()) << what;
+  const uint8_t* a = static_cast<const uint8_t*>(got.raw());
+  const uint8_t* b = static_cast<const uint8_t*>(want.raw());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.nbytes(); i++)
+    if (a[i] != b[i] && bad++ == 0) first = i;
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << got.nbytes() << " bytes differ, first at byte "
+                     << first;
+}
+
+struct Case4 {
+  Shape shape;
+  int64_t blocksize;
+  DType dtype;
+  QuantType qt;
+  bool dq;
+};
+
+std::vector<Case4> cases4() {
+  const DType dts[3] = {DType::F32, DType::BF16, DType::F16};
+  const Shape shapes[8] = {{4096},     {333, 77},   {64, 4096}, {7},
+                           {1, 12345}, {96, 3, 32}, {1000, 33}, {2, 70001}};
+  const int64_t bss[8] = {64, 32, 4096, 128, 256, 512, 1024, 2048};
+  std::vector<Case4> c;
+  for (int i = 0; i < 24; i++)
+    c.push_back({shapes[i % 8], bss[(i * 3) % 8], dts[i % 3], i % 2 ? QuantType::FP4 : QuantType::NF4,
+                 (i / 2) % 2 == 1});
+  return c;
+}
+
+}  // namespace
+
+TEST(QuantCuda, Quantize4bitEqualsCpuOn24RandomTensors) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed());
+  for (const Case4& c : cases4()) {
+    const std::string what = shape_str(c.shape) + " bs " + std::to_string(c.blocksize) + " " +
+                             dtype_name(c.dtype) + " " + quant_type_name(c.qt) + (c.dq ? " dq" : "");
+    SCOPED_TRACE(what);
+    Tensor x = random_tensor(g, c.shape, c.dtype, c.blocksize, c.qt);
+    Quant4Tensor want = quantize_4bit(x, c.qt, c.blocksize, c.dq);
+    Quant4Tensor got = quantize_4bit_cuda(x.to(Device::CUDA), c.qt, c.blocksize, c.dq);
+    ASSERT_TRUE(got.packed.is_cuda());
+    EXPECT_EQ(got.nested, want.nested);
+    expect_same_bytes(got.packed, want.packed, what + " packed");
+    expect_same_bytes(got.absmax, want.absmax, what + " absmax");
+    if (c.dq) {
+      expect_same_bytes(got.nested_absmax, want.nested_absmax, what + " nested_absmax");
+      expect_same_bytes(got.nested_code, want.nested_code, what + " nested_code");
+      EXPECT_EQ(std::memcmp(&got.offset, &want.offset, 4), 0) << got.offset << " vs " << want.offset;
+    }
+    // Dequantize the CPU-made tensor on the GPU into every output dtype.
+    Quant4Tensor up = quant4_to(want, Device::CUDA);
+    for (DType out : {DType::F32, DType::BF16, DType::F16})
+      expect_same_bytes(dequantize_4bit_cuda(up, out), dequantize_4bit(want, out),
+                        what + " dequantize to " + dtype_name(out));
+  }
+}
+
+TEST(QuantCuda, Dequantize4bitRangesAndRoundingStepsEqualCpu) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 1);
+  Tensor x = random_tensor(g, {37, 160}, DType::F32, 64, QuantType::NF4);  // rows straddle blocks
+  for (bool dq : {false, true}) {
+    Quant4Tensor q = quantize_4bit(x, QuantType::NF4, 64, dq);
+    Quant4Tensor up = quant4_to(q, Device::CUDA);
+    std::vector<float> full = dequantize_4bit(q, DType::F32).to_f32_vector();
+    struct R {
+      int64_t e0, count;
+    };
+    for (R r : {R{0, 37 * 160}, R{160 * 5, 160 * 7}, R{37, 1001}, R{3, 5}, R{37 * 160 - 33, 33}})
+      for (DType r1 : {DType::F32, DType::BF16, DType::F16})
+        for (DType r2 : {DType::F32, DType::BF16}) {
+          Tensor out = Tensor::empty({r.count}, DType::BF16, Device::CUDA);
+          dequantize_4bit_cuda_raw(up.packed.data<uint8_t>(), absmax4_view(up), r.e0, r.count, 64,
+                                   QuantType::NF4, DType::BF16, out.raw(), 0, r1, r2);
+          std::vector<float> got = out.to_f32_vector();
+          auto rnd = [](DType d, float f) {
+            return d == DType::BF16  ? bf16_to_f32(f32_to_bf16(f))
+                   : d == DType::F16 ? f16_to_f32(f32_to_f16(f))
+                                     : f;
+          };
+          int bad = 0;
+          for (int64_t i = 0; i < r.count; i++) {
+            const float want = rnd(DType::BF16, rnd(r2, rnd(r1, full[(size_t)(r.e0 + i)])));
+            bad += std::memcmp(&got[(size_t)i], &want, 4) != 0;
+          }
+          EXPECT_EQ(bad, 0) << "e0 " << r.e0 << " count " << r.count << " r1 " << dtype_name(r1) << " r2 "
+                            << dtype_name(r2) << (dq ? " dq" : "");
+        }
+  }
+}
+
+TEST(QuantCuda, Blockwise8bitEqualsCpuOn20RandomTensors) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 2);
+  const DType dts[3] = {DType::F32, DType::BF16, DType::F16};
+  const Shape shapes[5] = {{4096}, {333, 77}, {5000}, {31}, {64, 1025}};
+  const int64_t bss[6] = {256, 32, 2048, 64, 4096, 128};
+  const Quant8Lut signed_lut(create_dynamic_map(true)), unsigned_lut(create_dynamic_map(false));
+  for (int i = 0; i < 20; i++) {
+    const bool is_signed = i % 4 != 3;
+    const Quant8Lut& lut = is_signed ? signed_lut : unsigned_lut;
+    const Shape shape = shapes[i % 5];
+    const int64_t bs = bss[i % 6];
+    const DType dt = dts[i % 3];
+    const std::string what = shape_str(shape) + " bs " + std::to_string(bs) + " " + dtype_name(dt) +
+                             (is_signed ? " signed" : " unsigned");
+    SCOPED_TRACE(what);
+    std::vector<float> v((size_t)shape_numel(shape));
+    std::normal_distribution<float> nd(0.0f, std::exp(std::uniform_real_distribution<float>(-5.0f, 2.0f)(g)));
+    for (float& f : v) f = is_signed ? nd(g) : std::fabs(nd(g));
+    if (v.size() > 2 * (size_t)bs) std::fill(v.begin() + bs, v.begin() + 2 * bs, 0.0f);  // a zero block
+    Tensor x = Tensor::from_f32(v, shape).to_dtype(dt);
+    Blockwise8 want = quantize_blockwise_8bit(x, lut, bs);
+    Blockwise8 got = quantize_blockwise_8bit_cuda(x.to(Device::CUDA), lut.code(), bs);
+    expect_same_bytes(got.q, want.q, what + " codes");
+    expect_same_bytes(got.absmax, want.absmax, what + " absmax");
+    Blockwise8 up{want.q.to(Device::CUDA), want.absmax.to(Device::CUDA), bs};
+    for (DType out : {DType::F32, DType::BF16, DType::F16})
+      expect_same_bytes(dequantize_blockwise_8bit_cuda(up, lut.code(), out),
+                        dequantize_blockwise_8bit(want, lut.code(), out),
+                        what + " dequantize to " + dtype_name(out));
+  }
+}
+
+TEST(QuantCuda, Int8RowQuantizationEqualsCpu) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 3);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16})
+    for (Shape s : {Shape{77, 333}, Shape{5, 4096}, Shape{1, 31}}) {
+      std::vector<float> v((size_t)shape_numel(s));
+      std::normal_distribution<float> nd(0.0f, 0.7f);
+      for (float& f : v) f = nd(g);
+      std::fill(v.begin(), v.begin() + s[1], 0.0f);  // a zero row
+      Tensor x = Tensor::from_f32(v, s).to_dtype(dt);
+      // As bitsandbytes stores a weight: an f16 copy, no threshold.
+      Int8Rowwise want = int8_vectorwise_quant(x.to_dtype(DType::F16), 0.0f);
+      Tensor q = Tensor::empty(s, DType::I8, Device::CUDA),
+             sc = Tensor::empty({s[0]}, DType::F32, Device::CUDA);
+      Tensor xd = x.to(Device::CUDA);
+      int8_quant_rows_cuda(xd.raw(), dt, s[0], s[1], 0.0f, true, q.data<int8_t>(), sc.data<float>(), nullptr,
+                           0);
+      const std::string what = shape_str(s) + " " + dtype_name(dt);
+      expect_same_bytes(q, want.q, what + " q");
+      expect_same_bytes(sc, want.scale, what + " scale");
+      Tensor deq = Tensor::empty(s, DType::F32, Device::CUDA);
+      int8_dequantize_rows_cuda_raw(q.data<int8_t>(), sc.data<float>(), 0, s[0], s[1], DType::F32, deq.raw(),
+                                    0);
+      expect_same_bytes(deq, int8_vectorwise_dequant(want), what + " dequantized");
+    }
+}
+
+TEST(QuantCuda, BadArgumentsAreErrors) {
+  REQUIRE_GPU();
+  Tensor x = Tensor::zeros({64}, DType::F32, Device::CUDA);
+  EXPECT_THROW(quantize_4bit_cuda(x, QuantType::NF4, 48), Error);    // not a power of two
+  EXPECT_THROW(quantize_4bit_cuda(x, QuantType::NF4, 8192), Error);  // too large
+  EXPECT_THROW(quantize_4bit_cuda(Tensor::zeros({64}, DType::F32), QuantType::NF4, 64), Error);  // CPU tensor
+  EXPECT_THROW(quantize_4bit_cuda(Tensor::zeros({64}, DType::I32, Device::CUDA), QuantType::NF4, 64), Error);
+  Quant4Tensor q = quantize_4bit_cuda(x, QuantType::NF4, 64);
+  q.packed = Tensor::zeros({31, 1}, DType::U8, Device::CUDA);  // wrong packed size
+  EXPECT_THROW(dequantize_4bit_cuda(q, DType::BF16), Error);
+}
