@@ -4,6 +4,7 @@
 #include "train/block.h"
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "ops/ops.h"
 #include "train/linear_backward.h"
 
@@ -87,33 +88,63 @@ void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, 
   const int64_t B = in.B, T = in.T, N = B * T;
   auto empty = [&](const Shape& sh) { return act(sh); };
   s.h1 = empty({N, C_});
-  rmsnorm_forward(s.h1, x_in, L_.input_norm, eps_);
+  {
+    QT_PROFILE("fwd.norm");
+    rmsnorm_forward(s.h1, x_in, L_.input_norm, eps_);
+  }
   s.q = empty({B, T, Hq_, D_});
   s.k = empty({B, T, Hkv_, D_});
   s.v = empty({B, T, Hkv_, D_});
   Tensor q2 = s.q.reshape({N, Hq_ * D_}), k2 = s.k.reshape({N, Hkv_ * D_}), v2 = s.v.reshape({N, Hkv_ * D_});
-  L_.q.forward(q2, s.h1);
-  L_.k.forward(k2, s.h1);
-  L_.v.forward(v2, s.h1);
+  {
+    QT_PROFILE("fwd.linear");
+    L_.q.forward(q2, s.h1);
+    L_.k.forward(k2, s.h1);
+    L_.v.forward(v2, s.h1);
+  }
   Tensor qh = s.q.reshape({N, Hq_, D_}), kh = s.k.reshape({N, Hkv_, D_});
-  rope_forward(qh, in.positions, in.inv_freq);
-  rope_forward(kh, in.positions, in.inv_freq);
+  {
+    QT_PROFILE("fwd.rope");
+    rope_forward(qh, in.positions, in.inv_freq);
+    rope_forward(kh, in.positions, in.inv_freq);
+  }
   s.att = empty({B, T, Hq_, D_});
   s.lse = Tensor::empty({B, T, Hq_}, DType::F32, dev_);
-  attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
+  {
+    QT_PROFILE("fwd.attention");
+    attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
+  }
   s.x_mid = empty({N, C_});
-  L_.o.forward(s.x_mid, s.att.reshape({N, Hq_ * D_}));
-  add_inplace(s.x_mid, x_in);  // x_mid = x + o_proj(att)
+  {
+    QT_PROFILE("fwd.linear");
+    L_.o.forward(s.x_mid, s.att.reshape({N, Hq_ * D_}));
+  }
   s.h2 = empty({N, C_});
-  rmsnorm_forward(s.h2, s.x_mid, L_.post_norm, eps_);
+  {
+    QT_PROFILE("fwd.norm");
+    add_inplace(s.x_mid, x_in);  // x_mid = x + o_proj(att)
+    rmsnorm_forward(s.h2, s.x_mid, L_.post_norm, eps_);
+  }
   s.gate = empty({N, F_});
   s.up = empty({N, F_});
   s.act = empty({N, F_});
-  L_.gate.forward(s.gate, s.h2);
-  L_.up.forward(s.up, s.h2);
-  swiglu_forward(s.act, s.gate, s.up);
-  L_.down.forward(out, s.act);
-  add_inplace(out, s.x_mid);  // out = x_mid + down(act)
+  {
+    QT_PROFILE("fwd.linear");
+    L_.gate.forward(s.gate, s.h2);
+    L_.up.forward(s.up, s.h2);
+  }
+  {
+    QT_PROFILE("fwd.swiglu");
+    swiglu_forward(s.act, s.gate, s.up);
+  }
+  {
+    QT_PROFILE("fwd.linear");
+    L_.down.forward(out, s.act);
+  }
+  {
+    QT_PROFILE("fwd.norm");
+    add_inplace(out, s.x_mid);  // out = x_mid + down(act)
+  }
   s.full = true;
 }
 
@@ -143,31 +174,58 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   Tensor dx2 = dx.reshape({N, C_});  // d(out), which is also the residual's share of d(x_mid)
   // MLP: out = x_mid + down(act), act = silu(gate)·up, gate/up = W·h2, h2 = rmsnorm(x_mid).
   Tensor d_act = grad_zeros({N, F_}, true);
-  linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(dx2), s.act, params_);
+  {
+    QT_PROFILE("bwd.linear");
+    linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(dx2), s.act, params_);
+  }
   Tensor d_gate = grad_zeros({N, F_}, true), d_up = grad_zeros({N, F_}, true);
-  swiglu_backward(d_gate, d_up, d_act, s.gate, s.up);
+  {
+    QT_PROFILE("bwd.swiglu");
+    swiglu_backward(d_gate, d_up, d_act, s.gate, s.up);
+  }
   d_act = Tensor();
   Tensor d_h = grad_zeros({N, C_}, false);
-  linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2, params_);
-  linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2, params_);
+  {
+    QT_PROFILE("bwd.linear");
+    linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2, params_);
+    linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2, params_);
+  }
   d_gate = d_up = Tensor();
-  rmsnorm_backward(dx2, g_post_norm_, d_h, s.x_mid, L_.post_norm, eps_);  // dx2 = d(x_mid)
+  {
+    QT_PROFILE("bwd.norm");
+    rmsnorm_backward(dx2, g_post_norm_, d_h, s.x_mid, L_.post_norm, eps_);  // dx2 = d(x_mid)
+  }
   // Attention: x_mid = x + o(att), att = attn(rope(q), rope(k), v), q/k/v = W·h1, h1 = rmsnorm(x).
   Tensor d_att = grad_zeros({B, T, Hq_, D_}, true);
   Tensor d_att2 = d_att.reshape({N, Hq_ * D_});
-  linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, gemm_grad(dx2), s.att.reshape({N, Hq_ * D_}), params_);
+  {
+    QT_PROFILE("bwd.linear");
+    linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, gemm_grad(dx2), s.att.reshape({N, Hq_ * D_}), params_);
+  }
   Tensor dq = grad_zeros({B, T, Hq_, D_}, true), dk = grad_zeros({B, T, Hkv_, D_}, true),
          dv = grad_zeros({B, T, Hkv_, D_}, true);
-  attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
+  {
+    QT_PROFILE("bwd.attention");
+    attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
+  }
   d_att = d_att2 = Tensor();
   Tensor dqh = dq.reshape({N, Hq_, D_}), dkh = dk.reshape({N, Hkv_, D_});
-  rope_backward(dqh, in.positions, in.inv_freq);
-  rope_backward(dkh, in.positions, in.inv_freq);
+  {
+    QT_PROFILE("bwd.rope");
+    rope_backward(dqh, in.positions, in.inv_freq);
+    rope_backward(dkh, in.positions, in.inv_freq);
+  }
   d_h.set_zero();
-  linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1, params_);
-  linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1, params_);
-  linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1, params_);
-  rmsnorm_backward(dx2, g_in_norm_, d_h, s.x_in, L_.input_norm, eps_);  // dx2 = d(x_in)
+  {
+    QT_PROFILE("bwd.linear");
+    linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1, params_);
+    linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1, params_);
+    linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1, params_);
+  }
+  {
+    QT_PROFILE("bwd.norm");
+    rmsnorm_backward(dx2, g_in_norm_, d_h, s.x_in, L_.input_norm, eps_);  // dx2 = d(x_in)
+  }
   s.drop_activations();
 }
 

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "ops/ops.h"
 #include "train/block.h"
 
@@ -78,6 +79,7 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
                   opts.inputs_embeds->describe());
     convert(x, opts.inputs_embeds->to(dev).reshape({N, C}));
   } else {
+    QT_PROFILE("embedding");
     embedding_forward(x, ids_dev, model.embed_tokens());
   }
   if (opts.d_inputs_embeds &&
@@ -98,8 +100,12 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
 
   Tensor* g_head = cfg.tie_word_embeddings ? g_embed : params->grad("lm_head.weight");
   Tensor dhn = Tensor::zeros({N, C}, DType::F32, dev);
-  LossSum loss = cross_entropy_forward_backward(hn, head.weight, labels, &dhn, g_head, opts.grad_scale,
-                                                opts.loss_chunk_rows);
+  LossSum loss;
+  {
+    QT_PROFILE("lm_head+cross_entropy");
+    loss = cross_entropy_forward_backward(hn, head.weight, labels, &dhn, g_head, opts.grad_scale,
+                                          opts.loss_chunk_rows);
+  }
   hn = Tensor();
   Tensor dx = Tensor::zeros({N, C}, DType::F32, dev);
   rmsnorm_backward(dx, params->grad("model.norm.weight"), dhn, x, model.final_norm(), eps);

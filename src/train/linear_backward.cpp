@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "model/quant_linear.h"
 #include "ops/matmul.h"
 #include "quant/codebook.h"
@@ -74,6 +75,7 @@ static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db,
     // The whole weight dequantized (BF16 [O, I], the values the forward multiplies with) into a buffer
     // that the caching allocator hands back to the next layer, then the dense backward.
     Tensor w = Tensor::empty({O, I}, DType::BF16, Device::CUDA);
+    QT_PROFILE("bwd.dequant (in linear)");
     if (lin.q4)
       quant4_dequantize_rows_cuda(w, *lin.q4, 0, O);
     else

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "core/profile.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
 #include "train/linear_backward.h"
@@ -36,17 +37,19 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA's backward reads its weight)
   // On a GPU model: the trainable masters A F32 [r, I] and B F32 [O, r] live on the device (registered in
   // TrainableParams, updated there by the optimizer); layer->A/B are refreshed from them by sync_to_host.
-  Tensor a_dev, b_dev;
+  // a_bf, b_bf: their BF16 copies that the GEMMs read (refresh_gpu after each update).
+  Tensor a_dev, b_dev, a_bf, b_bf;
 
   bool dropping() const { return state->training && state->dropout > 0; }
   bool on_gpu() const { return a_dev.defined(); }
   uint64_t mask_base() const { return mix(state->seed ^ mix(state->counter * 1000003ull + layer_id)); }
   uint64_t mask_threshold() const { return (uint64_t)(state->dropout * 18446744073709551616.0); }
 
-  // GPU: x (any float dtype) as F32 [N, I], through the dropout mask when training with dropout.
-  Tensor f32_input(const Tensor& x) const {
+  // GPU: x as BF16 [N, I], through the dropout mask when training with dropout.
+  Tensor gemm_input(const Tensor& x) const {
     const int64_t I = x.size(-1), N = x.numel() / I;
-    Tensor out = Tensor::empty({N, I}, DType::F32, x.device());
+    if (!dropping() && x.dtype() == DType::BF16) return x.reshape({N, I});
+    Tensor out = Tensor::empty({N, I}, DType::BF16, x.device());
     if (!dropping()) {
       convert(out, x.reshape({N, I}));
       return out;
@@ -57,46 +60,56 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     return out;
   }
 
-  // GPU forward: out[N, O] += scale·(xd·Aᵀ)·Bᵀ in f32 (PEFT keeps adapter weights in f32 and casts x).
+  // GPU forward: out[N, O] += scale·(xd·Aᵀ)·Bᵀ with BF16 copies of A and B (f32 accumulation, one rounding
+  // of the sum into out by the second GEMM's beta = 1).
   void apply_gpu(Tensor& out, const Tensor& x) const {
+    QT_PROFILE("lora.fwd (in linear)");
     const int64_t O = out.size(-1), N = out.numel() / O;
-    Tensor xd = f32_input(x);                                         // [N, I]
-    Tensor mid = Tensor::empty({N, layer->r}, DType::F32, x.device());  // [N, r]
-    matmul(mid, xd, a_dev, false, true);
-    Tensor delta = Tensor::empty({N, O}, DType::F32, x.device());  // [N, O]
-    matmul(delta, mid, b_dev, false, true, (float)layer->scale);
+    Tensor xd = gemm_input(x);                                           // [N, I]
+    Tensor mid = Tensor::empty({N, layer->r}, DType::BF16, x.device());  // [N, r]
+    matmul(mid, xd, a_bf, false, true);
     Tensor o2 = out.reshape({N, O});
-    add_inplace(o2, delta);
+    matmul(o2, mid, b_bf, false, true, (float)layer->scale, 1.0f);
   }
 
-  // GPU backward, the CPU formulas below with device GEMMs; through the dropout mask dx gets
-  // dropout(dh·A) (the same mask and 1/(1-p) scale as the forward's input).
+  // GPU backward, the CPU formulas below with BF16 GEMM inputs and F32 gradients; through the dropout mask
+  // dx gets dropout(dh·A) (the same mask and 1/(1-p) scale as the forward's input).
   void backward_gpu(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const {
+    QT_PROFILE("lora.bwd (in linear)");
     const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
     const Device dev = x.device();
-    Tensor xd = f32_input(x);  // [N, I]
-    Tensor dy32 = Tensor::empty({N, O}, DType::F32, dev);
-    convert(dy32, dy.reshape({N, O}));
-    Tensor h = Tensor::empty({N, r}, DType::F32, dev), dh = Tensor::empty({N, r}, DType::F32, dev);
-    matmul(h, xd, a_dev, false, true);           // h = xd·Aᵀ
-    matmul(dh, dy32, b_dev, false, false, s);    // dh = s·dy·B
+    Tensor xd = gemm_input(x);  // [N, I]
+    Tensor dy2 = dy.reshape({N, O});
+    Tensor h = Tensor::empty({N, r}, DType::BF16, dev), dh = Tensor::empty({N, r}, DType::BF16, dev);
+    matmul(h, xd, a_bf, false, true);        // h = xd·Aᵀ
+    matmul(dh, dy2, b_bf, false, false, s);  // dh = s·dy·B
     if (params) {
-      if (Tensor* gb = params->grad(key_b)) matmul(*gb, dy32, h, true, false, s, 1.0f);  // dB += s·dyᵀ·h
+      if (Tensor* gb = params->grad(key_b)) matmul(*gb, dy2, h, true, false, s, 1.0f);  // dB += s·dyᵀ·h
       if (Tensor* ga = params->grad(key_a)) matmul(*ga, dh, xd, true, false, 1.0f, 1.0f);  // dA += dhᵀ·xd
     }
     if (!dx) return;
     Tensor dx2 = dx->reshape({N, I});
-    if (!dropping() && dx->dtype() == DType::F32) {
-      matmul(dx2, dh, a_dev, false, false, 1.0f, 1.0f);  // dx += dh·A
+    if (!dropping()) {
+      matmul(dx2, dh, a_bf, false, false, 1.0f, 1.0f);  // dx += dh·A
       return;
     }
-    Tensor t = Tensor::empty({N, I}, DType::F32, dev);
-    matmul(t, dh, a_dev, false, false);
+    Tensor t = Tensor::empty({N, I}, DType::BF16, dev);
+    matmul(t, dh, a_bf, false, false);
 #ifdef QTUNE_HAVE_CUDA
-    if (dropping()) lora_dropout_cuda(t, t, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+    lora_dropout_cuda(t, t, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
 #endif
     add_inplace(dx2, t);
+  }
+
+  // GPU: the BF16 GEMM copies of the f32 masters (after each optimizer step).
+  void refresh_gpu() {
+    if (!a_bf.defined()) {
+      a_bf = Tensor::empty(a_dev.shape(), DType::BF16, a_dev.device());
+      b_bf = Tensor::empty(b_dev.shape(), DType::BF16, b_dev.device());
+    }
+    convert(a_bf, a_dev);
+    convert(b_bf, b_dev);
   }
 
   // x with dropout applied (scaled by 1/(1-p)), [N, I].
@@ -260,6 +273,7 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     if (model.device() != Device::CPU) {
       a->a_dev = l->A.clone().to(model.device());
       a->b_dev = l->B.clone().to(model.device());
+      a->refresh_gpu();
     }
     slots_.push_back({it->second, it->second->adapter, a, a});
     it->second->adapter = a;
@@ -286,7 +300,10 @@ LoraTraining::~LoraTraining() {
 }
 
 void LoraTraining::refresh() {
-  if (model_.device() != Device::CPU) return;  // the GPU forward reads the device masters directly
+  if (model_.device() != Device::CPU) {  // the GPU forward reads BF16 copies of the device masters
+    for (Slot& s : slots_) s.lora->refresh_gpu();
+    return;
+  }
   lora_.refresh();
   for (Slot& s : slots_) s.linear->adapter = s.training;
 }

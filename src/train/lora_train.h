@@ -6,7 +6,8 @@
 // Dropout masks are a pure function of (seed, micro-batch counter, layer, element), so the gradient
 // checkpointing recompute and the backward see the forward's mask without storing it:
 //   LoraTraining t(lora, params, seed, dropout);  t.set_step(micro_batch_index);  t.set_training(true);
-// On a GPU model the trainable A and B live on the device (F32) and the LoRA math runs there in f32;
+// On a GPU model the trainable A and B live on the device (F32 masters, updated there by the optimizer) and
+// the LoRA GEMMs read BF16 copies of them (f32 accumulation), refreshed after each step;
 // sync_to_host() brings them back to the LoraModel for saving.
 // Destroying it puts the plain LoraLayers back on the Linears. DoRA layers train A, B and the magnitude
 // ("...lora_magnitude_vector") with PEFT's detached weight norm (no dropout with DoRA yet).

@@ -9,6 +9,7 @@
 
 #include "core/allocator.h"
 #include "core/error.h"
+#include "core/profile.h"
 #include "io/json_util.h"
 #include "model/llama_model.h"
 #include "optim/clip.h"
@@ -228,6 +229,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
   TrainResult res;
   for (const LogRow& r : st.history) res.losses.push_back(r.loss);
   ProgressBar bar(total, st.global_step, say, dev);
+  profile_start(dev);
   training.set_training(true);
   int64_t run_tokens = 0;
   const auto t_run = std::chrono::steady_clock::now();
@@ -240,7 +242,10 @@ TrainResult run_finetune(const TrainerArgs& a) {
       targets += mbs.back().targets;
       tokens += mbs.back().tokens;
     }
-    params.zero_grads();
+    {
+      QT_PROFILE("zero_grad");
+      params.zero_grads();
+    }
     double loss_sum = 0;
     for (int64_t g = 0; g < (int64_t)mbs.size(); ++g) {
       training.set_step((uint64_t)(st.micro_batches_done + g));
@@ -250,10 +255,16 @@ TrainResult run_finetune(const TrainerArgs& a) {
       loss_sum += causal_lm_forward_backward(model, mbs[g].ids, mbs[g].labels, &params, so).loss;
     }
     st.micro_batches_done += (int64_t)mbs.size();
-    const float gnorm =
-        a.max_grad_norm > 0 ? clip_grad_norm(opt.groups(), a.max_grad_norm) : grad_global_norm(opt.groups());
+    float gnorm;
+    {
+      QT_PROFILE("clip_grad_norm");
+      gnorm = a.max_grad_norm > 0 ? clip_grad_norm(opt.groups(), a.max_grad_norm) : grad_global_norm(opt.groups());
+    }
     const double lr = sched.lr(st.global_step);
-    opt.step(lr);
+    {
+      QT_PROFILE("optimizer");
+      opt.step(lr);
+    }
     training.refresh();
     ++st.global_step;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -296,6 +307,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
     }
   }
   bar.finish();
+  if (profiling()) std::fprintf(stderr, "%s", profile_report().c_str());
   const double run_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
   res.tokens_per_s = run_tokens / std::max(run_secs, 1e-9);
   res.steps = st.global_step;

@@ -13,11 +13,10 @@ __device__ __forceinline__ uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-template <class T>
-__global__ void lora_dropout_kernel(float* __restrict__ out, const T* __restrict__ x, int64_t n, uint64_t base,
-                                    uint64_t threshold, float keep) {
+template <class TO, class T>
+__global__ void lora_dropout_kernel(TO* out, const T* x, int64_t n, uint64_t base, uint64_t threshold, float keep) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    out[i] = mix(base + (uint64_t)i) < threshold ? 0.0f : cuda::to_f32(x[i]) * keep;
+    out[i] = cuda::from_f32<TO>(mix(base + (uint64_t)i) < threshold ? 0.0f : cuda::to_f32(x[i]) * keep);
 }
 
 }  // namespace
@@ -26,15 +25,17 @@ void lora_dropout_cuda(Tensor& out, const Tensor& x, uint64_t base, uint64_t thr
   const char* op = "lora_dropout";
   cuda::require_cuda(out, op, "out");
   cuda::require_cuda(x, op, "x");
-  cuda::require_dtype(out, op, "out", DType::F32);
+  cuda::require_dtype(out, op, "out", DType::F32, DType::BF16);
   if (out.numel() != x.numel())
     throw_error(ErrorKind::Shape, op, ": out ", out.describe(), " and x ", x.describe(), " differ in size");
   const int64_t n = x.numel();
   if (n == 0) return;
   const int blocks = (int)std::min<int64_t>((n + 255) / 256, 4096);
-  QT_DISPATCH_FLOAT(x.dtype(), op, T, {
-    lora_dropout_kernel<T><<<blocks, 256, 0, cuda::stream()>>>(out.data<float>(), x.data<T>(), n, base,
-                                                                threshold, keep);
+  QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
+    QT_DISPATCH_FLOAT(x.dtype(), op, T, {
+      lora_dropout_kernel<TO, T>
+          <<<blocks, 256, 0, cuda::stream()>>>(out.data<TO>(), x.data<T>(), n, base, threshold, keep);
+    });
   });
   QT_CUDA_CHECK_LAUNCH("lora_dropout_kernel");
 }

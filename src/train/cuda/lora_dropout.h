@@ -9,7 +9,7 @@
 
 namespace qtune {
 
-// out F32 [n] = dropout(x) with x F32/BF16/F16 [n], both on the GPU.
+// out F32/BF16 [n] = dropout(x) with x F32/BF16/F16 [n], both on the GPU (out may be x itself).
 void lora_dropout_cuda(Tensor& out, const Tensor& x, uint64_t base, uint64_t threshold, float keep);
 
 }  // namespace qtune
