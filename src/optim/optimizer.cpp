@@ -34,6 +34,50 @@ std::vector<uint8_t> lut_table(const std::vector<float>& code) {
   return lut;
 }
 
+// What a parameter of n values keeps: 8-bit codes from min_8bit_size values on (8-bit kinds, as
+// bitsandbytes decides), and two states except for Lion.
+struct StateKind {
+  bool quantized, two_states;
+};
+
+StateKind state_kind(const OptimizerConfig& cfg, int64_t n) {
+  return {cfg.kind != OptimizerKind::AdamW && n >= cfg.min_8bit_size, cfg.kind != OptimizerKind::Lion8bit};
+}
+
+#ifdef QTUNE_HAVE_CUDA
+// Where a parameter's paged states lie: its region of a pinned state arena (region_bytes 0: none).
+struct ArenaPlace {
+  int64_t region_bytes = 0;
+  const void* arena = nullptr;
+};
+
+// Zero paged states for the flattened params `which` (CUDA params, in parameter order) in one pinned
+// arena: into[i] and place[i] for each i in which.
+void make_paged_states(const OptimizerConfig& cfg, const std::vector<ParamGroup>& groups,
+                       const std::vector<size_t>& which, std::vector<ParamState>& into,
+                       std::vector<ArenaPlace>& place) {
+  std::vector<const ParamRef*> flat;
+  for (const ParamGroup& g : groups)
+    for (const ParamRef& p : g.params) flat.push_back(&p);
+  std::vector<PagedStateSpec> specs;
+  for (size_t i : which) {
+    const StateKind sk = state_kind(cfg, flat[i]->param.numel());
+    specs.push_back({flat[i]->param.shape(), sk.quantized, sk.two_states, cfg.blocksize});
+  }
+  std::vector<PagedHostStates> host = pinned_state_arena(specs);
+  for (size_t k = 0; k < which.size(); ++k) {
+    ParamState& s = into[which[k]];
+    s = ParamState();
+    s.quantized = specs[k].quantized;
+    s.state1 = host[k].state[0];
+    s.state2 = host[k].state[1];
+    s.absmax1 = host[k].absmax[0];
+    s.absmax2 = host[k].absmax[1];
+    place[which[k]] = {host[k].region_bytes, host[k].arena};
+  }
+}
+#endif
+
 }  // namespace
 
 struct Optimizer::Maps {
@@ -51,12 +95,19 @@ struct Optimizer::Maps {
       dev_lut[k] = host_lut.to(Device::CUDA);
     }
   }
+#ifdef QTUNE_HAVE_CUDA
+  DeviceQuantMap device(int k) {
+    to_device();
+    return {dev_code[k].data<float>(), dev_lut[k].data<uint8_t>()};
+  }
+#endif
 };
 
 struct Optimizer::Paged {
 #ifdef QTUNE_HAVE_CUDA
   explicit Paged(int64_t slot_bytes) : states(slot_bytes) {}
   PagedStates states;
+  std::vector<ArenaPlace> place;  // per flattened param
 #endif
 };
 
@@ -127,7 +178,10 @@ Optimizer::Optimizer(const OptimizerConfig& cfg, std::vector<ParamGroup> groups)
   }
   states_.resize(names_.size());
 #ifdef QTUNE_HAVE_CUDA
-  if (cfg_.paged) paged_ = std::make_unique<Paged>(cfg_.paged_slot_bytes);
+  if (cfg_.paged) {
+    paged_ = std::make_unique<Paged>(cfg_.paged_slot_bytes);
+    paged_->place.assign(names_.size(), ArenaPlace());
+  }
 #endif
 }
 
@@ -154,8 +208,9 @@ ParamState Optimizer::make_state(const ParamRef& p) const {
   };
   (void)pinned;
   s.step = 0;
-  s.quantized = cfg_.kind != OptimizerKind::AdamW && n >= cfg_.min_8bit_size;
-  const bool two_states = cfg_.kind != OptimizerKind::Lion8bit;
+  const StateKind sk = state_kind(cfg_, n);
+  s.quantized = sk.quantized;
+  const bool two_states = sk.two_states;
   if (!s.quantized) {
     s.state1 = zeros(shape, DType::F32);
     if (two_states) s.state2 = zeros(shape, DType::F32);
@@ -172,9 +227,9 @@ ParamState Optimizer::make_state(const ParamRef& p) const {
 }
 
 void Optimizer::step(double lr) {
-#ifdef QTUNE_HAVE_CUDA
-  std::vector<PagedJob> jobs;  // paged CUDA params, streamed after the loop
-#endif
+  // Check every grad first; paged CUDA params stepped for the first time get their states together, in
+  // one pinned arena in parameter order.
+  std::vector<size_t> fresh;
   size_t index = 0;
   for (const ParamGroup& g : groups_) {
     for (const ParamRef& p : g.params) {
@@ -185,6 +240,19 @@ void Optimizer::step(double lr) {
         throw_error(ErrorKind::Shape, "optimizer: gradient of '", p.name, "' is ", p.grad.describe(),
                     ", expected F32 ", shape_str(p.param.shape()), " on the parameter's device (",
                     device_name(p.param.device()), ")");
+      if (paged_ && p.param.is_cuda() && !states_[i].state1.defined()) fresh.push_back(i);
+    }
+  }
+#ifdef QTUNE_HAVE_CUDA
+  if (!fresh.empty()) make_paged_states(cfg_, groups_, fresh, states_, paged_->place);
+  std::vector<PagedJob> jobs;    // paged CUDA params, streamed after the loop
+  std::vector<Bnb8Tensor> bnb8;  // unpaged CUDA 8-bit params, updated together after the loop
+#endif
+  index = 0;
+  for (const ParamGroup& g : groups_) {
+    for (const ParamRef& p : g.params) {
+      const size_t i = index++;
+      if (!p.grad.defined()) continue;
       ParamState& s = states_[i];
       if (!s.state1.defined()) s = make_state(p);
       s.step += 1;
@@ -210,8 +278,15 @@ void Optimizer::step(double lr) {
         j.state[1] = s.state2;
         j.absmax[0] = s.absmax1;
         j.absmax[1] = s.absmax2;
+        j.region_bytes = paged_->place[i].region_bytes;
+        j.arena = paged_->place[i].arena;
         j.h = h;
         jobs.push_back(std::move(j));
+        continue;
+      }
+      if (p.param.is_cuda() && s.quantized) {
+        bnb8.push_back({w, gr, s.state1.data<uint8_t>(), s.absmax1.data<float>(), s.state2.data<uint8_t>(),
+                        s.absmax2.data<float>(), n, h});
         continue;
       }
       if (p.param.is_cuda()) {
@@ -243,13 +318,23 @@ void Optimizer::step(double lr) {
     }
   }
 #ifdef QTUNE_HAVE_CUDA
+  const bool lion = cfg_.kind == OptimizerKind::Lion8bit;
+  if (!bnb8.empty()) bnb8_multi_step_cuda(lion, bnb8, cfg_.blocksize, maps_->device(0), maps_->device(1));
   if (!jobs.empty()) {
-    // The same kernels as above, on each staged piece of the states.
-    paged_->states.step(std::move(jobs),
-                        [this](const PagedJob& j, int64_t off, int64_t len, const StagedStates& st) {
-                          update_cuda(j.quantized, j.p + off, j.g + off, st.state[0], st.state[1],
-                                      st.absmax[0], st.absmax[1], len, j.h);
-                        });
+    // The same kernels as above, on the staged states of each batch: the 8-bit pieces together.
+    paged_->states.step(std::move(jobs), [&](const std::vector<PagedPiece>& batch) {
+      bnb8.clear();
+      for (const PagedPiece& pc : batch) {
+        const PagedJob& j = *pc.job;
+        if (j.quantized)
+          bnb8.push_back({j.p + pc.off, j.g + pc.off, (uint8_t*)pc.st.state[0], pc.st.absmax[0],
+                          (uint8_t*)pc.st.state[1], pc.st.absmax[1], pc.len, j.h});
+        else
+          update_cuda(false, j.p + pc.off, j.g + pc.off, pc.st.state[0], pc.st.state[1], nullptr, nullptr,
+                      pc.len, j.h);
+      }
+      if (!bnb8.empty()) bnb8_multi_step_cuda(lion, bnb8, cfg_.blocksize, maps_->device(0), maps_->device(1));
+    });
   }
 #endif
 }
@@ -275,9 +360,7 @@ void Optimizer::zero_grad() {
 void Optimizer::update_cuda(bool quantized, float* w, const float* gr, void* s1, void* s2, float* a1,
                             float* a2, int64_t n, const AdamHyper& h) {
   if (quantized) {
-    maps_->to_device();
-    const DeviceQuantMap m1{maps_->dev_code[0].data<float>(), maps_->dev_lut[0].data<uint8_t>()};
-    const DeviceQuantMap m2{maps_->dev_code[1].data<float>(), maps_->dev_lut[1].data<uint8_t>()};
+    const DeviceQuantMap m1 = maps_->device(0), m2 = maps_->device(1);
     const bool lion = cfg_.kind == OptimizerKind::Lion8bit;
     bnb8_step_cuda(lion, w, gr, (uint8_t*)s1, a1, lion ? nullptr : (uint8_t*)s2, lion ? nullptr : a2, n,
                    cfg_.blocksize, m1, m2, h);
@@ -356,13 +439,26 @@ void Optimizer::load(const std::string& path) {
     if (!known) throw_error(ErrorKind::Format, path, ": state for unknown parameter '", it.key(), "'");
   }
   std::vector<ParamState> loaded(names_.size());
+#ifdef QTUNE_HAVE_CUDA
+  std::vector<ArenaPlace> place(names_.size());
+  if (paged_) {  // paged CUDA params: the expected layout in one pinned arena
+    std::vector<size_t> which;
+    size_t index = 0;
+    for (const ParamGroup& g : groups_)
+      for (const ParamRef& p : g.params) {
+        const size_t i = index++;
+        if (steps.contains(p.name) && p.param.is_cuda()) which.push_back(i);
+      }
+    if (!which.empty()) make_paged_states(cfg_, groups_, which, loaded, place);
+  }
+#endif
   size_t index = 0;
   for (const ParamGroup& g : groups_) {
     for (const ParamRef& p : g.params) {
       const size_t i = index++;
       if (!steps.contains(p.name)) continue;  // never stepped when saved
       ParamState& s = loaded[i];
-      s = make_state(p);  // the expected layout
+      if (!s.state1.defined()) s = make_state(p);  // the expected layout
       s.step = steps[p.name].get<int64_t>();
       auto fill = [&](Tensor& dst, const char* suffix) {
         if (!dst.defined()) return;
@@ -381,6 +477,9 @@ void Optimizer::load(const std::string& path) {
     }
   }
   states_ = std::move(loaded);
+#ifdef QTUNE_HAVE_CUDA
+  if (paged_) paged_->place = std::move(place);
+#endif
 }
 
 }  // namespace qtune

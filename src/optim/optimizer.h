@@ -12,7 +12,9 @@
 // (config.paged, the names paged_adamw_32bit / paged_adamw_8bit / paged_lion_8bit) keep the states of
 // CUDA parameters in pinned host memory instead and stream them through a small device staging area
 // each step (optim/cuda/paged_states.h), running the same kernels on the staged copy: results are bit
-// for bit those of the unpaged optimizer, and device memory is the staging slots only. For parameters
+// for bit those of the unpaged optimizer, and device memory is the staging slots only. The paged states of
+// the parameters that start together share one pinned arena in parameter order, so a step moves them in
+// a few large copies rather than several per tensor. For parameters
 // on the CPU (and in builds without CUDA) paged changes nothing: the states are host memory already.
 // Like bitsandbytes, tensors with fewer than min_8bit_size (4096) elements keep 32-bit states even in the
 // 8-bit optimizers, updated by bitsandbytes' 32-bit rule.

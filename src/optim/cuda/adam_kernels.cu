@@ -3,7 +3,8 @@
 // like torch, fuses), so a CUDA step equals the CPU step bit for bit. 8-bit kernels: dequantize
 // (code[q]·absmax), update, absmax of the block, requantize through the same 65536-entry lookup table as
 // bitsandbytes' CPU kernel (quant/blockwise8.h); blocks of 256 go one warp per block (8 values per lane,
-// vector loads, shuffle max), other block sizes and a partial last block one thread block per state block.
+// vector loads, shuffle max), other block sizes and a partial last block one thread block per state block;
+// bnb8_multi_step_cuda runs the warp path of up to 32 tensors in one launch (many small LoRA tensors).
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -156,12 +157,12 @@ __global__ void bnb8_kernel(float* p, const float* g, uint8_t* q1, float* absmax
 
 // The fast path for blocksize 256: one warp per state block, 8 consecutive values per lane (vector
 // loads), the block max by warp shuffles alone. Same arithmetic as bnb8_kernel.
+// The warp's work: state block blk of the tensor at p.
 template <bool kLion>
-__global__ void bnb8_warp_kernel(float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
-                                 float* absmax2, int64_t nblocks, const float* code1, const float* code2,
-                                 const uint8_t* lut1, const uint8_t* lut2, Scalars s) {
-  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  if (blk >= nblocks) return;
+__device__ __forceinline__ void bnb8_warp_block(float* p, const float* g, uint8_t* q1, float* absmax1,
+                                                uint8_t* q2, float* absmax2, int64_t blk, const float* code1,
+                                                const float* code2, const uint8_t* lut1, const uint8_t* lut2,
+                                                const Scalars& s) {
   const int lane = threadIdx.x & 31;
   const int64_t base = blk * 256 + lane * 8;
   float pv[8], gv[8], s1[8], s2[8];
@@ -220,6 +221,42 @@ __global__ void bnb8_warp_kernel(float* p, const float* g, uint8_t* q1, float* a
   }
 }
 
+template <bool kLion>
+__global__ void bnb8_warp_kernel(float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
+                                 float* absmax2, int64_t nblocks, const float* code1, const float* code2,
+                                 const uint8_t* lut1, const uint8_t* lut2, Scalars s) {
+  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (blk >= nblocks) return;
+  bnb8_warp_block<kLion>(p, g, q1, absmax1, q2, absmax2, blk, code1, code2, lut1, lut2, s);
+}
+
+// Up to kMulti tensors in one launch (kernel parameters, read in place: __grid_constant__): the global
+// block index runs over the full 256-blocks of tensor 0, then tensor 1, ...; each warp finds its tensor
+// and runs the same block update as bnb8_warp_kernel.
+constexpr int kMulti = 32;
+struct Bnb8Multi {
+  float* p[kMulti];
+  const float* g[kMulti];
+  uint8_t* q1[kMulti];
+  float* absmax1[kMulti];
+  uint8_t* q2[kMulti];
+  float* absmax2[kMulti];
+  Scalars s[kMulti];
+  int64_t first[kMulti + 1];  // tensor t owns global blocks [first[t], first[t + 1])
+  int count;
+};
+
+template <bool kLion>
+__global__ void bnb8_warp_multi_kernel(const __grid_constant__ Bnb8Multi m, const float* code1,
+                                       const float* code2, const uint8_t* lut1, const uint8_t* lut2) {
+  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (blk >= m.first[m.count]) return;
+  int t = 0;
+  while (blk >= m.first[t + 1]) ++t;
+  bnb8_warp_block<kLion>(m.p[t], m.g[t], m.q1[t], m.absmax1[t], m.q2[t], m.absmax2[t], blk - m.first[t],
+                         code1, code2, lut1, lut2, m.s[t]);
+}
+
 bool aligned(const void* ptr, int bytes) {
   return ptr == nullptr || ((uintptr_t)ptr % bytes) == 0;
 }
@@ -275,28 +312,62 @@ void bnb_lion32_step_cuda(float* p, const float* g, float* m, int64_t n, const A
   check(cudaGetLastError(), "bnb_lion32_step_cuda");
 }
 
-void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
-                    float* absmax2, int64_t n, int64_t blocksize, const DeviceQuantMap& map1,
-                    const DeviceQuantMap& map2, const AdamHyper& h) {
+namespace {
+
+Scalars bnb8_scalars(bool lion, const AdamHyper& h) {
+  const double c1 = 1.0 - std::pow(h.beta1, (double)h.step),
+               c2 = std::sqrt(1.0 - std::pow(h.beta2, (double)h.step));
+  return Scalars{(float)(1.0 - h.lr * h.weight_decay),
+                 (float)h.beta1,
+                 (float)(1.0 - h.beta1),
+                 (float)h.beta2,
+                 (float)(1.0 - h.beta2),
+                 (float)h.eps,
+                 lion ? (float)(-h.lr) : (float)c2,
+                 (float)(-h.lr / c1),
+                 h.weight_decay > 0.0};
+}
+
+void check_bnb8_blocksize(int64_t blocksize) {
   if (blocksize > (int64_t)kThreads * kPer)
     throw_error(ErrorKind::Unsupported, "8-bit optimizer on CUDA: blocksize ", blocksize, " > ",
                 kThreads * kPer);
-  const int64_t blocks = (n + blocksize - 1) / blocksize;
-  const double c1 = 1.0 - std::pow(h.beta1, (double)h.step),
-               c2 = std::sqrt(1.0 - std::pow(h.beta2, (double)h.step));
-  Scalars s{(float)(1.0 - h.lr * h.weight_decay),
-            (float)h.beta1,
-            (float)(1.0 - h.beta1),
-            (float)h.beta2,
-            (float)(1.0 - h.beta2),
-            (float)h.eps,
-            lion ? (float)(-h.lr) : (float)c2,
-            (float)(-h.lr / c1),
-            h.weight_decay > 0.0};
+}
+
+// Full 256-blocks of t go through the warp kernels when the pointers allow vector access.
+bool warp_ok(const Bnb8Tensor& t, int64_t blocksize) {
+  return blocksize == 256 && aligned(t.p, 16) && aligned(t.g, 16) && aligned(t.q1, 8) && aligned(t.q2, 8);
+}
+
+// State blocks [from, end) of t through the general kernel (one thread block per state block).
+void bnb8_general(bool lion, const Bnb8Tensor& t, int64_t from, int64_t blocksize, const DeviceQuantMap& map1,
+                  const DeviceQuantMap& map2, const Scalars& s) {
+  const int64_t blocks = (t.n + blocksize - 1) / blocksize;
+  if (from >= blocks) return;
+  const int64_t off = from * blocksize;
+  const unsigned rest = (unsigned)(blocks - from);
+  if (lion)
+    bnb8_kernel<true><<<rest, kThreads>>>(t.p + off, t.g + off, t.q1 + off, t.absmax1 + from, nullptr,
+                                          nullptr, t.n - off, (int)blocksize, map1.code, nullptr, map1.lut,
+                                          nullptr, s);
+  else
+    bnb8_kernel<false><<<rest, kThreads>>>(t.p + off, t.g + off, t.q1 + off, t.absmax1 + from, t.q2 + off,
+                                           t.absmax2 + from, t.n - off, (int)blocksize, map1.code, map2.code,
+                                           map1.lut, map2.lut, s);
+}
+
+}  // namespace
+
+void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
+                    float* absmax2, int64_t n, int64_t blocksize, const DeviceQuantMap& map1,
+                    const DeviceQuantMap& map2, const AdamHyper& h) {
+  check_bnb8_blocksize(blocksize);
+  const Bnb8Tensor t{p, g, q1, absmax1, lion ? nullptr : q2, lion ? nullptr : absmax2, n, h};
+  const Scalars s = bnb8_scalars(lion, h);
   // Full 256-blocks through the warp kernel when the pointers allow vector access; the rest (a partial
   // last block, other block sizes) through the general kernel.
   int64_t done_blocks = 0;
-  if (blocksize == 256 && aligned(p, 16) && aligned(g, 16) && aligned(q1, 8) && aligned(q2, 8)) {
+  if (warp_ok(t, blocksize)) {
     done_blocks = n / 256;
     if (done_blocks > 0) {
       const unsigned grid = (unsigned)((done_blocks + 7) / 8);
@@ -308,19 +379,46 @@ void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* abs
                                                     map2.code, map1.lut, map2.lut, s);
     }
   }
-  const int64_t off = done_blocks * blocksize;
-  if (done_blocks < blocks) {
-    const unsigned rest = (unsigned)(blocks - done_blocks);
-    if (lion)
-      bnb8_kernel<true><<<rest, kThreads>>>(p + off, g + off, q1 + off, absmax1 + done_blocks, nullptr,
-                                            nullptr, n - off, (int)blocksize, map1.code, nullptr, map1.lut,
-                                            nullptr, s);
-    else
-      bnb8_kernel<false><<<rest, kThreads>>>(p + off, g + off, q1 + off, absmax1 + done_blocks, q2 + off,
-                                             absmax2 + done_blocks, n - off, (int)blocksize, map1.code,
-                                             map2.code, map1.lut, map2.lut, s);
-  }
+  bnb8_general(lion, t, done_blocks, blocksize, map1, map2, s);
   check(cudaGetLastError(), "bnb8_step_cuda");
+}
+
+void bnb8_multi_step_cuda(bool lion, const std::vector<Bnb8Tensor>& ts, int64_t blocksize,
+                          const DeviceQuantMap& map1, const DeviceQuantMap& map2) {
+  check_bnb8_blocksize(blocksize);
+  Bnb8Multi m;
+  m.count = 0;
+  m.first[0] = 0;
+  auto flush = [&] {
+    if (m.count == 0) return;
+    const unsigned grid = (unsigned)((m.first[m.count] + 7) / 8);
+    if (lion)
+      bnb8_warp_multi_kernel<true><<<grid, kThreads>>>(m, map1.code, nullptr, map1.lut, nullptr);
+    else
+      bnb8_warp_multi_kernel<false><<<grid, kThreads>>>(m, map1.code, map2.code, map1.lut, map2.lut);
+    m.count = 0;
+  };
+  for (const Bnb8Tensor& t0 : ts) {
+    Bnb8Tensor t = t0;
+    if (lion) t.q2 = nullptr, t.absmax2 = nullptr;
+    const Scalars s = bnb8_scalars(lion, t.h);
+    const int64_t full = warp_ok(t, blocksize) ? t.n / 256 : 0;
+    if (full > 0) {
+      if (m.count == kMulti) flush();
+      const int c = m.count++;
+      m.p[c] = t.p;
+      m.g[c] = t.g;
+      m.q1[c] = t.q1;
+      m.absmax1[c] = t.absmax1;
+      m.q2[c] = t.q2;
+      m.absmax2[c] = t.absmax2;
+      m.s[c] = s;
+      m.first[c + 1] = m.first[c] + full;
+    }
+    bnb8_general(lion, t, full, blocksize, map1, map2, s);  // a partial last block, or all of t
+  }
+  flush();
+  check(cudaGetLastError(), "bnb8_multi_step_cuda");
 }
 
 }  // namespace qtune

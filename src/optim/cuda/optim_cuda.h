@@ -2,6 +2,7 @@
 // the same f32 rounding, so CUDA and CPU steps agree bit for bit).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "optim/cpu/optim_kernels.h"
 
@@ -20,5 +21,22 @@ void bnb_lion32_step_cuda(float* p, const float* g, float* m, int64_t n, const A
 void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* absmax1, uint8_t* q2,
                     float* absmax2, int64_t n, int64_t blocksize, const DeviceQuantMap& map1,
                     const DeviceQuantMap& map2, const AdamHyper& h);
+
+// One tensor of a multi-tensor 8-bit step: device pointers (q2, absmax2 unused by Lion) and its own
+// hyperparameters.
+struct Bnb8Tensor {
+  float* p;
+  const float* g;
+  uint8_t* q1;
+  float* absmax1;
+  uint8_t* q2;
+  float* absmax2;
+  int64_t n;
+  AdamHyper h;
+};
+// bnb8_step_cuda over every tensor, bit for bit, in few launches: the full 256-blocks of up to 32 tensors
+// per launch, partial last blocks (and other block sizes) one launch per tensor.
+void bnb8_multi_step_cuda(bool lion, const std::vector<Bnb8Tensor>& ts, int64_t blocksize,
+                          const DeviceQuantMap& map1, const DeviceQuantMap& map2);
 
 }  // namespace qtune

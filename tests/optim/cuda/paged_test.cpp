@@ -2,8 +2,9 @@
 // unpaged CUDA optimizers: params and states bit-identical over several steps of random grads, for
 // AdamW, AdamW8bit and Lion8bit, over tensors that span many slots, share one slot, and keep f32 states
 // (< 4096 values); device memory bounded by the staging slots; checkpoints interchangeable with the
-// unpaged optimizer. With QTUNE_BENCH=1 (bench/optim_paged.sh): step time for 256M parameters against
-// the unpaged optimizers and the pinned host <-> device copy bandwidth.
+// unpaged optimizer. With QTUNE_BENCH=1 (bench/optim_paged.sh): step time against the unpaged optimizers
+// and the pinned host <-> device copy bandwidth, for one 256M-element parameter and for the 448 LoRA
+// tensors (r = 16 on all linear layers) of a Llama-3-8B shape.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -230,6 +231,69 @@ Bandwidth pinned_bandwidth(size_t bytes) {
 
 }  // namespace
 
+namespace {
+
+// Mean ms of `iters` steps after one warm-up step (which makes the states and the maps), with the device
+// memory the optimizer holds after the warm-up.
+struct Timing {
+  double ms, held_mib;
+};
+
+Timing time_steps(const OptimizerConfig& cfg, const ParamGroup& g, int iters) {
+  cudaDeviceSynchronize();
+  const size_t before = device_memory_stats().in_use;
+  Optimizer opt(cfg, {g});
+  opt.step(1e-3);
+  cudaDeviceSynchronize();
+  Timing t;
+  t.held_mib = (double)(device_memory_stats().in_use - before) / 1048576;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) opt.step(1e-3);
+  cudaDeviceSynchronize();
+  t.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
+  return t;
+}
+
+// Host <-> device bytes of one paged step over a tensor of n values: each state byte in and out (f32
+// AdamW: 2 × 4 B per value; 8-bit: 1 code byte per value and state + 1 absmax float per 256-block and
+// state; Lion has one state). Tensors under min_8bit_size keep f32 states.
+double moved_bytes(const OptimizerConfig& cfg, int64_t n) {
+  const int states = cfg.kind == OptimizerKind::Lion8bit ? 1 : 2;
+  if (cfg.kind == OptimizerKind::AdamW || n < cfg.min_8bit_size) return 2.0 * states * 4 * n;
+  return 2.0 * states * (n + 4 * ((n + cfg.blocksize - 1) / cfg.blocksize));
+}
+
+struct BenchCase {
+  const char* name;
+  int64_t slot_mib;  // 0: unpaged
+};
+
+void print_header() {
+  std::printf("%-18s %5s %9s %12s %14s %10s %9s\n", "optim", "slot", "ms/step", "device MiB", "host GB moved",
+              "GB/s", "of both");
+}
+
+void print_row(const BenchCase& c, const Timing& t, double moved, const Bandwidth& bw) {
+  if (c.slot_mib)
+    std::printf("%-18s %5lld %9.2f %12.1f %14.3f %10.1f %8.0f%%\n", c.name, (long long)c.slot_mib, t.ms,
+                t.held_mib, moved / 1e9, moved / t.ms / 1e6, 100.0 * moved / t.ms / 1e6 / bw.both);
+  else
+    std::printf("%-18s %5s %9.2f %12.1f %14s %10s %9s\n", c.name, "-", t.ms, t.held_mib, "0", "-", "-");
+}
+
+// Random values in [-scale, scale) from a 32-bit LCG (fast for 256M values).
+Tensor lcg_host(int64_t n, uint32_t seed, float scale) {
+  Tensor host = Tensor::empty({n}, DType::F32);
+  uint32_t x = seed;
+  for (int64_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    host.data<float>()[i] = ((int32_t)(x >> 8) - (1 << 23)) * (scale / (1 << 23));
+  }
+  return host;
+}
+
+}  // namespace
+
 TEST(OptimCudaPaged, StepTime256M) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
   if (!std::getenv("QTUNE_BENCH")) GTEST_SKIP() << "benchmark: set QTUNE_BENCH=1 (bench/optim_paged.sh)";
@@ -237,51 +301,59 @@ TEST(OptimCudaPaged, StepTime256M) {
   const Bandwidth bw = pinned_bandwidth(256 << 20);
   std::printf("pinned copies, 256 MiB: H2D %.1f GB/s, D2H %.1f GB/s, both at once %.1f GB/s\n", bw.h2d,
               bw.d2h, bw.both);
-  Tensor p = Tensor::zeros({n}, DType::F32, Device::CUDA);
-  Tensor host = Tensor::empty({n}, DType::F32);
-  uint32_t x = 12345;
-  for (int64_t i = 0; i < n; ++i) {
-    x = x * 1664525u + 1013904223u;
-    host.data<float>()[i] = ((int32_t)(x >> 8) - (1 << 23)) * (1e-2f / (1 << 23));
-  }
-  Tensor gr = host.to(Device::CUDA);
-  host = Tensor();
-  struct Case {
-    const char* name;
-    int64_t slot_mib;  // 0: unpaged
-  };
-  const Case cases[] = {{"adamw_torch", 0},        {"paged_adamw_32bit", 4}, {"paged_adamw_32bit", 16},
-                        {"paged_adamw_32bit", 64}, {"adamw_8bit", 0},        {"paged_adamw_8bit", 4},
-                        {"paged_adamw_8bit", 16},  {"paged_adamw_8bit", 64}, {"paged_lion_8bit", 16}};
-  std::printf("%-18s %5s %9s %12s %14s %10s %9s\n", "optim", "slot", "ms/step", "device MiB", "host GB moved",
-              "GB/s", "of both");
-  for (const Case& c : cases) {
+  ParamGroup g;
+  g.weight_decay = 0.01;
+  g.params.push_back(
+      {"w", Tensor::zeros({n}, DType::F32, Device::CUDA), lcg_host(n, 12345, 1e-2f).to(Device::CUDA)});
+  const BenchCase cases[] = {{"adamw_torch", 0},        {"paged_adamw_32bit", 4}, {"paged_adamw_32bit", 16},
+                             {"paged_adamw_32bit", 64}, {"adamw_8bit", 0},        {"paged_adamw_8bit", 4},
+                             {"paged_adamw_8bit", 16},  {"paged_adamw_8bit", 64}, {"paged_lion_8bit", 16}};
+  print_header();
+  for (const BenchCase& c : cases) {
     OptimizerConfig cfg = optimizer_config_from_name(c.name);
     if (c.slot_mib) cfg.paged_slot_bytes = c.slot_mib << 20;
-    ParamGroup g;
-    g.weight_decay = 0.01;
-    g.params.push_back({"w", p, gr});
-    cudaDeviceSynchronize();
-    const size_t before = device_memory_stats().in_use;
-    Optimizer opt(cfg, {g});
-    opt.step(1e-3);  // states, maps
-    cudaDeviceSynchronize();
-    const double held = (double)(device_memory_stats().in_use - before) / 1048576;
-    const int iters = 10;
-    auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < iters; ++i) opt.step(1e-3);
-    cudaDeviceSynchronize();
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / iters;
-    // Host <-> device bytes of a paged step: each state byte in and out (f32: 2 × 4 B per value; 8-bit
-    // Adam: 2 code bytes + 2 absmax floats per 256 values; Lion: half of that).
-    double per = cfg.kind == OptimizerKind::AdamW ? 8.0 : 2.0 + 8.0 / 256;
-    if (cfg.kind == OptimizerKind::Lion8bit) per /= 2;
-    const double moved = cfg.paged ? 2.0 * per * n : 0.0;
+    const Timing t = time_steps(cfg, g, 10);
+    print_row(c, t, cfg.paged ? moved_bytes(cfg, n) : 0.0, bw);
+  }
+}
+
+// LoRA r = 16 on the seven linear layers of each of the 32 Llama-3-8B blocks (hidden 4096, 8 KV heads of
+// 128, MLP 14336), in the trainer's parameter order: 448 tensors of 16,384 to 229,376 values, 41.9M in all.
+TEST(OptimCudaPaged, StepTimeLora8B) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  if (!std::getenv("QTUNE_BENCH")) GTEST_SKIP() << "benchmark: set QTUNE_BENCH=1 (bench/optim_paged.sh)";
+  const Bandwidth bw = pinned_bandwidth(256 << 20);
+  std::printf("pinned copies, 256 MiB: H2D %.1f GB/s, D2H %.1f GB/s, both at once %.1f GB/s\n", bw.h2d,
+              bw.d2h, bw.both);
+  const int64_t r = 16, hidden = 4096, kv = 1024, mlp = 14336;
+  const int64_t io[7][2] = {{hidden, hidden}, {hidden, kv},  {hidden, kv}, {hidden, hidden},
+                            {hidden, mlp},    {hidden, mlp}, {mlp, hidden}};  // q k v o gate up down
+  ParamGroup g;
+  g.weight_decay = 0.01;
+  int64_t total = 0;
+  uint32_t seed = 1;
+  for (int layer = 0; layer < 32; ++layer)
+    for (int m = 0; m < 7; ++m)
+      for (int ab = 0; ab < 2; ++ab) {
+        const Shape shape = ab == 0 ? Shape{r, io[m][0]} : Shape{io[m][1], r};  // A [r, in], B [out, r]
+        const int64_t n = shape_numel(shape);
+        Tensor p = lcg_host(n, seed++, 1e-2f).to(Device::CUDA);
+        Tensor gr = lcg_host(n, seed++, 1e-3f).to(Device::CUDA);
+        g.params.push_back({"l" + std::to_string(layer) + "." + std::to_string(m) + (ab ? ".B" : ".A"),
+                            p.reshape(shape), gr.reshape(shape)});
+        total += n;
+      }
+  std::printf("%zu LoRA tensors, %lld params\n", g.params.size(), (long long)total);
+  const BenchCase cases[] = {{"adamw_torch", 0},      {"paged_adamw_32bit", 16}, {"adamw_8bit", 0},
+                             {"paged_adamw_8bit", 4}, {"paged_adamw_8bit", 16},  {"paged_adamw_8bit", 64},
+                             {"paged_lion_8bit", 16}};
+  print_header();
+  for (const BenchCase& c : cases) {
+    OptimizerConfig cfg = optimizer_config_from_name(c.name);
+    if (c.slot_mib) cfg.paged_slot_bytes = c.slot_mib << 20;
+    double moved = 0.0;
     if (cfg.paged)
-      std::printf("%-18s %5lld %9.2f %12.1f %14.2f %10.1f %8.0f%%\n", c.name, (long long)c.slot_mib, ms, held,
-                  moved / 1e9, moved / ms / 1e6, 100.0 * moved / ms / 1e6 / bw.both);
-    else
-      std::printf("%-18s %5s %9.2f %12.1f %14s %10s %9s\n", c.name, "-", ms, held, "0", "-", "-");
+      for (const ParamRef& p : g.params) moved += moved_bytes(cfg, p.param.numel());
+    print_row(c, time_steps(cfg, g, 20), moved, bw);
   }
 }
