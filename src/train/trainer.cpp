@@ -280,6 +280,8 @@ TrainResult run_finetune(const TrainerArgs& a) {
       row.eval_loss = evaluate();
       res.eval_losses.push_back(row.eval_loss);
     }
+    if (profiling() && st.global_step == (int64_t)res.losses.size() + 1 && st.global_step < total)
+      profile_start(dev);  // the table covers the steady state: drop the first step (allocations, tuning)
     st.history.push_back(row);
     res.losses.push_back(row.loss);
     bar.update(row);

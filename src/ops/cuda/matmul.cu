@@ -3,7 +3,10 @@
 // transpose, so we ask it for outᵀ[N, M] = op(b)ᵀ·op(a)ᵀ: b becomes its A operand and a its B operand,
 // each transposed exactly when the caller transposes it. f32 accumulation; a and b share a dtype (F32 or
 // BF16/F16); out F32 or 16-bit. One cached plan per (shapes, transposes, dtypes, pointer alignments).
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -52,7 +55,36 @@ struct GemmPlan {
   cublasLtMatmulAlgo_t algo;
 };
 
-GemmPlan make_gemm_plan(const GemmKey& k) {
+// Milliseconds of one run of algo on the operands (into a scratch output), or a negative value when it fails.
+float time_algo(const GemmPlan& p, const cublasLtMatmulAlgo_t& algo, const Tensor& a, const Tensor& b,
+                Tensor& scratch) {
+  CudaContext& ctx = context();
+  const float alpha = 1.0f, beta = 0.0f;
+  auto launch = [&] {
+    return cublasLtMatmul(ctx.lt, p.desc, &alpha, b.raw(), p.lb, a.raw(), p.la, &beta, scratch.raw(), p.lc,
+                          scratch.raw(), p.lc, &algo, ctx.workspace, ctx.workspace_bytes, ctx.stream);
+  };
+  if (launch() != CUBLAS_STATUS_SUCCESS) return -1.0f;
+  cudaEvent_t e0, e1;
+  QT_CUDA_CHECK(cudaEventCreate(&e0));
+  QT_CUDA_CHECK(cudaEventCreate(&e1));
+  QT_CUDA_CHECK(cudaEventRecord(e0, ctx.stream));
+  bool ok = true;
+  for (int i = 0; i < 3; i++) ok = ok && launch() == CUBLAS_STATUS_SUCCESS;
+  QT_CUDA_CHECK(cudaEventRecord(e1, ctx.stream));
+  QT_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  QT_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ok ? ms : -1.0f;
+}
+
+// The plan for a new shape. cuBLASLt's first heuristic choice can be poor for the skinny products of LoRA
+// (an [N, r] output over a long K needs split-K to fill the GPU), so for outputs with a side <= 64 (unless
+// QTUNE_GEMM_AUTOTUNE=0) the top candidates are timed once on the real operands (into a scratch output) and
+// the fastest is kept; large products keep the heuristic's first choice.
+GemmPlan make_gemm_plan(const GemmKey& k, const Tensor& a, const Tensor& b, const Tensor& out) {
   CudaContext& ctx = context();
   GemmPlan p;
   QT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -77,15 +109,32 @@ GemmPlan make_gemm_plan(const GemmKey& k) {
       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, k.al_o}};
   for (const auto& [attr, v] : aligns)
     QT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &v, sizeof(v)));
-  cublasLtMatmulHeuristicResult_t res;
+  static const bool autotune_on = [] {
+    const char* e = std::getenv("QTUNE_GEMM_AUTOTUNE");
+    return !(e && std::string(e) == "0");
+  }();
+  const bool autotune = autotune_on && std::min(k.M, k.N) <= 64;
+  cublasLtMatmulHeuristicResult_t res[8];
   int count = 0;
-  cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.lb, p.la, p.lc, p.lc, pref, 1, &res, &count);
+  cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.desc, p.lb, p.la, p.lc, p.lc, pref, autotune ? 8 : 1, res, &count);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || count == 0)
     throw_error(ErrorKind::Unsupported, "matmul: cuBLASLt has no algorithm for [", k.M, ", ", k.K, "]·[", k.K,
                 ", ", k.N, "] in ", dtype_name((DType)k.in_t), " → ", dtype_name((DType)k.out_t), " (status ",
                 (int)st, ")");
-  p.algo = res.algo;
+  p.algo = res[0].algo;
+  if (count > 1) {
+    Tensor scratch = Tensor::empty(out.shape(), out.dtype(), Device::CUDA);
+    float best = -1.0f;
+    for (int i = 0; i < count; i++) {
+      const float ms = time_algo(p, res[i].algo, a, b, scratch);
+      if (ms >= 0 && (best < 0 || ms < best)) {
+        best = ms;
+        p.algo = res[i].algo;
+      }
+    }
+  }
   return p;
 }
 
@@ -122,7 +171,7 @@ void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool tr
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = plans->find(key);
-    if (it == plans->end()) it = plans->emplace(key, make_gemm_plan(key)).first;
+    if (it == plans->end()) it = plans->emplace(key, make_gemm_plan(key, a, b, out)).first;
     plan = it->second;
   }
   CudaContext& ctx = context();
