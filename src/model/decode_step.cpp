@@ -35,9 +35,11 @@ bool DecodeStep::supported(const LlamaModel& model, const KVCache& cache) {
     return false;
   if (model.activation_dtype() != DType::BF16 || model.config().head_dim % 2 != 0) return false;
   if (!plain(model.lm_head())) return false;
-  for (const LlamaLayer& L : model.layers())
+  for (const LlamaLayer& L : model.layers()) {
+    if (L.attn_adapter) return false;
     for (const Linear* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
       if (!plain(*lin)) return false;
+  }
   return true;
 #else
   (void)model;

@@ -24,7 +24,7 @@ namespace qtune {
 class DecodeStep {
  public:
   // True for a CUDA model with a batch-1 cache whose decoder and lm_head Linears are all dense (no
-  // quantized weight, bias or adapter: those keep LlamaModel::forward's path).
+  // quantized weight, bias or adapter, no AttentionAdapter: those keep LlamaModel::forward's path).
   static bool supported(const LlamaModel& model, const KVCache& cache);
 
   // model and cache must outlive the step. use_graph false: always eager launches (for tests).

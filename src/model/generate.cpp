@@ -44,18 +44,26 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& pro
   GenerateResult res;
   if (prompt.empty()) throw_error(ErrorKind::Usage, "generate: the prompt has no tokens");
   if (opt.max_new_tokens <= 0) return res;
-  const int64_t P = (int64_t)prompt.size();
+  const VirtualTokens* vt = opt.virtual_tokens ? opt.virtual_tokens : model.virtual_tokens();
+  const int64_t Pv = vt ? vt->count() : 0;        // virtual tokens first
+  const int64_t P = Pv + (int64_t)prompt.size();  // then the prompt
   int64_t limit = model.config().max_position_embeddings;
   if (model.config().sliding_window > 0) limit = std::min<int64_t>(limit, model.config().sliding_window);
-  if (P >= limit)
+  if (P >= limit) {
+    if (Pv > 0)
+      throw_error(ErrorKind::Usage, "generate: the adapter's ", Pv, " virtual tokens and the prompt's ",
+                  prompt.size(), " tokens fill the model's context of ", limit);
     throw_error(ErrorKind::Usage, "generate: the prompt has ", P, " tokens; the model's context is ", limit);
+  }
   int64_t max_seq = std::min<int64_t>(P + opt.max_new_tokens, limit);
   KVCache cache = model.make_cache(1, max_seq);
   Sampler sampler(opt.sampling);
   const int64_t V = model.config().vocab_size;
 
   auto t0 = clock::now();
-  Tensor logits = model.forward(Tensor::from_i32(prompt, {1, P}), cache, 0, true);  // [1, 1, V]
+  Tensor ids = Tensor::from_i32(prompt, {1, (int64_t)prompt.size()});
+  Tensor logits = Pv > 0 ? forward_with_virtual_tokens(model, ids, cache, *vt, true)
+                         : model.forward(ids, cache, 0, true);  // [1, 1, V]
   std::vector<float> row = logits.to_f32_vector();
   auto t1 = clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();

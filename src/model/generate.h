@@ -10,6 +10,7 @@
 
 #include "model/llama_model.h"
 #include "model/sampling.h"
+#include "model/virtual_tokens.h"
 
 namespace qtune {
 
@@ -19,6 +20,9 @@ struct GenerateOptions {
   std::vector<int> eos_token_ids;  // stop after producing any of these (empty: never)
   // Called with each new token as soon as it is chosen (streaming); return false to stop.
   std::function<bool(int32_t token)> on_token;
+  // Prompt tuning / P-tuning / prefix tuning: virtual tokens ahead of the prompt (virtual_tokens.h; null:
+  // the model's own, LlamaModel::virtual_tokens()); they count against the model's context.
+  const VirtualTokens* virtual_tokens = nullptr;
 };
 
 enum class StopReason { Eos, MaxNewTokens, Callback, ContextFull };
@@ -35,8 +39,8 @@ struct GenerateResult {
 };
 
 // Throws ErrorKind::Usage for an empty prompt and ErrorKind::Shape for ids outside the vocabulary. Stops
-// with ContextFull when prompt + new tokens fill the context (max_position_embeddings, or the sliding
-// window, which qtune does not implement).
+// with ContextFull when virtual tokens + prompt + new tokens fill the context (max_position_embeddings, or
+// the sliding window, which qtune does not implement).
 GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& prompt,
                         const GenerateOptions& opt);
 

@@ -1,6 +1,7 @@
 // LlamaModel::forward: embedding → per layer [RMSNorm → q/k/v → RoPE → cache write → causal GQA attention →
-// o_proj → residual; RMSNorm → SwiGLU MLP → residual] → final RMSNorm → lm_head (F32 logits). Every step
-// is an op from ops/, so the same code runs on the CPU (f32) and CUDA (bf16 activations).
+// o_proj (+ an AttentionAdapter's output) → residual; RMSNorm → SwiGLU MLP → residual] → final RMSNorm →
+// lm_head (F32 logits). Every step is an op from ops/, so the same code runs on the CPU (f32) and CUDA (bf16
+// activations).
 #include <vector>
 
 #include "core/error.h"
@@ -36,10 +37,44 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
   if (ids_in.ndim() != 2 || ids_in.dtype() != DType::I32)
     throw_error(ErrorKind::Shape, "forward: ids must be I32 [B, T], got ", ids_in.describe());
   const int64_t B = ids_in.size(0), T = ids_in.size(1), N = B * T;
+  const int64_t V = cfg_.vocab_size;
+  if (T == 0) throw_error(ErrorKind::Shape, "forward: no tokens (ids ", ids_in.describe(), ")");
+  if (ids_in.device() == Device::CPU) {  // checked here too, so device kernels never read out of range
+    const int32_t* id = ids_in.data<int32_t>();
+    for (int64_t i = 0; i < N; i++)
+      if (id[i] < 0 || id[i] >= V)
+        throw_error(ErrorKind::Shape, "forward: token id ", id[i], " at position ", i,
+                    " is outside the vocabulary [0, ", V, ")");
+  }
+  Tensor ids = ids_in.to(device_);                                       // [B, T]
+  Tensor x = Tensor::empty({N, cfg_.hidden_size}, act_dtype_, device_);  // residual stream [N, C]
+  embedding_forward(x, ids, embed_);
+  return forward_hidden(x, B, T, cache, start_pos, last_only);
+}
+
+Tensor LlamaModel::forward_embeds(const Tensor& x_in, KVCache& cache, int64_t start_pos,
+                                  bool last_only) const {
+  const int64_t C = cfg_.hidden_size;
+  if (x_in.ndim() != 3 || x_in.size(2) != C || (x_in.dtype() != DType::F32 && x_in.dtype() != act_dtype_))
+    throw_error(ErrorKind::Shape, "forward_embeds: x must be F32 or ", dtype_name(act_dtype_), " [B, T, ", C,
+                "], got ", x_in.describe());
+  const int64_t B = x_in.size(0), T = x_in.size(1);
+  if (T == 0) throw_error(ErrorKind::Shape, "forward_embeds: no tokens (x ", x_in.describe(), ")");
+  Tensor src = x_in.to(device_).reshape({B * T, C});
+  Tensor x = Tensor::empty({B * T, C}, act_dtype_, device_);  // residual stream [N, C]
+  if (src.dtype() == act_dtype_)
+    x.copy_from(src);
+  else
+    convert(x, src);
+  return forward_hidden(x, B, T, cache, start_pos, last_only);
+}
+
+Tensor LlamaModel::forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cache, int64_t start_pos,
+                                  bool last_only) const {
+  const int64_t N = B * T;
   const int64_t C = cfg_.hidden_size, F = cfg_.intermediate_size, V = cfg_.vocab_size;
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim;
   const float eps = (float)cfg_.rms_norm_eps;
-  if (T == 0) throw_error(ErrorKind::Shape, "forward: no tokens (ids ", ids_in.describe(), ")");
   if (cache.batch() != B || cache.layers() != cfg_.num_hidden_layers)
     throw_error(ErrorKind::Shape, "forward: the KV cache is for batch ", cache.batch(), ", ids have batch ",
                 B);
@@ -49,23 +84,12 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
   if (cfg_.sliding_window > 0 && start_pos + T > cfg_.sliding_window)
     throw_error(ErrorKind::Unsupported, "forward: ", start_pos + T, " tokens exceed the sliding window (",
                 cfg_.sliding_window, ") and sliding-window attention is not implemented");
-
-  if (ids_in.device() == Device::CPU) {  // checked here too, so device kernels never read out of range
-    const int32_t* id = ids_in.data<int32_t>();
-    for (int64_t i = 0; i < N; i++)
-      if (id[i] < 0 || id[i] >= V)
-        throw_error(ErrorKind::Shape, "forward: token id ", id[i], " at position ", i,
-                    " is outside the vocabulary [0, ", V, ")");
-  }
-  Tensor ids = ids_in.to(device_);  // [B, T]
   std::vector<int32_t> pos_host(N);
   for (int64_t b = 0; b < B; b++)
     for (int64_t t = 0; t < T; t++) pos_host[b * T + t] = (int32_t)(start_pos + t);
   Tensor pos = Tensor::from_i32(pos_host, {N}).to(device_);  // [N]
 
   DType act = act_dtype_;
-  Tensor x = Tensor::empty({N, C}, act, device_);  // residual stream [N, C]
-  embedding_forward(x, ids, embed_);
   Tensor h = Tensor::empty({N, C}, act, device_);         // normed input [N, C]
   Tensor q = Tensor::empty({N, Hq * D}, act, device_);    // [N, Hq·D]
   Tensor att = Tensor::empty({N, Hq * D}, act, device_);  // [N, Hq·D]
@@ -102,6 +126,7 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
     if (!direct) cache.write(l, k, v, start_pos, T);
     attention_forward(att4, q4, cache.k(l), cache.v(l), start_pos, start_pos + T);
     L.o.forward(proj, att);
+    if (L.attn_adapter) L.attn_adapter->forward(proj, q4, L);
     add_inplace(x, proj);
 
     rmsnorm_forward(h, x, L.post_norm, eps);

@@ -8,7 +8,9 @@
 //   Tensor logits = m.forward(ids, cache, 0);            // ids I32 [B, T] → logits F32 [B, T, V]
 //   Tensor next = m.forward(ids2, cache, T, true);       // [B, 1, V]: only the last position
 #pragma once
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -20,12 +22,25 @@
 namespace qtune {
 
 class WeightStore;
+struct LlamaLayer;
+struct VirtualTokens;  // model/virtual_tokens.h
+
+// An add-on to one layer's attention (peft/ LLaMA-Adapter's gated adaption prompts): called after o_proj
+// with the layer's RoPE-rotated queries, it adds its own output into the attention block's output.
+class AttentionAdapter {
+ public:
+  virtual ~AttentionAdapter() = default;
+  // proj [N, C]: o_proj's output, += here; q [B, T, Hq, D]: the rotated queries (N = B·T).
+  virtual void forward(Tensor& proj, const Tensor& q, const LlamaLayer& layer) const = 0;
+};
 
 struct LlamaLayer {
   Tensor input_norm;      // [C]  input_layernorm.weight
   Tensor post_norm;       // [C]  post_attention_layernorm.weight
   Linear q, k, v, o;      // [Hq·D, C], [Hkv·D, C], [Hkv·D, C], [C, Hq·D]
   Linear gate, up, down;  // [F, C], [F, C], [C, F]
+  // An add-on after o_proj (LLaMA-Adapter); null: plain attention.
+  std::shared_ptr<const AttentionAdapter> attn_adapter;
 };
 
 class LlamaModel {
@@ -57,6 +72,9 @@ class LlamaModel {
   Tensor forward(const Tensor& ids, KVCache& cache, int64_t start_pos, bool last_only = false) const;
   // Whole sequences from position 0 with a temporary cache: logits F32 [B, T, V].
   Tensor forward(const Tensor& ids) const;
+  // The same from input embeddings instead of ids: x [B, T, C] F32 or the activation dtype, any device
+  // (prompt tuning feeds its virtual tokens' embeddings ahead of the prompt's this way).
+  Tensor forward_embeds(const Tensor& x, KVCache& cache, int64_t start_pos, bool last_only = false) const;
 
   // Parts, for tools and later training code.
   const Tensor& embed_tokens() const { return embed_; }  // [V, C]
@@ -70,8 +88,17 @@ class LlamaModel {
   Linear& mutable_lm_head() { return lm_head_; }
   Tensor& mutable_embed_tokens() { return embed_; }
   Tensor& mutable_final_norm() { return norm_; }
+  // Virtual tokens an attached prompt-learning adapter (peft/prompt_adapter.h) puts ahead of every prompt:
+  // generate() uses them; forward() does not (its callers place cache rows and positions themselves).
+  void set_virtual_tokens(std::shared_ptr<const VirtualTokens> vt) { virtual_tokens_ = std::move(vt); }
+  const VirtualTokens* virtual_tokens() const { return virtual_tokens_.get(); }
 
  private:
+  // Checks the positions against the cache and the window; runs the layers over the residual stream x
+  // [B·T, C] (activation dtype, consumed) and returns the logits.
+  Tensor forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cache, int64_t start_pos,
+                        bool last_only) const;
+
   ModelConfig cfg_;
   Device device_ = Device::CPU;
   DType act_dtype_ = DType::F32;
@@ -80,6 +107,7 @@ class LlamaModel {
   Linear lm_head_;
   std::vector<LlamaLayer> layers_;
   std::vector<std::string> unused_;
+  std::shared_ptr<const VirtualTokens> virtual_tokens_;
 };
 
 }  // namespace qtune

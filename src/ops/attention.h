@@ -27,4 +27,25 @@ void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, 
                         const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                         const Tensor* seq_ids = nullptr);
 
+// Prefix rows for training attention (prefix tuning): P key/value rows per sequence that every query sees
+// besides its own causal keys (unmasked, not rotated: PEFT hands them to the model as past_key_values),
+// and where attention_backward_prefix accumulates their gradients.
+struct AttentionPrefix {
+  Tensor k, v;           // [B, P, Hkv, D], q's dtype and device
+  Tensor* dk = nullptr;  // [B, P, Hkv, D] (+=) in the dtype of the dk given to the backward; null: not wanted
+  Tensor* dv = nullptr;
+};
+
+// attention_forward_train / attention_backward with prefix rows, on the CPU and CUDA: the prefix is run as
+// the first P keys of a causal sequence of P + T rows whose first P queries are zeros (their outputs are
+// dropped, their gradients are zero), so both reuse the kernels above at the cost of copying q, k, v.
+// out, lse, dq, dk, dv as there (for the T real rows). With seq_ids the prefix rows join the first packed
+// example of each row only (the others do not see them); rows of one example plus padding are exact.
+void attention_forward_train_prefix(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k,
+                                    const Tensor& v, const AttentionPrefix& prefix,
+                                    const Tensor* seq_ids = nullptr);
+void attention_backward_prefix(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                               const AttentionPrefix& prefix, const Tensor* seq_ids = nullptr);
+
 }  // namespace qtune

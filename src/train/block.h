@@ -20,8 +20,10 @@
 //   ... blk.backward(dx, in, s);                  // dx [N, C] d(out) → d(in)
 #pragma once
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
+#include "ops/attention.h"
 #include "io/hf_config.h"
 #include "model/llama_model.h"
 #include "train/trainable.h"
@@ -35,6 +37,8 @@ struct BlockInputs {
   Tensor positions;
   Tensor inv_freq;
   const Tensor* seq_ids = nullptr;
+  // Prefix tuning: per layer, prefix key/value rows every query sees (attention_forward_train_prefix).
+  const std::vector<AttentionPrefix>* prefixes = nullptr;
 };
 
 struct BlockSaved {

@@ -7,8 +7,11 @@
 //   TrainableParams p;  register_full_finetune(p, model);
 //   LossSum r = causal_lm_forward_backward(model, ids, labels, &p, {});  // mean loss r.loss / r.count
 #pragma once
+#include <vector>
+
 #include "core/tensor.h"
 #include "model/llama_model.h"
+#include "ops/attention.h"
 #include "ops/loss.h"
 #include "train/trainable.h"
 
@@ -25,6 +28,9 @@ struct StepOptions {
   const Tensor* inputs_embeds = nullptr;
   // ... and, when non-null, d(loss)/d(first block input) F32 [B·T, C] is accumulated here.
   Tensor* d_inputs_embeds = nullptr;
+  // Prefix tuning: one AttentionPrefix per layer (ops/attention.h: key/value rows every query sees, and
+  // their gradients), handed to the blocks as BlockInputs::prefixes (train/prompt_train.h builds them).
+  const std::vector<AttentionPrefix>* prefixes = nullptr;
 };
 
 // ids, labels: CPU I32 [B, T]. params null: loss only (no backward). The model runs where it lives: the
