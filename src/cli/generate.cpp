@@ -9,12 +9,13 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/device_map_flags.h"
 #include "cli/quant_flags.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "model/generation_config.h"
 #include "model/llama_model.h"
-#include "peft/lora_model.h"
+#include "peft/peft_adapter.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qtune::cli {
@@ -28,7 +29,8 @@ struct GenerateArgs {
   int top_k = -1;
   uint64_t seed = 0;
   bool no_stream = false, no_special = false, quiet = false, ignore_eos = false;
-  QuantFlags quant;  // --load-in-4bit / --load-in-8bit (CPU)
+  QuantFlags quant;     // --load-in-4bit / --load-in-8bit (CPU)
+  DeviceMapFlags dmap;  // --device-map / --max-gpu-memory (CPU offload)
 };
 
 Device pick_device(const std::string& name) {
@@ -51,15 +53,24 @@ int run_generate(const GenerateArgs& a) {
     prompt = ss.str();
   }
   if (a.max_new_tokens < 0) throw_error(ErrorKind::Usage, "--max-new-tokens must be >= 0");
-  Device dev = pick_device(a.device);
+  LoadOptions lo = a.quant.options();
+  lo.device_map = a.dmap.spec();
+  if (lo.device_map.enabled() && a.device != "auto")
+    throw_error(ErrorKind::Usage, "--device-map places the modules itself; leave out --device");
+  Device dev = lo.device_map.enabled() ? Device::CPU : pick_device(a.device);  // a map picks its own
   bool prequantized = false;
   read_quantization_config(a.model, &prequantized);
-  if (a.device == "auto" && (prequantized || a.quant.options().quantized()))
+  if (a.device == "auto" && !lo.device_map.enabled() && (prequantized || lo.quantized()))
     dev = Device::CPU;  // quantized Linear layers run on the CPU for now
   auto tok = Tokenizer::load(a.model);
-  LlamaModel model = LlamaModel::load(a.model, dev, a.quant.options());
-  std::unique_ptr<LoraModel> lora;  // a PEFT LoRA adapter folder, applied on top of the base weights
-  if (!a.adapter.empty()) lora = std::make_unique<LoraModel>(LoraModel::load(model, a.adapter));
+  LlamaModel model = LlamaModel::load(a.model, dev, lo);
+  dev = model.device();
+  if (lo.device_map.enabled() && !a.quiet) print_device_map(model);
+  if (!a.adapter.empty() && model.device_map().split())
+    throw_error(ErrorKind::Unsupported, "--adapter with a model split between the GPU and the CPU ",
+                "(--device-map) is not supported; place every module on one device");
+  std::unique_ptr<PeftAdapter> adapter;  // an adapter folder (LoRA, IA3, bottleneck: by its peft_type)
+  if (!a.adapter.empty()) adapter = load_peft_adapter(model, a.adapter);
   GenerationConfig gc = load_generation_config(a.model, model.config());
 
   GenerateOptions opt;
@@ -102,7 +113,8 @@ int run_generate(const GenerateArgs& a) {
     std::fprintf(
         stderr,
         "[%s | prompt %zu tokens, %.1f tok/s prefill | %zu new tokens, %.1f tok/s decode | stop: %s]\n",
-        device_name(dev), ids.size(), r.prefill_seconds > 0 ? ids.size() / r.prefill_seconds : 0.0, n,
+        placement_name(model).c_str(), ids.size(),
+        r.prefill_seconds > 0 ? ids.size() / r.prefill_seconds : 0.0, n,
         (n > 1 && r.decode_seconds > 0) ? (n - 1) / r.decode_seconds : 0.0, stop_reason_name(r.stop));
   }
   return 0;
@@ -119,7 +131,8 @@ void add_generate_command(CLI::App& app, Runner& run) {
   auto* pf = cmd->add_option("--prompt-file", a->prompt_file, "Read the prompt from a file");
   p->excludes(pf);
   cmd->add_option("--adapter", a->adapter,
-                  "PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)");
+                  "Adapter folder (adapter_config.json + adapter_model.safetensors): PEFT LoRA or IA3, or "
+                  "qtune's bottleneck adapters");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Stop after this many new tokens (default 128)");
   cmd->add_option("--temperature", a->temperature, "0 = greedy; default from generation_config.json");
   cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = off)");
@@ -132,6 +145,7 @@ void add_generate_command(CLI::App& app, Runner& run) {
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at EOS");
   cmd->add_flag("--quiet", a->quiet, "Do not print the speed summary on stderr");
   a->quant.add_load_flags(cmd);
+  a->dmap.add(cmd);
   cmd->callback([&run, a, p, pf] {
     if (p->count() == 0 && pf->count() == 0) throw CLI::RequiredError("--prompt or --prompt-file");
     run = [a] { return run_generate(*a); };

@@ -15,13 +15,20 @@ int64_t Linear::in_features() const {
 }
 
 void Linear::forward(Tensor& out, const Tensor& x) const {
+  if (adapter && adapter->transforms_input())
+    forward_base(out, adapter->transform_input(x));
+  else
+    forward_base(out, x);
+  if (adapter) adapter->apply(out, x);
+}
+
+void Linear::forward_base(Tensor& out, const Tensor& x) const {
   if (q4)
     quant4_linear_forward(out, x, *q4, bias.defined() ? &bias : nullptr);
   else if (q8)
     int8_linear_forward(out, x, *q8, bias.defined() ? &bias : nullptr);
   else
     linear_forward(out, x, weight, bias.defined() ? &bias : nullptr);
-  if (adapter) adapter->apply(out, x);
 }
 
 }  // namespace qtune

@@ -14,11 +14,16 @@ namespace qtune {
 struct Quant4Linear;  // model/quant_linear.h
 struct Int8Linear;
 
-// An extra term added to a Linear's output after the base product (peft/ implements LoRA with it):
-// apply() does out[N, O] += f(x[N, I]) on the model's device and dtype.
+// An adapter on a Linear (peft/ implements LoRA, IA3 and bottleneck adapters with it), on the model's
+// device and dtype. apply() runs after the base product and may change out[N, O] in place from itself and
+// x[N, I]: LoRA adds f(x), IA3 scales out by a vector, a bottleneck adapter adds g(out). Adapters that
+// change what the weight sees (IA3 on feed-forward layers: W·(x ⊙ l)) also override transform_input().
 struct LinearAdapter {
   virtual ~LinearAdapter() = default;
   virtual void apply(Tensor& out, const Tensor& x) const = 0;
+  // True: the base product reads transform_input(x) [N, I] (x's dtype and device) instead of x.
+  virtual bool transforms_input() const { return false; }
+  virtual Tensor transform_input(const Tensor& x) const { return x; }
 };
 
 struct Linear {
@@ -32,8 +37,10 @@ struct Linear {
   bool quantized() const { return q4 || q8; }
   int64_t out_features() const;
   int64_t in_features() const;
-  // out[N, O] = x[N, I]·Wᵀ (+ b). out may be F32 when x is BF16 (CUDA).
+  // out[N, O] = x[N, I]·Wᵀ (+ b), with the adapter (if any). out may be F32 when x is BF16 (CUDA).
   void forward(Tensor& out, const Tensor& x) const;
+  // The base product alone, out = x·Wᵀ (+ b): no adapter (for adapters' backward recomputes).
+  void forward_base(Tensor& out, const Tensor& x) const;
 };
 
 }  // namespace qtune

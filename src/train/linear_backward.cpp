@@ -106,6 +106,11 @@ static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db,
   }
 }
 
+void linear_backward_base(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
+                          const Tensor& x) {
+  base_backward(lin, dx, dw, db, dy, x);
+}
+
 void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
                      TrainableParams* params) {
   const TrainableAdapter* ta = nullptr;
@@ -114,6 +119,7 @@ void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, cons
     if (!ta)
       throw_error(ErrorKind::Unsupported, "linear_backward: the adapter on '", lin.name,
                   "' has no backward (it does not implement TrainableAdapter)");
+    if (ta->backward_linear(lin, dx, dw, db, dy, x, params)) return;
   }
   const Tensor* s = ta ? ta->base_output_scale() : nullptr;
   if (!s) {

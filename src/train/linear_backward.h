@@ -27,6 +27,14 @@ struct TrainableAdapter {
   // return s (F32 CPU [O]) here: the base backward then uses dy ⊙ s (the weight and bias gradients of
   // such a base are refused); backward() above still receives the unscaled dy. Default: no rescaling.
   virtual const Tensor* base_output_scale() const { return nullptr; }
+  // Adapters that change the base product's input or output (IA3's x ⊙ l or out ⊙ l, a bottleneck
+  // adapter's out + g(out)) take over the whole backward of their Linear: they return true after
+  // accumulating dx (and dw/db when non-null) through linear_backward_base with their own input and
+  // d(base output), and the gradients of their parameters. Default false: the path described above.
+  virtual bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
+                               const Tensor& x, TrainableParams* params) const {
+    return false;
+  }
 };
 
 // x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate; params holds the
@@ -35,6 +43,10 @@ struct TrainableAdapter {
 // dequantized whole into one BF16 buffer per call (the caching allocator reuses it across layers).
 void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
                      TrainableParams* params = nullptr);
+
+// The same for the base product alone (the Linear's adapter, if any, is ignored).
+void linear_backward_base(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
+                          const Tensor& x);
 
 // Rows [o0, o0 + rows) of a quantized Linear's weight, dequantized into buf [rows, I] (for tests and the
 // backward above).
