@@ -7,6 +7,7 @@
 #include <random>
 
 #include "cli/commands.h"
+#include "cli/device_map_flags.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "model/generate.h"
@@ -19,14 +20,19 @@ namespace {
 struct BenchArgs {
   std::string model, device = "cuda";
   int prompt_len = 512, new_tokens = 128, repeat = 3;
+  DeviceMapFlags dmap;  // --device-map / --max-gpu-memory (CPU offload)
 };
 
 int run_bench(const BenchArgs& a) {
   Device dev = a.device == "cpu" ? Device::CPU : Device::CUDA;
   if (dev == Device::CUDA && !cuda_available())
     throw_error(ErrorKind::Unsupported, "--device cuda: no usable GPU");
+  LoadOptions lo;
+  lo.device_map = a.dmap.spec();
+  if (lo.device_map.enabled() && dev == Device::CPU)
+    throw_error(ErrorKind::Usage, "--device-map needs --device cuda (the default)");
   auto t0 = std::chrono::steady_clock::now();
-  LlamaModel model = LlamaModel::load(a.model, dev);
+  LlamaModel model = LlamaModel::load(a.model, dev, lo);
   double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::mt19937 rng(1234);
   std::vector<int32_t> prompt(a.prompt_len);
@@ -46,7 +52,11 @@ int run_bench(const BenchArgs& a) {
   }
   nlohmann::json j;
   j["impl"] = "qtune";
-  j["device"] = device_name(dev);
+  j["device"] = placement_name(model);
+  if (lo.device_map.enabled()) {
+    j["device_map"] = model.device_map().describe();
+    j["cpu_layers"] = model.device_map().layers_on(Device::CPU);
+  }
   j["prompt_len"] = a.prompt_len;
   j["new_tokens"] = a.new_tokens;
   j["load_seconds"] = load_s;
@@ -55,7 +65,7 @@ int run_bench(const BenchArgs& a) {
   j["decode_ms_per_token"] = best_decode * 1e3;
   j["decode_path"] = decode_path;
   if (!decode_note.empty()) j["decode_note"] = decode_note;
-  if (dev == Device::CUDA) j["peak_gpu_bytes"] = device_memory_stats().peak_in_use;
+  if (model.device() == Device::CUDA) j["peak_gpu_bytes"] = device_memory_stats().peak_in_use;
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }
@@ -73,6 +83,7 @@ void add_bench_command(CLI::App& app, Runner& run) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--repeat", a->repeat, "Timed runs after one warm-up; the best is reported (default 3)")
       ->check(CLI::PositiveNumber);
+  a->dmap.add(cmd);
   cmd->callback([&run, a] { run = [a] { return run_bench(*a); }; });
 }
 

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/device_map_flags.h"
 #include "cli/quant_flags.h"
 #include "model/llama_model.h"
 #include "tokenizer/tokenizer.h"
@@ -25,6 +26,7 @@ struct PplArgs {
   int64_t context = 0, stride = 0, max_tokens = 0;
   bool json = false;
   QuantFlags q;
+  DeviceMapFlags dmap;  // --device-map: the GPU with CPU offload instead of the CPU alone
 };
 
 int run_perplexity(const PplArgs& a) {
@@ -33,7 +35,10 @@ int run_perplexity(const PplArgs& a) {
   std::ostringstream ss;
   ss << f.rdbuf();
   auto tok = Tokenizer::load(a.model);
-  LlamaModel m = LlamaModel::load(a.model, Device::CPU, a.q.options());
+  LoadOptions lo = a.q.options();
+  lo.device_map = a.dmap.spec();
+  LlamaModel m = LlamaModel::load(a.model, Device::CPU, lo);
+  if (lo.device_map.enabled()) print_device_map(m);
   std::vector<int32_t> ids = tok->encode(ss.str(), true);
   if (a.max_tokens > 0 && (int64_t)ids.size() > a.max_tokens) ids.resize((size_t)a.max_tokens);
   const int64_t n = (int64_t)ids.size();
@@ -84,7 +89,8 @@ int run_perplexity(const PplArgs& a) {
 
 void add_perplexity_command(CLI::App& app, Runner& run) {
   auto a = std::make_shared<PplArgs>();
-  auto* cmd = app.add_subcommand("perplexity", "Perplexity of a model folder on a text file (CPU)");
+  auto* cmd =
+      app.add_subcommand("perplexity", "Perplexity of a model folder on a text file (CPU, or --device-map)");
   cmd->add_option("--model", a->model, "Model folder")->required();
   cmd->add_option("--file", a->file, "UTF-8 text file")->required();
   cmd->add_option("--context", a->context, "Window length in tokens (default max_position_embeddings)");
@@ -92,6 +98,7 @@ void add_perplexity_command(CLI::App& app, Runner& run) {
   cmd->add_option("--max-tokens", a->max_tokens, "Use only the first N tokens of the file");
   cmd->add_flag("--json", a->json, "Print one JSON line");
   a->q.add_load_flags(cmd);
+  a->dmap.add(cmd);
   cmd->callback([&run, a] { run = [a] { return run_perplexity(*a); }; });
 }
 

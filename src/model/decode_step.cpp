@@ -34,6 +34,7 @@ bool DecodeStep::supported(const LlamaModel& model, const KVCache& cache) {
       cache.layers() != model.config().num_hidden_layers)
     return false;
   if (model.activation_dtype() != DType::BF16 || model.config().head_dim % 2 != 0) return false;
+  if (model.device_map().split()) return false;  // CPU-offloaded modules: LlamaModel::forward's path
   if (!plain(model.lm_head())) return false;
   for (const LlamaLayer& L : model.layers()) {
     if (L.attn_adapter) return false;

@@ -14,6 +14,15 @@ KVCache::KVCache(int layers, int64_t batch, int64_t max_seq, int64_t kv_heads, i
   }
 }
 
+KVCache::KVCache(const std::vector<std::pair<DType, Device>>& per_layer, int64_t batch, int64_t max_seq,
+                 int64_t kv_heads, int64_t head_dim)
+    : batch_(batch), max_seq_(max_seq) {
+  for (const auto& [dtype, device] : per_layer) {
+    k_.push_back(Tensor::empty({batch, max_seq, kv_heads, head_dim}, dtype, device));
+    v_.push_back(Tensor::empty({batch, max_seq, kv_heads, head_dim}, dtype, device));
+  }
+}
+
 size_t KVCache::nbytes() const {
   size_t n = 0;
   for (size_t l = 0; l < k_.size(); l++) n += k_[l].nbytes() + v_[l].nbytes();

@@ -1,8 +1,9 @@
 // The attention KV cache: per layer, K and V tensors [B, Smax, Hkv, D] preallocated for the whole
-// generation, in the model's activation dtype on its device. Rows [0, len) of each batch are valid; the
-// forward writes the new tokens' rows at start_pos and attends over rows [0, start_pos + T). (A prefix,
-// as prefix tuning adds, would occupy the first rows.)
+// generation, in the model's activation dtype on its device (per layer for a model split by a device map).
+// Rows [0, len) of each batch are valid; the forward writes the new tokens' rows at start_pos and attends
+// over rows [0, start_pos + T). (A prefix, as prefix tuning adds, would occupy the first rows.)
 #pragma once
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -14,6 +15,10 @@ class KVCache {
   KVCache() = default;
   KVCache(int layers, int64_t batch, int64_t max_seq, int64_t kv_heads, int64_t head_dim, DType dtype,
           Device device);
+  // One (dtype, device) per layer: a model split between the CPU and the GPU (device_map.h) keeps each
+  // layer's cache beside its weights, in that layer's activation dtype.
+  KVCache(const std::vector<std::pair<DType, Device>>& per_layer, int64_t batch, int64_t max_seq,
+          int64_t kv_heads, int64_t head_dim);
 
   int layers() const { return (int)k_.size(); }
   int64_t batch() const { return batch_; }

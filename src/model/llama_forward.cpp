@@ -1,7 +1,8 @@
 // LlamaModel::forward: embedding → per layer [RMSNorm → q/k/v → RoPE → cache write → causal GQA attention →
 // o_proj (+ an AttentionAdapter's output) → residual; RMSNorm → SwiGLU MLP → residual] → final RMSNorm →
 // lm_head (F32 logits). Every step is an op from ops/, so the same code runs on the CPU (f32) and CUDA (bf16
-// activations).
+// activations). A model split by a device map runs each module on its device and moves the residual stream
+// between them (bf16 over the bus, converted to f32 on the CPU side).
 #include <vector>
 
 #include "core/error.h"
@@ -17,12 +18,65 @@ bool plain_linear(const Linear& lin) {
   return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
 }
 
+DType act_dtype_of(Device d) {
+  return d == Device::CPU ? DType::F32 : DType::BF16;
+}
+
+// The residual stream x [N, C] on dev in that device's activation dtype (the same tensor when already
+// there). Conversions run on the CPU, so bf16 crosses the bus in both directions.
+Tensor stream_to(const Tensor& x, Device dev) {
+  if (x.device() == dev) return x;
+  if (dev == Device::CPU) {
+    Tensor host = x.to(Device::CPU);  // BF16
+    Tensor out = Tensor::empty(x.shape(), DType::F32, Device::CPU);
+    convert(out, host);
+    return out;
+  }
+  Tensor host = Tensor::empty(x.shape(), act_dtype_of(dev), Device::CPU);
+  convert(host, x);
+  return host.to(dev);
+}
+
+// One device's scratch for a forward over N = B·T tokens, in that device's activation dtype.
+struct Work {
+  Tensor pos, inv_freq;             // I32 [N] positions, F32 [D/2]
+  Tensor h, q, att, proj, g, u, a;  // [N, C], [N, Hq·D] x2, [N, C], [N, F] x3
+  Tensor k, v;                      // [N, Hkv·D] staging for batch > 1
+};
+
+Work make_work(Device dev, const ModelConfig& c, int64_t N, bool stage_kv, const Tensor& pos_host,
+               const Tensor& inv_freq) {
+  const int64_t C = c.hidden_size, F = c.intermediate_size;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
+  const DType act = act_dtype_of(dev);
+  Work w;
+  w.pos = pos_host.to(dev);
+  w.inv_freq = inv_freq.to(dev);
+  w.h = Tensor::empty({N, C}, act, dev);  // normed input
+  w.q = Tensor::empty({N, Hq * D}, act, dev);
+  w.att = Tensor::empty({N, Hq * D}, act, dev);
+  w.proj = Tensor::empty({N, C}, act, dev);  // o_proj / down_proj output
+  w.g = Tensor::empty({N, F}, act, dev);
+  w.u = Tensor::empty({N, F}, act, dev);
+  w.a = Tensor::empty({N, F}, act, dev);
+  if (stage_kv) {
+    w.k = Tensor::empty({N, Hkv * D}, act, dev);
+    w.v = Tensor::empty({N, Hkv * D}, act, dev);
+  }
+  return w;
+}
+
 }  // namespace
 
 KVCache LlamaModel::make_cache(int64_t batch, int64_t max_seq) const {
   if (batch <= 0 || max_seq <= 0)
     throw_error(ErrorKind::Usage, "KV cache: batch (", batch, ") and max_seq (", max_seq,
                 ") must be positive");
+  if (map_.split()) {  // each layer's rows beside its weights
+    std::vector<std::pair<DType, Device>> per_layer;
+    for (const LlamaLayer& L : layers_) per_layer.emplace_back(act_dtype_of(L.device), L.device);
+    return KVCache(per_layer, batch, max_seq, cfg_.num_key_value_heads, cfg_.head_dim);
+  }
   return KVCache(cfg_.num_hidden_layers, batch, max_seq, cfg_.num_key_value_heads, cfg_.head_dim, act_dtype_,
                  device_);
 }
@@ -46,8 +100,9 @@ Tensor LlamaModel::forward(const Tensor& ids_in, KVCache& cache, int64_t start_p
         throw_error(ErrorKind::Shape, "forward: token id ", id[i], " at position ", i,
                     " is outside the vocabulary [0, ", V, ")");
   }
-  Tensor ids = ids_in.to(device_);                                       // [B, T]
-  Tensor x = Tensor::empty({N, cfg_.hidden_size}, act_dtype_, device_);  // residual stream [N, C]
+  const Device ed = map_.embed;
+  Tensor ids = ids_in.to(ed);                                             // [B, T]
+  Tensor x = Tensor::empty({N, cfg_.hidden_size}, act_dtype_of(ed), ed);  // residual stream [N, C]
   embedding_forward(x, ids, embed_);
   return forward_hidden(x, B, T, cache, start_pos, last_only);
 }
@@ -72,7 +127,7 @@ Tensor LlamaModel::forward_embeds(const Tensor& x_in, KVCache& cache, int64_t st
 Tensor LlamaModel::forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cache, int64_t start_pos,
                                   bool last_only) const {
   const int64_t N = B * T;
-  const int64_t C = cfg_.hidden_size, F = cfg_.intermediate_size, V = cfg_.vocab_size;
+  const int64_t C = cfg_.hidden_size, V = cfg_.vocab_size;
   const int64_t Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = cfg_.head_dim;
   const float eps = (float)cfg_.rms_norm_eps;
   if (cache.batch() != B || cache.layers() != cfg_.num_hidden_layers)
@@ -87,64 +142,63 @@ Tensor LlamaModel::forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cach
   std::vector<int32_t> pos_host(N);
   for (int64_t b = 0; b < B; b++)
     for (int64_t t = 0; t < T; t++) pos_host[b * T + t] = (int32_t)(start_pos + t);
-  Tensor pos = Tensor::from_i32(pos_host, {N}).to(device_);  // [N]
+  const Tensor pos_cpu = Tensor::from_i32(pos_host, {N});  // [N]
 
-  DType act = act_dtype_;
-  Tensor h = Tensor::empty({N, C}, act, device_);         // normed input [N, C]
-  Tensor q = Tensor::empty({N, Hq * D}, act, device_);    // [N, Hq·D]
-  Tensor att = Tensor::empty({N, Hq * D}, act, device_);  // [N, Hq·D]
-  Tensor proj = Tensor::empty({N, C}, act, device_);      // o_proj / down_proj output [N, C]
-  Tensor g = Tensor::empty({N, F}, act, device_);         // [N, F]
-  Tensor u = Tensor::empty({N, F}, act, device_);         // [N, F]
-  Tensor a = Tensor::empty({N, F}, act, device_);         // [N, F]
-  Tensor q_heads = q.reshape({N, Hq, D});
-  Tensor q4 = q.reshape({B, T, Hq, D}), att4 = att.reshape({B, T, Hq, D});
   const bool direct = B == 1;  // batch 1: K/V projections write straight into the cache rows
-  Tensor k, v;                 // [N, Hkv·D] staging for batch > 1, then copied into the cache
-  if (!direct) {
-    k = Tensor::empty({N, Hkv * D}, act, device_);
-    v = Tensor::empty({N, Hkv * D}, act, device_);
-  }
+  Work work[2];                // scratch per device (CPU, CUDA), made when a layer first runs there
+  auto work_on = [&](Device d) -> Work& {
+    Work& w = work[d == Device::CPU ? 0 : 1];
+    if (!w.h.defined()) w = make_work(d, cfg_, N, !direct, pos_cpu, inv_freq_);
+    return w;
+  };
 
   for (int l = 0; l < cfg_.num_hidden_layers; l++) {
     const LlamaLayer& L = layers_[l];
+    if (cache.k(l).device() != L.device)
+      throw_error(ErrorKind::Shape, "forward: the KV cache of layer ", l, " is on ",
+                  device_name(cache.k(l).device()), " but the layer runs on ", device_name(L.device),
+                  " (make the cache with make_cache)");
+    x = stream_to(x, L.device);  // [N, C]
+    Work& w = work_on(L.device);
+    Tensor q_heads = w.q.reshape({N, Hq, D});
+    Tensor q4 = w.q.reshape({B, T, Hq, D}), att4 = w.att.reshape({B, T, Hq, D});
     const bool fuse_qkv = plain_linear(L.q) && plain_linear(L.k) && plain_linear(L.v);
     const bool fuse_gate_up = plain_linear(L.gate) && plain_linear(L.up);
-    Tensor kl = direct ? cache.k_rows(l, start_pos, T) : k;  // [N, Hkv·D]
-    Tensor vl = direct ? cache.v_rows(l, start_pos, T) : v;  // [N, Hkv·D]
+    Tensor kl = direct ? cache.k_rows(l, start_pos, T) : w.k;  // [N, Hkv·D]
+    Tensor vl = direct ? cache.v_rows(l, start_pos, T) : w.v;  // [N, Hkv·D]
     Tensor k_heads = kl.reshape({N, Hkv, D});
-    rmsnorm_forward(h, x, L.input_norm, eps);
+    rmsnorm_forward(w.h, x, L.input_norm, eps);
     if (fuse_qkv) {  // one GEMV launch at decode (see ops/matmul.h)
-      linear_forward_multi({&q, &kl, &vl}, h, {&L.q.weight, &L.k.weight, &L.v.weight});
+      linear_forward_multi({&w.q, &kl, &vl}, w.h, {&L.q.weight, &L.k.weight, &L.v.weight});
     } else {
-      L.q.forward(q, h);
-      L.k.forward(kl, h);
-      L.v.forward(vl, h);
+      L.q.forward(w.q, w.h);
+      L.k.forward(kl, w.h);
+      L.v.forward(vl, w.h);
     }
-    rope_forward(q_heads, pos, inv_freq_);
-    rope_forward(k_heads, pos, inv_freq_);
-    if (!direct) cache.write(l, k, v, start_pos, T);
+    rope_forward(q_heads, w.pos, w.inv_freq);
+    rope_forward(k_heads, w.pos, w.inv_freq);
+    if (!direct) cache.write(l, w.k, w.v, start_pos, T);
     attention_forward(att4, q4, cache.k(l), cache.v(l), start_pos, start_pos + T);
-    L.o.forward(proj, att);
-    if (L.attn_adapter) L.attn_adapter->forward(proj, q4, L);
-    add_inplace(x, proj);
+    L.o.forward(w.proj, w.att);
+    if (L.attn_adapter) L.attn_adapter->forward(w.proj, q4, L);
+    add_inplace(x, w.proj);
 
-    rmsnorm_forward(h, x, L.post_norm, eps);
+    rmsnorm_forward(w.h, x, L.post_norm, eps);
     if (fuse_gate_up) {
-      linear_forward_multi({&g, &u}, h, {&L.gate.weight, &L.up.weight});
+      linear_forward_multi({&w.g, &w.u}, w.h, {&L.gate.weight, &L.up.weight});
     } else {
-      L.gate.forward(g, h);
-      L.up.forward(u, h);
+      L.gate.forward(w.g, w.h);
+      L.up.forward(w.u, w.h);
     }
-    swiglu_forward(a, g, u);
-    L.down.forward(proj, a);
-    add_inplace(x, proj);
+    swiglu_forward(w.a, w.g, w.u);
+    L.down.forward(w.proj, w.a);
+    add_inplace(x, w.proj);
   }
 
   Tensor last = x;  // rows that get logits: all [N, C], or the last of each sequence [B, C]
   int64_t Tout = T;
   if (last_only && T > 1) {
-    last = Tensor::empty({B, C}, act, device_);
+    last = Tensor::empty({B, C}, x.dtype(), x.device());
     for (int64_t b = 0; b < B; b++) {
       Tensor dst = last.slice0(b, 1);
       dst.copy_from(x.slice0(b * T + T - 1, 1));
@@ -153,9 +207,11 @@ Tensor LlamaModel::forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cach
   } else if (last_only) {
     Tout = 1;
   }
-  Tensor hn = Tensor::empty(last.shape(), act, device_);
+  last = stream_to(last, map_.norm);
+  Tensor hn = Tensor::empty(last.shape(), last.dtype(), map_.norm);
   rmsnorm_forward(hn, last, norm_, eps);
-  Tensor logits = Tensor::empty({B * Tout, V}, DType::F32, device_);  // [B·T', V]
+  hn = stream_to(hn, map_.lm_head);
+  Tensor logits = Tensor::empty({B * Tout, V}, DType::F32, map_.lm_head);  // [B·T', V]
   lm_head_.forward(logits, hn);
   return logits.reshape({B, Tout, V});
 }

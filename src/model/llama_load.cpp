@@ -1,6 +1,7 @@
 // LlamaModel::load: the expected tensors (HF names and shapes) for a config, checked against the store
 // all at once so one error lists every missing tensor and every wrong shape; then each tensor is put in
-// the device's form (CPU: F32, borrowed from the mmap when the file is already F32; CUDA: BF16 copies).
+// the form of its module's device (CPU: F32, borrowed from the mmap when the file is already F32; CUDA:
+// BF16 copies), the device coming from the device map when there is one (device_map.h).
 #include <algorithm>
 #include <map>
 #include <set>
@@ -20,7 +21,8 @@ struct Want {
   std::string name;
   Shape shape;
   Tensor* dst;
-  Linear* lin = nullptr;  // set for Linear weights (may be stored or loaded quantized: quant_load.h)
+  Linear* lin = nullptr;     // set for Linear weights (may be stored or loaded quantized: quant_load.h)
+  Device dev = Device::CPU;  // its module's device
 };
 
 // Converts a loaded (CPU, any float dtype) tensor into the form the device's kernels take: F32 on the CPU
@@ -47,6 +49,7 @@ LlamaModel LlamaModel::load(const std::string& dir, Device device, const LoadOpt
   ModelConfig cfg = load_model_config(dir);
   bool prequantized = false;
   LoadOptions resolved = resolve_load_options(dir, opts, &prequantized);
+  resolved.device_map = opts.device_map;  // a run-time choice, whatever the folder's quantization_config
   WeightStore store = WeightStore::open(dir);
   return from_store(cfg, store, device, resolved);
 }
@@ -55,26 +58,31 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
                                   const LoadOptions& opts) {
   LlamaModel m;
   m.cfg_ = cfg;
-  m.device_ = device;
-  m.act_dtype_ = device == Device::CPU ? DType::F32 : DType::BF16;
   m.source_ = store.root();
   const int64_t C = cfg.hidden_size, F = cfg.intermediate_size, V = cfg.vocab_size, D = cfg.head_dim;
   const int64_t Hq = cfg.num_attention_heads, Hkv = cfg.num_key_value_heads;
   if (C <= 0 || F <= 0 || V <= 0 || D <= 0 || Hq <= 0 || Hkv <= 0 || Hq % Hkv != 0 || D % 2 != 0)
     throw_error(ErrorKind::Config, store.root(), ": inconsistent config: hidden ", C, ", intermediate ", F,
                 ", vocab ", V, ", head_dim ", D, ", heads ", Hq, ", kv heads ", Hkv);
+  m.map_ = place_modules(cfg, opts, device);  // uniform(device) without a device map
+  device = m.map_.primary();
+  m.device_ = device;
+  m.act_dtype_ = device == Device::CPU ? DType::F32 : DType::BF16;
 
+  const DeviceMap& map = m.map_;
   std::vector<Want> want;
-  want.push_back({"model.embed_tokens.weight", {V, C}, &m.embed_});
-  want.push_back({"model.norm.weight", {C}, &m.norm_});
+  want.push_back({"model.embed_tokens.weight", {V, C}, &m.embed_, nullptr, map.embed});
+  want.push_back({"model.norm.weight", {C}, &m.norm_, nullptr, map.norm});
   m.lm_head_.name = "lm_head";
-  if (!cfg.tie_word_embeddings) want.push_back({"lm_head.weight", {V, C}, &m.lm_head_.weight, &m.lm_head_});
+  if (!cfg.tie_word_embeddings)
+    want.push_back({"lm_head.weight", {V, C}, &m.lm_head_.weight, &m.lm_head_, map.lm_head});
   m.layers_.resize(cfg.num_hidden_layers);
   for (int i = 0; i < cfg.num_hidden_layers; i++) {
     LlamaLayer& L = m.layers_[i];
+    L.device = map.layers[i];
     std::string p = "model.layers." + std::to_string(i) + ".";
-    want.push_back({p + "input_layernorm.weight", {C}, &L.input_norm});
-    want.push_back({p + "post_attention_layernorm.weight", {C}, &L.post_norm});
+    want.push_back({p + "input_layernorm.weight", {C}, &L.input_norm, nullptr, L.device});
+    want.push_back({p + "post_attention_layernorm.weight", {C}, &L.post_norm, nullptr, L.device});
     struct Lin {
       Linear* lin;
       const char* name;
@@ -89,8 +97,8 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
           Lin{&L.gate, "mlp.gate_proj", F, C, cfg.mlp_bias}, Lin{&L.up, "mlp.up_proj", F, C, cfg.mlp_bias},
           Lin{&L.down, "mlp.down_proj", C, F, cfg.mlp_bias}}) {
       l.lin->name = p + l.name;
-      want.push_back({l.lin->name + ".weight", {l.out, l.in}, &l.lin->weight, l.lin});
-      if (l.bias) want.push_back({l.lin->name + ".bias", {l.out}, &l.lin->bias});
+      want.push_back({l.lin->name + ".weight", {l.out, l.in}, &l.lin->weight, l.lin, L.device});
+      if (l.bias) want.push_back({l.lin->name + ".bias", {l.out}, &l.lin->bias, nullptr, L.device});
     }
   }
 
@@ -120,11 +128,20 @@ LlamaModel LlamaModel::from_store(const ModelConfig& cfg, const WeightStore& sto
     throw Error(ErrorKind::Format, msg);
   }
 
+  // A split model keeps its CPU modules' 16/32-bit weights dense f32 (transformers'
+  // llm_int8_enable_fp32_cpu_offload); weights stored quantized load quantized wherever they go.
+  LoadOptions cpu_opts = opts;
+  if (map.split()) cpu_opts.load_in_4bit = cpu_opts.load_in_8bit = false;
   std::vector<std::string> quant_used;
-  for (const Want& w : want)
-    if (!w.lin || !load_quantized_linear(*w.lin, store, opts, device, &quant_used))
-      *w.dst = to_device_form(store.get(w.name), device);
-  if (cfg.tie_word_embeddings) m.lm_head_.weight = m.embed_;
+  for (const Want& w : want) {
+    const LoadOptions& o = w.dev == Device::CPU ? cpu_opts : opts;
+    if (!w.lin || !load_quantized_linear(*w.lin, store, o, w.dev, &quant_used))
+      *w.dst = to_device_form(store.get(w.name), w.dev);
+  }
+  if (cfg.tie_word_embeddings)  // shared when both sit on one device, else a copy on the head's device
+    m.lm_head_.weight = map.lm_head == map.embed
+                            ? m.embed_
+                            : to_device_form(store.get("model.embed_tokens.weight"), map.lm_head);
 
   std::set<std::string> used(quant_used.begin(), quant_used.end());
   for (const Want& w : want) used.insert(w.name);

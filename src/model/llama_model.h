@@ -15,6 +15,7 @@
 
 #include "core/tensor.h"
 #include "io/hf_config.h"
+#include "model/device_map.h"
 #include "model/kv_cache.h"
 #include "model/linear.h"
 #include "model/load_options.h"
@@ -39,6 +40,9 @@ struct LlamaLayer {
   Tensor post_norm;       // [C]  post_attention_layernorm.weight
   Linear q, k, v, o;      // [Hq·D, C], [Hkv·D, C], [Hkv·D, C], [C, Hq·D]
   Linear gate, up, down;  // [F, C], [F, C], [C, F]
+  // Where the layer's weights and KV cache live and its ops run (all the model's device unless a device
+  // map splits the model: device_map.h).
+  Device device = Device::CPU;
   // An add-on after o_proj (LLaMA-Adapter); null: plain attention.
   std::shared_ptr<const AttentionAdapter> attn_adapter;
 };
@@ -51,6 +55,7 @@ class LlamaModel {
   // (listed by unused_tensors()).
   // opts quantize the decoder Linear weights while loading (load_options.h); a folder with a
   // quantization_config in config.json (bitsandbytes layout) loads quantized without options.
+  // opts.device_map splits the modules between the GPU and the CPU (device_map.h); device is then unused.
   static LlamaModel load(const std::string& dir, Device device = Device::CPU, const LoadOptions& opts = {});
   // The same from an already parsed config and an opened store (for tests and tools); opts as resolved
   // (resolve_load_options in quant_load.h).
@@ -60,6 +65,9 @@ class LlamaModel {
   const ModelConfig& config() const { return cfg_; }
   Device device() const { return device_; }
   DType activation_dtype() const { return act_dtype_; }  // F32 on the CPU, BF16 on CUDA
+  // Where each module is (device_map.h). A split map: device() is CUDA, and the embedding, each layer
+  // (LlamaLayer::device), the final norm and the LM head sit on the CPU (f32) or the GPU (bf16).
+  const DeviceMap& device_map() const { return map_; }
   const std::vector<std::string>& unused_tensors() const { return unused_; }
   const std::string& source() const { return source_; }
 
@@ -68,7 +76,8 @@ class LlamaModel {
 
   // ids I32 [B, T] (any device): the tokens at positions start_pos .. start_pos+T-1 of each sequence;
   // cache rows [0, start_pos) must hold the earlier tokens. Writes this call's K/V rows into the cache.
-  // Returns F32 logits [B, T, V] on the model's device, or [B, 1, V] (the last position) when last_only.
+  // Returns F32 logits [B, T, V] on the model's device (a split model: the LM head's), or [B, 1, V] (the
+  // last position) when last_only.
   Tensor forward(const Tensor& ids, KVCache& cache, int64_t start_pos, bool last_only = false) const;
   // Whole sequences from position 0 with a temporary cache: logits F32 [B, T, V].
   Tensor forward(const Tensor& ids) const;
@@ -103,6 +112,7 @@ class LlamaModel {
   Device device_ = Device::CPU;
   DType act_dtype_ = DType::F32;
   std::string source_;
+  DeviceMap map_;
   Tensor embed_, norm_, inv_freq_;
   Linear lm_head_;
   std::vector<LlamaLayer> layers_;

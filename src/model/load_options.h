@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "model/device_map.h"
 #include "quant/codebook.h"
 
 namespace qtune {
@@ -21,6 +22,9 @@ struct LoadOptions {
   bool load_in_8bit = false;
   float llm_int8_threshold = 6.0f;
   std::vector<std::string> skip_modules = {"lm_head"};  // module names kept dense (llm_int8_skip_modules)
+  // CPU offload (device_map.h): which modules load and run on the GPU and which on the CPU. When set,
+  // LlamaModel::load's device argument is not used. A run-time choice: never read from or written to files.
+  DeviceMapSpec device_map;
 
   bool quantized() const { return load_in_4bit || load_in_8bit; }
 };
