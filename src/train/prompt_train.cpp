@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "ops/ops.h"
 
 namespace qtune {
@@ -26,10 +27,11 @@ void PromptStep::apply(StepOptions& so) {
 PromptTraining::PromptTraining(const LlamaModel& model, PromptLearningModel& pl, TrainableParams& params)
     : model_(model), pl_(pl) {
   if (PromptEncoder* enc = pl.encoder()) {
-    for (PromptEncoder::Param& p : enc->mutable_params()) grads_.push_back(&params.add(p.name, p.value));
+    for (PromptEncoder::Param& p : enc->mutable_params()) tensors_.emplace_back(p.name, p.value);
   } else {
-    grads_.push_back(&params.add(kEmbName, pl.prompt_embeddings()));
+    tensors_.emplace_back(kEmbName, pl.prompt_embeddings());
   }
+  for (auto& [name, t] : tensors_) grads_.push_back(&params.add(name, t));
 }
 
 PromptStep PromptTraining::prepare(const Tensor& ids, const Tensor& labels, const Tensor* positions,
@@ -61,15 +63,14 @@ PromptStep PromptTraining::prepare(const Tensor& ids, const Tensor& labels, cons
   const int32_t* lab = labels.data<int32_t>();
   const int32_t* pos = positions ? pos_cpu.data<int32_t>() : nullptr;
   const int32_t* seq = seq_ids ? seq_cpu.data<int32_t>() : nullptr;
-  if (seq)  // one example (+ padding) per row: at most one run with targets
+  if (seq)  // one example (+ padding) per row: at most one run of equal ids with targets
     for (int64_t b = 0; b < B; b++) {
       int runs = 0;
-      for (int64_t t = 0; t < T; t++) {
-        bool start = t == 0 || seq[b * T + t] != seq[b * T + t - 1];
+      for (int64_t t0 = 0, t1; t0 < T; t0 = t1) {
         bool has = false;
-        for (int64_t u = t; u < T && (u == t || seq[b * T + u] == seq[b * T + t]); u++)
-          has = has || lab[b * T + u] != -100;
-        if (start && has) runs++;
+        for (t1 = t0; t1 < T && seq[b * T + t1] == seq[b * T + t0]; t1++)
+          has = has || lab[b * T + t1] != -100;
+        runs += has;
       }
       if (runs > 1)
         throw_error(ErrorKind::Unsupported, op, ": row ", b, " packs ", runs, " examples; ",
@@ -165,6 +166,26 @@ void PromptTraining::backward(const PromptStep& st) {
 }
 
 void PromptTraining::refresh() {
+  pl_.refresh();
+}
+
+void PromptTraining::save_state(const std::string& path) const {
+  write_safetensors(path, tensors_, {{"format", "pt"}});
+}
+
+void PromptTraining::load_state(const std::string& path) {
+  auto f = SafetensorsFile::open(path);
+  for (auto& [name, t] : tensors_) {
+    if (!f->has(name)) throw_error(ErrorKind::Format, path, ": missing tensor '", name, "'");
+    Tensor v = f->get(name);
+    if (v.shape() != t.shape() || v.dtype() != DType::F32)
+      throw_error(ErrorKind::Format, path, ": tensor '", name, "' is ", v.describe(), ", expected F32 ",
+                  shape_str(t.shape()));
+    t.copy_from(v);
+  }
+  if (f->tensors().size() != tensors_.size())
+    throw_error(ErrorKind::Format, path, ": ", f->tensors().size(), " tensors, expected ", tensors_.size(),
+                " (another prompt-learning configuration?)");
   pl_.refresh();
 }
 

@@ -19,6 +19,8 @@
 //   pt.backward(st);                 // accumulates the prompt gradients into params
 //   ... optimizer step ...;  pt.refresh();
 #pragma once
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "model/llama_model.h"
@@ -66,12 +68,18 @@ class PromptTraining {
   void backward(const PromptStep& st);
   // After the optimizer changed the tensors: prompt_embeddings from the encoder (if any).
   void refresh();
+  // Checkpoints: the trainable tensors by their parameter names in one safetensors file (PEFT's folder
+  // keeps only the encoder's output, so resuming P-tuning / prefix_projection needs this). load checks
+  // names and shapes, naming the file; refreshes.
+  void save_state(const std::string& path) const;
+  void load_state(const std::string& path);
 
   const PromptLearningModel& adapter() const { return pl_; }
 
  private:
   const LlamaModel& model_;
   PromptLearningModel& pl_;
+  std::vector<std::pair<std::string, Tensor>> tensors_;  // (name, trainable tensor), registration order
   std::vector<Tensor*> grads_;  // per encoder param (or the one prompt_embeddings gradient)
 };
 

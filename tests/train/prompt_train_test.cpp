@@ -43,7 +43,7 @@ struct StepLoss {
 
 // One forward(+backward) of pt on (ids, labels) with gradients of the mean loss.
 StepLoss step(const LlamaModel& m, PromptTraining& pt, TrainableParams* params, const Tensor& ids,
-         const Tensor& labels, bool first_token_is_target = true) {
+              const Tensor& labels, bool first_token_is_target = true) {
   PromptStep st = pt.prepare(ids, labels, nullptr, nullptr, first_token_is_target);
   StepOptions so;
   so.grad_scale = 1.0f / (float)st.targets;
@@ -208,4 +208,64 @@ TEST(PromptTrain, LossFallsOnTheBundledModel) {
     std::printf("%s: loss %.4f -> %.4f over 8 AdamW steps\n", c.name, losses.front(), losses.back());
     EXPECT_LT(losses.back(), losses.front() - 0.05) << c.name;
   }
+}
+
+// A row of one example plus padding (collate's layout: padding is its own sequence, positions from 0)
+// trains exactly like the example alone; two packed examples in a row are refused.
+TEST(PromptTrain, PaddingIsInertAndPackingIsRefused) {
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  const bool wired = prefixes_wired(m);
+  for (PromptLearningType type : {PromptLearningType::PTuning, PromptLearningType::PrefixTuning}) {
+    if (type == PromptLearningType::PrefixTuning && !wired) continue;
+    PromptLearningConfig cfg;
+    cfg.peft_type = type;
+    cfg.num_virtual_tokens = 3;
+    PromptLearningModel pl = PromptLearningModel::create(m, cfg, 4);
+    Tensor ids = Tensor::from_i32({1, 5, 17, 42, 99, 3}, {1, 6});
+    Tensor labels = Tensor::from_i32({5, 17, 42, 99, 3, -100}, {1, 6});
+    Tensor pids = Tensor::from_i32({1, 5, 17, 42, 99, 3, 0, 0}, {1, 8});
+    Tensor plabels = Tensor::from_i32({5, 17, 42, 99, 3, -100, -100, -100}, {1, 8});
+    Tensor ppos = Tensor::from_i32({0, 1, 2, 3, 4, 5, 0, 1}, {8}),
+           pseq = Tensor::from_i32({0, 0, 0, 0, 0, 0, 1, 1}, {1, 8});
+    std::vector<std::vector<float>> grads;
+    std::vector<double> losses;
+    for (int padded = 0; padded < 2; padded++) {
+      TrainableParams params;
+      PromptTraining pt(m, pl, params);
+      PromptStep st = padded ? pt.prepare(pids, plabels, &ppos, &pseq) : pt.prepare(ids, labels);
+      StepOptions so;
+      st.apply(so);
+      losses.push_back(causal_lm_forward_backward(m, st.ids, st.labels, &params, so).loss);
+      pt.backward(st);
+      grads.push_back(params.entries().front().grad.to_f32_vector());
+    }
+    EXPECT_NEAR(losses[0], losses[1], 1e-5 * losses[0]) << prompt_learning_type_name(type);
+    EXPECT_LT(rel_err(grads[1], grads[0]), 1e-5) << prompt_learning_type_name(type);
+    TrainableParams params;
+    PromptTraining pt(m, pl, params);
+    Tensor packed_labels = Tensor::from_i32({5, 17, -100, 99, 3, -100, 9, -100}, {1, 8});
+    Tensor packed_seq = Tensor::from_i32({0, 0, 0, 1, 1, 1, 2, 2}, {1, 8});
+    expect_error([&] { pt.prepare(pids, packed_labels, &ppos, &packed_seq); }, ErrorKind::Unsupported,
+                 {"packs 3 examples", "without packing"});
+  }
+}
+
+// The checkpoint state (P-tuning: the encoder's parameters) round-trips; a mismatched file is refused.
+TEST(PromptTrain, StateRoundTrips) {
+  LlamaModel m = LlamaModel::load(model_fixture("llama"));
+  PromptLearningConfig cfg;
+  cfg.peft_type = PromptLearningType::PTuning;
+  cfg.num_virtual_tokens = 3;
+  PromptLearningModel a = PromptLearningModel::create(m, cfg, 1), b = PromptLearningModel::create(m, cfg, 2);
+  TrainableParams pa, pb;
+  PromptTraining ta(m, a, pa), tb(m, b, pb);
+  const std::string path = testing::TempDir() + "/vtok_state.safetensors";
+  ta.save_state(path);
+  tb.load_state(path);
+  EXPECT_EQ(rel_err(b.prompt_embeddings().to_f32_vector(), a.prompt_embeddings().to_f32_vector()), 0.0);
+  cfg.peft_type = PromptLearningType::PromptTuning;
+  PromptLearningModel c = PromptLearningModel::create(m, cfg, 3);
+  TrainableParams pc;
+  PromptTraining tc(m, c, pc);
+  expect_error([&] { tc.load_state(path); }, ErrorKind::Format, {"vtok_state.safetensors"});
 }
