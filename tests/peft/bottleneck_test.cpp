@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -246,4 +247,27 @@ TEST(Bottleneck, ReadErrorsNameTheFile) {
   msg = error_of([&] { BottleneckModel::load(model, d); });
   EXPECT_NE(msg.find("match nothing"), std::string::npos) << msg;
   EXPECT_NE(msg.find("o_proj.adapter_down"), std::string::npos) << msg;
+}
+
+// The committed bottleneck folder on the bundled model that tests/cli/adapter_generate_test.sh generates
+// with: regenerated here (QTUNE_REGEN_PEFT=1 writes it into the source tree) and compared byte for byte.
+TEST(Bottleneck, BundledFixture) {
+  const std::string name = "bottleneck_bundled";
+  const std::string fix = std::string(QTUNE_FIXTURES) + "/peft/" + name;
+  LlamaModel model = LlamaModel::load(std::string(QTUNE_SOURCE_DIR) + "/models/qtune-tiny-8m");
+  BottleneckConfig cfg;
+  cfg.adapter_style = "pfeiffer";
+  cfg.bottleneck_size = 8;
+  cfg.non_linearity = AdapterAct::Silu;
+  cfg.base_model_name_or_path = "models/qtune-tiny-8m";
+  BottleneckModel m = BottleneckModel::create(model, cfg, 21);
+  randomize(m, 22);
+  const bool regen = std::getenv("QTUNE_REGEN_PEFT") != nullptr;
+  const std::string dir = regen ? fix : testing::TempDir() + "/" + name;
+  if (!regen) fs::remove_all(dir);
+  m.save(dir);
+  if (regen) return;
+  for (const char* f : {"adapter_config.json", "adapter_model.safetensors"})
+    EXPECT_TRUE(read_file(dir + "/" + f) == read_file(fix + "/" + f))
+        << name << "/" << f << " differs from the committed fixture (QTUNE_REGEN_PEFT=1 rewrites it)";
 }
