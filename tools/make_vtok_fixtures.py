@@ -21,6 +21,9 @@ tests/train/prompt_train_test.cpp), made with the real peft + transformers on th
    prefix/         PREFIX_TUNING, 6 virtual tokens (key/value rows of 2 kv heads x 16)
    prefix_proj/    PREFIX_TUNING, prefix_projection, encoder_hidden_size 24, 3 virtual tokens
    adaption/       ADAPTION_PROMPT, adapter_len 4, adapter_layers 2, random gates
+   prefix_bundled/, prompt_bundled/, adaption_bundled/: the same kinds on the bundled model
+   (models/qtune-tiny-8m) with expected.txt = PEFT's greedy text for "Once upon a time" (12 new tokens),
+   for tests/cli/prompt_generate_test.sh (`qtune generate --adapter`).
 2. qtune -> PEFT (`--check-qtune`): loads the qtune_written_{prompt,ptuning,prefix,adaption}/ folders the
    test PromptLearning.QtuneWrittenFixtures writes (QTUNE_REGEN_PEFT=1 build-*/test_peft
    --gtest_filter='*QtuneWrittenFixtures*'), with qtune's logits in qtune_logits.safetensors, through
@@ -134,6 +137,30 @@ def make(name, cfg, n_virtual, init_ids=None):
     save_file(tensors, os.path.join(out_dir, "expected.safetensors"))
 
 
+def make_bundled(name, cfg):
+    from transformers import AutoTokenizer
+    base = "models/qtune-tiny-8m"
+    torch.manual_seed(sum(map(ord, name)))
+    pm = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), cfg)
+    g = torch.Generator().manual_seed(len(name))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if p.requires_grad:
+                p.copy_((0.5 + 0.5 * torch.rand(p.shape, generator=g)) if "gate" in n else
+                        0.5 * torch.randn(p.shape, generator=g))
+    pm.eval()
+    out_dir = os.path.join(OUT, name)
+    pm.save_pretrained(out_dir)
+    os.remove(os.path.join(out_dir, "README.md"))
+    tok = AutoTokenizer.from_pretrained(base)
+    ids = tok("Once upon a time", return_tensors="pt")
+    out = pm.generate(**ids, max_new_tokens=12, do_sample=False)
+    text = tok.decode(out[0], skip_special_tokens=True)
+    with open(os.path.join(out_dir, "expected.txt"), "w") as f:
+        f.write(text)
+    print(f"{name}: {text!r}")
+
+
 def check_qtune(name):
     folder = os.path.join(OUT, name)
     exp = load_file(os.path.join(folder, "qtune_logits.safetensors"))
@@ -180,6 +207,9 @@ def main():
     make("prefix_proj", PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, prefix_projection=True,
                                            encoder_hidden_size=24), 3)
     make("adaption", AdaptionPromptConfig(task_type="CAUSAL_LM", adapter_len=4, adapter_layers=2), 0)
+    make_bundled("prefix_bundled", PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    make_bundled("prompt_bundled", PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    make_bundled("adaption_bundled", AdaptionPromptConfig(task_type="CAUSAL_LM", adapter_len=4, adapter_layers=3))
 
 
 if __name__ == "__main__":

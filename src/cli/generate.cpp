@@ -16,6 +16,7 @@
 #include "model/generation_config.h"
 #include "model/llama_model.h"
 #include "peft/peft_adapter.h"
+#include "peft/prompt_adapter.h"
 #include "tokenizer/tokenizer.h"
 
 namespace qtune::cli {
@@ -70,7 +71,11 @@ int run_generate(const GenerateArgs& a) {
     throw_error(ErrorKind::Unsupported, "--adapter with a model split between the GPU and the CPU ",
                 "(--device-map) is not supported; place every module on one device");
   std::unique_ptr<PeftAdapter> adapter;  // an adapter folder (LoRA, IA3, bottleneck: by its peft_type)
-  if (!a.adapter.empty()) adapter = load_peft_adapter(model, a.adapter);
+  // Prompt / P- / prefix tuning and LLaMA-Adapter load as PromptAdapters (generate() takes the virtual
+  // tokens).
+  if (!a.adapter.empty())
+    adapter = is_prompt_adapter_folder(a.adapter) ? load_prompt_adapter(model, a.adapter)
+                                                  : load_peft_adapter(model, a.adapter);
   GenerationConfig gc = load_generation_config(a.model, model.config());
 
   GenerateOptions opt;
@@ -131,8 +136,8 @@ void add_generate_command(CLI::App& app, Runner& run) {
   auto* pf = cmd->add_option("--prompt-file", a->prompt_file, "Read the prompt from a file");
   p->excludes(pf);
   cmd->add_option("--adapter", a->adapter,
-                  "Adapter folder (adapter_config.json + adapter_model.safetensors): PEFT LoRA or IA3, or "
-                  "qtune's bottleneck adapters");
+                  "Adapter folder (adapter_config.json + adapter_model.safetensors): PEFT LoRA, IA3, prompt, "
+                  "P- or prefix tuning, LLaMA-Adapter, or qtune's bottleneck adapters");
   cmd->add_option("--max-new-tokens", a->max_new_tokens, "Stop after this many new tokens (default 128)");
   cmd->add_option("--temperature", a->temperature, "0 = greedy; default from generation_config.json");
   cmd->add_option("--top-k", a->top_k, "Keep the k most likely tokens (0 = off)");

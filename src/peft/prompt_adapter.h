@@ -1,4 +1,5 @@
-// PromptAdapter: one prompt-style adapter on a LlamaModel, loaded by adapter_config.json's peft_type:
+// PromptAdapter: one prompt-style adapter on a LlamaModel (a PeftAdapter, peft_adapter.h: no merging), loaded
+// by adapter_config.json's peft_type:
 // PROMPT_TUNING, P_TUNING, PREFIX_TUNING (prompt_learning.h: virtual tokens, which attach() sets on the
 // model so that generate() puts them ahead of every prompt) or ADAPTION_PROMPT (adaption_prompt.h: gated
 // prompts in the top layers' attention). Attached on load.
@@ -14,23 +15,24 @@
 #include "model/llama_model.h"
 #include "model/virtual_tokens.h"
 #include "peft/adaption_prompt.h"
+#include "peft/peft_adapter.h"
 #include "peft/prompt_learning.h"
 
 namespace qtune {
 
-class PromptAdapter {
+class PromptAdapter : public PeftAdapter {
  public:
   // PROMPT_TUNING, P_TUNING, PREFIX_TUNING, ADAPTION_PROMPT.
   static bool handles(const std::string& peft_type);
 
   PromptAdapter(LlamaModel& model, PromptLearningModel pl);
   PromptAdapter(LlamaModel& model, AdaptionPromptModel ap);
-  ~PromptAdapter();
+  ~PromptAdapter() override;
 
-  const char* peft_type() const;
-  void attach();
-  void detach();
-  void save(const std::string& dir) const;
+  const char* peft_type() const override;
+  void attach() override;
+  void detach() override;
+  void save(const std::string& dir) const override;
   // The virtual tokens ahead of each prompt (null for ADAPTION_PROMPT).
   const VirtualTokens* virtual_tokens() const { return vt_.get(); }
   PromptLearningModel* prompt_learning() { return pl_.get(); }
