@@ -16,13 +16,12 @@
 #include "optim/optimizer.h"
 #include "optim/param_groups.h"
 #include "optim/schedule.h"
-#include "peft/lora_model.h"
 #include "tokenizer/tokenizer.h"
 #include "train/causal_lm.h"
 #include "train/checkpoint.h"
 #include "train/collate.h"
 #include "train/dataset.h"
-#include "train/lora_train.h"
+#include "train/peft_session.h"
 #include "train/progress.h"
 
 namespace qtune {
@@ -109,13 +108,14 @@ void check_args(const TrainerArgs& a) {
   if (!(a.warmup_ratio >= 0 && a.warmup_ratio <= 1))
     throw_error(ErrorKind::Usage, "--warmup-ratio must be in [0, 1]");
   if (a.logging_steps < 1) throw_error(ErrorKind::Usage, "--logging-steps must be >= 1");
-  if (a.adapter_dir.empty()) a.lora.validate("finetune: ");
 }
 
 }  // namespace
 
 TrainResult run_finetune(const TrainerArgs& a) {
   check_args(a);
+  const PeftKind kind = training_peft_kind(a);
+  check_peft_args(a, kind);
   OptimizerConfig ocfg;
   try {
     ocfg = optimizer_config_from_name(a.optim);
@@ -154,6 +154,13 @@ TrainResult run_finetune(const TrainerArgs& a) {
   std::vector<int64_t> eval_idx(all.end() - n_eval, all.end()), train_idx(all.begin(), all.end() - n_eval);
   std::sort(train_idx.begin(), train_idx.end());
   const int32_t pad = tok->pad_id() >= 0 ? tok->pad_id() : tok->eos_id();
+  // PEFT trains the last virtual token to predict a row's first token when that token is a target.
+  bool first_token_is_target = true;
+  size_t longest = 0;
+  for (const SftExample& e : ex) {
+    first_token_is_target = first_token_is_target && !e.labels.empty() && e.labels[0] != -100;
+    longest = std::max(longest, e.ids.size());
+  }
 
   // Model + adapter.
   LlamaModel model = LlamaModel::load(a.model_dir, dev, a.load);
@@ -167,16 +174,19 @@ TrainResult run_finetune(const TrainerArgs& a) {
       throw_error(ErrorKind::Usage, "--resume: ", resume_dir, " was trained with --seed ", st.seed, ", not ",
                   a.seed);
   }
-  std::unique_ptr<LoraModel> lora;
+  std::unique_ptr<PeftSession> peft;
   if (!resume_dir.empty())
-    lora = std::make_unique<LoraModel>(LoraModel::load(model, resume_dir));
+    peft = load_peft_session(model, resume_dir, kind, a, *tok, /*checkpoint=*/true);
   else if (!a.adapter_dir.empty())
-    lora = std::make_unique<LoraModel>(LoraModel::load(model, a.adapter_dir));
+    peft = load_peft_session(model, a.adapter_dir, kind, a, *tok, /*checkpoint=*/false);
   else
-    lora = std::make_unique<LoraModel>(LoraModel::create(model, a.lora, a.seed));
-  const double dropout = lora->config().lora_dropout;
-  TrainableParams params;
-  LoraTraining training(model, *lora, params, a.seed, dropout);
+    peft = create_peft_session(model, a, *tok);
+  const int64_t ctx = model.config().max_position_embeddings;
+  if (peft->virtual_tokens() > 0 && (int64_t)longest + peft->virtual_tokens() > ctx)
+    throw_error(ErrorKind::Usage, "examples of up to ", longest, " tokens after ", peft->virtual_tokens(),
+                " virtual tokens exceed the model's context (max_position_embeddings ", ctx,
+                "); lower --max-seq-length or --num-virtual-tokens");
+  TrainableParams& params = peft->params();
   std::vector<ParamRef> refs;
   for (const auto& e : params.entries()) refs.push_back({e.name, e.param, e.grad});
   Optimizer opt(ocfg, group_by_weight_decay(refs, a.weight_decay));
@@ -200,14 +210,13 @@ TrainResult run_finetune(const TrainerArgs& a) {
 
   std::filesystem::create_directories(a.out_dir);
   note("finetune: " + std::to_string(train_idx.size()) + " train / " + std::to_string(eval_idx.size()) +
-       " eval examples, " + std::to_string(total) + " steps, " + std::to_string(lora->layers().size()) +
-       " LoRA layers, " + std::to_string(params.numel()) + " trainable parameters" +
+       " eval examples, " + std::to_string(total) + " steps, " + peft->describe() + ", " + std::to_string(params.numel()) + " trainable parameters" +
        (resume_dir.empty() ? "" : ", resuming from " + resume_dir));
 
   StepOptions so;
   so.gradient_checkpointing = a.gradient_checkpointing < 0 ? dev != Device::CPU : a.gradient_checkpointing != 0;
   auto evaluate = [&]() {
-    training.set_training(false);
+    peft->set_training(false);
     std::vector<int64_t> order = eval_idx;
     auto erows = make_rows(ex, order, a.packing, a.max_seq_length);
     double sum = 0;
@@ -215,14 +224,14 @@ TrainResult run_finetune(const TrainerArgs& a) {
     for (size_t r = 0; r < erows.size(); r += a.per_device_train_batch_size) {
       MicroBatch mb =
           collate(ex, erows, r, std::min<size_t>(a.per_device_train_batch_size, erows.size() - r), pad);
+      PeftBatch b = peft->prepare(mb, first_token_is_target);
       StepOptions eo;
-      eo.positions = &mb.positions;
-      eo.seq_ids = &mb.seq_ids;
-      LossSum l = causal_lm_forward_backward(model, mb.ids, mb.labels, nullptr, eo);
+      b.apply(eo);
+      LossSum l = causal_lm_forward_backward(model, b.ids(), b.labels(), nullptr, eo);
       sum += l.loss;
       cnt += l.count;
     }
-    training.set_training(true);
+    peft->set_training(true);
     return cnt ? sum / (double)cnt : 0.0;
   };
 
@@ -230,17 +239,22 @@ TrainResult run_finetune(const TrainerArgs& a) {
   for (const LogRow& r : st.history) res.losses.push_back(r.loss);
   ProgressBar bar(total, st.global_step, say, dev);
   profile_start(dev);
-  training.set_training(true);
+  const int64_t profile_first_step = st.global_step + 1;
+  peft->set_training(true);
   int64_t run_tokens = 0;
   const auto t_run = std::chrono::steady_clock::now();
   while (st.global_step < total) {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<MicroBatch> mbs;
+    std::vector<PeftBatch> batches;
     int64_t targets = 0, tokens = 0;
     for (int64_t g = 0; g < a.gradient_accumulation_steps; ++g) {
       mbs.push_back(stream.at(st.micro_batches_done + g));
-      targets += mbs.back().targets;
       tokens += mbs.back().tokens;
+    }
+    for (const MicroBatch& mb : mbs) {  // after the loop above: mbs no longer moves
+      batches.push_back(peft->prepare(mb, first_token_is_target));
+      targets += batches.back().targets;
     }
     {
       QT_PROFILE("zero_grad");
@@ -248,11 +262,11 @@ TrainResult run_finetune(const TrainerArgs& a) {
     }
     double loss_sum = 0;
     for (int64_t g = 0; g < (int64_t)mbs.size(); ++g) {
-      training.set_step((uint64_t)(st.micro_batches_done + g));
-      so.positions = &mbs[g].positions;
-      so.seq_ids = &mbs[g].seq_ids;
+      peft->set_step((uint64_t)(st.micro_batches_done + g));
+      batches[g].apply(so);
       so.grad_scale = targets ? 1.0f / (float)targets : 0.0f;
-      loss_sum += causal_lm_forward_backward(model, mbs[g].ids, mbs[g].labels, &params, so).loss;
+      loss_sum += causal_lm_forward_backward(model, batches[g].ids(), batches[g].labels(), &params, so).loss;
+      peft->after_backward(batches[g]);
     }
     st.micro_batches_done += (int64_t)mbs.size();
     float gnorm;
@@ -265,7 +279,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
       QT_PROFILE("optimizer");
       opt.step(lr);
     }
-    training.refresh();
+    peft->refresh();
     ++st.global_step;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     run_tokens += tokens;
@@ -280,7 +294,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
       row.eval_loss = evaluate();
       res.eval_losses.push_back(row.eval_loss);
     }
-    if (profiling() && st.global_step == (int64_t)res.losses.size() + 1 && st.global_step < total)
+    if (profiling() && st.global_step == profile_first_step && st.global_step < total)
       profile_start(dev);  // the table covers the steady state: drop the first step (allocations, tuning)
     st.history.push_back(row);
     res.losses.push_back(row.loss);
@@ -298,8 +312,8 @@ TrainResult run_finetune(const TrainerArgs& a) {
       write_training_log(a.out_dir, st.history);
     }
     if (a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last) {
-      training.sync_to_host();
-      save_checkpoint(a.out_dir, *lora, opt, st);
+      peft->sync_to_host();
+      save_checkpoint(a.out_dir, *peft, opt, st);
     }
     if (a.stop_after_steps > 0 && st.global_step == a.stop_after_steps && !last) {
       bar.finish();
@@ -314,8 +328,12 @@ TrainResult run_finetune(const TrainerArgs& a) {
   res.tokens_per_s = run_tokens / std::max(run_secs, 1e-9);
   res.steps = st.global_step;
   write_training_log(a.out_dir, st.history);
-  training.sync_to_host();
-  lora->save(a.out_dir);
+  peft->sync_to_host();
+  peft->save(a.out_dir);
+  if (a.on_trained) {
+    peft->set_training(false);
+    a.on_trained(model, *peft);
+  }
   char buf[320];
   std::snprintf(buf, sizeof buf,
                 "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB%s; adapter in %s",
