@@ -1,12 +1,20 @@
-// `qtune finetune`: LoRA / QLoRA supervised fine-tuning on the CPU or one GPU with Hugging Face's argument
-// names (TrainingArguments / SFTConfig / LoraConfig / BitsAndBytesConfig). The output folder gets the PEFT
-// adapter, training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the semantics.
+// `qtune finetune`: parameter-efficient supervised fine-tuning on the CPU or one GPU with Hugging Face's
+// argument names (TrainingArguments / SFTConfig / PEFT's LoraConfig, IA3Config, PromptTuningConfig,
+// PromptEncoderConfig, PrefixTuningConfig / BitsAndBytesConfig). --peft-type picks the method (LoRA by
+// default); flags that belong to another method are refused. The output folder gets the adapter folder,
+// training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the semantics.
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
 #include "model/quant_load.h"
+#include "peft/adapter_ops.h"
+#include "train/peft_session.h"
 #include "train/trainer.h"
 
 namespace qtune::cli {
@@ -21,10 +29,50 @@ struct FinetuneArgs {
   bool rslora = false, dora = false;
   bool load_4bit = false, double_quant = false, load_8bit = false;
   std::string quant_type = "nf4", compute_dtype = "float32";
+  std::string ia3_targets, ia3_feedforward;
+  std::string non_linearity = "relu";
+  std::string prompt_tuning_init = "random";
+  // Method-specific options and the methods they belong to (checked against the run's method).
+  std::vector<std::pair<CLI::Option*, std::vector<PeftKind>>> owned;
+  CLI::Option* init_opt = nullptr;
 };
+
+std::string upper(std::string s) {
+  for (char& c : s) c = (char)std::toupper((unsigned char)c);
+  return s;
+}
+
+// A flag of another method than the run's is a mistake (it would be silently ignored): say so.
+void check_method_flags(const FinetuneArgs& a, PeftKind kind) {
+  for (const auto& [opt, kinds] : a.owned) {
+    if (opt->count() == 0 || std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) continue;
+    std::string owners;
+    for (PeftKind k : kinds) owners += (owners.empty() ? "" : " or ") + std::string(peft_kind_name(k));
+    throw_error(ErrorKind::Usage, opt->get_name(), " is a setting of --peft-type ", owners,
+                ", but this run trains ", peft_kind_name(kind),
+                a.t.adapter_dir.empty() ? "" : (" (the --adapter folder's type)"));
+  }
+  const TrainerArgs& t = a.t;
+  if (!t.adapter_dir.empty() && kind != PeftKind::Lora)
+    for (const auto& [opt, kinds] : a.owned)
+      if (opt->count() > 0)
+        throw_error(ErrorKind::Usage, opt->get_name(), " sets up a fresh adapter; --adapter ", t.adapter_dir,
+                    " continues one with the settings in its adapter_config.json");
+  if (kind == PeftKind::PrefixTuning && !t.prompt.prefix_projection && t.prompt.encoder_hidden_size > 0)
+    throw_error(ErrorKind::Usage,
+                "--encoder-hidden-size with prefix_tuning sizes the --prefix-projection MLP; ",
+                "add --prefix-projection or leave it out");
+}
 
 int run_finetune_command(FinetuneArgs& a) {
   TrainerArgs& t = a.t;
+  const PeftKind kind = training_peft_kind(t);
+  check_method_flags(a, kind);
+  set_ia3_modules(t.ia3, a.ia3_targets, a.ia3_feedforward);
+  t.bottleneck.non_linearity = adapter_act_from_name(a.non_linearity, "--non-linearity: ");
+  t.prompt.prompt_tuning_init = upper(a.prompt_tuning_init);
+  if (!t.prompt.prompt_tuning_init_text.empty() && a.init_opt->count() == 0)
+    t.prompt.prompt_tuning_init = "TEXT";  // the text alone asks for TEXT init
   t.lora.r = a.lora_r;
   t.lora.lora_alpha = a.lora_alpha;
   t.lora.lora_dropout = a.lora_dropout;
@@ -52,7 +100,9 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   auto a = std::make_shared<FinetuneArgs>();
   TrainerArgs& t = a->t;
   auto* cmd =
-      app.add_subcommand("finetune", "LoRA / QLoRA supervised fine-tuning (writes a PEFT adapter folder)");
+      app.add_subcommand("finetune",
+                         "Supervised fine-tuning with LoRA / QLoRA, IA3, bottleneck adapters, prompt, P- or "
+                         "prefix tuning (writes a PEFT adapter folder)");
   cmd->add_option("--model", t.model_dir, "Model folder (config.json, *.safetensors, tokenizer files)")
       ->required();
   cmd->add_option(
@@ -61,14 +111,54 @@ void add_finetune_command(CLI::App& app, Runner& run) {
       ->required();
   cmd->add_option("--out", t.out_dir, "Output folder: adapter, training_log.csv, loss_curve.png, checkpoints")
       ->required();
-  cmd->add_option("--adapter", t.adapter_dir, "Continue training this PEFT LoRA adapter folder");
-  cmd->add_option("--lora-r", a->lora_r, "LoRA rank (default 8)");
-  cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (default 16)");
-  cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (default 0)");
-  cmd->add_option("--target-modules", a->target_modules,
-                  "Comma-separated module names or all-linear (default q_proj,v_proj)");
-  cmd->add_flag("--use-rslora", a->rslora, "Scale by alpha/sqrt(r) (rsLoRA)");
-  cmd->add_flag("--use-dora", a->dora, "DoRA adapters");
+  cmd->add_option("--adapter", t.adapter_dir,
+                  "Continue training this adapter folder (LoRA, IA3, bottleneck, prompt/P-/prefix tuning)");
+  cmd->add_option("--peft-type", t.peft_type,
+                  "lora (default), ia3, bottleneck, prompt_tuning, p_tuning or prefix_tuning");
+  using K = PeftKind;
+  auto own = [&](CLI::Option* o, std::vector<PeftKind> kinds) { a->owned.push_back({o, std::move(kinds)}); };
+  own(cmd->add_option("--lora-r", a->lora_r, "LoRA rank (default 8)"), {K::Lora});
+  own(cmd->add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (default 16)"), {K::Lora});
+  own(cmd->add_option("--lora-dropout", a->lora_dropout, "LoRA dropout (default 0)"), {K::Lora});
+  own(cmd->add_option("--target-modules", a->target_modules,
+                      "LoRA: comma-separated module names or all-linear (default q_proj,v_proj)"),
+      {K::Lora});
+  own(cmd->add_flag("--use-rslora", a->rslora, "Scale by alpha/sqrt(r) (rsLoRA)"), {K::Lora});
+  own(cmd->add_flag("--use-dora", a->dora, "DoRA adapters"), {K::Lora});
+  own(cmd->add_option("--ia3-target-modules", a->ia3_targets,
+                      "IA3: modules with a vector, or all-linear (default: PEFT's for the model type, llama: "
+                      "k_proj,v_proj,down_proj)"),
+      {K::Ia3});
+  own(cmd->add_option("--feedforward-modules", a->ia3_feedforward,
+                      "IA3: the targets whose input is scaled (default down_proj)"),
+      {K::Ia3});
+  own(cmd->add_option("--bottleneck-size", t.bottleneck.bottleneck_size,
+                      "Bottleneck adapters: width of the down-projection (default 64)"),
+      {K::Bottleneck});
+  own(cmd->add_option(
+             "--adapter-style", t.bottleneck.adapter_style,
+             "Bottleneck adapters: houlsby (after attention and MLP, default) or pfeiffer (after MLP)")
+          ->check(CLI::IsMember({"houlsby", "pfeiffer"})),
+      {K::Bottleneck});
+  own(cmd->add_option("--non-linearity", a->non_linearity,
+                      "Bottleneck adapters: relu (default), silu, gelu or tanh"),
+      {K::Bottleneck});
+  own(cmd->add_option("--num-virtual-tokens", t.prompt.num_virtual_tokens,
+                      "Prompt / P- / prefix tuning: virtual tokens (default 20)"),
+      {K::PromptTuning, K::PTuning, K::PrefixTuning});
+  a->init_opt = cmd->add_option("--prompt-tuning-init", a->prompt_tuning_init,
+                                "Prompt tuning: random (default), text or sample_vocab")
+                    ->check(CLI::IsMember({"random", "text", "sample_vocab"}, CLI::ignore_case));
+  own(a->init_opt, {K::PromptTuning});
+  own(cmd->add_option("--prompt-tuning-init-text", t.prompt.prompt_tuning_init_text,
+                      "Prompt tuning: initialise from the embeddings of this text's tokens"),
+      {K::PromptTuning});
+  own(cmd->add_option("--encoder-hidden-size", t.prompt.encoder_hidden_size,
+                      "P-tuning's MLP / the prefix projection's hidden width (default: the token width)"),
+      {K::PTuning, K::PrefixTuning});
+  own(cmd->add_flag("--prefix-projection", t.prompt.prefix_projection,
+                    "Prefix tuning: train the prefixes through PEFT's projection MLP"),
+      {K::PrefixTuning});
   cmd->add_option("--learning-rate", t.learning_rate, "Peak learning rate (default 2e-4)");
   cmd->add_option("--num-train-epochs", t.num_train_epochs, "Epochs (default 3)");
   cmd->add_option("--max-steps", t.max_steps, "Optimizer steps; overrides epochs when > 0");

@@ -8,20 +8,21 @@
 #include "core/error.h"
 #include "io/json_util.h"
 #include "optim/optimizer.h"
-#include "peft/lora_model.h"
+#include "train/peft_session.h"
 
 namespace qtune {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const Optimizer& opt,
+void save_checkpoint(const std::string& out_dir, const PeftSession& peft, const Optimizer& opt,
                      const TrainerState& st) {
   const std::string name = "checkpoint-" + std::to_string(st.global_step);
   const fs::path tmp = fs::path(out_dir) / (".tmp-" + name), dst = fs::path(out_dir) / name;
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  lora.save(tmp.string());
+  peft.save(tmp.string());
+  peft.save_state(tmp.string());
   opt.save((tmp / "optimizer.safetensors").string());
   json j;
   j["global_step"] = st.global_step;

@@ -1,7 +1,8 @@
-// Trainer checkpoints: out/checkpoint-N holds the PEFT adapter (adapter_config.json +
-// adapter_model.safetensors), optimizer.safetensors and trainer_state.json (global step, data position,
-// RNG counters, seed, log history). Written into a temporary folder and renamed, so a kill leaves either
-// the previous state or the complete new one.
+// Trainer checkpoints: out/checkpoint-N holds the PEFT adapter folder (adapter_config.json +
+// adapter_model.safetensors, of any trained peft_type), the session's extra state (prompt types:
+// peft_state.safetensors with every trained tensor, P-tuning's encoder included), optimizer.safetensors and
+// trainer_state.json (global step, data position, RNG counters, seed, log history). Written into a temporary
+// folder and renamed, so a kill leaves either the previous state or the complete new one.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,7 +10,7 @@
 
 namespace qtune {
 
-class LoraModel;
+class PeftSession;
 class Optimizer;
 
 struct LogRow {
@@ -26,7 +27,7 @@ struct TrainerState {
   std::vector<LogRow> history;
 };
 
-void save_checkpoint(const std::string& out_dir, const LoraModel& lora, const Optimizer& opt,
+void save_checkpoint(const std::string& out_dir, const PeftSession& peft, const Optimizer& opt,
                      const TrainerState& st);
 // The newest out_dir/checkpoint-N, or "" when none.
 std::string latest_checkpoint(const std::string& out_dir);

@@ -210,11 +210,13 @@ TrainResult run_finetune(const TrainerArgs& a) {
 
   std::filesystem::create_directories(a.out_dir);
   note("finetune: " + std::to_string(train_idx.size()) + " train / " + std::to_string(eval_idx.size()) +
-       " eval examples, " + std::to_string(total) + " steps, " + peft->describe() + ", " + std::to_string(params.numel()) + " trainable parameters" +
+       " eval examples, " + std::to_string(total) + " steps, " + peft->describe() + ", " +
+       std::to_string(params.numel()) + " trainable parameters" +
        (resume_dir.empty() ? "" : ", resuming from " + resume_dir));
 
   StepOptions so;
-  so.gradient_checkpointing = a.gradient_checkpointing < 0 ? dev != Device::CPU : a.gradient_checkpointing != 0;
+  so.gradient_checkpointing =
+      a.gradient_checkpointing < 0 ? dev != Device::CPU : a.gradient_checkpointing != 0;
   auto evaluate = [&]() {
     peft->set_training(false);
     std::vector<int64_t> order = eval_idx;
@@ -272,7 +274,8 @@ TrainResult run_finetune(const TrainerArgs& a) {
     float gnorm;
     {
       QT_PROFILE("clip_grad_norm");
-      gnorm = a.max_grad_norm > 0 ? clip_grad_norm(opt.groups(), a.max_grad_norm) : grad_global_norm(opt.groups());
+      gnorm = a.max_grad_norm > 0 ? clip_grad_norm(opt.groups(), a.max_grad_norm)
+                                  : grad_global_norm(opt.groups());
     }
     const double lr = sched.lr(st.global_step);
     {
@@ -339,7 +342,8 @@ TrainResult run_finetune(const TrainerArgs& a) {
                 "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB%s; adapter in %s",
                 (long)res.steps, res.losses.empty() ? 0.0 : res.losses.front(),
                 res.losses.empty() ? 0.0 : res.losses.back(), res.tokens_per_s, peak_resident_mib(),
-                dev == Device::CPU ? "" : (" (GPU peak " + gpu_peak_mib_text() + ")").c_str(), a.out_dir.c_str());
+                dev == Device::CPU ? "" : (" (GPU peak " + gpu_peak_mib_text() + ")").c_str(),
+                a.out_dir.c_str());
   note(buf);
   return res;
 }

@@ -1,5 +1,8 @@
-// The SFT trainer behind `qtune finetune`: LoRA / QLoRA fine-tuning of a Llama-family model on the CPU
-// (F32) or one GPU (BF16 activations, F32 LoRA weights, gradients and optimizer states on the device) with Hugging Face Trainer / TRL SFTTrainer semantics (names, defaults, loss normalisation, schedules).
+// The SFT trainer behind `qtune finetune`: parameter-efficient fine-tuning of a Llama-family model on the
+// CPU (F32) or one GPU (BF16 activations, F32 adapter weights, gradients and optimizer states on the
+// device) with Hugging Face Trainer / TRL SFTTrainer semantics (names, defaults, loss normalisation,
+// schedules). The PEFT method (--peft-type): LoRA / DoRA / QLoRA (default), IA3, bottleneck adapters,
+// prompt tuning, P-tuning or prefix tuning, each driven through one PeftSession (train/peft_session.h).
 //
 //   TrainerArgs a;  a.model_dir = "models/qtune-tiny-8m";  a.data_path = "data.jsonl";  a.out_dir = "out";
 //   TrainResult r = run_finetune(a);      // out/: the PEFT adapter, training_log.csv, loss_curve.png,
@@ -12,19 +15,34 @@
 // --resume continues bit-identically.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "model/load_options.h"
+#include "peft/bottleneck_config.h"
+#include "peft/ia3_config.h"
 #include "peft/lora_config.h"
+#include "peft/prompt_learning.h"
 
 namespace qtune {
 
+class LlamaModel;
+class PeftSession;
+
 struct TrainerArgs {
   std::string model_dir, data_path, out_dir;
-  std::string adapter_dir;  // continue training this PEFT adapter instead of a fresh one
-  LoraConfig lora;          // r, lora_alpha, lora_dropout, target_modules, use_rslora, use_dora
-  LoadOptions load;         // --load-in-4bit / --load-in-8bit
+  std::string adapter_dir;  // continue training this PEFT adapter (any trainable peft_type) instead
+  // The method: lora (also DoRA: lora.use_dora), ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning.
+  // Empty: lora, or the --adapter folder's peft_type.
+  std::string peft_type;
+  LoraConfig lora;              // r, lora_alpha, lora_dropout, target_modules, use_rslora, use_dora
+  Ia3Config ia3;                // target_modules, feedforward_modules (empty: PEFT's defaults)
+  BottleneckConfig bottleneck;  // adapter_style, bottleneck_size, non_linearity, target_modules
+  // num_virtual_tokens, prompt_tuning_init(_text), encoder_hidden_size, prefix_projection (its
+  // peft_type comes from peft_type above).
+  PromptLearningConfig prompt;
+  LoadOptions load;  // --load-in-4bit / --load-in-8bit
   double learning_rate = 2e-4;
   double num_train_epochs = 3;
   int64_t max_steps = -1;  // > 0 overrides epochs
@@ -42,12 +60,15 @@ struct TrainerArgs {
   int64_t max_seq_length = 1024;
   bool packing = false;
   bool completion_only_loss = false;
-  double eval_split = 0;  // fraction of rows held out for eval loss
+  double eval_split = 0;            // fraction of rows held out for eval loss
   int gradient_checkpointing = -1;  // 1 on, 0 off, -1 auto: on for GPU training, off on the CPU
   std::string device = "auto";      // cpu, cuda, auto (the GPU when one is usable)
-  bool resume = false;            // continue from the newest out/checkpoint-N
-  int64_t stop_after_steps = -1;  // testing: exit after this step as if killed (no final save)
-  bool quiet = false;             // no progress bar
+  bool resume = false;              // continue from the newest out/checkpoint-N
+  int64_t stop_after_steps = -1;    // testing: exit after this step as if killed (no final save)
+  bool quiet = false;               // no progress bar
+  // Testing: called at the end of a completed run, after the adapter is saved, with the trained model
+  // and adapter still in memory (training mode off).
+  std::function<void(const LlamaModel&, const PeftSession&)> on_trained;
 };
 
 struct TrainResult {
