@@ -120,7 +120,7 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
       for (int c = 0; c < k; c++) qs.push_back(quantize_4bit_cuda(w, QuantType::NF4, 64, dq));
       Tensor x = randn_gpu({1, I}, DType::BF16, 1.0f, g);
       Tensor y = Tensor::empty({1, O}, DType::BF16, Device::CUDA);
-      for (int R : {2, 4, 8}) {
+      for (int R : {2, 4}) {
         auto f = [&](int i) {
           const Quant4Tensor& q = qs[i % k];
           Gemv4Args a;
@@ -130,14 +130,15 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
           a.out = y.raw();
           a.O = O;
           a.I = I;
-          a.rows_per_block = R;
+          a.rows_per_warp = R;
           gemv_4bit_cuda(a, cuda::stream());
         };
         const double ms = median_ms(f), gms = graph_ms(f, k);
         std::printf(
             "{\"impl\": \"qtune\", \"bench\": \"gemv_nf4\", \"O\": %lld, \"I\": %lld, \"dq\": %s, "
-            "\"rows_per_block\": "
-            "%d, \"us\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, \"frac_copy_graph\": "
+            "\"rows_per_warp\": "
+            "%d, \"us\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, "
+            "\"frac_copy_graph\": "
             "%.3f}\n",
             (long long)O, (long long)I, dq ? "true" : "false", R, ms * 1e3, gms * 1e3, bytes / ms / 1e6,
             bytes / ms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
@@ -167,14 +168,56 @@ void bench_int8(std::mt19937& g) {
     Tensor y16 = Tensor::empty({N, O}, DType::F16, Device::CUDA);
     const double ms16 = median_ms([&](int) { cuda::linear_forward(y16, x16, w16); });
     const double msbf = median_ms([&](int) { cuda::linear_forward(y, x, w); });
+    // Parts: the row quantization of x, and the epilogue without / with the three outlier columns.
+    cudaStream_t s = cuda::stream();
+    Tensor qa = Tensor::empty({N, K}, DType::I8, Device::CUDA),
+           sa = Tensor::empty({N}, DType::F32, Device::CUDA);
+    Tensor flags = Tensor::zeros({K}, DType::U8, Device::CUDA),
+           acc = Tensor::zeros({N, O}, DType::I32, Device::CUDA);
+    const double ms_quant = median_ms([&](int) {
+      int8_quant_rows_cuda(x.raw(), DType::BF16, N, K, 6.0f, true, qa.data<int8_t>(), sa.data<float>(),
+                           flags.data<uint8_t>(), s);
+    });
+    Tensor cols = Tensor::from_i32({11, 1000, 3000}, {3}).to(Device::CUDA);
+    Tensor count = Tensor::from_i32({0}, {1}).to(Device::CUDA),
+           count3 = Tensor::from_i32({3}, {1}).to(Device::CUDA);
+    Tensor wout = Tensor::zeros({64, O}, DType::F32, Device::CUDA),
+           qout = Tensor::zeros({64, O}, DType::I8, Device::CUDA);
+    Int8Epilogue e;
+    e.sa = sa.data<float>();
+    e.qa = qa.data<int8_t>();
+    e.sb = q8->w.scale.data<float>();
+    e.qb = q8->w.q.data<int8_t>();
+    e.x = x.raw();
+    e.cols = cols.data<int32_t>();
+    e.count = count.data<int32_t>();
+    e.wout = wout.data<float>();
+    e.qout = qout.data<int8_t>();
+    e.cap = 64;
+    e.out = y.raw();
+    e.N = N;
+    e.K = K;
+    e.O = O;
+    const double ms_epi = median_ms([&](int) { int8_epilogue_cuda(acc.data<int32_t>(), e, s); });
+    e.count = count3.data<int32_t>();
+    const double ms_epi3 = median_ms([&](int) { int8_epilogue_cuda(acc.data<int32_t>(), e, s); });
     std::printf(
         "{\"impl\": \"qtune\", \"bench\": \"int8_linear\", \"N\": %lld, \"K\": %lld, \"O\": %lld, \"us\": "
         "%.1f, "
         "\"tflops\": %.0f, \"us_no_outliers\": %.1f, \"fp16_us\": %.1f, \"fp16_tflops\": %.0f, \"bf16_us\": "
         "%.1f, "
-        "\"ratio_vs_fp16\": %.2f}\n",
+        "\"ratio_vs_fp16\": %.2f, \"quant_rows_us\": %.1f, \"epilogue_us\": %.1f, "
+        "\"epilogue_3_outliers_us\": %.1f}\n",
         (long long)N, (long long)K, (long long)O, ms8 * 1e3, flops / ms8 / 1e9, ms8n * 1e3, ms16 * 1e3,
-        flops / ms16 / 1e9, msbf * 1e3, ms16 / ms8);
+        flops / ms16 / 1e9, msbf * 1e3, ms16 / ms8, ms_quant * 1e3, ms_epi * 1e3, ms_epi3 * 1e3);
+    // The 4-bit many-token path on the same shape: dequantize into the bf16 buffer + cuBLASLt.
+    auto q4 = quantize_linear_4bit(w, QuantType::NF4, 64, true, DType::BF16);
+    const double ms4 = median_ms([&](int) { quant4_linear_forward(y, x, *q4, nullptr); });
+    std::printf(
+        "{\"impl\": \"qtune\", \"bench\": \"nf4_linear_prefill\", \"N\": %lld, \"K\": %lld, \"O\": %lld, "
+        "\"us\": %.1f, "
+        "\"tflops\": %.0f, \"bf16_us\": %.1f}\n",
+        (long long)N, (long long)K, (long long)O, ms4 * 1e3, flops / ms4 / 1e9, msbf * 1e3);
   }
 }
 

@@ -17,7 +17,7 @@
 //
 // On CUDA (storage moved with quant4_linear_to / int8_linear_to, or quantized from a GPU weight) x is BF16
 // and out BF16 or F32 (model/cuda/):
-//   4-bit, N <= 8 rows: the fused GEMV (quant/quant_cuda.h) in pairs of rows, f32 accumulation of
+//   4-bit, N <= 4 rows: the fused GEMV (quant/quant_cuda.h) in pairs of rows, f32 accumulation of
 //   code·x per 32 weights times the block's absmax. More rows: the weight is dequantized into a reused
 //   BF16 buffer, bf16(cd(orig(code·absmax))), and multiplied by cuBLASLt (ops/cuda/linear.cu).
 //   8-bit: the same decomposition as the CPU (row-wise int8 x with f16 rounding, outlier columns in f32)

@@ -82,7 +82,7 @@ struct Gemv4Args {
   DType bias_dtype = DType::BF16;
   int64_t O = 0, I = 0;
   int rows = 1;
-  int rows_per_block = 0;  // output rows per thread block: 2, 4 or 8 (0: chosen from the shape)
+  int rows_per_warp = 0;  // output rows per warp: 2 or 4 (0: the default, 4)
 };
 // True when the GEMV handles the weight: I % 32 == 0 and a 16-byte aligned packed pointer.
 bool gemv_4bit_supported(int64_t I, const void* packed);

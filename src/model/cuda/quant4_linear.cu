@@ -13,7 +13,7 @@ namespace qtune {
 
 namespace {
 
-constexpr int64_t kGemvMaxRows = 8;  // GEMV launches in pairs of rows up to here (each reads W once)
+constexpr int64_t kGemvMaxRows = 4;  // GEMV launches in pairs of rows up to here (each reads W once)
 
 // One BF16 buffer for the dequantized weight of the many-token path, grown to the largest layer and
 // reused by every layer (all work runs in order on the one stream).

@@ -1,13 +1,16 @@
 // Fused 4-bit GEMV for one or two rows of x (decode): out[r, o] = Σ_i x[r, i] · W[o, i] with W in NF4/FP4
 // blocks, reading each packed byte once.
 //   y[r, o] = Σ_chunks absmax(chunk) · Σ_{32 weights of the chunk} code[q] · x[r, i]     (f32)
-// A thread block of 128 threads owns R output rows; its threads stride over the rows' 32-weight chunks
-// (16 packed bytes each, always inside one quantization block), so a chunk of x is loaded and widened
-// once for R rows. Per weight: one PRMT (the nibble, pre-shifted to a byte offset), one shared-memory load
-// of the code value, one FFMA per row of x; the next chunk's packed words are loaded before the current
-// ones are used. Partial sums: warp shuffles, then the block's warps in order through shared memory.
+// One warp owns R output rows; its lanes stride over the rows' 32-weight chunks (16 packed bytes each,
+// always inside one quantization block), loading the chunks two steps ahead of the one being summed, so
+// every warp keeps R · 32 bytes per lane in flight. A quarter chunk of x (8 values) is loaded and widened
+// once for the R rows. Per weight: one PRMT (the nibble, pre-shifted to a byte offset), one shared-memory
+// load of the code value, one FFMA per row of x. The row sums finish with warp shuffles: no block-wide
+// synchronisation after the code tables are in shared memory (and the first loads are issued before that).
 // The code value times absmax is not rounded to bf16 here (the factorisation needs it exact), unlike the
 // dequantized weights of the many-token path; the difference is within bf16 rounding of the weights.
+// H200, 8B shapes: 36-41% of copy bandwidth in a CUDA graph (3-4x bitsandbytes standalone), bound by the
+// per-weight code lookup in shared memory rather than by DRAM; the variants tried are in bench/NOTES.md.
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -16,7 +19,7 @@ using namespace quant_cuda;
 
 namespace {
 
-constexpr int kGemvThreads = 128;
+constexpr int kGemvThreads = 128;  // 4 warps, each with its own rows
 
 struct Gemv4Params {
   const uint4* packed;  // [O, I / 32] chunks of 32 codes
@@ -36,99 +39,125 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-template <int R>
-__device__ __forceinline__ void load_rows(uint4 (&w)[R], const Gemv4Params& p, int o0, int nchunk, int c) {
+// The packed words of R rows at chunk c and what their absmax needs (the f32 value, or the nested code
+// and nested absmax). Rows past O read as zeros.
+template <int R, bool kNested>
+struct Stage {
+  uint4 w[R];
+  float a[R];
+  uint32_t q[R];
+  __device__ __forceinline__ void load(const Gemv4Params& p, int o0, int nchunk, int c) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const bool ok = o0 + r < p.O;
+      const int64_t chunk = (int64_t)(o0 + r) * nchunk + c, blk = (chunk << 5) >> p.lg_bs;
+      w[r] = ok ? __ldcs(p.packed + chunk) : make_uint4(0, 0, 0, 0);
+      if (kNested) {
+        q[r] = ok ? p.am.qabsmax[blk] : 0;
+        a[r] = ok ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
+      } else {
+        a[r] = ok ? __ldg(p.am.absmax + blk) : 0.0f;
+      }
+    }
+  }
+};
+
+// acc[r][n] += absmax · Σ_{32 weights of chunk c} code · x[n] for the R rows of stage st (two partial
+// sums per row, even and odd weights, for two independent FMA chains). tab: the 16 code values.
+template <int NR, int R, bool kNested>
+__device__ __forceinline__ void chunk_sum(const Gemv4Params& p, const Stage<R, kNested>& st, int c,
+                                          const char* tab, const float* ncode, float (&acc)[R][NR]) {
+  float sc[R];
 #pragma unroll
   for (int r = 0; r < R; r++)
-    w[r] = o0 + r < p.O ? __ldcs(p.packed + (int64_t)(o0 + r) * nchunk + c) : make_uint4(0, 0, 0, 0);
+    sc[r] = kNested ? __fadd_rn(__fmul_rn(ncode[st.q[r]], st.a[r]), p.am.offset) : st.a[r];
+  float t[R][NR], u[R][NR];
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int n = 0; n < NR; n++) t[r][n] = u[r][n] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; j++) {  // quarter j: weights 8j .. 8j + 7 of the chunk
+    float xq[NR][8];
+#pragma unroll
+    for (int n = 0; n < NR; n++) {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + 4 * c + j);
+      const uint32_t xw[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        xq[n][2 * k] = __uint_as_float(xw[k] << 16);
+        xq[n][2 * k + 1] = __uint_as_float(xw[k] & 0xFFFF0000u);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const uint32_t word = j == 0 ? st.w[r].x : j == 1 ? st.w[r].y : j == 2 ? st.w[r].z : st.w[r].w;
+      const uint32_t hi = (word >> 2) & 0x3C3C3C3Cu;  // byte b: 4 · (high nibble) = element 2b
+      const uint32_t lo = (word << 2) & 0x3C3C3C3Cu;  // byte b: 4 · (low nibble)  = element 2b + 1
+#pragma unroll
+      for (int b = 0; b < 4; b++) {
+        const float w0 = *reinterpret_cast<const float*>(tab + __byte_perm(hi, 0, 0x4440 | b));
+        const float w1 = *reinterpret_cast<const float*>(tab + __byte_perm(lo, 0, 0x4440 | b));
+#pragma unroll
+        for (int n = 0; n < NR; n++) {
+          t[r][n] = fmaf(w0, xq[n][2 * b], t[r][n]);
+          u[r][n] = fmaf(w1, xq[n][2 * b + 1], u[r][n]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; r++)
+#pragma unroll
+    for (int n = 0; n < NR; n++) acc[r][n] = fmaf(t[r][n] + u[r][n], sc[r], acc[r][n]);
 }
 
-template <int NR, int R>
+template <int NR, int R, bool kNested>
 __global__ void __launch_bounds__(kGemvThreads) gemv4_kernel(const Gemv4Params p) {
   __shared__ float code[16];
-  __shared__ float ncode[256];
-  __shared__ float red[kGemvThreads / 32][R * NR];
+  __shared__ float ncode[kNested ? 256 : 1];
+  const int lane = threadIdx.x & 31;
+  const int o0 = (blockIdx.x * (kGemvThreads / 32) + (threadIdx.x >> 5)) * R;
+  const int nchunk = p.I >> 5;
+  const bool active = o0 < p.O;
+  Stage<R, kNested> s0, s1, s2;  // chunks c, c + 32, c + 64
+  if (active) {
+    if (lane < nchunk) s0.load(p, o0, nchunk, lane);
+    if (lane + 32 < nchunk) s1.load(p, o0, nchunk, lane + 32);
+  }
   if (threadIdx.x < 16) code[threadIdx.x] = p.code[threadIdx.x];
-  if (!p.am.absmax)
+  if (kNested)
     for (int i = threadIdx.x; i < 256; i += kGemvThreads) ncode[i] = p.am.nested_code[i];
   __syncthreads();
-  const char* code_bytes = reinterpret_cast<const char*>(code);
-  const int nchunk = p.I >> 5, o0 = blockIdx.x * R;
+  if (!active) return;
+  const char* tab = reinterpret_cast<const char*>(code);
   float acc[R][NR];
 #pragma unroll
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int n = 0; n < NR; n++) acc[r][n] = 0.0f;
-  uint4 cur[R];
-  int c = threadIdx.x;
-  if (c < nchunk) load_rows<R>(cur, p, o0, nchunk, c);
-  for (; c < nchunk; c += kGemvThreads) {
-    uint4 nxt[R];
-    if (c + kGemvThreads < nchunk) load_rows<R>(nxt, p, o0, nchunk, c + kGemvThreads);
-    float xf[NR][32];  // the chunk of x, widened to f32
-#pragma unroll
-    for (int n = 0; n < NR; n++) {
-      const uint4* xv = reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + 4 * c;
-#pragma unroll
-      for (int q = 0; q < 4; q++) {
-        const uint4 u = __ldg(xv + q);
-        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-          xf[n][8 * q + 2 * k] = __uint_as_float(w[k] << 16);
-          xf[n][8 * q + 2 * k + 1] = __uint_as_float(w[k] & 0xFFFF0000u);
-        }
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      if (o0 + r >= p.O) break;
-      const int64_t e = ((int64_t)(o0 + r) * nchunk + c) << 5;
-      const float s = block_absmax(p.am, e >> p.lg_bs, ncode);
-      const uint32_t words[4] = {cur[r].x, cur[r].y, cur[r].z, cur[r].w};
-      float t[NR];
-#pragma unroll
-      for (int n = 0; n < NR; n++) t[n] = 0.0f;
-#pragma unroll
-      for (int j = 0; j < 4; j++) {
-        const uint32_t hi = (words[j] >> 2) & 0x3C3C3C3Cu;  // byte b: 4 · (high nibble) = element 2b
-        const uint32_t lo = (words[j] << 2) & 0x3C3C3C3Cu;  // byte b: 4 · (low nibble)  = element 2b + 1
-#pragma unroll
-        for (int b = 0; b < 4; b++) {
-          const float w0 = *reinterpret_cast<const float*>(code_bytes + __byte_perm(hi, 0, 0x4440 | b));
-          const float w1 = *reinterpret_cast<const float*>(code_bytes + __byte_perm(lo, 0, 0x4440 | b));
-#pragma unroll
-          for (int n = 0; n < NR; n++) {
-            t[n] = fmaf(w0, xf[n][8 * j + 2 * b], t[n]);
-            t[n] = fmaf(w1, xf[n][8 * j + 2 * b + 1], t[n]);
-          }
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < NR; n++) acc[r][n] = fmaf(t[n], s, acc[r][n]);
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) cur[r] = nxt[r];
+  // Three stages rotate by name (copying a stage would wait for its loads): each step first refills the
+  // stage freed two steps ago, then sums the current one.
+  for (int c = lane; c < nchunk; c += 96) {
+    if (c + 64 < nchunk) s2.load(p, o0, nchunk, c + 64);
+    chunk_sum<NR, R, kNested>(p, s0, c, tab, ncode, acc);
+    if (c + 32 >= nchunk) break;
+    if (c + 96 < nchunk) s0.load(p, o0, nchunk, c + 96);
+    chunk_sum<NR, R, kNested>(p, s1, c + 32, tab, ncode, acc);
+    if (c + 64 >= nchunk) break;
+    if (c + 128 < nchunk) s1.load(p, o0, nchunk, c + 128);
+    chunk_sum<NR, R, kNested>(p, s2, c + 64, tab, ncode, acc);
   }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < R; r++)
 #pragma unroll
     for (int n = 0; n < NR; n++) {
       const float v = warp_sum(acc[r][n]);
-      if (lane == 0) red[warp][r * NR + n] = v;
+      if (lane == 0 && o0 + r < p.O) {
+        const float y = p.bias ? v + load_kind(p.bias, o0 + r, p.bias_kind) : v;
+        store_kind(p.out, (int64_t)n * p.O + o0 + r, p.out_kind, y);
+      }
     }
-  __syncthreads();
-  if (threadIdx.x < R * NR) {
-    const int r = threadIdx.x / NR, n = threadIdx.x % NR, o = o0 + r;
-    if (o < p.O) {
-      float v = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kGemvThreads / 32; w++) v += red[w][threadIdx.x];
-      if (p.bias) v += load_kind(p.bias, o, p.bias_kind);
-      store_kind(p.out, (int64_t)n * p.O + o, p.out_kind, v);
-    }
-  }
 }
 
 bool aligned16(const void* p) {
@@ -137,7 +166,11 @@ bool aligned16(const void* p) {
 
 template <int NR, int R>
 void launch(const Gemv4Params& p, cudaStream_t stream) {
-  gemv4_kernel<NR, R><<<(p.O + R - 1) / R, kGemvThreads, 0, stream>>>(p);
+  const int groups = (p.O + R - 1) / R, blocks = (groups + kGemvThreads / 32 - 1) / (kGemvThreads / 32);
+  if (p.am.absmax)
+    gemv4_kernel<NR, R, false><<<blocks, kGemvThreads, 0, stream>>>(p);
+  else
+    gemv4_kernel<NR, R, true><<<blocks, kGemvThreads, 0, stream>>>(p);
 }
 
 }  // namespace
@@ -169,13 +202,13 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
   p.bias_kind = a.bias ? float_kind(a.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
   p.O = (int)a.O;
   p.I = (int)a.I;
-  const int R = a.rows_per_block ? a.rows_per_block : 4;
-  if (R != 2 && R != 4 && R != 8)
-    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows_per_block must be 2, 4 or 8, got ", R);
+  const int R = a.rows_per_warp ? a.rows_per_warp : 4;
+  if (R != 2 && R != 4)
+    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows_per_warp must be 2 or 4, got ", R);
   if (a.rows == 1)
-    R == 2 ? launch<1, 2>(p, stream) : R == 4 ? launch<1, 4>(p, stream) : launch<1, 8>(p, stream);
+    R == 2 ? launch<1, 2>(p, stream) : launch<1, 4>(p, stream);
   else
-    R == 2 ? launch<2, 2>(p, stream) : R == 4 ? launch<2, 4>(p, stream) : launch<2, 8>(p, stream);
+    R == 2 ? launch<2, 2>(p, stream) : launch<2, 4>(p, stream);
   check_launch("gemv4_kernel");
 }
 

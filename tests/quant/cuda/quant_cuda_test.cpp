@@ -193,7 +193,7 @@ TEST(QuantCuda, Int8RowQuantizationEqualsCpu) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 3);
   for (DType dt : {DType::F32, DType::BF16, DType::F16})
-    for (Shape s : {Shape{77, 333}, Shape{5, 4096}, Shape{1, 31}}) {
+    for (Shape s : {Shape{77, 333}, Shape{5, 4096}, Shape{1, 31}, Shape{3, 8200}}) {
       std::vector<float> v((size_t)shape_numel(s));
       std::normal_distribution<float> nd(0.0f, 0.7f);
       for (float& f : v) f = nd(g);
@@ -226,4 +226,51 @@ TEST(QuantCuda, BadArgumentsAreErrors) {
   Quant4Tensor q = quantize_4bit_cuda(x, QuantType::NF4, 64);
   q.packed = Tensor::zeros({31, 1}, DType::U8, Device::CUDA);  // wrong packed size
   EXPECT_THROW(dequantize_4bit_cuda(q, DType::BF16), Error);
+}
+
+// The fused GEMV against a float64 evaluation of the same weights (code · absmax, not rounded): only the f32
+// summation order differs. Odd row counts, a row length that is not a multiple of 32 chunks, every
+// rows-per-warp variant, one and two rows of x, plain and nested absmax.
+TEST(QuantCuda, Gemv4bitMatchesFloat64) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 4);
+  for (int64_t I : {64, 4128})
+    for (bool dq : {false, true}) {
+      const int64_t O = 37;
+      std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
+      std::normal_distribution<float> nd(0.0f, 1.0f);
+      for (float& v : wv) v = nd(g);
+      for (float& v : xv) v = bf16_to_f32(f32_to_bf16(nd(g)));
+      Quant4Tensor q = quantize_4bit(Tensor::from_f32(wv, {O, I}), QuantType::NF4, 64, dq);
+      const std::vector<float> wd = dequantize_4bit(q, DType::F32).to_f32_vector();  // code · absmax
+      Quant4Tensor up = quant4_to(q, Device::CUDA);
+      Tensor x = Tensor::from_f32(xv, {2, I}).to_dtype(DType::BF16).to(Device::CUDA);
+      for (int rows : {1, 2})
+        for (int R : {2, 4}) {
+          Tensor y = Tensor::empty({rows, O}, DType::F32, Device::CUDA);
+          Gemv4Args a;
+          a.packed = up.packed.data<uint8_t>();
+          a.absmax = absmax4_view(up);
+          a.x = x.raw();
+          a.out = y.raw();
+          a.out_dtype = DType::F32;
+          a.O = O;
+          a.I = I;
+          a.rows = rows;
+          a.rows_per_warp = R;
+          gemv_4bit_cuda(a, 0);
+          const std::vector<float> got = y.to_f32_vector();
+          double num = 0, den = 0;
+          for (int r = 0; r < rows; r++)
+            for (int64_t o = 0; o < O; o++) {
+              double ref = 0;
+              for (int64_t i = 0; i < I; i++)
+                ref += (double)xv[(size_t)(r * I + i)] * wd[(size_t)(o * I + i)];
+              num += (got[(size_t)(r * O + o)] - ref) * (got[(size_t)(r * O + o)] - ref);
+              den += ref * ref;
+            }
+          EXPECT_LE(std::sqrt(num / den), 1e-5)
+              << "I " << I << (dq ? " dq" : "") << " rows " << rows << " R " << R;
+        }
+    }
 }
