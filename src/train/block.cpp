@@ -112,7 +112,10 @@ void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, 
   s.lse = Tensor::empty({B, T, Hq_}, DType::F32, dev_);
   {
     QT_PROFILE("fwd.attention");
-    attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
+    if (in.prefixes)
+      attention_forward_train_prefix(s.att, s.lse, s.q, s.k, s.v, (*in.prefixes)[index_], in.seq_ids);
+    else
+      attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
   }
   s.x_mid = empty({N, C_});
   {
@@ -206,7 +209,11 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
          dv = grad_zeros({B, T, Hkv_, D_}, true);
   {
     QT_PROFILE("bwd.attention");
-    attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
+    if (in.prefixes)
+      attention_backward_prefix(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, (*in.prefixes)[index_],
+                                in.seq_ids);
+    else
+      attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
   }
   d_att = d_att2 = Tensor();
   Tensor dqh = dq.reshape({N, Hq_, D_}), dkh = dk.reshape({N, Hkv_, D_});

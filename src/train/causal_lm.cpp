@@ -41,6 +41,10 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   in.T = T;
   in.inv_freq = model.inv_freq();
   in.seq_ids = opts.seq_ids;
+  in.prefixes = opts.prefixes;
+  if (opts.prefixes && (int64_t)opts.prefixes->size() != cfg.num_hidden_layers)
+    throw_error(ErrorKind::Shape, op, ": ", opts.prefixes->size(), " attention prefixes for ",
+                cfg.num_hidden_layers, " layers");
   if (opts.positions) {
     if (opts.positions->dtype() != DType::I32 || opts.positions->numel() != N)
       throw_error(ErrorKind::Shape, op, ": positions must be I32 with ", N, " entries, got ",
@@ -67,7 +71,7 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   // Backward runs blocks [stop, L): below the lowest block with something trainable, only the embedding
   // or d_inputs_embeds could want the gradient.
   size_t stop = blocks.size();
-  if (backward && ((g_embed && !opts.inputs_embeds) || opts.d_inputs_embeds)) stop = 0;
+  if (backward && ((g_embed && !opts.inputs_embeds) || opts.d_inputs_embeds || opts.prefixes)) stop = 0;
   for (size_t l = 0; backward && l < stop; l++)
     if (blocks[l].has_trainable()) stop = l;
 
@@ -117,7 +121,8 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   if (stop > 0) return loss;  // nothing below needs d(input)
   if (g_embed && !opts.inputs_embeds) embedding_backward(*g_embed, ids_dev, dx);
   if (opts.d_inputs_embeds)
-    add_inplace(*opts.d_inputs_embeds, dx.to(opts.d_inputs_embeds->device()).reshape(opts.d_inputs_embeds->shape()));
+    add_inplace(*opts.d_inputs_embeds,
+                dx.to(opts.d_inputs_embeds->device()).reshape(opts.d_inputs_embeds->shape()));
   return loss;
 }
 
