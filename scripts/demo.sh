@@ -20,7 +20,8 @@ build/qtune finetune --model "$model" --data "$data" --out "$out" \
   --target-modules all-linear --lora-r 16 --lora-alpha 32 \
   --learning-rate 2e-3 --lr-scheduler-type cosine --warmup-ratio 0.05 \
   --max-steps "${QTUNE_DEMO_STEPS:-80}" --per-device-train-batch-size 4 --packing --max-seq-length 256 \
-  --completion-only-loss --eval-split 0.05 --eval-steps 20 --logging-steps 5 --seed 42
+  --completion-only-loss --eval-split 0.05 --eval-steps 20 --logging-steps 5 --seed 42 \
+  --device "${QTUNE_DEMO_DEVICE:-cpu}"
 echo
 echo "== the same prompt with the adapter (greedy) =="
 build/qtune generate --model "$model" --adapter "$out" --load-in-4bit --bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant \
