@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# PEFT methods side by side on the CPU (issue 5): fine-tune the bundled model on the bundled Alpaca rows with
+# LoRA, DoRA, IA3, prompt tuning, P-tuning, prefix tuning and bottleneck adapters, the same data, split,
+# seed, steps, batch and schedule for all, and report per method: trainable parameters, adapter size on
+# disk (adapter_model.safetensors), peak RSS (/usr/bin/time -v), tokens/s and the final eval loss (plus the
+# base model's eval loss on the same rows). Results: bench/RESULTS.md.
+#   usage: [STEPS=100] bench/peft_methods_cpu.sh [path/to/qtune]     (output in out/peft_methods/)
+# No packing (prompt-learning methods put their virtual tokens before whole rows); completion-only loss,
+# so every method's eval loss counts the same target tokens. The peak learning rate is per family:
+# 2e-3 for the weight adapters (LoRA, DoRA, bottleneck), 2e-2 for IA3 and the prompt-learning methods
+# (their few parameters move little at LoRA's rate).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+qtune=${1:-build/qtune}
+out=out/peft_methods
+mkdir -p "$out"
+common=(--model models/qtune-tiny-8m --data models/data/alpaca_demo_300.json --device cpu
+  --per-device-train-batch-size 4 --max-seq-length 256 --completion-only-loss
+  --lr-scheduler-type cosine --warmup-ratio 0.05 --eval-split 0.1 --eval-steps 50 --logging-steps 10
+  --seed 42)
+
+steps=${STEPS:-100}
+run() {
+  local name=$1 n=$steps
+  shift
+  [ "$name" = base ] && n=1
+  rm -rf "${out:?}/$name"
+  echo "== $name: $qtune finetune ${common[*]} --max-steps $n --out $out/$name $*"
+  /usr/bin/time -v "$qtune" finetune "${common[@]}" --max-steps "$n" --out "$out/$name" "$@" 2>&1 | tee "$out/$name.log" |
+    grep -E "^(finetune:|done:)|eval_loss|Maximum resident|Elapsed"
+}
+
+if [ "${SUMMARY_ONLY:-0}" != 1 ]; then # SUMMARY_ONLY=1: only the table, from the logs in $out
+run base --learning-rate 0 # one LoRA step at lr 0 (B stays 0): the base model's eval loss
+run lora --target-modules all-linear --lora-r 16 --lora-alpha 32 --learning-rate 2e-3
+run dora --target-modules all-linear --lora-r 16 --lora-alpha 32 --use-dora --learning-rate 2e-3
+run ia3 --peft-type ia3 --learning-rate 2e-2
+run prompt_tuning --peft-type prompt_tuning --num-virtual-tokens 20 --learning-rate 2e-2
+run p_tuning --peft-type p_tuning --num-virtual-tokens 20 --learning-rate 2e-2
+run prefix_tuning --peft-type prefix_tuning --num-virtual-tokens 20 --learning-rate 2e-2
+run bottleneck --peft-type bottleneck --adapter-style houlsby --bottleneck-size 64 --learning-rate 2e-3
+fi
+
+# One table row per method: settings from the finetune: line, the final eval loss (the last training_log.csv
+# row with one), tokens/s (the run's figure, evals included, and the median of the training steps'), peak RSS,
+# CPU seconds and wall time from /usr/bin/time -v, adapter size from the folder.
+python3 - "$out" <<'PY'
+import csv, os, re, statistics, sys
+out = sys.argv[1]
+names = ["base", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "bottleneck"]
+print("| method | adapter | trainable params | adapter_model.safetensors | peak RSS | tokens/s (median step) "
+      "| CPU s (user+sys) | final eval loss | wall |")
+print("|---|---|---|---|---|---|---|---|---|")
+for name in names:
+    log = open(f"{out}/{name}.log").read()
+    head = re.search(r"finetune: .* steps, (.*), (\d+) trainable parameters", log)
+    rows = list(csv.DictReader(open(f"{out}/{name}/training_log.csv")))
+    ev = [r for r in rows if r["eval_loss"] not in ("", "-1")]
+    tps = float(re.search(r"done: .* ([0-9.]+) tokens/s", log).group(1))
+    step_tps = statistics.median(float(r["tokens_per_s"]) for r in rows)
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", log).group(1)) / 1024
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", log).group(1)
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([0-9.]+)", log).group(1)) for k in ("User", "System"))
+    size = os.path.getsize(f"{out}/{name}/adapter_model.safetensors")
+    size_s = f"{size / 1024:.1f} KiB" if size < 1 << 20 else f"{size / (1 << 20):.2f} MiB"
+    print(f"| {name} | {head.group(1)} | {int(head.group(2)):,} | {size_s} | {rss:.0f} MiB | "
+          f"{tps:,.0f} ({step_tps:,.0f}) | {cpu:.1f} | {float(ev[-1]['eval_loss']):.4f} (step {ev[-1]['step']}) | {wall} |")
+PY
