@@ -38,13 +38,21 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--load-in-4bit", action="store_true",
+                    help="bitsandbytes NF4 + double quant, bf16 compute (needs bitsandbytes)")
     args = ap.parse_args()
     cuda = args.device == "cuda"
     bw = copy_bandwidth() if cuda else None
     t0 = time.time()
     # GPU: bf16 as qtune's CUDA path; CPU: f32 as qtune's CPU path.
+    kw = {}
+    if args.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                       bnb_4bit_use_double_quant=True,
+                                                       bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                 device_map=args.device, attn_implementation="sdpa")
+                                                 device_map=args.device, attn_implementation="sdpa", **kw)
     model.eval()
     load_s = time.time() - t0
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

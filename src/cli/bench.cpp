@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/device_map_flags.h"
+#include "cli/quant_flags.h"
 #include "core/allocator.h"
 #include "core/error.h"
 #include "model/generate.h"
@@ -21,13 +22,14 @@ struct BenchArgs {
   std::string model, device = "cuda";
   int prompt_len = 512, new_tokens = 128, repeat = 3;
   DeviceMapFlags dmap;  // --device-map / --max-gpu-memory (CPU offload)
+  QuantFlags quant;     // --load-in-4bit / --load-in-8bit
 };
 
 int run_bench(const BenchArgs& a) {
   Device dev = a.device == "cpu" ? Device::CPU : Device::CUDA;
   if (dev == Device::CUDA && !cuda_available())
     throw_error(ErrorKind::Unsupported, "--device cuda: no usable GPU");
-  LoadOptions lo;
+  LoadOptions lo = a.quant.options();
   lo.device_map = a.dmap.spec();
   if (lo.device_map.enabled() && dev == Device::CPU)
     throw_error(ErrorKind::Usage, "--device-map needs --device cuda (the default)");
@@ -76,6 +78,7 @@ void add_bench_command(CLI::App& app, Runner& run) {
   auto a = std::make_shared<BenchArgs>();
   auto* cmd = app.add_subcommand("bench", "Measure prefill and decode tokens/s of a model (JSON output)");
   cmd->add_option("--model", a->model, "Model folder")->required();
+  a->quant.add_load_flags(cmd);
   cmd->add_option("--device", a->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens prefilled in one forward (default 512)")
       ->check(CLI::PositiveNumber);
