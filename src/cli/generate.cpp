@@ -30,7 +30,7 @@ struct GenerateArgs {
   int top_k = -1;
   uint64_t seed = 0;
   bool no_stream = false, no_special = false, quiet = false, ignore_eos = false;
-  QuantFlags quant;     // --load-in-4bit / --load-in-8bit (CPU)
+  QuantFlags quant;     // --load-in-4bit / --load-in-8bit
   DeviceMapFlags dmap;  // --device-map / --max-gpu-memory (CPU offload)
 };
 
@@ -59,10 +59,6 @@ int run_generate(const GenerateArgs& a) {
   if (lo.device_map.enabled() && a.device != "auto")
     throw_error(ErrorKind::Usage, "--device-map places the modules itself; leave out --device");
   Device dev = lo.device_map.enabled() ? Device::CPU : pick_device(a.device);  // a map picks its own
-  bool prequantized = false;
-  read_quantization_config(a.model, &prequantized);
-  if (a.device == "auto" && !lo.device_map.enabled() && (prequantized || lo.quantized()))
-    dev = Device::CPU;  // quantized Linear layers run on the CPU for now
   auto tok = Tokenizer::load(a.model);
   LlamaModel model = LlamaModel::load(a.model, dev, lo);
   dev = model.device();
