@@ -10,9 +10,7 @@ namespace qtune {
 
 int allreduce_grads(Communicator& comm, const std::vector<ParamRef>& refs, ReduceOp op,
                     int64_t bucket_bytes) {
-  if (comm.world_size() == 1) {
-    return 0;
-  }
+  if (dynamic_cast<LocalCommunicator*>(&comm)) return 0;  // one process: nothing to do
   const Device dev = comm.device();
   const int64_t cap = std::max<int64_t>(1, bucket_bytes / 4);  // F32 elements per bucket
   for (const ParamRef& p : refs)
