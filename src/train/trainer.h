@@ -5,8 +5,13 @@
 // prompt tuning, P-tuning or prefix tuning, each driven through one PeftSession (train/peft_session.h).
 //
 //   TrainerArgs a;  a.model_dir = "models/qtune-tiny-8m";  a.data_path = "data.jsonl";  a.out_dir = "out";
-//   TrainResult r = run_finetune(a);      // out/: the PEFT adapter, training_log.csv, loss_curve.png,
+//   a.peft_type = "ia3";                  // or leave empty: LoRA (a.lora)
+//   TrainResult r = run_finetune(a);      // out/: the adapter folder, training_log.csv, loss_curve.png,
 //                                         //       checkpoint-N/ (adapter, optimizer, trainer_state.json)
+//
+// Prompt tuning / P-tuning / prefix tuning put their virtual tokens before each row, so --packing is
+// refused with them; their last virtual token learns to predict a row's first token when that token is a
+// target (PEFT's label shift), which completion-only loss turns off.
 //
 // One optimizer step = gradient_accumulation_steps micro-batches of per_device_train_batch_size rows; the
 // loss of a step is Σ token losses / Σ target tokens over all its micro-batches (so accumulation equals
