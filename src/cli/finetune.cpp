@@ -3,15 +3,22 @@
 // PromptEncoderConfig, PrefixTuningConfig / BitsAndBytesConfig). --peft-type picks the method (LoRA by
 // default); flags that belong to another method are refused. The output folder gets the adapter folder,
 // training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the semantics.
+// --nproc-per-node N (with --nnodes/--node-rank/--master-addr/--master-port for several nodes) re-runs
+// this same command line as N data-parallel ranks (docs/distributed.md); a process that already has
+// WORLD_SIZE in its environment (a rank, or torchrun / Slurm) trains as that rank instead.
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <utility>
 #include <vector>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "dist/launcher.h"
 #include "model/quant_load.h"
 #include "peft/adapter_ops.h"
 #include "train/peft_session.h"
@@ -35,7 +42,24 @@ struct FinetuneArgs {
   // Method-specific options and the methods they belong to (checked against the run's method).
   std::vector<std::pair<CLI::Option*, std::vector<PeftKind>>> owned;
   CLI::Option* init_opt = nullptr;
+  LaunchPlan plan;  // --nproc-per-node, --nnodes, --node-rank, --master-addr, --master-port
 };
+
+// This process's command line, from /proc/self/cmdline (the ranks re-run it as it is).
+std::vector<std::string> own_command_line() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<std::string> args;
+  size_t start = 0;
+  for (size_t i = 0; i < all.size(); ++i)
+    if (all[i] == '\0') {
+      args.push_back(all.substr(start, i - start));
+      start = i + 1;
+    }
+  if (args.empty()) throw_error(ErrorKind::Internal, "cannot read /proc/self/cmdline to start the ranks");
+  args[0] = "/proc/self/exe";
+  return args;
+}
 
 std::string upper(std::string s) {
   for (char& c : s) c = (char)std::toupper((unsigned char)c);
@@ -66,6 +90,11 @@ void check_method_flags(const FinetuneArgs& a, PeftKind kind) {
 
 int run_finetune_command(FinetuneArgs& a) {
   TrainerArgs& t = a.t;
+  check_launch_plan(a.plan);
+  if (a.plan.world_size() > 1 && !std::getenv("WORLD_SIZE")) {  // the launcher: start the local ranks
+    LaunchResult r = launch_local(a.plan, own_command_line());
+    return r.exit_code;
+  }
   const PeftKind kind = training_peft_kind(t);
   check_method_flags(a, kind);
   set_ia3_modules(t.ia3, a.ia3_targets, a.ia3_feedforward);
@@ -204,6 +233,13 @@ void add_finetune_command(CLI::App& app, Runner& run) {
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   cmd->add_flag("--resume", t.resume, "Continue from the newest checkpoint-N in --out");
   cmd->add_flag("--quiet", t.quiet, "No progress output");
+  cmd->add_option("--nproc-per-node", a->plan.nproc_per_node,
+                  "Data parallel: processes (GPUs) on this node, one rank each (default 1)");
+  cmd->add_option("--nnodes", a->plan.nnodes, "Data parallel: nodes in the run (default 1)");
+  cmd->add_option("--node-rank", a->plan.node_rank, "Data parallel: this node's index (default 0)");
+  cmd->add_option("--master-addr", a->plan.master_addr,
+                  "Data parallel: host of rank 0's rendezvous store (default 127.0.0.1)");
+  cmd->add_option("--master-port", a->plan.master_port, "Data parallel: its TCP port (default 29500)");
   cmd->add_option("--stop-after-steps", t.stop_after_steps, "Testing: exit after this step as if killed")
       ->group("");
   cmd->callback([&run, a] { run = [a] { return run_finetune_command(*a); }; });

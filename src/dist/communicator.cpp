@@ -1,7 +1,9 @@
 // StoreCommunicator and init_distributed (see communicator.h).
 #include "dist/communicator.h"
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -100,6 +102,23 @@ void DistContext::finish() {
   if (!store) return;
   comm->barrier("finish");
   if (heartbeat) heartbeat->stop();
+}
+
+DistOptions dist_options_from_env() {
+  DistOptions o;
+  auto read = [](const char* name, double* out) {
+    const char* v = std::getenv(name);
+    if (!v) return;
+    char* end = nullptr;
+    const double x = std::strtod(v, &end);
+    if (*v == '\0' || *end != '\0' || !(x > 0))
+      throw_error(ErrorKind::Usage, "environment variable ", name, "='", v, "': expected seconds > 0");
+    *out = x;
+  };
+  read("QTUNE_DIST_TIMEOUT", &o.timeout_s);
+  read("QTUNE_HEARTBEAT_TIMEOUT", &o.heartbeat_timeout_s);
+  o.heartbeat_interval_s = std::min(o.heartbeat_interval_s, o.heartbeat_timeout_s / 4);
+  return o;
 }
 
 std::unique_ptr<DistContext> init_distributed(const DistConfig& cfg, Device dev, const DistOptions& o) {

@@ -79,6 +79,9 @@ class StoreCommunicator : public Communicator {
 std::unique_ptr<Communicator> make_nccl_communicator(TcpStore& store, const Heartbeat* hb, int local_rank,
                                                      double timeout_s);
 bool nccl_available();  // compiled with NCCL
+// Makes GPU local_rank % device count current for this process (call before any CUDA work); no-op in
+// CPU-only builds.
+void bind_local_device(int local_rank);
 
 struct DistContext {
   DistConfig cfg;
@@ -95,6 +98,9 @@ struct DistOptions {
   double heartbeat_interval_s = 1;  // bump period
   double heartbeat_timeout_s = 30;  // a quiet peer is dead after this
 };
+
+// DistOptions with QTUNE_DIST_TIMEOUT / QTUNE_HEARTBEAT_TIMEOUT (seconds) from the environment when set.
+DistOptions dist_options_from_env();
 
 // World size 1: a LocalCommunicator and no store. Otherwise the store (rank 0 serves), a heartbeat and
 // the communicator of dev (CPU: StoreCommunicator; CUDA: NCCL on device local_rank).

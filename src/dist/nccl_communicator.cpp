@@ -10,12 +10,21 @@
 #include "core/error.h"
 #include "dist/communicator.h"
 
-#if defined(QTUNE_HAVE_NCCL)
+#if defined(QTUNE_HAVE_CUDA)
 #include <cuda_runtime.h>
+#endif
+#if defined(QTUNE_HAVE_NCCL)
 #include <nccl.h>
 #endif
 
 namespace qtune {
+
+void bind_local_device(int local_rank) {
+#if defined(QTUNE_HAVE_CUDA)
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) == cudaSuccess && ndev > 0) cudaSetDevice(local_rank % ndev);
+#endif
+}
 
 #if defined(QTUNE_HAVE_NCCL)
 namespace {

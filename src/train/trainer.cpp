@@ -1,4 +1,6 @@
-// The SFT trainer loop (see trainer.h).
+// The SFT trainer loop (see trainer.h). Data parallel when WORLD_SIZE > 1 (docs/distributed.md): rank r
+// of N takes micro-batches r, r+N, ... of each step's N x gradient_accumulation_steps, the step's target
+// count and gradients are summed over the ranks before clipping, and only rank 0 logs and saves.
 #include "train/trainer.h"
 
 #include <algorithm>
@@ -10,6 +12,8 @@
 #include "core/allocator.h"
 #include "core/error.h"
 #include "core/profile.h"
+#include "dist/communicator.h"
+#include "dist/data_parallel.h"
 #include "io/json_util.h"
 #include "model/llama_model.h"
 #include "optim/clip.h"
@@ -122,11 +126,16 @@ TrainResult run_finetune(const TrainerArgs& a) {
   } catch (const Error& e) {
     throw_error(ErrorKind::Usage, "--optim ", a.optim, ": ", e.what());
   }
-  const bool say = !a.quiet;
+  const DistConfig dcfg = dist_config_from_env();
+  if (dcfg.distributed()) bind_local_device(dcfg.local_rank);
+  const bool say = !a.quiet && dcfg.rank == 0;
   auto note = [&](const std::string& s) {
     if (say) std::fprintf(stderr, "%s\n", s.c_str());
   };
   const Device dev = training_device(a.device);
+  std::unique_ptr<DistContext> dist = init_distributed(dcfg, dev, dist_options_from_env());
+  const int64_t world = dcfg.world_size;
+  const bool main_rank = dist->is_main();
   if (ocfg.paged && dev == Device::CPU)
     note("note: " + a.optim + " keeps its states in host memory anyway on the CPU: using " +
          a.optim.substr(6));
@@ -197,7 +206,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
   int64_t total = a.max_steps;
   if (total <= 0)
     total = std::max<int64_t>(1, (int64_t)std::ceil(a.num_train_epochs * (double)stream.micro_per_epoch0() /
-                                                    (double)a.gradient_accumulation_steps));
+                                                    (double)(a.gradient_accumulation_steps * world)));
   LrSchedule sched;
   sched.kind = schedule_kind_from_name(a.lr_scheduler_type);
   sched.base_lr = a.learning_rate;
@@ -250,13 +259,17 @@ TrainResult run_finetune(const TrainerArgs& a) {
     std::vector<MicroBatch> mbs;
     std::vector<PeftBatch> batches;
     int64_t targets = 0, tokens = 0;
-    for (int64_t g = 0; g < a.gradient_accumulation_steps; ++g) {
-      mbs.push_back(stream.at(st.micro_batches_done + g));
+    for (int64_t g = 0; g < a.gradient_accumulation_steps; ++g) {  // this rank's share of the step
+      mbs.push_back(stream.at(st.micro_batches_done + g * world + dcfg.rank));
       tokens += mbs.back().tokens;
     }
     for (const MicroBatch& mb : mbs) {  // after the loop above: mbs no longer moves
       batches.push_back(peft->prepare(mb, first_token_is_target));
       targets += batches.back().targets;
+    }
+    if (world > 1) {  // every rank normalises by the step's global target count
+      QT_PROFILE("allreduce_count");
+      targets = (int64_t)dist->comm->all_reduce_scalar((double)targets, ReduceOp::Sum);
     }
     {
       QT_PROFILE("zero_grad");
@@ -264,13 +277,19 @@ TrainResult run_finetune(const TrainerArgs& a) {
     }
     double loss_sum = 0;
     for (int64_t g = 0; g < (int64_t)mbs.size(); ++g) {
-      peft->set_step((uint64_t)(st.micro_batches_done + g));
+      peft->set_step((uint64_t)(st.micro_batches_done + g * world + dcfg.rank));
       batches[g].apply(so);
       so.grad_scale = targets ? 1.0f / (float)targets : 0.0f;
       loss_sum += causal_lm_forward_backward(model, batches[g].ids(), batches[g].labels(), &params, so).loss;
       peft->after_backward(batches[g]);
     }
-    st.micro_batches_done += (int64_t)mbs.size();
+    st.micro_batches_done += (int64_t)mbs.size() * world;
+    if (world > 1) {  // Σ over ranks of Σ_local / global count = the one-rank gradient (data_parallel.h)
+      QT_PROFILE("allreduce_grads");
+      allreduce_grads(*dist->comm, refs, ReduceOp::Sum);
+      loss_sum = dist->comm->all_reduce_scalar(loss_sum, ReduceOp::Sum);
+      tokens = (int64_t)dist->comm->all_reduce_scalar((double)tokens, ReduceOp::Sum);
+    }
     float gnorm;
     {
       QT_PROFILE("clip_grad_norm");
@@ -312,9 +331,9 @@ TrainResult run_finetune(const TrainerArgs& a) {
         s += buf;
       }
       bar.line(s);
-      write_training_log(a.out_dir, st.history);
+      if (main_rank) write_training_log(a.out_dir, st.history);
     }
-    if (a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last) {
+    if (main_rank && a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last) {
       peft->sync_to_host();
       save_checkpoint(a.out_dir, *peft, opt, st);
     }
@@ -322,17 +341,20 @@ TrainResult run_finetune(const TrainerArgs& a) {
       bar.finish();
       res.stopped_early = true;
       res.steps = st.global_step;
+      dist->finish();
       return res;
     }
   }
   bar.finish();
-  if (profiling()) std::fprintf(stderr, "%s", profile_report().c_str());
+  if (profiling() && main_rank) std::fprintf(stderr, "%s", profile_report().c_str());
   const double run_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_run).count();
   res.tokens_per_s = run_tokens / std::max(run_secs, 1e-9);
   res.steps = st.global_step;
-  write_training_log(a.out_dir, st.history);
-  peft->sync_to_host();
-  peft->save(a.out_dir);
+  if (main_rank) {
+    write_training_log(a.out_dir, st.history);
+    peft->sync_to_host();
+    peft->save(a.out_dir);
+  }
   if (a.on_trained) {
     peft->set_training(false);
     a.on_trained(model, *peft);
@@ -345,6 +367,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
                 dev == Device::CPU ? "" : (" (GPU peak " + gpu_peak_mib_text() + ")").c_str(),
                 a.out_dir.c_str());
   note(buf);
+  dist->finish();
   return res;
 }
 
