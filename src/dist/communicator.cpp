@@ -29,7 +29,8 @@ std::string StoreCommunicator::fetch(const std::string& key) {
 
 void StoreCommunicator::sum_bytes(const std::string& tag, const void* data, size_t bytes,
                                   std::vector<std::string>* all) {
-  const std::string base = tag + "/" + std::to_string(seq_++) + "/";
+  const int64_t seq = seq_++;
+  const std::string base = tag + "/" + std::to_string(seq) + "/";
   store_.set(base + std::to_string(rank()), std::string((const char*)data, bytes));
   all->resize(world_size());
   for (int r = 0; r < world_size(); ++r) {
@@ -38,6 +39,9 @@ void StoreCommunicator::sum_bytes(const std::string& tag, const void* data, size
       throw_error(ErrorKind::Shape, "rank ", rank(), ": ", tag, " of ", bytes, " bytes, but rank ", r,
                   " sent ", (*all)[r].size(), " (the ranks disagree on what to reduce)");
   }
+  // Every rank has posted for seq, so every rank is done reading seq - 1: drop this rank's old post.
+  if (!last_post_.empty()) store_.erase(last_post_);
+  last_post_ = base + std::to_string(rank());
 }
 
 void StoreCommunicator::all_reduce(Tensor& t, ReduceOp op) {

@@ -73,6 +73,7 @@ class StoreCommunicator : public Communicator {
   TcpStore& store_;
   const Heartbeat* hb_;
   int64_t seq_ = 0;
+  std::string last_post_;  // this rank's previous all-reduce buffer in the store, erased one round later
 };
 
 // NCCL over CUDA tensors; throws ErrorKind::Unsupported in builds without NCCL.

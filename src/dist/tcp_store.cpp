@@ -20,7 +20,7 @@
 namespace qtune {
 namespace {
 
-enum Op : uint8_t { kSet = 1, kGet = 2, kAdd = 3 };
+enum Op : uint8_t { kSet = 1, kGet = 2, kAdd = 3, kDel = 4 };
 
 using Clock = std::chrono::steady_clock;
 
@@ -169,6 +169,10 @@ void TcpStore::set(const std::string& key, const std::string& value) {
   request(kSet, key, value);
 }
 
+void TcpStore::erase(const std::string& key) {
+  request(kDel, key, "");
+}
+
 bool TcpStore::try_get(const std::string& key, std::string* value) {
   std::string r = request(kGet, key, "");
   if (r[0] == 0) return false;
@@ -262,6 +266,8 @@ void TcpStore::serve_client(int fd) {
           status = 0;
         else
           out = it->second;
+      } else if (op == kDel) {
+        kv_.erase(key);
       } else if (op == kAdd) {
         auto it = kv_.find(key);
         const int64_t now = (it == kv_.end() ? 0 : std::stoll(it->second)) + std::stoll(val);

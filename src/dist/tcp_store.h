@@ -44,6 +44,8 @@ class TcpStore {
   bool try_get(const std::string& key, std::string* value);
   // Adds delta to the integer under key (absent: 0) and returns the new value.
   int64_t add(const std::string& key, int64_t delta);
+  // Removes key (absent: nothing happens).
+  void erase(const std::string& key);
   void wait(const std::vector<std::string>& keys, double timeout_s = -1);
   // Every rank calls barrier(name) once per name; returns when all world_size ranks have.
   void barrier(const std::string& name, double timeout_s = -1);
