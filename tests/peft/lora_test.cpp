@@ -15,56 +15,13 @@
 #include "io/json_util.h"
 #include "io/safetensors.h"
 #include "peft/lora_model.h"
+#include "peft_test_util.h"
 
 using namespace qtune;
+using namespace peft_test;
 namespace fs = std::filesystem;
 
 namespace {
-
-const std::string kFix = std::string(QTUNE_FIXTURES) + "/peft/";
-const std::string kModels = std::string(QTUNE_FIXTURES) + "/model/";
-
-double rel_err(const Tensor& a, const Tensor& b) {
-  std::vector<float> x = a.to_f32_vector(), y = b.to_f32_vector();
-  EXPECT_EQ(x.size(), y.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
-    num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
-    den += (double)y[i] * y[i];
-  }
-  return std::sqrt(num / den);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-std::string read_file(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-// A copy of a fixture folder in a temp dir, for tests that break it.
-std::string copy_fixture(const std::string& name, const std::string& tag) {
-  std::string dst = testing::TempDir() + "/peft_" + tag;
-  fs::remove_all(dst);
-  fs::create_directories(dst);
-  for (const char* f : {"adapter_config.json", "adapter_model.safetensors"})
-    fs::copy_file(kFix + name + "/" + f, dst + "/" + f);
-  return dst;
-}
-
-void edit_config(const std::string& dir, const std::function<void(nlohmann::json&)>& edit) {
-  nlohmann::json j = nlohmann::json::parse(read_file(dir + "/adapter_config.json"));
-  edit(j);
-  std::ofstream(dir + "/adapter_config.json") << j.dump(2);
-}
 
 // Random B (PEFT's init has B = 0, which would make every adapter a no-op).
 void randomize_b(LoraModel& lm, uint64_t seed) {

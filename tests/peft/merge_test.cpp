@@ -14,34 +14,13 @@
 #include "io/safetensors.h"
 #include "peft/lora_model.h"
 #include "peft/merge_folder.h"
+#include "peft_test_util.h"
 
 using namespace qtune;
+using namespace peft_test;
 namespace fs = std::filesystem;
 
 namespace {
-
-const std::string kFix = std::string(QTUNE_FIXTURES) + "/peft/";
-
-double rel_err(const Tensor& a, const Tensor& b) {
-  std::vector<float> x = a.to_f32_vector(), y = b.to_f32_vector();
-  EXPECT_EQ(x.size(), y.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
-    num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
-    den += (double)y[i] * y[i];
-  }
-  return std::sqrt(num / den);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 std::string base_of(const std::string& fixture) {
   return std::string(QTUNE_SOURCE_DIR) + "/" +

@@ -13,36 +13,15 @@
 #include "peft/adapter_set.h"
 #include "peft/bottleneck_model.h"
 #include "peft/ia3_model.h"
+#include "peft_test_util.h"
 
 using namespace qtune;
+using namespace peft_test;
 namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kFix = std::string(QTUNE_FIXTURES) + "/peft/";
 const std::string kW = kFix + "weighted/";
-const std::string kModels = std::string(QTUNE_FIXTURES) + "/model/";
-
-double rel_err(const Tensor& a, const Tensor& b) {
-  std::vector<float> x = a.to_f32_vector(), y = b.to_f32_vector();
-  EXPECT_EQ(x.size(), y.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size() && i < y.size(); ++i) {
-    num += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
-    den += (double)y[i] * y[i];
-  }
-  return std::sqrt(num / den);
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 std::vector<std::vector<float>> all_weights(LlamaModel& m) {
   std::vector<std::vector<float>> w;
