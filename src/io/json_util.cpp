@@ -30,6 +30,18 @@ nlohmann::json parse_json_text(const std::string& text, const std::string& sourc
   }
 }
 
+nlohmann::json read_json_object_file(const std::string& path) {
+  nlohmann::json j = parse_json_text(read_text_file(path, ErrorKind::Io), path, ErrorKind::Format);
+  if (!j.is_object())
+    throw_error(ErrorKind::Format, path, ": expected a JSON object, got ", json_type_name(j));
+  return j;
+}
+
+const nlohmann::json* json_field(const nlohmann::json& j, const char* k) {
+  auto it = j.find(k);
+  return it == j.end() || it->is_null() ? nullptr : &*it;
+}
+
 std::string json_type_name(const nlohmann::json& v) {
   if (v.is_boolean()) return "boolean";
   if (v.is_number_float()) return "number (" + v.dump() + ")";

@@ -15,6 +15,12 @@ std::string read_text_file(const std::string& path, ErrorKind kind);
 // parser message carries line and column).
 nlohmann::json parse_json_text(const std::string& text, const std::string& source, ErrorKind kind);
 
+// A JSON file that must hold an object (a config): unreadable → Io, malformed or not an object → Format,
+// naming the path.
+nlohmann::json read_json_object_file(const std::string& path);
+// The member k of object j, or nullptr when it is absent or null.
+const nlohmann::json* json_field(const nlohmann::json& j, const char* k);
+
 // The JSON type of a value in words ("string", "array", "number", ...), for "expected X, got Y" errors.
 std::string json_type_name(const nlohmann::json& v);
 

@@ -67,13 +67,8 @@ class GatedPromptAttention : public AttentionAdapter {
 
 AdaptionPromptConfig read_adaption_prompt_config(const std::string& path) {
   using nlohmann::json;
-  json j = parse_json_text(read_text_file(path, ErrorKind::Io), path, ErrorKind::Format);
-  if (!j.is_object())
-    throw_error(ErrorKind::Format, path, ": expected a JSON object, got ", json_type_name(j));
-  auto field = [&](const char* k) -> const json* {
-    auto it = j.find(k);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
+  json j = read_json_object_file(path);
+  auto field = [&](const char* k) { return json_field(j, k); };
   const json* pt = field("peft_type");
   if (!pt || !pt->is_string() || pt->get<std::string>() != "ADAPTION_PROMPT")
     throw_error(ErrorKind::Format, path, ": peft_type must be ADAPTION_PROMPT, got ",

@@ -113,13 +113,8 @@ void set_ia3_modules(Ia3Config& cfg, const std::string& targets, const std::stri
 
 Ia3Config read_ia3_config(const std::string& path) {
   using nlohmann::json;
-  json j = parse_json_text(read_text_file(path, ErrorKind::Io), path, ErrorKind::Format);
-  if (!j.is_object())
-    throw_error(ErrorKind::Format, path, ": expected a JSON object, got ", json_type_name(j));
-  auto field = [&](const char* k) -> const json* {
-    auto it = j.find(k);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
+  json j = read_json_object_file(path);
+  auto field = [&](const char* k) { return json_field(j, k); };
   auto bad = [&](const char* k, const char* want, const json& got) {
     throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ", got.dump());
   };

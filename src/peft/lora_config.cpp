@@ -89,13 +89,8 @@ void set_target_modules(LoraConfig& cfg, const std::string& comma_list) {
 
 LoraConfig read_lora_config(const std::string& path) {
   using nlohmann::json;
-  json j = parse_json_text(read_text_file(path, ErrorKind::Io), path, ErrorKind::Format);
-  if (!j.is_object())
-    throw_error(ErrorKind::Format, path, ": expected a JSON object, got ", json_type_name(j));
-  auto field = [&](const char* k) -> const json* {
-    auto it = j.find(k);
-    return it == j.end() || it->is_null() ? nullptr : &*it;
-  };
+  json j = read_json_object_file(path);
+  auto field = [&](const char* k) { return json_field(j, k); };
   auto bad = [&](const char* k, const char* want, const json* got = nullptr) {
     throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ",
                 got ? got->dump() : json_type_name(j[k]));
