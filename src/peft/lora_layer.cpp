@@ -7,19 +7,9 @@
 #include "core/error.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "peft/dora_ops.h"
 
 namespace qtune {
-
-namespace {
-
-// Dense base weight as F32 CPU [O, I] (DoRA needs its row norms).
-Tensor dense_weight_f32(const Linear& base, const std::string& module) {
-  if (base.quantized() || !base.weight.defined())
-    throw_error(ErrorKind::Unsupported, "DoRA on ", module, ": quantized base weights are not supported yet");
-  return base.weight.to(Device::CPU).to_dtype(DType::F32);
-}
-
-}  // namespace
 
 void LoraLayer::refresh(const Linear& base, Device device, DType act_dtype) {
   QT_CHECK(A.defined() && B.defined() && A.dtype() == DType::F32 && B.dtype() == DType::F32);
@@ -34,26 +24,15 @@ void LoraLayer::refresh(const Linear& base, Device device, DType act_dtype) {
   dora_scale_ = Tensor();
   base_bias_ = Tensor();
   if (!magnitude.defined()) return;
-  if (device != Device::CPU)
-    throw_error(ErrorKind::Unsupported, "DoRA on ", module, ": only the CPU forward is implemented");
-  Tensor w = dense_weight_f32(base, module);  // [O, I]
-  const int64_t O = w.size(0), I = w.size(1);
-  // W + scale·B·A, row norms in double.
-  Tensor delta = Tensor::zeros({O, I}, DType::F32);
-  matmul(delta, B, A, false, false, (float)scale, 0.0f);  // [O, r]·[r, I]
-  dora_scale_ = Tensor::empty({O}, DType::F32);
-  const float* wp = w.data<float>();
-  const float* dp = delta.data<float>();
-  const float* mp = magnitude.data<float>();
-  for (int64_t o = 0; o < O; ++o) {
-    double sq = 0;
-    for (int64_t i = 0; i < I; ++i) {
-      const float v = wp[o * I + i] + dp[o * I + i];
-      sq += (double)v * v;
-    }
-    dora_scale_.data<float>()[o] = (float)(mp[o] / std::sqrt(sq));
+  const int64_t O = B.size(0);
+  Tensor norm = Tensor::empty({O}, DType::F32, device);
+  dora_weight_norm(norm, dora_dense_weight(base), a_dev_, b_dev_, 1.0f);  // b_dev_ holds scale·B
+  dora_scale_ = Tensor::empty({O}, DType::F32, device);
+  dora_scale(dora_scale_, magnitude.to(device), norm);
+  if (base.bias.defined()) {
+    base_bias_ = Tensor::empty({O}, DType::F32, device);
+    convert(base_bias_, base.bias);
   }
-  if (base.bias.defined()) base_bias_ = base.bias.to(Device::CPU).to_dtype(DType::F32);
 }
 
 void LoraLayer::apply(Tensor& out, const Tensor& x) const {
@@ -69,27 +48,14 @@ void LoraLayer::apply(Tensor& out, const Tensor& x) const {
   linear_forward(mid, x32, a_dev_);
   Tensor delta = Tensor::empty(out.shape(), DType::F32, out.device());  // [N, O] = scale·(x·Aᵀ)·Bᵀ
   linear_forward(delta, mid, b_dev_);
+  if (dora_scale_.defined())  // DoRA: out = b + d ⊙ (out − b + delta)
+    return dora_combine(out, out, delta, dora_scale_, base_bias_.defined() ? &base_bias_ : nullptr);
   if (out.dtype() != DType::F32) {
     Tensor d = Tensor::empty(out.shape(), out.dtype(), out.device());
     convert(d, delta);
     delta = d;
   }
-  if (!dora_scale_.defined()) {
-    add_inplace(out, delta);
-    return;
-  }
-  // DoRA (CPU F32): out = b + s ⊙ (out - b + delta).
-  const int64_t O = out.size(-1), N = out.numel() / O;
-  float* y = out.data<float>();
-  const float* d = delta.data<float>();
-  const float* s = dora_scale_.data<float>();
-  const float* b = base_bias_.defined() ? base_bias_.data<float>() : nullptr;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o) {
-      const float bias = b ? b[o] : 0.0f;
-      float& v = y[n * O + o];
-      v = bias + s[o] * (v - bias + d[n * O + o]);
-    }
+  add_inplace(out, delta);
 }
 
 void init_lora_weights(LoraLayer& l, int64_t in_features, int64_t out_features, const std::string& init,
@@ -115,7 +81,7 @@ void init_lora_weights(LoraLayer& l, int64_t in_features, int64_t out_features, 
 }
 
 Tensor dora_initial_magnitude(const Linear& base) {
-  Tensor w = dense_weight_f32(base, base.name);  // [O, I]
+  Tensor w = dora_dense_weight(base).to(Device::CPU).to_dtype(DType::F32);  // [O, I]
   const int64_t O = w.size(0), I = w.size(1);
   Tensor m = Tensor::empty({O}, DType::F32);
   for (int64_t o = 0; o < O; ++o) {

@@ -30,8 +30,8 @@ struct LoraLayer : LinearAdapter {
 
  private:
   Tensor a_dev_, b_dev_;  // F32 [r, I], scale·B [O, r] on the model's device
-  Tensor dora_scale_;     // F32 CPU [O]: m / ‖W + scale·B·A‖_row
-  Tensor base_bias_;      // F32 CPU [O] or undefined (DoRA re-adds it outside the scaling)
+  Tensor dora_scale_;     // F32 [O] on the device: m / ‖W + scale·B·A‖_row (peft/dora_ops.h)
+  Tensor base_bias_;      // F32 [O] on the device or undefined (DoRA re-adds it outside the scaling)
 };
 
 // PEFT's default init for a fresh layer, seeded: A ~ kaiming_uniform_(a=√5) = U(-1/√I, 1/√I)

@@ -121,29 +121,7 @@ void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, cons
                   "' has no backward (it does not implement TrainableAdapter)");
     if (ta->backward_linear(lin, dx, dw, db, dy, x, params)) return;
   }
-  const Tensor* s = ta ? ta->base_output_scale() : nullptr;
-  if (!s) {
-    base_backward(lin, dx, dw, db, dy, x);
-  } else {
-    const int64_t O = lin.out_features(), N = dy.numel() / std::max<int64_t>(1, O);
-    if (dy.is_cuda())
-      throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
-                  "': DoRA (an adapter rescaling the base output) trains on the CPU only so far");
-    if (s->dtype() != DType::F32 || s->device() != Device::CPU || s->numel() != O)
-      throw_error(ErrorKind::Shape, "linear_backward: the adapter on '", lin.name,
-                  "' returned a base output scale ", s->describe(), ", expected CPU F32 [", O, "]");
-    if (dw || db)
-      throw_error(
-          ErrorKind::Unsupported, "linear_backward: '", lin.name,
-          "': weight and bias gradients under an adapter that rescales the base output are not supported");
-    Tensor dys = Tensor::empty(dy.shape(), DType::F32);  // dy ⊙ s [N, O]
-    const float* g = dy.data<float>();
-    const float* sv = s->data<float>();
-    float* o = dys.data<float>();
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t j = 0; j < O; j++) o[n * O + j] = g[n * O + j] * sv[j];
-    base_backward(lin, dx, nullptr, nullptr, dys, x);
-  }
+  base_backward(lin, dx, dw, db, dy, x);
   if (ta) ta->backward(dx, dy, x, params);
 }
 

@@ -23,10 +23,6 @@ struct TrainableAdapter {
   // the adapter's parameters registered in params (by its PEFT name), grad += d(f)/dparam · dy. x is the
   // Linear's forward input [N, I] (for dropout, the adapter must reproduce its forward mask itself).
   virtual void backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const = 0;
-  // Adapters whose apply() rescales the base product per output feature (DoRA: out = s ⊙ (x·Wᵀ + …) + b)
-  // return s (F32 CPU [O]) here: the base backward then uses dy ⊙ s (the weight and bias gradients of
-  // such a base are refused); backward() above still receives the unscaled dy. Default: no rescaling.
-  virtual const Tensor* base_output_scale() const { return nullptr; }
   // Adapters that change the base product's input or output (IA3's x ⊙ l or out ⊙ l, a bottleneck
   // adapter's out + g(out)) take over the whole backward of their Linear: they return true after
   // accumulating dx (and dw/db when non-null) through linear_backward_base with their own input and

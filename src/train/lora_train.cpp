@@ -4,13 +4,14 @@
 #include <cblas.h>
 
 #include <cmath>
-#include <cstring>
 #include <map>
 
 #include "core/error.h"
 #include "core/profile.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
+#include "peft/adapter_ops.h"
+#include "peft/dora_ops.h"
 #include "train/linear_backward.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "train/cuda/lora_dropout.h"
@@ -34,20 +35,32 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   std::shared_ptr<const LoraTraining::State> state;
   uint64_t layer_id = 0;
   std::string key_a, key_b, key_m;
-  const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA's backward reads its weight)
-  // On a GPU model: the trainable masters A F32 [r, I] and B F32 [O, r] live on the device (registered in
-  // TrainableParams, updated there by the optimizer); layer->A/B are refreshed from them by sync_to_host.
-  // a_bf, b_bf: their BF16 copies that the GEMMs read (refresh_gpu after each update).
-  Tensor a_dev, b_dev, a_bf, b_bf;
+  const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA reads its weight and bias)
+  // On a GPU model: the trainable masters A F32 [r, I], B F32 [O, r] (and DoRA's m F32 [O]) live on the
+  // device (registered in TrainableParams, updated there by the optimizer); layer->A/B/m are refreshed from
+  // them by sync_to_host. a_bf, b_bf: their BF16 copies that the GEMMs read (refresh_gpu after each update).
+  Tensor a_dev, b_dev, m_dev, a_bf, b_bf;
+  // DoRA: norm = ‖W + s·B·A‖_row, d = m / norm and d − 1, F32 [O] on the model's device, from the masters
+  // (refresh_dora after each update; constant within a step, as PEFT detaches the norm).
+  Tensor norm, d, d_minus_1;
 
   bool dropping() const { return state->training && state->dropout > 0; }
   bool on_gpu() const { return a_dev.defined(); }
+  bool dora() const { return layer->magnitude.defined(); }
   uint64_t mask_base() const { return mix(state->seed ^ mix(state->counter * 1000003ull + layer_id)); }
   uint64_t mask_threshold() const { return (uint64_t)(state->dropout * 18446744073709551616.0); }
+  const Tensor& master_a() const { return on_gpu() ? a_dev : layer->A; }
+  const Tensor& master_b() const { return on_gpu() ? b_dev : layer->B; }
+  const Tensor& master_m() const { return on_gpu() ? m_dev : layer->magnitude; }
+  const Tensor& gemm_a() const { return on_gpu() ? a_bf : layer->A; }  // what the GEMMs multiply with
+  const Tensor& gemm_b() const { return on_gpu() ? b_bf : layer->B; }
+  const Tensor* base_bias() const { return base->bias.defined() ? &base->bias : nullptr; }
 
-  // GPU: x as BF16 [N, I], through the dropout mask when training with dropout.
-  Tensor gemm_input(const Tensor& x) const {
+  // The LoRA input xd [N, I]: x through the dropout mask when training with dropout (scaled by 1/(1-p)).
+  // GPU: BF16; CPU: F32.
+  Tensor lora_input(const Tensor& x) const {
     const int64_t I = x.size(-1), N = x.numel() / I;
+    if (!on_gpu()) return dropping() ? dropped(x.reshape({N, I})) : x.reshape({N, I});
     if (!dropping() && x.dtype() == DType::BF16) return x.reshape({N, I});
     Tensor out = Tensor::empty({N, I}, DType::BF16, x.device());
     if (!dropping()) {
@@ -60,12 +73,24 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     return out;
   }
 
+  // dx += mask ⊙ t / (1 − p): the backward of lora_input's dropout (t is overwritten on the GPU).
+  void add_through_mask(Tensor& dx2, Tensor& t) const {
+    if (on_gpu()) {
+#ifdef QTUNE_HAVE_CUDA
+      lora_dropout_cuda(t, t, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+#endif
+      add_inplace(dx2, t);
+      return;
+    }
+    add_inplace(dx2, dropped(t));
+  }
+
   // GPU forward: out[N, O] += scale·(xd·Aᵀ)·Bᵀ with BF16 copies of A and B (f32 accumulation, one rounding
   // of the sum into out by the second GEMM's beta = 1).
   void apply_gpu(Tensor& out, const Tensor& x) const {
     QT_PROFILE("lora.fwd (in linear)");
     const int64_t O = out.size(-1), N = out.numel() / O;
-    Tensor xd = gemm_input(x);                                           // [N, I]
+    Tensor xd = lora_input(x);                                           // [N, I]
     Tensor mid = Tensor::empty({N, layer->r}, DType::BF16, x.device());  // [N, r]
     matmul(mid, xd, a_bf, false, true);
     Tensor o2 = out.reshape({N, O});
@@ -79,7 +104,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
     const Device dev = x.device();
-    Tensor xd = gemm_input(x);  // [N, I]
+    Tensor xd = lora_input(x);  // [N, I]
     Tensor dy2 = dy.reshape({N, O});
     Tensor h = Tensor::empty({N, r}, DType::BF16, dev), dh = Tensor::empty({N, r}, DType::BF16, dev);
     matmul(h, xd, a_bf, false, true);        // h = xd·Aᵀ
@@ -96,10 +121,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     }
     Tensor t = Tensor::empty({N, I}, DType::BF16, dev);
     matmul(t, dh, a_bf, false, false);
-#ifdef QTUNE_HAVE_CUDA
-    lora_dropout_cuda(t, t, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
-#endif
-    add_inplace(dx2, t);
+    add_through_mask(dx2, t);
   }
 
   // GPU: the BF16 GEMM copies of the f32 masters (after each optimizer step).
@@ -110,6 +132,22 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     }
     convert(a_bf, a_dev);
     convert(b_bf, b_dev);
+  }
+
+  // DoRA: the detached row norm and scales from the current masters (after each optimizer step).
+  void refresh_dora() {
+    if (!dora()) return;
+    QT_PROFILE("dora.norm");
+    const Device dev = master_a().device();
+    const int64_t O = master_b().size(0);
+    if (!norm.defined()) {
+      norm = Tensor::empty({O}, DType::F32, dev);
+      d = Tensor::empty({O}, DType::F32, dev);
+      d_minus_1 = Tensor::empty({O}, DType::F32, dev);
+    }
+    dora_weight_norm(norm, dora_dense_weight(*base), master_a(), master_b(), (float)layer->scale);
+    dora_scale(d, master_m(), norm);
+    dora_scale(d_minus_1, master_m(), norm, -1.0f);
   }
 
   // x with dropout applied (scaled by 1/(1-p)), [N, I].
@@ -128,6 +166,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 
   void apply(Tensor& out, const Tensor& x) const override {
+    if (dora()) return dora_apply(out, x);
     if (on_gpu()) return apply_gpu(out, x);
     if (!dropping()) {
       layer->apply(out, x);
@@ -138,10 +177,9 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
 
   void backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const override {
     if (on_gpu()) return backward_gpu(dx, dy, x, params);
-    if (layer->magnitude.defined()) return dora_backward(dx, dy, x, params);
     const int64_t N = x.numel() / x.size(-1), I = x.size(-1), O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
-    Tensor xd = dropping() ? dropped(x) : x;  // [N, I]
+    Tensor xd = lora_input(x);                // [N, I]
     const float* A = layer->A.data<float>();  // [r, I]
     const float* B = layer->B.data<float>();  // [O, r]
     // h = xd·Aᵀ [N, r]; dh = s·dy·B [N, r]
@@ -158,87 +196,91 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, I, N, 1.0f, dh.data(), r, xd.data<float>(), I,
                     1.0f, ga->data<float>(), I);
     }
-    if (dx) {
-      if (!dropping()) {  // dx[N, I] += dh·A
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, r, 1.0f, dh.data(), r, A, I, 1.0f,
-                    dx->data<float>(), I);
-      } else {  // through the mask: dx += (dh·A) ⊙ mask/(1-p); the mask is dropped(ones)
-        Tensor t = Tensor::zeros({N, I}, DType::F32);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, r, 1.0f, dh.data(), r, A, I, 0.0f,
-                    t.data<float>(), I);
-        Tensor ones = Tensor::empty({N, I}, DType::F32);
-        std::fill(ones.data<float>(), ones.data<float>() + N * I, 1.0f);
-        Tensor m = dropped(ones);
-        float* d = dx->data<float>();
-        const float *tp = t.data<float>(), *mp = m.data<float>();
-        for (int64_t i = 0; i < N * I; ++i) d[i] += tp[i] * mp[i];
-      }
-    }
-  }
-
-  // DoRA (PEFT's DoraLinearLayer, weight norm detached): out = b + d ⊙ (x·Wᵀ + s·(x·Aᵀ)·Bᵀ) with
-  // d = m / ‖W + s·B·A‖_row. With g = d ⊙ dy:  dm = Σ_n dy ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) / ‖·‖,
-  // dB = s·gᵀ·h, dA = (s·g·B)ᵀ·x (h = x·Aᵀ), dx += s·g·B·A + ((d − 1) ⊙ dy)·W (linear_backward already
-  // added dy·W for the base weight).
-  void dora_backward(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const {
-    const int64_t N = x.numel() / x.size(-1), I = x.size(-1), O = dy.size(-1), r = layer->r;
-    const float s = (float)layer->scale;
-    const float* A = layer->A.data<float>();  // [r, I]
-    const float* B = layer->B.data<float>();  // [O, r]
-    std::vector<float> W((size_t)O * I);      // [O, I] dense f32 base weight
-    if (base->quantized())
-      dequant_weight_rows(*base, 0, O, W.data());
-    else
-      std::memcpy(W.data(), base->weight.data<float>(), W.size() * sizeof(float));
-    std::vector<float> delta((size_t)O * I);  // s·B·A [O, I]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, I, r, s, B, r, A, I, 0.0f, delta.data(), I);
-    std::vector<float> norm(O), d(O);
-    const float* m = layer->magnitude.data<float>();
-    for (int64_t o = 0; o < O; ++o) {
-      double sq = 0;
-      for (int64_t i = 0; i < I; ++i) {
-        const float v = W[o * I + i] + delta[o * I + i];
-        sq += (double)v * v;
-      }
-      norm[o] = (float)std::sqrt(sq);
-      d[o] = (float)(m[o] / std::sqrt(sq));
-    }
-    std::vector<float> h(N * r), y((size_t)N * O), g((size_t)N * O), dh(N * r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, I, 1.0f, x.data<float>(), I, A, I, 0.0f,
-                h.data(), r);
-    // y = x·Wᵀ + s·h·Bᵀ  [N, O]
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, I, 1.0f, x.data<float>(), I, W.data(), I, 0.0f,
-                y.data(), O);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, O, r, s, h.data(), r, B, r, 1.0f, y.data(), O);
-    const float* dyp = dy.data<float>();
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t o = 0; o < O; ++o) g[n * O + o] = d[o] * dyp[n * O + o];
-    if (params)
-      if (Tensor* gm = params->grad(key_m)) {
-        float* gmp = gm->data<float>();
-        for (int64_t o = 0; o < O; ++o) {
-          double acc = 0;
-          for (int64_t n = 0; n < N; ++n) acc += (double)dyp[n * O + o] * y[n * O + o];
-          gmp[o] += (float)(acc / norm[o]);
-        }
-      }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, O, s, g.data(), O, B, r, 0.0f, dh.data(), r);
-    if (params) {
-      if (Tensor* gb = params->grad(key_b))
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, r, N, s, g.data(), O, h.data(), r, 1.0f,
-                    gb->data<float>(), r);
-      if (Tensor* ga = params->grad(key_a))
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, I, N, 1.0f, dh.data(), r, x.data<float>(), I,
-                    1.0f, ga->data<float>(), I);
-    }
-    if (dx) {
+    if (!dx) return;
+    if (!dropping()) {  // dx[N, I] += dh·A
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, r, 1.0f, dh.data(), r, A, I, 1.0f,
                   dx->data<float>(), I);
-      for (int64_t n = 0; n < N; ++n)  // reuse g as (d − 1) ⊙ dy
-        for (int64_t o = 0; o < O; ++o) g[n * O + o] = (d[o] - 1.0f) * dyp[n * O + o];
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, O, 1.0f, g.data(), O, W.data(), I, 1.0f,
-                  dx->data<float>(), I);
+      return;
     }
+    Tensor dx2 = dx->reshape({N, I});
+    Tensor t = Tensor::empty({N, I}, DType::F32);  // dh·A, then through the mask
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, I, r, 1.0f, dh.data(), r, A, I, 0.0f,
+                t.data<float>(), I);
+    add_through_mask(dx2, t);
+  }
+
+  // DoRA forward (PEFT's DoraLinearLayer, dora_ops.h): out already holds x·Wᵀ + b;
+  //   out += (d − 1) ⊙ (xd·Wᵀ) + d ⊙ s·(xd·Aᵀ)·Bᵀ
+  // where without dropout xd = x and xd·Wᵀ is out's own base part. The LoRA term u is F32.
+  void dora_apply(Tensor& out, const Tensor& x) const {
+    QT_PROFILE("dora.fwd (in linear)");
+    const int64_t O = out.size(-1), N = out.numel() / O;
+    const Device dev = x.device();
+    Tensor xd = lora_input(x);  // [N, I]
+    Tensor mid = Tensor::empty({N, layer->r}, xd.dtype(), dev);
+    matmul(mid, xd, gemm_a(), false, true);  // xd·Aᵀ [N, r]
+    Tensor u = Tensor::empty({N, O}, DType::F32, dev);
+    matmul(u, mid, gemm_b(), false, true, (float)layer->scale);  // s·(xd·Aᵀ)·Bᵀ [N, O]
+    Tensor o2 = out.reshape({N, O});
+    if (!dropping()) return dora_combine(o2, o2, u, d, base_bias());
+    Tensor t = Tensor::empty({N, O}, out.dtype(), dev);  // xd·Wᵀ + b
+    base->forward_base(t, xd);
+    dora_combine(o2, t, u, d, base_bias());
+  }
+
+  // DoRA takes over its Linear's backward. With g = d ⊙ dy, h = xd·Aᵀ, dh = s·g·B:
+  //   dB += s·gᵀ·h,  dA += dhᵀ·xd,  dm += Σ_n dy ⊙ (xd·Wᵀ + s·h·Bᵀ) / norm,
+  //   dx += dy·W + mask ⊙ (((d − 1) ⊙ dy)·W + dh·A)   (no dropout: dx += g·W + dh·A).
+  bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
+                       TrainableParams* params) const override {
+    if (!dora()) return false;
+    QT_PROFILE("dora.bwd (in linear)");
+    if (dw || db)
+      throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
+                  "': the base weight and bias under a DoRA adapter are frozen");
+    const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
+    const float s = (float)layer->scale;
+    const Device dev = x.device();
+    Tensor xd = lora_input(x);  // [N, I]
+    const DType act = xd.dtype();
+    Tensor dy2 = dy.reshape({N, O});
+    Tensor h = Tensor::empty({N, r}, act, dev), dh = Tensor::empty({N, r}, act, dev);
+    Tensor g = Tensor::empty({N, O}, dy.dtype(), dev);
+    matmul(h, xd, gemm_a(), false, true);        // h = xd·Aᵀ
+    scale_columns(g, dy2, d);                    // g = d ⊙ dy
+    matmul(dh, g, gemm_b(), false, false, s);    // dh = s·g·B
+    if (params) {
+      if (Tensor* gb = params->grad(key_b)) matmul(*gb, g, h, true, false, s, 1.0f);
+      if (Tensor* ga = params->grad(key_a)) matmul(*ga, dh, xd, true, false, 1.0f, 1.0f);
+      if (Tensor* gm = params->grad(key_m)) {
+        Tensor p = Tensor::empty({O, r}, DType::F32, dev);  // dyᵀ·h
+        matmul(p, dy2, h, true, false);
+        Tensor y = Tensor::empty({N, O}, dy.dtype(), dev);  // xd·Wᵀ + b
+        lin.forward_base(y, xd);
+        Tensor cy = Tensor::zeros({O}, DType::F32, dev), cdy;
+        scale_columns_backward(nullptr, &cy, dy2, &y, nullptr);
+        if (base_bias()) {
+          cdy = Tensor::zeros({O}, DType::F32, dev);
+          scale_columns_backward(nullptr, &cdy, dy2, nullptr, nullptr);
+        }
+        dora_magnitude_grad(*gm, cy, base_bias() ? &cdy : nullptr, base_bias(), p, master_b(), s, norm);
+      }
+    }
+    if (!dx) return true;
+    Tensor dx2 = dx->reshape({N, I});
+    if (!dropping()) {
+      linear_backward_base(lin, &dx2, nullptr, nullptr, g, x);  // dx += g·W
+      matmul(dx2, dh, gemm_a(), false, false, 1.0f, 1.0f);     // dx += dh·A
+      return true;
+    }
+    linear_backward_base(lin, &dx2, nullptr, nullptr, dy2, x);  // the base path: dx += dy·W
+    Tensor t = Tensor::zeros({N, I}, act, dev);
+    Tensor g1 = Tensor::empty({N, O}, dy.dtype(), dev);
+    scale_columns(g1, dy2, d_minus_1);
+    linear_backward_base(lin, &t, nullptr, nullptr, g1, xd);  // ((d − 1) ⊙ dy)·W
+    matmul(t, dh, gemm_a(), false, false, 1.0f, 1.0f);        // + dh·A
+    add_through_mask(dx2, t);
+    return true;
   }
 };
 
@@ -253,15 +295,9 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
   const std::string prefix = "base_model.model.";
   uint64_t id = 0;
   for (const auto& l : lora.layers()) {
-    if (l->magnitude.defined() && dropout > 0)
-      throw_error(ErrorKind::Unsupported,
-                  "DoRA training with lora_dropout > 0 is not implemented yet (module ", l->module,
-                  "); use --lora-dropout 0");
     auto it = by_name.find(l->module);
     if (it == by_name.end())
       throw_error(ErrorKind::Internal, "LoRA module ", l->module, " is not in the model");
-    if (l->magnitude.defined() && model.device() != Device::CPU)
-      throw_error(ErrorKind::Unsupported, "DoRA training runs on the CPU only so far (module ", l->module, ")");
     auto a = std::make_shared<TrainLoraAdapter>();
     a->layer = l;
     a->state = state_;
@@ -273,8 +309,10 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     if (model.device() != Device::CPU) {
       a->a_dev = l->A.clone().to(model.device());
       a->b_dev = l->B.clone().to(model.device());
+      if (l->magnitude.defined()) a->m_dev = l->magnitude.clone().to(model.device());
       a->refresh_gpu();
     }
+    a->refresh_dora();
     slots_.push_back({it->second, it->second->adapter, a, a});
     it->second->adapter = a;
   }
@@ -284,7 +322,7 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     registered += l.magnitude.defined() ? 3 : 2;
     params.add(sl.lora->key_a, sl.lora->on_gpu() ? sl.lora->a_dev : l.A);
     params.add(sl.lora->key_b, sl.lora->on_gpu() ? sl.lora->b_dev : l.B);
-    if (l.magnitude.defined()) params.add(sl.lora->key_m, l.magnitude);
+    if (l.magnitude.defined()) params.add(sl.lora->key_m, sl.lora->on_gpu() ? sl.lora->m_dev : l.magnitude);
   }
   if (lora.trainable().size() != registered)
     throw_error(ErrorKind::Unsupported,
@@ -301,11 +339,17 @@ LoraTraining::~LoraTraining() {
 
 void LoraTraining::refresh() {
   if (model_.device() != Device::CPU) {  // the GPU forward reads BF16 copies of the device masters
-    for (Slot& s : slots_) s.lora->refresh_gpu();
+    for (Slot& s : slots_) {
+      s.lora->refresh_gpu();
+      s.lora->refresh_dora();
+    }
     return;
   }
   lora_.refresh();
-  for (Slot& s : slots_) s.linear->adapter = s.training;
+  for (Slot& s : slots_) {
+    s.lora->refresh_dora();
+    s.linear->adapter = s.training;
+  }
 }
 
 void LoraTraining::sync_to_host() {
@@ -313,6 +357,7 @@ void LoraTraining::sync_to_host() {
   for (Slot& s : slots_) {
     s.lora->layer->A.copy_from(s.lora->a_dev);
     s.lora->layer->B.copy_from(s.lora->b_dev);
+    if (s.lora->m_dev.defined()) s.lora->layer->magnitude.copy_from(s.lora->m_dev);
   }
   lora_.refresh();
   for (Slot& s : slots_) s.linear->adapter = s.training;

@@ -10,7 +10,7 @@
 // the LoRA GEMMs read BF16 copies of them (f32 accumulation), refreshed after each step;
 // sync_to_host() brings them back to the LoraModel for saving.
 // Destroying it puts the plain LoraLayers back on the Linears. DoRA layers train A, B and the magnitude
-// ("...lora_magnitude_vector") with PEFT's detached weight norm (no dropout with DoRA yet).
+// ("...lora_magnitude_vector") with PEFT's detached weight norm (peft/dora_ops.h), with or without dropout.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -99,22 +99,6 @@ struct DenseAdapter : LinearAdapter, TrainableAdapter {
   }
 };
 
-// out = s ⊙ (x·Wᵀ) + b (a DoRA-like rescaling of the base product, no trainable term of its own).
-struct ScaleAdapter : LinearAdapter, TrainableAdapter {
-  Tensor s, bias;  // [O], base bias [O] or undefined
-  void apply(Tensor& out, const Tensor& x) const override {
-    int64_t O = s.numel(), N = out.numel() / O;
-    float* o = out.data<float>();
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t j = 0; j < O; j++) {
-        float b = bias.defined() ? bias.data<float>()[j] : 0.0f;
-        o[n * O + j] = (o[n * O + j] - b) * s.data<float>()[j] + b;
-      }
-  }
-  void backward(Tensor*, const Tensor&, const Tensor&, TrainableParams*) const override {}
-  const Tensor* base_output_scale() const override { return &s; }
-};
-
 struct ForwardOnlyAdapter : LinearAdapter {
   void apply(Tensor&, const Tensor&) const override {}
 };
@@ -207,42 +191,4 @@ TEST(LinearBackward, FourBitModelEqualsDequantizedDenseModel) {
   TrainableParams full;
   expect_error([&] { register_full_finetune(full, q4); }, ErrorKind::Unsupported,
                {"model.layers.0.self_attn.q_proj", "quantized weight"});
-}
-
-TEST(LinearBackward, BaseOutputScaleEqualsScaledWeight) {
-  // An adapter rescaling the base product by s behaves like the weight diag(s)·W (llama_bias: with bias).
-  const std::string dir = model_fixture("llama_bias");
-  LlamaModel with = LlamaModel::load(dir), merged = LlamaModel::load(dir);
-  Linear& up = with.mutable_layers()[0].up;
-  auto ad = std::make_shared<ScaleAdapter>();
-  ad->s = randn({up.out_features()}, 0.3f, 21);
-  float* sv = ad->s.data<float>();
-  for (int64_t j = 0; j < up.out_features(); j++) sv[j] += 1.0f;
-  ad->bias = up.bias;
-  up.adapter = ad;
-  Linear& um = merged.mutable_layers()[0].up;
-  Tensor ws = um.weight.clone();
-  int64_t I = um.in_features();
-  for (int64_t j = 0; j < um.out_features(); j++)
-    for (int64_t i = 0; i < I; i++) ws.data<float>()[j * I + i] *= sv[j];
-  um.weight = ws;
-  auto reg = [](TrainableParams& p, const LlamaModel& m) {
-    p.add("model.embed_tokens.weight", m.embed_tokens());
-    p.add("model.layers.0.input_layernorm.weight", m.layers()[0].input_norm);
-    p.add("model.layers.1.mlp.up_proj.weight", m.layers()[1].up.weight);
-  };
-  TrainableParams pa, pm;
-  reg(pa, with);
-  reg(pm, merged);
-  Tensor ids = Tensor::from_i32({3, 70, 9, 200, 5, 5}, {1, 6});
-  Tensor labels = Tensor::from_i32({70, 9, 200, 5, 5, 31}, {1, 6});
-  LossSum ra = causal_lm_forward_backward(with, ids, labels, &pa, {});
-  LossSum rm = causal_lm_forward_backward(merged, ids, labels, &pm, {});
-  EXPECT_NEAR(ra.loss, rm.loss, 1e-5 * rm.loss);
-  for (const auto& e : pm.entries())
-    EXPECT_LT(rel_err(pa.at(e.name).grad.to_f32_vector(), e.grad.to_f32_vector()), 1e-5) << e.name;
-  TrainableParams base_trained;
-  base_trained.add("model.layers.0.mlp.up_proj.weight", up.weight);
-  expect_error([&] { causal_lm_forward_backward(with, ids, labels, &base_trained, {}); },
-               ErrorKind::Unsupported, {"model.layers.0.mlp.up_proj", "rescales the base output"});
 }

@@ -1,7 +1,7 @@
 // The trainer: per-step LoRA, DoRA and QLoRA (bitsandbytes NF4 + double quant) training losses equal
 // transformers+peft's for 20 steps (f32 CPU; fixtures tests/fixtures/train/loss_parity* from
-// tools/make_trainer_fixtures.py), the LoRA training adapter's
-// gradients against finite differences, and run_finetune end to end on the bundled model: loss falls, the
+// tools/make_trainer_fixtures.py), the LoRA and DoRA training adapters' gradients against finite
+// differences (with dropout, biases, an NF4 base), and run_finetune end to end on the bundled model: loss falls, the
 // PEFT folder / CSV / PNG are written, an interrupted run resumed from its checkpoint continues bit for bit,
 // and bad arguments fail before training.
 #include "train/trainer.h"
@@ -12,6 +12,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -22,6 +23,7 @@
 #include "optim/optimizer.h"
 #include "optim/param_groups.h"
 #include "optim/schedule.h"
+#include "peft/dora_ops.h"
 #include "peft/lora_model.h"
 #include "train/causal_lm.h"
 #include "train/collate.h"
@@ -114,6 +116,89 @@ TEST(Trainer, LoraAdapterGradientMatchesFiniteDifference) {
       const double fd = (lp - lm) / (2 * h), g = e.grad.data<float>()[i];
       EXPECT_NEAR(g, fd, 2e-2 * std::max(1e-2, std::fabs(fd))) << key << "[" << i << "]";
     }
+  }
+}
+
+// DoRA's training adapter (dora_ops.h) against central differences of the loss: with dropout (the
+// (d − 1)·xd·Wᵀ term and its own backward), a base with biases, and an NF4 base (QDoRA); A, B and the
+// magnitude all moved away from their init so every gradient term is exercised.
+TEST(Trainer, DoraGradientsMatchFiniteDifference) {
+  struct Case {
+    const char* model;
+    bool nf4;
+    double dropout;
+  };
+  for (Case c : {Case{"llama_bias", false, 0.25}, Case{"llama", true, 0.25}, Case{"llama_bias", false, 0.0}}) {
+    LoadOptions load;
+    load.load_in_4bit = c.nf4;
+    load.double_quant = c.nf4;
+    LlamaModel model = LlamaModel::load(std::string(QTUNE_FIXTURES) + "/model/" + c.model, Device::CPU, load);
+    LoraConfig cfg;
+    cfg.r = 4;
+    cfg.lora_alpha = 8;
+    cfg.use_dora = true;
+    set_target_modules(cfg, "q_proj,v_proj,down_proj");
+    LoraModel lora = LoraModel::create(model, cfg, 3);
+    for (const auto& l : lora.layers()) {
+      float* b = l->B.data<float>();
+      for (int64_t i = 0; i < l->B.numel(); i++) b[i] = 0.05f * (float)((i * 7919 % 201) - 100) / 100.0f;
+      float* m = l->magnitude.data<float>();
+      for (int64_t i = 0; i < l->magnitude.numel(); i++) m[i] *= 1.0f + 0.2f * (float)((i * 31 % 11) - 5) / 5.0f;
+    }
+    lora.refresh();
+    TrainableParams params;
+    LoraTraining tr(model, lora, params, 5, c.dropout);
+    tr.set_training(true);
+    tr.set_step(2);
+    Tensor ids = Tensor::from_i32({3, 17, 99, 5, 42, 8, 250, 11}, {1, 8});
+    Tensor labels = Tensor::from_i32({17, 99, 5, 42, 8, 250, 11, -100}, {1, 8});
+    params.zero_grads();
+    causal_lm_forward_backward(model, ids, labels, &params, {});
+    std::map<std::string, Linear*> linears;
+    for (auto& [name, lin] : linear_modules(model)) linears[name] = lin;
+    double worst = 0;
+    for (const auto& layer : lora.layers()) {
+      if (layer->module.find("layers.1.self_attn.q_proj") == std::string::npos &&
+          layer->module.find("layers.0.mlp.down_proj") == std::string::npos)
+        continue;
+      const Linear& base = *linears.at(layer->module);
+      // PEFT detaches the row norm: hold d = m / norm fixed while A or B move (rescale m with the norm).
+      auto norm_of = [&] {
+        Tensor n = Tensor::empty({layer->B.size(0)}, DType::F32);
+        dora_weight_norm(n, dora_dense_weight(base), layer->A, layer->B, (float)layer->scale);
+        return n;
+      };
+      const Tensor n0 = norm_of(), m0 = layer->magnitude.clone();
+      for (const char* part : {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector"}) {
+        const auto& e = params.at("base_model.model." + layer->module + "." + part);
+        const bool mag = std::string(part) == "lora_magnitude_vector";
+        for (int64_t i : {0L, 5L, e.param.numel() - 1}) {
+          float* w = e.param.data<float>() + i;
+          const float w0 = *w, h = 1e-2f;
+          auto loss_at = [&](float v) {
+            *w = v;
+            if (!mag) {
+              const Tensor n1 = norm_of();
+              for (int64_t o = 0; o < n0.numel(); ++o)
+                layer->magnitude.data<float>()[o] =
+                    m0.data<float>()[o] * n1.data<float>()[o] / n0.data<float>()[o];
+            }
+            tr.refresh();
+            const double l = causal_lm_forward_backward(model, ids, labels, nullptr, {}).loss;
+            *w = w0;
+            layer->magnitude.copy_from(m0);
+            tr.refresh();
+            return l;
+          };
+          const double fd = (loss_at(w0 + h) - loss_at(w0 - h)) / (2 * h), g = e.grad.data<float>()[i];
+          worst = std::max(worst, std::fabs(g - fd) / std::max(1e-2, std::fabs(fd)));
+          EXPECT_NEAR(g, fd, 2e-2 * std::max(1e-2, std::fabs(fd)))
+              << c.model << " " << layer->module << "." << part << "[" << i << "]";
+        }
+      }
+    }
+    std::printf("  DoRA %s%s, dropout %.2f: worst gradient rel err vs finite differences %.3g\n", c.model,
+                c.nf4 ? " NF4" : "", c.dropout, worst);
   }
 }
 

@@ -1,8 +1,9 @@
 // GPU training (bf16 activations, f32 LoRA weights/gradients/optimizer states on the device):
 //  - per-step losses and gradient norms of LoRA and QLoRA (NF4 + double quant) within 2e-2 of PEFT's f32
 //    run for 20 steps (the CPU test's fixtures; the bar for CUDA bf16);
-//  - one step's LoRA gradients (with dropout, packing and gradient checkpointing) against the CPU f32
-//    trainer on the same batch: relative norm error at the bf16 level;
+//  - one step's LoRA, DoRA and QDoRA gradients (with dropout, packing and gradient checkpointing) against
+//    the CPU f32 trainer on the same batch: relative norm error at the bf16 level; DoRA's losses against
+//    PEFT's like LoRA's;
 //  - `run_finetune` on the GPU end to end with paged 8-bit AdamW: the loss falls, the adapter is written
 //    and loads back with the trained weights.
 #include <gtest/gtest.h>
@@ -23,19 +24,26 @@ namespace {
 
 const std::string kBundled = std::string(QTUNE_SOURCE_DIR) + "/models/qtune-tiny-8m";
 
-// The LoRA gradients of one packed, dropout-on step of a fresh all-linear adapter on the bundled model.
-std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint) {
-  LlamaModel model = LlamaModel::load(kBundled, dev);
+// The LoRA (or DoRA) gradients of one packed, dropout-on step of a fresh all-linear adapter on the bundled
+// model (dense or NF4 base).
+std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint, bool dora = false,
+                                                     const LoadOptions& load = {}) {
+  LlamaModel model = LlamaModel::load(kBundled, dev, load);
   LoraConfig cfg;
   cfg.r = 8;
   cfg.lora_alpha = 16;
   cfg.lora_dropout = 0.1;
+  cfg.use_dora = dora;
   set_target_modules(cfg, "all-linear");
   LoraModel lora = LoraModel::create(model, cfg, 7);
-  // B = 0 at init makes A's gradient zero: give B values so both are exercised.
+  // B = 0 at init makes A's gradient zero: give B values so both are exercised (and DoRA's magnitudes
+  // move away from the row norms).
   for (const auto& l : lora.layers()) {
     float* b = l->B.data<float>();
     for (int64_t i = 0; i < l->B.numel(); i++) b[i] = 0.01f * (float)((i * 7919 % 201) - 100) / 100.0f;
+    if (!dora) continue;
+    float* m = l->magnitude.data<float>();
+    for (int64_t i = 0; i < l->magnitude.numel(); i++) m[i] *= 1.0f + 0.1f * (float)((i * 31 % 11) - 5) / 5.0f;
   }
   lora.refresh();
   TrainableParams params;
@@ -81,11 +89,12 @@ TEST(TrainCuda, QloraLossParityWithPeftBitsandbytes) {
   check_loss_parity("loss_parity_qlora", "mistral", q, Device::CUDA, 2e-2);
 }
 
-TEST(TrainCuda, LoraGradientsMatchCpu) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
-  auto cpu = lora_grads(Device::CPU, false);
+// CUDA bf16 gradients against the CPU f32 ones for one step (same dropout masks): worst over all adapter
+// tensors together and per tensor.
+static void expect_grads_match_cpu(const char* what, bool dora, const LoadOptions& load) {
+  auto cpu = lora_grads(Device::CPU, false, dora, load);
   for (bool ck : {false, true}) {
-    auto gpu = lora_grads(Device::CUDA, ck);
+    auto gpu = lora_grads(Device::CUDA, ck, dora, load);
     ASSERT_EQ(cpu.size(), gpu.size());
     std::vector<float> all_c, all_g;
     double worst = 0;
@@ -95,11 +104,31 @@ TEST(TrainCuda, LoraGradientsMatchCpu) {
       worst = std::max(worst, qtune_test::rel_err(gpu[name], g));
     }
     const double total = qtune_test::rel_err(all_g, all_c);
-    std::printf("LoRA gradients CUDA bf16 vs CPU f32 (checkpointing %d): all %.3g, worst tensor %.3g\n", ck,
+    std::printf("%s gradients CUDA bf16 vs CPU f32 (checkpointing %d): all %.3g, worst tensor %.3g\n", what, ck,
                 total, worst);
-    EXPECT_LT(total, 2e-2);
-    EXPECT_LT(worst, 6e-2);
+    EXPECT_LT(total, 2e-2) << what;
+    EXPECT_LT(worst, 6e-2) << what;
   }
+}
+
+TEST(TrainCuda, LoraGradientsMatchCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  expect_grads_match_cpu("LoRA", false, {});
+}
+
+TEST(TrainCuda, DoraGradientsMatchCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  expect_grads_match_cpu("DoRA", true, {});
+  LoadOptions q;
+  q.load_in_4bit = true;
+  q.double_quant = true;
+  q.compute_dtype = DType::BF16;
+  expect_grads_match_cpu("QDoRA (NF4)", true, q);
+}
+
+TEST(TrainCuda, DoraLossParityWithPeft) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  check_loss_parity("loss_parity_dora", "llama", {}, Device::CUDA, 2e-2);
 }
 
 TEST(TrainCuda, FinetuneEndToEndPaged8bit) {
@@ -145,19 +174,4 @@ TEST(TrainCuda, FinetuneEndToEndPaged8bit) {
   for (const auto& l : saved.layers())
     for (float v : l->B.to_f32_vector()) bsum += std::fabs(v);
   EXPECT_GT(bsum, 0.0);
-}
-
-TEST(TrainCuda, DoraIsAClearErrorOnTheGpu) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
-  LlamaModel model = LlamaModel::load(kBundled, Device::CUDA);
-  LoraConfig cfg;
-  cfg.use_dora = true;
-  set_target_modules(cfg, "q_proj");
-  qtune_test::expect_error(
-      [&] {
-        LoraModel lora = LoraModel::create(model, cfg, 1);
-        TrainableParams p;
-        LoraTraining tr(model, lora, p, 0, 0.0);
-      },
-      ErrorKind::Unsupported, {"DoRA"});
 }
