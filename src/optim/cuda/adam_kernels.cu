@@ -18,6 +18,10 @@ namespace qtune {
 namespace {
 
 constexpr int kThreads = 256;
+// The warp kernels run 4 warps (state blocks) per thread block: measured on the H200 (256M parameters,
+// adamw_8bit) 1.16–1.18 ms at 128 threads against 1.31–1.34 at 256 and 1.41 at 512 (bench/NOTES.md).
+constexpr int kWarpThreads = 128;
+constexpr int kWarpsPerBlock = kWarpThreads / 32;
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw_error(ErrorKind::Cuda, what, ": ", cudaGetErrorString(e));
@@ -370,12 +374,12 @@ void bnb8_step_cuda(bool lion, float* p, const float* g, uint8_t* q1, float* abs
   if (warp_ok(t, blocksize)) {
     done_blocks = n / 256;
     if (done_blocks > 0) {
-      const unsigned grid = (unsigned)((done_blocks + 7) / 8);
+      const unsigned grid = (unsigned)((done_blocks + kWarpsPerBlock - 1) / kWarpsPerBlock);
       if (lion)
-        bnb8_warp_kernel<true><<<grid, kThreads>>>(p, g, q1, absmax1, nullptr, nullptr, done_blocks,
+        bnb8_warp_kernel<true><<<grid, kWarpThreads>>>(p, g, q1, absmax1, nullptr, nullptr, done_blocks,
                                                    map1.code, nullptr, map1.lut, nullptr, s);
       else
-        bnb8_warp_kernel<false><<<grid, kThreads>>>(p, g, q1, absmax1, q2, absmax2, done_blocks, map1.code,
+        bnb8_warp_kernel<false><<<grid, kWarpThreads>>>(p, g, q1, absmax1, q2, absmax2, done_blocks, map1.code,
                                                     map2.code, map1.lut, map2.lut, s);
     }
   }
@@ -391,11 +395,11 @@ void bnb8_multi_step_cuda(bool lion, const std::vector<Bnb8Tensor>& ts, int64_t 
   m.first[0] = 0;
   auto flush = [&] {
     if (m.count == 0) return;
-    const unsigned grid = (unsigned)((m.first[m.count] + 7) / 8);
+    const unsigned grid = (unsigned)((m.first[m.count] + kWarpsPerBlock - 1) / kWarpsPerBlock);
     if (lion)
-      bnb8_warp_multi_kernel<true><<<grid, kThreads>>>(m, map1.code, nullptr, map1.lut, nullptr);
+      bnb8_warp_multi_kernel<true><<<grid, kWarpThreads>>>(m, map1.code, nullptr, map1.lut, nullptr);
     else
-      bnb8_warp_multi_kernel<false><<<grid, kThreads>>>(m, map1.code, map2.code, map1.lut, map2.lut);
+      bnb8_warp_multi_kernel<false><<<grid, kWarpThreads>>>(m, map1.code, map2.code, map1.lut, map2.lut);
     m.count = 0;
   };
   for (const Bnb8Tensor& t0 : ts) {
