@@ -1,8 +1,9 @@
 // `qtune finetune`: parameter-efficient supervised fine-tuning on the CPU or one GPU with Hugging Face's
 // argument names (TrainingArguments / SFTConfig / PEFT's LoraConfig, IA3Config, PromptTuningConfig,
-// PromptEncoderConfig, PrefixTuningConfig / BitsAndBytesConfig). --peft-type picks the method (LoRA by
-// default); flags that belong to another method are refused. The output folder gets the adapter folder,
-// training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the semantics.
+// PromptEncoderConfig, PrefixTuningConfig, AdaptionPromptConfig / BitsAndBytesConfig). --peft-type picks the
+// method (LoRA by default); flags that belong to another method are refused. The output folder gets the
+// adapter folder, training_log.csv, loss_curve.png and checkpoint-N folders; train/trainer.h has the
+// semantics.
 // --nproc-per-node N (with --nnodes/--node-rank/--master-addr/--master-port for several nodes) re-runs
 // this same command line as N data-parallel ranks (docs/distributed.md); a process that already has
 // WORLD_SIZE in its environment (a rank, or torchrun / Slurm) trains as that rank instead.
@@ -131,7 +132,7 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   auto* cmd =
       app.add_subcommand("finetune",
                          "Supervised fine-tuning with LoRA / QLoRA, IA3, bottleneck adapters, prompt, P- or "
-                         "prefix tuning (writes a PEFT adapter folder)");
+                         "prefix tuning, LLaMA-Adapter (writes a PEFT adapter folder)");
   cmd->add_option("--model", t.model_dir, "Model folder (config.json, *.safetensors, tokenizer files)")
       ->required();
   cmd->add_option(
@@ -141,9 +142,11 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   cmd->add_option("--out", t.out_dir, "Output folder: adapter, training_log.csv, loss_curve.png, checkpoints")
       ->required();
   cmd->add_option("--adapter", t.adapter_dir,
-                  "Continue training this adapter folder (LoRA, IA3, bottleneck, prompt/P-/prefix tuning)");
-  cmd->add_option("--peft-type", t.peft_type,
-                  "lora (default), ia3, bottleneck, prompt_tuning, p_tuning or prefix_tuning");
+                  "Continue training this adapter folder (LoRA, IA3, bottleneck, prompt/P-/prefix tuning, "
+                  "LLaMA-Adapter)");
+  cmd->add_option(
+      "--peft-type", t.peft_type,
+      "lora (default), ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning or adaption_prompt");
   using K = PeftKind;
   auto own = [&](CLI::Option* o, std::vector<PeftKind> kinds) { a->owned.push_back({o, std::move(kinds)}); };
   own(cmd->add_option("--lora-r", a->lora_r, "LoRA rank (default 8)"), {K::Lora});
@@ -188,6 +191,12 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   own(cmd->add_flag("--prefix-projection", t.prompt.prefix_projection,
                     "Prefix tuning: train the prefixes through PEFT's projection MLP"),
       {K::PrefixTuning});
+  own(cmd->add_option("--adapter-len", t.adaption.adapter_len,
+                      "LLaMA-Adapter: prompt rows per adapted layer (default 10)"),
+      {K::AdaptionPrompt});
+  own(cmd->add_option("--adapter-layers", t.adaption.adapter_layers,
+                      "LLaMA-Adapter: adapt the top N layers (default 1)"),
+      {K::AdaptionPrompt});
   cmd->add_option("--learning-rate", t.learning_rate, "Peak learning rate (default 2e-4)");
   cmd->add_option("--num-train-epochs", t.num_train_epochs, "Epochs (default 3)");
   cmd->add_option("--max-steps", t.max_steps, "Optimizer steps; overrides epochs when > 0");

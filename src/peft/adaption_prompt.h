@@ -2,10 +2,12 @@
 // learned prompt A [1, adapter_len, C] and a gate g [1] (zero at init). The layer's attention output gains
 //   o_proj( g · softmax(q·Kᵀ/√D) · V ),  K = k_proj(A), V = v_proj(A)   (no RoPE on K; q rotated as usual)
 // a separate softmax over the adapter_len prompt rows only (GQA: query head h reads kv head h/(Hq/Hkv)),
-// as PEFT's AdaptedAttention computes it. Saved keys:
+// as PEFT 0.21's AdaptedAttention computes it: the gate multiplies the probabilities as it is (no tanh),
+// and the adapter output goes through the whole o_proj, so a biased o_proj adds its bias twice. Saved keys:
 //   base_model.model.model.layers.<i>.self_attn.adaption_prompt  [1, adapter_len, C]
 //   base_model.model.model.layers.<i>.self_attn.adaption_gate    [1]
-// Inference on the CPU and CUDA (LlamaLayer::attn_adapter); training is not implemented.
+// Inference on the CPU and CUDA (LlamaLayer::attn_adapter); training on both through
+// train/adaption_train.h (qtune finetune --peft-type adaption_prompt).
 //
 //   AdaptionPromptModel ap = AdaptionPromptModel::load(model, "folder");   // attached to the model
 //   ... generate ...;  ap.detach();
@@ -16,20 +18,9 @@
 
 #include "core/tensor.h"
 #include "model/llama_model.h"
+#include "peft/adaption_prompt_config.h"
 
 namespace qtune {
-
-struct AdaptionPromptConfig {
-  int64_t adapter_len = 10;
-  int64_t adapter_layers = 1;
-  std::string target_modules = "self_attn";
-  std::string base_model_name_or_path;
-  std::string task_type = "CAUSAL_LM";
-};
-
-// adapter_config.json; read throws ErrorKind::Format / Unsupported naming the file and field.
-AdaptionPromptConfig read_adaption_prompt_config(const std::string& path);
-void write_adaption_prompt_config(const std::string& path, const AdaptionPromptConfig& cfg);
 
 class AdaptionPromptModel {
  public:
@@ -50,6 +41,7 @@ class AdaptionPromptModel {
 
   void save(const std::string& dir) const;
   const AdaptionPromptConfig& config() const { return cfg_; }
+  LlamaModel& model() const { return *model_; }
   std::vector<Layer>& layers() { return layers_; }
   // Recomputes the layers' key/value rows after prompts or gates changed, and (re)attaches them.
   void refresh();

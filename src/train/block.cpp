@@ -22,12 +22,15 @@ DType act_dtype(Device d) {
 void BlockSaved::drop_activations() {
   full = false;
   h1 = q = k = v = att = lse = x_mid = h2 = gate = up = act = Tensor();
+  attn_extra.clear();
 }
 
 int64_t BlockSaved::activation_bytes() const {
   int64_t n = 0;
   for (const Tensor* t : {&x_in, &h1, &q, &k, &v, &att, &lse, &x_mid, &h2, &gate, &up, &act})
     if (t->defined()) n += (int64_t)t->nbytes();
+  for (const Tensor& t : attn_extra)
+    if (t.defined()) n += (int64_t)t.nbytes();
   return n;
 }
 
@@ -43,6 +46,7 @@ Block::Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, Trainab
       params_(params),
       dev_(layer.input_norm.device()),
       adt_(act_dtype(dev_)) {
+  attn_train_ = dynamic_cast<const TrainableAttentionAdapter*>(L_.attn_adapter.get());
   if (!params) return;
   std::string pre = "model.layers." + std::to_string(index);
   g_in_norm_ = params->grad(pre + ".input_layernorm.weight");
@@ -57,10 +61,13 @@ Block::Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, Trainab
   g_gate_ = lg(L_.gate);
   g_up_ = lg(L_.up);
   g_down_ = lg(L_.down);
+  if (attn_train_ && (g_o_.w || g_o_.b || L_.o.adapter))
+    throw_error(ErrorKind::Unsupported, "block ", index_, ": a LLaMA-Adapter trains with a frozen o_proj ",
+                "without adapters (", L_.o.name, " is trainable or carries an adapter)");
 }
 
 bool Block::has_trainable() const {
-  if (g_in_norm_ || g_post_norm_) return true;
+  if (g_in_norm_ || g_post_norm_ || attn_train_) return true;
   for (const LinearGrads* g : {&g_q_, &g_k_, &g_v_, &g_o_, &g_gate_, &g_up_, &g_down_})
     if (g->w || g->b) return true;
   for (const Linear* l : {&L_.q, &L_.k, &L_.v, &L_.o, &L_.gate, &L_.up, &L_.down})
@@ -118,9 +125,26 @@ void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, 
       attention_forward_train(s.att, s.lse, s.q, s.k, s.v, in.seq_ids);
   }
   s.x_mid = empty({N, C_});
-  {
+  if (attn_train_) {  // o_proj(att) + o_proj(extra), as one product when o_proj has no bias
+    Tensor extra = empty({N, Hq_ * D_});
+    {
+      QT_PROFILE("fwd.attn_adapter");
+      attn_train_->forward_train(extra, s.attn_extra, s.q, L_);
+    }
+    QT_PROFILE("fwd.linear");
+    if (L_.o.bias.defined()) {
+      L_.o.forward(s.x_mid, s.att.reshape({N, Hq_ * D_}));
+      Tensor o2 = empty({N, C_});
+      L_.o.forward(o2, extra);
+      add_inplace(s.x_mid, o2);
+    } else {
+      add_inplace(extra, s.att.reshape({N, Hq_ * D_}));
+      L_.o.forward(s.x_mid, extra);
+    }
+  } else {
     QT_PROFILE("fwd.linear");
     L_.o.forward(s.x_mid, s.att.reshape({N, Hq_ * D_}));
+    if (L_.attn_adapter) L_.attn_adapter->forward(s.x_mid, s.q, L_);  // forward-only add-on
   }
   s.h2 = empty({N, C_});
   {
@@ -167,6 +191,11 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
 void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   const int64_t B = in.B, T = in.T, N = B * T;
   if (!s.x_in.defined()) throw_error(ErrorKind::Usage, "block ", index_, " backward: no saved forward");
+  if (L_.attn_adapter && !attn_train_)
+    throw_error(
+        ErrorKind::Unsupported, "block ", index_,
+        " backward: the layer's attention adapter (a LLaMA-Adapter attached for inference) cannot be ",
+        "trained; train it through AdaptionPromptTraining (train/adaption_train.h)");
   if (dx.numel() != N * C_ || dx.dtype() != DType::F32 || dx.device() != dev_)
     throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be ", device_name(dev_), " F32 [", N,
                 ", ", C_, "], got ", dx.describe());
@@ -214,6 +243,10 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
                                 in.seq_ids);
     else
       attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
+  }
+  if (attn_train_) {  // d(extra) = d(att): both went through the same o_proj
+    QT_PROFILE("bwd.attn_adapter");
+    attn_train_->backward_train(dq, d_att2, s.q, s.attn_extra, L_, params_);
   }
   d_att = d_att2 = Tensor();
   Tensor dqh = dq.reshape({N, Hq_, D_}), dkh = dk.reshape({N, Hkv_, D_});

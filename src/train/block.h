@@ -11,7 +11,9 @@
 // d(out) into d(input) and accumulates gradients into the TrainableParams entries that exist for this
 // layer's weights (looked up once by HF name: model.layers.<i>.self_attn.q_proj.weight ...); weights with
 // no entry are frozen and only pass the gradient through (dense, NF4/FP4 or int8: train/linear_backward.h).
-// Linears carrying a TrainableAdapter (LoRA ...) backpropagate through it too.
+// Linears carrying a TrainableAdapter (LoRA ...) backpropagate through it too, and so does a layer's
+// attention add-on (LlamaLayer::attn_adapter, the LLaMA-Adapter) when it implements
+// TrainableAttentionAdapter below; one that does not runs in forward-only (loss) passes.
 //
 //   BlockInputs in{B, T, positions, inv_freq};
 //   Block blk(model.config(), model.layers()[i], i, &params);
@@ -23,9 +25,9 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "ops/attention.h"
 #include "io/hf_config.h"
 #include "model/llama_model.h"
+#include "ops/attention.h"
 #include "train/trainable.h"
 
 namespace qtune {
@@ -41,15 +43,32 @@ struct BlockInputs {
   const std::vector<AttentionPrefix>* prefixes = nullptr;
 };
 
+// An attention add-on the training Block runs and backpropagates (train/adaption_train.h). Its output joins
+// the attention output before o_proj: x_mid = x + o_proj(att) + o_proj(extra), computed as
+// o_proj(att + extra) when o_proj has no bias. o_proj is then frozen and adapter-free, so
+// d(extra) = d(att) = dy·W_o.
+struct TrainableAttentionAdapter {
+  virtual ~TrainableAttentionAdapter() = default;
+  // q [B, T, Hq, D] (rotated) → extra [N, Hq·D] in q's dtype; saved receives what backward reads.
+  virtual void forward_train(Tensor& extra, std::vector<Tensor>& saved, const Tensor& q,
+                             const LlamaLayer& layer) const = 0;
+  // d_extra [N, Hq·D] (q's dtype) → dq [B, T, Hq, D] += (before the RoPE backward), and the gradients of
+  // the adapter's parameters registered in params (null: none).
+  virtual void backward_train(Tensor& dq, const Tensor& d_extra, const Tensor& q,
+                              const std::vector<Tensor>& saved, const LlamaLayer& layer,
+                              TrainableParams* params) const = 0;
+};
+
 struct BlockSaved {
-  Tensor x_in;              // [N, C] block input (always kept)
-  bool full = false;        // the rest is present
-  Tensor h1;                // [N, C] input_layernorm(x_in)
-  Tensor q, k, v;           // [B, T, Hq, D], [B, T, Hkv, D] x2 (q, k after RoPE)
-  Tensor att, lse;          // [B, T, Hq, D], F32 [B, T, Hq]
-  Tensor x_mid, h2;         // [N, C]
-  Tensor gate, up, act;     // [N, F]
-  void drop_activations();  // keeps x_in only
+  Tensor x_in;                     // [N, C] block input (always kept)
+  bool full = false;               // the rest is present
+  Tensor h1;                       // [N, C] input_layernorm(x_in)
+  Tensor q, k, v;                  // [B, T, Hq, D], [B, T, Hkv, D] x2 (q, k after RoPE)
+  Tensor att, lse;                 // [B, T, Hq, D], F32 [B, T, Hq]
+  Tensor x_mid, h2;                // [N, C]
+  Tensor gate, up, act;            // [N, F]
+  std::vector<Tensor> attn_extra;  // the TrainableAttentionAdapter's saved tensors
+  void drop_activations();         // keeps x_in only
   int64_t activation_bytes() const;
 };
 
@@ -58,11 +77,11 @@ class Block {
   // params may be null (everything frozen). The layer must outlive the Block.
   Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, TrainableParams* params);
 
-  // x [N, C] (F32 on the CPU, BF16 on CUDA): the block input, replaced by the block output. saved receives a copy of the input and,
-  // unless checkpoint, the activations backward needs.
+  // x [N, C] (F32 on the CPU, BF16 on CUDA): the block input, replaced by the block output. saved receives a
+  // copy of the input and, unless checkpoint, the activations backward needs.
   void forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const;
-  // dx F32 [N, C] on the layer's device: d(loss)/d(output) in, d(loss)/d(input) out. Recomputes the activations first when saved
-  // holds only the input; drops them afterwards.
+  // dx F32 [N, C] on the layer's device: d(loss)/d(output) in, d(loss)/d(input) out. Recomputes the
+  // activations first when saved holds only the input; drops them afterwards.
   void backward(Tensor& dx, const BlockInputs& in, BlockSaved& saved) const;
 
   int index() const { return index_; }
@@ -71,17 +90,18 @@ class Block {
 
  private:
   void run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
-  Tensor act(const Shape& s) const;                           // an uninitialised activation
-  Tensor grad_zeros(const Shape& s, bool gemm_input) const;   // BF16 on CUDA when a GEMM reads it, else F32
-  Tensor gemm_grad(const Tensor& d) const;                    // d in the activation dtype
+  Tensor act(const Shape& s) const;                          // an uninitialised activation
+  Tensor grad_zeros(const Shape& s, bool gemm_input) const;  // BF16 on CUDA when a GEMM reads it, else F32
+  Tensor gemm_grad(const Tensor& d) const;                   // d in the activation dtype
 
   const LlamaLayer& L_;
   int index_;
   int64_t C_, F_, Hq_, Hkv_, D_;
   float eps_;
-  TrainableParams* params_;  // adapters look up their gradients here
-  Device dev_;               // where the layer's weights live
-  DType adt_;                // activation dtype: F32 on the CPU, BF16 on CUDA
+  TrainableParams* params_;                                // adapters look up their gradients here
+  const TrainableAttentionAdapter* attn_train_ = nullptr;  // the layer's attn_adapter, when trainable
+  Device dev_;                                             // where the layer's weights live
+  DType adt_;                                              // activation dtype: F32 on the CPU, BF16 on CUDA
   // Gradients of this layer's parameters (null = frozen).
   Tensor *g_in_norm_ = nullptr, *g_post_norm_ = nullptr;
   struct LinearGrads {

@@ -31,10 +31,6 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   if (cfg.sliding_window > 0 && T > cfg.sliding_window)
     throw_error(ErrorKind::Unsupported, op, ": ", T, " tokens exceed the sliding window (",
                 cfg.sliding_window, ") and sliding-window attention is not implemented");
-  for (const LlamaLayer& L : model.layers())
-    if (L.attn_adapter)  // the training Block does not run the gated adaption-prompt hook
-      throw_error(ErrorKind::Unsupported, op,
-                  ": training with a LLaMA-Adapter (ADAPTION_PROMPT) attached is not implemented");
   const Linear& head = model.lm_head();
   if (head.quantized()) throw_error(ErrorKind::Unsupported, op, ": a quantized lm_head is not supported");
   if (head.adapter)  // the chunked loss multiplies by the head weight alone

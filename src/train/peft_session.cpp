@@ -8,11 +8,13 @@
 #include "core/error.h"
 #include "io/json_util.h"
 #include "model/virtual_tokens.h"
+#include "peft/adaption_prompt.h"
 #include "peft/bottleneck_model.h"
 #include "peft/ia3_model.h"
 #include "peft/lora_model.h"
 #include "peft/peft_adapter.h"
 #include "tokenizer/tokenizer.h"
+#include "train/adaption_train.h"
 #include "train/bottleneck_train.h"
 #include "train/ia3_train.h"
 #include "train/lora_train.h"
@@ -95,6 +97,29 @@ class BottleneckSession : public PeftSession {
  private:
   std::unique_ptr<BottleneckModel> ad_;
   std::unique_ptr<BottleneckTraining> training_;
+};
+
+// --- LLaMA-Adapter ------------------------------------------------------------------------------------
+
+class AdaptionSession : public PeftSession {
+ public:
+  explicit AdaptionSession(AdaptionPromptModel ap)
+      : ap_(std::make_unique<AdaptionPromptModel>(std::move(ap))) {
+    training_ = std::make_unique<AdaptionPromptTraining>(*ap_, params_);
+  }
+  ~AdaptionSession() override { training_.reset(); }
+  PeftKind kind() const override { return PeftKind::AdaptionPrompt; }
+  std::string describe() const override {
+    const AdaptionPromptConfig& c = ap_->config();
+    return "LLaMA-Adapter (ADAPTION_PROMPT): " + std::to_string(c.adapter_len) +
+           " gated prompt rows in the top " + std::to_string(c.adapter_layers) + " layers";
+  }
+  void sync_to_host() override { training_->sync_to_host(); }
+  void save(const std::string& dir) const override { ap_->save(dir); }
+
+ private:
+  std::unique_ptr<AdaptionPromptModel> ap_;
+  std::unique_ptr<AdaptionPromptTraining> training_;
 };
 
 // --- prompt tuning, P-tuning, prefix tuning ----------------------------------------------------------
@@ -200,6 +225,8 @@ const char* peft_kind_name(PeftKind k) {
       return "p_tuning";
     case PeftKind::PrefixTuning:
       return "prefix_tuning";
+    case PeftKind::AdaptionPrompt:
+      return "adaption_prompt";
   }
   return "?";
 }
@@ -207,11 +234,12 @@ const char* peft_kind_name(PeftKind k) {
 PeftKind peft_kind_from_name(const std::string& name, const std::string& what) {
   const std::string n = lower(name);
   for (PeftKind k : {PeftKind::Lora, PeftKind::Ia3, PeftKind::Bottleneck, PeftKind::PromptTuning,
-                     PeftKind::PTuning, PeftKind::PrefixTuning})
+                     PeftKind::PTuning, PeftKind::PrefixTuning, PeftKind::AdaptionPrompt})
     if (n == peft_kind_name(k)) return k;
   throw_error(
       ErrorKind::Usage, what, " '", name,
-      "' cannot be trained: expected lora, ia3, bottleneck, prompt_tuning, p_tuning or prefix_tuning");
+      "' cannot be trained: expected lora, ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning or "
+      "adaption_prompt");
 }
 
 bool is_prompt_kind(PeftKind k) {
@@ -236,6 +264,12 @@ void check_peft_args(const TrainerArgs& a, PeftKind k) {
   if (k == PeftKind::Bottleneck) {
     BottleneckConfig c = a.bottleneck;
     c.apply_defaults("finetune --peft-type bottleneck: ");
+  }
+  if (k == PeftKind::AdaptionPrompt) {
+    if (a.adaption.adapter_len <= 0)
+      throw_error(ErrorKind::Usage, "--adapter-len must be > 0, got ", a.adaption.adapter_len);
+    if (a.adaption.adapter_layers <= 0)
+      throw_error(ErrorKind::Usage, "--adapter-layers must be > 0, got ", a.adaption.adapter_layers);
   }
   if (!is_prompt_kind(k)) return;
   const PromptLearningConfig& p = a.prompt;
@@ -269,6 +303,8 @@ std::unique_ptr<PeftSession> create_peft_session(LlamaModel& model, const Traine
       return std::make_unique<Ia3Session>(Ia3Model::create(model, a.ia3));
     case PeftKind::Bottleneck:
       return std::make_unique<BottleneckSession>(BottleneckModel::create(model, a.bottleneck, a.seed));
+    case PeftKind::AdaptionPrompt:
+      return std::make_unique<AdaptionSession>(AdaptionPromptModel::create(model, a.adaption, a.seed));
     default: {
       PromptLearningConfig cfg = a.prompt;
       cfg.peft_type = prompt_type(k);
@@ -290,6 +326,8 @@ std::unique_ptr<PeftSession> load_peft_session(LlamaModel& model, const std::str
       return std::make_unique<Ia3Session>(Ia3Model::load(model, dir));
     case PeftKind::Bottleneck:
       return std::make_unique<BottleneckSession>(BottleneckModel::load(model, dir));
+    case PeftKind::AdaptionPrompt:  // the folder holds every trained tensor
+      return std::make_unique<AdaptionSession>(AdaptionPromptModel::load(model, dir));
     default:
       break;
   }

@@ -3,11 +3,13 @@
 //   lora, DoRA      LoraModel + LoraTraining (train/lora_train.h; dropout masks per micro-batch)
 //   ia3             Ia3Model + Ia3Training (train/ia3_train.h)
 //   bottleneck      BottleneckModel + BottleneckTraining (train/bottleneck_train.h; qtune's folder format)
+//   adaption_prompt AdaptionPromptModel + AdaptionPromptTraining (train/adaption_train.h: LLaMA-Adapter,
+//                   a gated prompt attention in the top layers)
 //   prompt_tuning, p_tuning, prefix_tuning
 //                   PromptLearningModel + PromptTraining (train/prompt_train.h: virtual tokens before each
 //                   row, or per-layer key/value prefixes)
-// The first three adapt Linears: a micro-batch runs as collated. The prompt types rewrite it (prepare) and
-// gather their gradients after the backward (after_backward).
+// The first four adapt Linears or attention: a micro-batch runs as collated. The prompt types rewrite it
+// (prepare) and gather their gradients after the backward (after_backward).
 //
 //   std::unique_ptr<PeftSession> s = create_peft_session(model, args, tok);   // or load_peft_session(...)
 //   s->set_training(true);
@@ -34,9 +36,10 @@ namespace qtune {
 
 class Tokenizer;
 
-enum class PeftKind { Lora, Ia3, Bottleneck, PromptTuning, PTuning, PrefixTuning };
+enum class PeftKind { Lora, Ia3, Bottleneck, PromptTuning, PTuning, PrefixTuning, AdaptionPrompt };
 
-// "lora" | "ia3" | "bottleneck" | "prompt_tuning" | "p_tuning" | "prefix_tuning" (the --peft-type values).
+// "lora" | "ia3" | "bottleneck" | "prompt_tuning" | "p_tuning" | "prefix_tuning" | "adaption_prompt" (the
+// --peft-type values).
 const char* peft_kind_name(PeftKind k);
 // From a --peft-type value or an adapter_config.json peft_type ("LORA", "PROMPT_TUNING" ...), any case.
 // Throws ErrorKind::Usage naming `what` and listing the choices.

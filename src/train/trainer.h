@@ -2,7 +2,8 @@
 // CPU (F32) or one GPU (BF16 activations, F32 adapter weights, gradients and optimizer states on the
 // device) with Hugging Face Trainer / TRL SFTTrainer semantics (names, defaults, loss normalisation,
 // schedules). The PEFT method (--peft-type): LoRA / DoRA / QLoRA (default), IA3, bottleneck adapters,
-// prompt tuning, P-tuning or prefix tuning, each driven through one PeftSession (train/peft_session.h).
+// prompt tuning, P-tuning, prefix tuning or LLaMA-Adapter (adaption_prompt), each driven through one
+// PeftSession (train/peft_session.h).
 //
 //   TrainerArgs a;  a.model_dir = "models/qtune-tiny-8m";  a.data_path = "data.jsonl";  a.out_dir = "out";
 //   a.peft_type = "ia3";                  // or leave empty: LoRA (a.lora)
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "model/load_options.h"
+#include "peft/adaption_prompt_config.h"
 #include "peft/bottleneck_config.h"
 #include "peft/ia3_config.h"
 #include "peft/lora_config.h"
@@ -38,7 +40,8 @@ class PeftSession;
 struct TrainerArgs {
   std::string model_dir, data_path, out_dir;
   std::string adapter_dir;  // continue training this PEFT adapter (any trainable peft_type) instead
-  // The method: lora (also DoRA: lora.use_dora), ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning.
+  // The method: lora (also DoRA: lora.use_dora), ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning,
+  // adaption_prompt.
   // Empty: lora, or the --adapter folder's peft_type.
   std::string peft_type;
   LoraConfig lora;              // r, lora_alpha, lora_dropout, target_modules, use_rslora, use_dora
@@ -47,7 +50,8 @@ struct TrainerArgs {
   // num_virtual_tokens, prompt_tuning_init(_text), encoder_hidden_size, prefix_projection (its
   // peft_type comes from peft_type above).
   PromptLearningConfig prompt;
-  LoadOptions load;  // --load-in-4bit / --load-in-8bit
+  AdaptionPromptConfig adaption;  // adapter_len, adapter_layers (LLaMA-Adapter)
+  LoadOptions load;               // --load-in-4bit / --load-in-8bit
   double learning_rate = 2e-4;
   double num_train_epochs = 3;
   int64_t max_steps = -1;  // > 0 overrides epochs
