@@ -118,7 +118,8 @@ def chat_fixtures():
         json.dump(out, f, indent=1, ensure_ascii=False)
 
 
-def loss_parity(name="loss_parity", use_dora=False, qlora=False):
+def loss_parity(name="loss_parity", use_dora=False, qlora=False, base="llama", bias="none", modules_to_save=None,
+                weight_decay=0.01):
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
@@ -132,16 +133,16 @@ def loss_parity(name="loss_parity", use_dora=False, qlora=False):
             if hasattr(m, "support_avx512bf16_for_cpu"):
                 m.support_avx512bf16_for_cpu = False
     else:
-        model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/llama", dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/" + base, dtype=torch.float32)
     pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
                                           target_modules=["q_proj", "v_proj"] if qlora else ["q_proj", "v_proj", "down_proj"],
-                                          use_dora=use_dora))
+                                          use_dora=use_dora, bias=bias, modules_to_save=modules_to_save))
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_magnitude_vector" in n:
                 p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif p.requires_grad:
+            elif p.requires_grad and "lora_" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     pm.save_pretrained(os.path.join(d, "adapter_init"))
     V = model.config.vocab_size
@@ -158,7 +159,7 @@ def loss_parity(name="loss_parity", use_dora=False, qlora=False):
             batches[f"labels_{s}_{m}"] = labels
     save_file(batches, os.path.join(d, "batches.safetensors"))
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay)
     sched = get_linear_schedule_with_warmup(opt, 2, steps)
     pm.train()
     losses, norms = [], []
@@ -179,7 +180,7 @@ def loss_parity(name="loss_parity", use_dora=False, qlora=False):
         losses.append(step_loss / total)
     with open(os.path.join(d, "expected.json"), "w") as f:
         json.dump({"losses": losses, "grad_norms": norms, "lr": 1e-3, "warmup_steps": 2, "steps": steps,
-                   "weight_decay": 0.01, "max_grad_norm": 1.0}, f, indent=1)
+                   "weight_decay": weight_decay, "max_grad_norm": 1.0}, f, indent=1)
     print(name, losses[0], "->", losses[-1])
 
 
@@ -189,3 +190,7 @@ if __name__ == "__main__":
     loss_parity()
     loss_parity("loss_parity_dora", use_dora=True)
     loss_parity("loss_parity_qlora", qlora=True)
+    # Trained biases (torch decays every parameter: no decay here, as qtune never decays biases) and
+    # modules_to_save on an untied model (lm_head and the embedding as full trained copies).
+    loss_parity("loss_parity_bias", base="llama_bias", bias="all", weight_decay=0.0)
+    loss_parity("loss_parity_mts", modules_to_save=["lm_head", "embed_tokens"])

@@ -35,6 +35,7 @@ struct FinetuneArgs {
   int64_t lora_r = 8;
   double lora_alpha = 16, lora_dropout = 0.0;
   bool rslora = false, dora = false;
+  std::string lora_bias = "none", modules_to_save;
   bool load_4bit = false, double_quant = false, load_8bit = false;
   std::string quant_type = "nf4", compute_dtype = "float32";
   std::string ia3_targets, ia3_feedforward;
@@ -108,6 +109,8 @@ int run_finetune_command(FinetuneArgs& a) {
   t.lora.lora_dropout = a.lora_dropout;
   t.lora.use_rslora = a.rslora;
   t.lora.use_dora = a.dora;
+  t.lora.bias = a.lora_bias == "all" ? LoraBias::All : a.lora_bias == "lora_only" ? LoraBias::LoraOnly : LoraBias::None;
+  t.lora.modules_to_save = split_comma_list(a.modules_to_save);
   set_target_modules(t.lora, a.target_modules);
   if (a.load_4bit && a.load_8bit)
     throw_error(ErrorKind::Usage, "choose --load-in-4bit or --load-in-8bit, not both");
@@ -157,6 +160,14 @@ void add_finetune_command(CLI::App& app, Runner& run) {
       {K::Lora});
   own(cmd->add_flag("--use-rslora", a->rslora, "Scale by alpha/sqrt(r) (rsLoRA)"), {K::Lora});
   own(cmd->add_flag("--use-dora", a->dora, "DoRA adapters"), {K::Lora});
+  own(cmd->add_option("--lora-bias", a->lora_bias,
+                      "LoRA: which Linear biases train, as PEFT's bias: none (default), all, lora_only")
+          ->check(CLI::IsMember({"none", "all", "lora_only"})),
+      {K::Lora});
+  own(cmd->add_option("--modules-to-save", a->modules_to_save,
+                      "LoRA: modules trained whole and saved in the adapter: lm_head and/or embed_tokens "
+                      "(comma-separated)"),
+      {K::Lora});
   own(cmd->add_option("--ia3-target-modules", a->ia3_targets,
                       "IA3: modules with a vector, or all-linear (default: PEFT's for the model type, llama: "
                       "k_proj,v_proj,down_proj)"),

@@ -7,24 +7,11 @@
 
 #include "core/error.h"
 #include "io/json_util.h"
+#include "peft/lora_config.h"
 
 namespace qtune {
 
 namespace {
-
-void split_list(const std::string& s, std::vector<std::string>& out) {
-  out.clear();
-  size_t start = 0;
-  while (start <= s.size()) {
-    size_t end = s.find(',', start);
-    if (end == std::string::npos) end = s.size();
-    std::string item = s.substr(start, end - start);
-    while (!item.empty() && item.front() == ' ') item.erase(item.begin());
-    while (!item.empty() && item.back() == ' ') item.pop_back();
-    if (!item.empty()) out.push_back(item);
-    start = end + 1;
-  }
-}
 
 bool ends_with(const std::string& s, const std::string& t) {
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
@@ -106,9 +93,9 @@ void set_ia3_modules(Ia3Config& cfg, const std::string& targets, const std::stri
   if (cfg.all_linear)
     cfg.target_modules.clear();
   else
-    split_list(targets, cfg.target_modules);
+    cfg.target_modules = split_comma_list(targets);
   cfg.feedforward_regex.clear();
-  split_list(feedforward, cfg.feedforward_modules);
+  cfg.feedforward_modules = split_comma_list(feedforward);
 }
 
 Ia3Config read_ia3_config(const std::string& path) {

@@ -75,6 +75,11 @@ void set_target_modules(LoraConfig& cfg, const std::string& comma_list) {
     cfg.all_linear = true;
     return;
   }
+  cfg.target_modules = split_comma_list(comma_list);
+}
+
+std::vector<std::string> split_comma_list(const std::string& comma_list) {
+  std::vector<std::string> out;
   size_t start = 0;
   while (start <= comma_list.size()) {
     size_t end = comma_list.find(',', start);
@@ -82,9 +87,10 @@ void set_target_modules(LoraConfig& cfg, const std::string& comma_list) {
     std::string item = comma_list.substr(start, end - start);
     while (!item.empty() && item.front() == ' ') item.erase(item.begin());
     while (!item.empty() && item.back() == ' ') item.pop_back();
-    if (!item.empty()) cfg.target_modules.push_back(item);
+    if (!item.empty()) out.push_back(item);
     start = end + 1;
   }
+  return out;
 }
 
 LoraConfig read_lora_config(const std::string& path) {

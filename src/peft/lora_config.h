@@ -46,6 +46,8 @@ struct LoraConfig {
 
 // Parses "q_proj,v_proj" / "all-linear" (the CLI's --target-modules form) into cfg.
 void set_target_modules(LoraConfig& cfg, const std::string& comma_list);
+// "a, b,,c" -> {"a", "b", "c"}: items trimmed of spaces, empty ones dropped (the CLI's module lists).
+std::vector<std::string> split_comma_list(const std::string& comma_list);
 
 // adapter_config.json. read throws ErrorKind::Format/Config naming the file and field; write is atomic.
 LoraConfig read_lora_config(const std::string& path);

@@ -269,6 +269,18 @@ void LoraModel::merge() {
   layers_.clear();
 }
 
+std::vector<LoraModel::ExtraRef> LoraModel::extras() const {
+  std::vector<ExtraRef> out;
+  for (const Extra& x : extras_) {
+    std::string name = x.key;  // "<module>.base_layer.bias" (a targeted module's bias) -> "<module>.bias"
+    const std::string tb = ".base_layer.bias";
+    if (name.size() > tb.size() && name.compare(name.size() - tb.size(), tb.size(), tb) == 0)
+      name = name.substr(0, name.size() - tb.size()) + ".bias";
+    out.push_back({name, x.master, x.slot});
+  }
+  return out;
+}
+
 std::vector<NamedTensor> LoraModel::trainable() const {
   std::vector<NamedTensor> out;
   for (const auto& l : layers_) {

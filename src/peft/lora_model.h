@@ -69,6 +69,16 @@ class LoraModel {
   // Dense F32 CPU weights only (throws ErrorKind::Unsupported for quantized or CUDA weights).
   void merge();
 
+  // The trained biases and modules_to_save tensors: the model parameter each replaces (its HF name, e.g.
+  // "model.layers.0.self_attn.q_proj.bias", "lm_head.weight"), the F32 CPU master that is saved and the
+  // model's slot that refresh() fills from it (on a CPU model the slot shares the master's storage).
+  struct ExtraRef {
+    std::string param_name;
+    Tensor master;
+    Tensor* slot;
+  };
+  std::vector<ExtraRef> extras() const;
+
   const LoraConfig& config() const { return cfg_; }
   const std::vector<std::string>& targets() const { return targets_; }
   const std::vector<std::shared_ptr<LoraLayer>>& layers() const { return layers_; }

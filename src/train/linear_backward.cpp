@@ -8,6 +8,7 @@
 #include "core/profile.h"
 #include "model/quant_linear.h"
 #include "ops/matmul.h"
+#include "peft/adapter_ops.h"
 #include "quant/codebook.h"
 
 namespace qtune {
@@ -65,9 +66,10 @@ void dequant_weight_rows(const Linear& lin, int64_t o0, int64_t rows, float* buf
 static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
                           const Tensor& x) {
   if (!lin.quantized()) return linear_backward(dx, dw, db, dy, x, lin.weight);
-  if (dw || db)
+  if (dw)
     throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
-                "' has a quantized weight: its weight and bias gradients are not available (frozen base)");
+                "' has a quantized weight: its weight gradient is not available (frozen base)");
+  if (db) scale_columns_backward(nullptr, db, dy, nullptr, nullptr);  // db += Σ_n dy (a trained bias)
   if (!dx) return;
   const int64_t O = lin.out_features(), I = lin.in_features();
   if (dy.is_cuda()) {

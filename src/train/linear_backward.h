@@ -1,6 +1,6 @@
 // Backward of a model Linear (model/linear.h), whatever stores its weight:
 //   dx[N, I] += dy[N, O]·W[O, I]       for dense, NF4/FP4 and LLM.int8 weights;
-//   dw[O, I] += dyᵀ·x, db[O] += Σ_n dy  only for a dense weight, and only when asked (non-null).
+//   dw[O, I] += dyᵀ·x  only for a dense weight, db[O] += Σ_n dy, each only when asked (non-null).
 // A quantized weight is frozen (QLoRA): it is dequantized tile by tile (a block of output rows at a time,
 // about 1M f32 values) into a reused buffer and multiplied, so the dense weight never exists whole. The
 // dequantized values are the ones the forward multiplies with (bitsandbytes' dequantize_4bit rounded to
@@ -34,7 +34,7 @@ struct TrainableAdapter {
 };
 
 // x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate; params holds the
-// adapter's gradients (null: all frozen). Asking for dw or db of a quantized Linear throws
+// adapter's gradients (null: all frozen). Asking for dw of a quantized Linear throws
 // ErrorKind::Unsupported naming the layer. CPU: F32. CUDA: dy, x BF16; dx BF16 or F32; a quantized weight is
 // dequantized whole into one BF16 buffer per call (the caching allocator reuses it across layers).
 void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,

@@ -235,15 +235,16 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
                        TrainableParams* params) const override {
     if (!dora()) return false;
     QT_PROFILE("dora.bwd (in linear)");
-    if (dw || db)
+    if (dw)
       throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
-                  "': the base weight and bias under a DoRA adapter are frozen");
+                  "': the base weight under a DoRA adapter is frozen");
     const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
     const Device dev = x.device();
     Tensor xd = lora_input(x);  // [N, I]
     const DType act = xd.dtype();
     Tensor dy2 = dy.reshape({N, O});
+    if (db) scale_columns_backward(nullptr, db, dy2, nullptr, nullptr);  // the bias sits outside the scaling
     Tensor h = Tensor::empty({N, r}, act, dev), dh = Tensor::empty({N, r}, act, dev);
     Tensor g = Tensor::empty({N, O}, dy.dtype(), dev);
     matmul(h, xd, gemm_a(), false, true);        // h = xd·Aᵀ
@@ -324,9 +325,19 @@ LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& 
     params.add(sl.lora->key_b, sl.lora->on_gpu() ? sl.lora->b_dev : l.B);
     if (l.magnitude.defined()) params.add(sl.lora->key_m, sl.lora->on_gpu() ? sl.lora->m_dev : l.magnitude);
   }
-  if (lora.trainable().size() != registered)
-    throw_error(ErrorKind::Unsupported,
-                "training LoRA biases or modules_to_save is not implemented yet (bias must be \"none\")");
+  for (const LoraModel::ExtraRef& x : lora.extras()) {
+    if (x.param_name == "lm_head.weight" && model.config().tie_word_embeddings)
+      throw_error(ErrorKind::Unsupported,
+                  "training lm_head in modules_to_save of a model with tied embeddings is not supported (its "
+                  "gradient goes to model.embed_tokens); save model.embed_tokens instead");
+    ExtraSlot e{Tensor(), x.master, x.slot};
+    if (model.device() != Device::CPU) e.device_master = x.master.to(model.device());
+    params.add(x.param_name, e.device_master.defined() ? e.device_master : x.master);
+    extras_.push_back(e);
+    ++registered;
+  }
+  QT_CHECK(lora.trainable().size() == registered, "LoRA training registered ", registered, " of ",
+           lora.trainable().size(), " tensors");
 }
 
 LoraTraining::~LoraTraining() {
@@ -339,6 +350,7 @@ LoraTraining::~LoraTraining() {
 
 void LoraTraining::refresh() {
   if (model_.device() != Device::CPU) {  // the GPU forward reads BF16 copies of the device masters
+    for (ExtraSlot& e : extras_) convert(*e.slot, e.device_master);  // biases first: DoRA reads them
     for (Slot& s : slots_) {
       s.lora->refresh_gpu();
       s.lora->refresh_dora();
@@ -359,6 +371,7 @@ void LoraTraining::sync_to_host() {
     s.lora->layer->B.copy_from(s.lora->b_dev);
     if (s.lora->m_dev.defined()) s.lora->layer->magnitude.copy_from(s.lora->m_dev);
   }
+  for (ExtraSlot& e : extras_) e.host_master.copy_from(e.device_master);
   lora_.refresh();
   for (Slot& s : slots_) s.linear->adapter = s.training;
 }

@@ -9,6 +9,9 @@
 // On a GPU model the trainable A and B live on the device (F32 masters, updated there by the optimizer) and
 // the LoRA GEMMs read BF16 copies of them (f32 accumulation), refreshed after each step;
 // sync_to_host() brings them back to the LoraModel for saving.
+// Trained biases (bias "all" / "lora_only") and modules_to_save (lm_head, model.embed_tokens) register
+// under the model's own parameter names (the backward asks those); on a GPU model their F32 masters live on
+// the device and refresh() converts them into the model's tensors.
 // Destroying it puts the plain LoraLayers back on the Linears. DoRA layers train A, B and the magnitude
 // ("...lora_magnitude_vector") with PEFT's detached weight norm (peft/dora_ops.h), with or without dropout.
 #pragma once
@@ -56,6 +59,12 @@ class LoraTraining {
     std::shared_ptr<TrainLoraAdapter> lora;  // the same adapter, typed
   };
   std::vector<Slot> slots_;
+  struct ExtraSlot {
+    Tensor device_master;  // F32 on the GPU (undefined on a CPU model: the LoraModel's master trains)
+    Tensor host_master;    // the LoraModel's F32 CPU master
+    Tensor* slot;          // the model's tensor
+  };
+  std::vector<ExtraSlot> extras_;
 };
 
 }  // namespace qtune

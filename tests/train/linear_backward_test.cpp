@@ -53,6 +53,13 @@ void check_quantized(const Linear& lin, const Tensor& dense_w, const char* what)
   double e = rel_err(dx.to_f32_vector(), dx_f64(dy, dense_w));
   std::printf("  %-34s dx rel err vs f64 %.3g\n", what, e);
   EXPECT_LT(e, 1e-5) << what;
+  // A trained bias of a quantized Linear (LoRA bias="all"): db += Σ_n dy.
+  Tensor db = Tensor::zeros({O}, DType::F32);
+  linear_backward(lin, nullptr, nullptr, &db, dy, x);
+  std::vector<float> db_ref(O, 0.0f);
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t o = 0; o < O; o++) db_ref[o] += dy.data<float>()[n * O + o];  // N = 3 rows: exact enough
+  EXPECT_LT(rel_err(db.to_f32_vector(), db_ref), 1e-6) << what;
   Tensor dw = Tensor::zeros({O, I}, DType::F32);
   expect_error([&] { linear_backward(lin, &dx, &dw, nullptr, dy, x); }, ErrorKind::Unsupported,
                {"'test.proj'", "quantized weight", "frozen"});

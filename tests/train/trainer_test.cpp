@@ -80,6 +80,13 @@ TEST(Trainer, LossParityWithPeft) {
 TEST(Trainer, DoraLossParityWithPeft) {
   check_loss_parity("loss_parity_dora", "llama", {}, Device::CPU, 1e-3);
 }
+
+// PEFT's bias="all" (every Linear bias trained, targeted ones saved as ".base_layer.bias") and
+// modules_to_save (lm_head and the embedding trained as full copies, on an untied model).
+TEST(Trainer, BiasAndModulesToSaveLossParityWithPeft) {
+  check_loss_parity("loss_parity_bias", "llama_bias", {}, Device::CPU, 1e-3);
+  check_loss_parity("loss_parity_mts", "llama", {}, Device::CPU, 1e-3);
+}
 TEST(Trainer, QloraLossParityWithPeftBitsandbytes) {
   LoadOptions q;  // bitsandbytes NF4 + double quant of the same f32 weights, quantized while loading
   q.load_in_4bit = true;

@@ -131,6 +131,12 @@ TEST(TrainCuda, DoraLossParityWithPeft) {
   check_loss_parity("loss_parity_dora", "llama", {}, Device::CUDA, 2e-2);
 }
 
+TEST(TrainCuda, BiasAndModulesToSaveLossParityWithPeft) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  check_loss_parity("loss_parity_bias", "llama_bias", {}, Device::CUDA, 2e-2);
+  check_loss_parity("loss_parity_mts", "llama", {}, Device::CUDA, 2e-2);
+}
+
 TEST(TrainCuda, FinetuneEndToEndPaged8bit) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
   const std::string dir = ::testing::TempDir() + "/qtune_train_cuda";
