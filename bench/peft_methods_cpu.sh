@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # PEFT methods side by side on the CPU (issue 5): fine-tune the bundled model on the bundled Alpaca rows with
-# LoRA, DoRA, IA3, prompt tuning, P-tuning, prefix tuning and bottleneck adapters, the same data, split,
-# seed, steps, batch and schedule for all, and report per method: trainable parameters, adapter size on
-# disk (adapter_model.safetensors), peak RSS (/usr/bin/time -v), tokens/s and the final eval loss (plus the
-# base model's eval loss on the same rows). Results: bench/RESULTS.md.
+# LoRA, DoRA, IA3, prompt tuning, P-tuning, prefix tuning, LLaMA-Adapter and bottleneck adapters, the same
+# data, split, seed, steps, batch and schedule for all, and report per method: trainable parameters, adapter
+# size on disk (adapter_model.safetensors), peak RSS (/usr/bin/time -v), tokens/s and the final eval loss
+# (plus the base model's eval loss on the same rows). Results: bench/RESULTS.md.
 #   usage: [STEPS=100] bench/peft_methods_cpu.sh [path/to/qtune]     (output in out/peft_methods/)
 # No packing (prompt-learning methods put their virtual tokens before whole rows); completion-only loss,
 # so every method's eval loss counts the same target tokens. The peak learning rate is per family:
-# 2e-3 for the weight adapters (LoRA, DoRA, bottleneck), 2e-2 for IA3 and the prompt-learning methods
-# (their few parameters move little at LoRA's rate).
+# 2e-3 for the weight adapters (LoRA, DoRA, bottleneck), 2e-2 for IA3, the prompt-learning methods and the
+# LLaMA-Adapter (their few parameters move little at LoRA's rate; the adapter's gates start at zero).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 qtune=${1:-build/qtune}
@@ -38,6 +38,7 @@ run ia3 --peft-type ia3 --learning-rate 2e-2
 run prompt_tuning --peft-type prompt_tuning --num-virtual-tokens 20 --learning-rate 2e-2
 run p_tuning --peft-type p_tuning --num-virtual-tokens 20 --learning-rate 2e-2
 run prefix_tuning --peft-type prefix_tuning --num-virtual-tokens 20 --learning-rate 2e-2
+run adaption_prompt --peft-type adaption_prompt --adapter-len 10 --adapter-layers 6 --learning-rate 2e-2
 run bottleneck --peft-type bottleneck --adapter-style houlsby --bottleneck-size 64 --learning-rate 2e-3
 fi
 
@@ -47,7 +48,8 @@ fi
 python3 - "$out" <<'PY'
 import csv, os, re, statistics, sys
 out = sys.argv[1]
-names = ["base", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "bottleneck"]
+names = ["base", "lora", "dora", "ia3", "prompt_tuning", "p_tuning", "prefix_tuning", "adaption_prompt",
+         "bottleneck"]
 print("| method | adapter | trainable params | adapter_model.safetensors | peak RSS | tokens/s (median step) "
       "| CPU s (user+sys) | final eval loss | wall |")
 print("|---|---|---|---|---|---|---|---|---|")

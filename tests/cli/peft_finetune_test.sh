@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `qtune finetune --peft-type` end to end: IA3 and prompt tuning (text init) on the bundled model and data
-# write PEFT folders that `qtune generate --adapter` loads (greedy text differs from the base model's); an IA3
+# `qtune finetune --peft-type` end to end: IA3, prompt tuning (text init) and LLaMA-Adapter (packed) on the
+# bundled model and data write PEFT folders that `qtune generate --adapter` loads (greedy text differs from the base model's); an IA3
 # checkpoint resumes to the uninterrupted run's adapter; flags of another method and other bad combinations
 # give one clear error line, a non-zero exit and no adapter.
 #   usage: peft_finetune_test.sh path/to/qtune repo_root
@@ -53,6 +53,16 @@ grep -q '"prompt_tuning_init": "TEXT"' "$tmp/pt/adapter_config.json" || fail "ad
 tuned=$(gen --adapter "$tmp/pt") || fail "generate --adapter (prompt tuning)"
 [ -n "$tuned" ] && [ "$tuned" != "$base" ] || fail "prompt tuning generates the base model's text [$tuned]"
 
+# LLaMA-Adapter, packed rows: a PEFT ADAPTION_PROMPT folder with trained (non-zero) gates.
+ft --out "$tmp/ap" --peft-type adaption_prompt --adapter-len 6 --adapter-layers 3 --packing \
+  --learning-rate 2e-1 >"$tmp/ap.log" 2>&1 || fail "finetune --peft-type adaption_prompt: $(tail -3 "$tmp/ap.log")"
+grep -q "6 gated prompt rows in the top 3 layers, 4611 trainable parameters" "$tmp/ap.log" ||
+  fail "adaption_prompt log line: $(grep finetune: "$tmp/ap.log")"
+grep -q '"peft_type": "ADAPTION_PROMPT"' "$tmp/ap/adapter_config.json" &&
+  grep -q '"adapter_len": 6' "$tmp/ap/adapter_config.json" || fail "adapter_config.json is not ADAPTION_PROMPT, 6 rows"
+tuned=$(gen --adapter "$tmp/ap") || fail "generate --adapter (LLaMA-Adapter)"
+[ -n "$tuned" ] && [ "$tuned" != "$base" ] || fail "LLaMA-Adapter generates the base model's text [$tuned]"
+
 # Resume: the same final adapter as the uninterrupted run.
 ft --out "$tmp/ia3r" --peft-type ia3 --learning-rate 5e-2 --save-steps 4 --stop-after-steps 6 --quiet \
   >/dev/null 2>&1
@@ -85,6 +95,13 @@ expect_error "IA3 flag continuing an adapter" "--ia3-target-modules sets up a fr
   ft --out "$tmp/bad" --adapter "$tmp/ia3" --ia3-target-modules q_proj
 expect_error "too many virtual tokens" "virtual tokens exceed the model's context \(max_position_embeddings 512\)" \
   ft --out "$tmp/bad" --peft-type prompt_tuning --num-virtual-tokens 480
+
+expect_error "adapter flag with IA3" "--adapter-len is a setting of --peft-type adaption_prompt, but this run trains ia3" \
+  ft --out "$tmp/bad" --peft-type ia3 --adapter-len 4
+expect_error "no adapter layers" "--adapter-layers must be > 0" \
+  ft --out "$tmp/bad" --peft-type adaption_prompt --adapter-layers 0
+expect_error "too many adapter layers" "adapter_layers 9 exceeds the model's 8 layers" \
+  ft --out "$tmp/bad" --peft-type adaption_prompt --adapter-layers 9
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "peft finetune tests passed"

@@ -1,7 +1,7 @@
 // run_finetune with every PEFT method (train/peft_session.h) on the bundled model: each trains with the loss
 // falling and writes a folder that loads back by its peft_type with the logits of the trained in-memory
-// model; an interrupted IA3 / prompt tuning / P-tuning / prefix-projection run resumed from its checkpoint
-// continues bit for bit; bad method settings fail before training, naming the flag.
+// model; an interrupted IA3 / prompt tuning / P-tuning / prefix-projection / LLaMA-Adapter run resumed from
+// its checkpoint continues bit for bit; bad method settings fail before training, naming the flag.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -52,7 +52,10 @@ TrainerArgs method_args(const std::string& dir, const std::string& type) {
   a.bottleneck.bottleneck_size = 8;
   a.prompt.num_virtual_tokens = 6;
   a.prompt.encoder_hidden_size = 32;
-  a.learning_rate = type == "lora" || type == "bottleneck" ? 3e-3 : 3e-2;
+  a.adaption.adapter_len = 4;
+  a.adaption.adapter_layers = 3;
+  // LLaMA-Adapter: its gates start at zero and move about lr per step.
+  a.learning_rate = type == "lora" || type == "bottleneck" ? 3e-3 : type == "adaption_prompt" ? 1e-1 : 3e-2;
   a.max_steps = 6;
   a.per_device_train_batch_size = 2;
   a.gradient_accumulation_steps = 2;
@@ -66,6 +69,7 @@ std::vector<float> folder_logits(const std::string& dir, const Tensor& ids) {
   LlamaModel model = LlamaModel::load(kBundled, Device::CPU);
   if (is_prompt_adapter_folder(dir)) {
     std::unique_ptr<PromptAdapter> a = load_prompt_adapter(model, dir);
+    if (!a->virtual_tokens()) return model.forward(ids).to_f32_vector();  // LLaMA-Adapter: in the layers
     KVCache cache = model.make_cache(1, a->virtual_tokens()->count() + ids.size(1));
     return forward_with_virtual_tokens(model, ids, cache, *a->virtual_tokens()).to_f32_vector();
   }
@@ -109,7 +113,8 @@ TEST(PeftTrainer, EveryMethodTrainsAndItsFolderLoadsBack) {
         Case{"ia3", false, false, "IA3"}, Case{"bottleneck", false, false, "BOTTLENECK"},
         Case{"prompt_tuning", false, false, "PROMPT_TUNING"}, Case{"p_tuning", false, false, "P_TUNING"},
         Case{"prefix_tuning", false, false, "PREFIX_TUNING"},
-        Case{"prefix_tuning", false, true, "PREFIX_TUNING"}}) {
+        Case{"prefix_tuning", false, true, "PREFIX_TUNING"},
+        Case{"adaption_prompt", false, false, "ADAPTION_PROMPT"}}) {
     const std::string name = c.type + (c.dora ? "_dora" : "") + (c.prefix_projection ? "_proj" : "");
     SCOPED_TRACE(name);
     TrainerArgs a = method_args(root + "/" + name, c.type);
@@ -138,8 +143,8 @@ TEST(PeftTrainer, ResumeIsBitIdentical) {
     std::string type;
     bool text_init = false, prefix_projection = false;
   };
-  for (const Case& c :
-       {Case{"ia3"}, Case{"prompt_tuning", true}, Case{"p_tuning"}, Case{"prefix_tuning", false, true}}) {
+  for (const Case& c : {Case{"ia3"}, Case{"prompt_tuning", true}, Case{"p_tuning"},
+                        Case{"prefix_tuning", false, true}, Case{"adaption_prompt"}}) {
     SCOPED_TRACE(c.type);
     auto args = [&](const std::string& dir) {
       TrainerArgs a = method_args(root + "/" + c.type + dir, c.type);
@@ -157,7 +162,8 @@ TEST(PeftTrainer, ResumeIsBitIdentical) {
     TrainResult straight = run_finetune(a);
     ASSERT_EQ(straight.losses.size(), 6u);
     ASSERT_EQ(straight.eval_losses.size(), 2u);
-    if (c.type != "ia3") EXPECT_TRUE(fs::exists(a.out_dir + "/checkpoint-2/peft_state.safetensors"));
+    if (c.type != "ia3" && c.type != "adaption_prompt")  // their folders hold every trained tensor
+      EXPECT_TRUE(fs::exists(a.out_dir + "/checkpoint-2/peft_state.safetensors"));
     TrainerArgs b = args("/resumed");
     b.stop_after_steps = 3;  // "killed" after step 3: checkpoint-2 is the newest
     EXPECT_TRUE(run_finetune(b).stopped_early);
