@@ -119,7 +119,7 @@ def chat_fixtures():
 
 
 def loss_parity(name="loss_parity", use_dora=False, qlora=False, base="llama", bias="none", modules_to_save=None,
-                weight_decay=0.01):
+                weight_decay=0.01, full=False):
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     torch.manual_seed(0)
@@ -134,17 +134,20 @@ def loss_parity(name="loss_parity", use_dora=False, qlora=False, base="llama", b
                 m.support_avx512bf16_for_cpu = False
     else:
         model = AutoModelForCausalLM.from_pretrained("tests/fixtures/model/" + base, dtype=torch.float32)
-    pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
-                                          target_modules=["q_proj", "v_proj"] if qlora else ["q_proj", "v_proj", "down_proj"],
-                                          use_dora=use_dora, bias=bias, modules_to_save=modules_to_save))
     g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_magnitude_vector" in n:
-                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif p.requires_grad and "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    pm.save_pretrained(os.path.join(d, "adapter_init"))
+    if full:  # full fine-tuning: every parameter of the model trains, no adapter (no adapter_init folder)
+        pm = model
+    else:
+        pm = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0,
+                                              target_modules=["q_proj", "v_proj"] if qlora else ["q_proj", "v_proj", "down_proj"],
+                                              use_dora=use_dora, bias=bias, modules_to_save=modules_to_save))
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_magnitude_vector" in n:
+                    p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+                elif p.requires_grad and "lora_" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        pm.save_pretrained(os.path.join(d, "adapter_init"))
     V = model.config.vocab_size
     steps, micro, B, T = 20, 2, 2, 24
     batches = {}
@@ -194,3 +197,5 @@ if __name__ == "__main__":
     # modules_to_save on an untied model (lm_head and the embedding as full trained copies).
     loss_parity("loss_parity_bias", base="llama_bias", bias="all", weight_decay=0.0)
     loss_parity("loss_parity_mts", modules_to_save=["lm_head", "embed_tokens"])
+    # Full fine-tuning (no decay: torch would decay the norms, which qtune excludes as TRL does).
+    loss_parity("loss_parity_full", full=True, weight_decay=0.0)

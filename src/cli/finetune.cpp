@@ -34,7 +34,7 @@ struct FinetuneArgs {
   std::string target_modules = "q_proj,v_proj";
   int64_t lora_r = 8;
   double lora_alpha = 16, lora_dropout = 0.0;
-  bool rslora = false, dora = false;
+  bool rslora = false, dora = false, full = false;
   std::string lora_bias = "none", modules_to_save;
   bool load_4bit = false, double_quant = false, load_8bit = false;
   std::string quant_type = "nf4", compute_dtype = "float32";
@@ -97,6 +97,12 @@ int run_finetune_command(FinetuneArgs& a) {
     LaunchResult r = launch_local(a.plan, own_command_line());
     return r.exit_code;
   }
+  if (a.full) {
+    if (!t.peft_type.empty() && t.peft_type != "full")
+      throw_error(ErrorKind::Usage, "--full-finetune trains every weight: --peft-type ", t.peft_type,
+                  " does not apply");
+    t.peft_type = "full";
+  }
   const PeftKind kind = training_peft_kind(t);
   check_method_flags(a, kind);
   set_ia3_modules(t.ia3, a.ia3_targets, a.ia3_feedforward);
@@ -150,6 +156,9 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   cmd->add_option(
       "--peft-type", t.peft_type,
       "lora (default), ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning or adaption_prompt");
+  cmd->add_flag("--full-finetune", a->full,
+                "Train every weight of a 16/32-bit model instead of an adapter (small models); writes a model "
+                "folder (F32 safetensors, config, tokenizer) to --out");
   using K = PeftKind;
   auto own = [&](CLI::Option* o, std::vector<PeftKind> kinds) { a->owned.push_back({o, std::move(kinds)}); };
   own(cmd->add_option("--lora-r", a->lora_r, "LoRA rank (default 8)"), {K::Lora});

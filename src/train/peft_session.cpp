@@ -16,6 +16,7 @@
 #include "tokenizer/tokenizer.h"
 #include "train/adaption_train.h"
 #include "train/bottleneck_train.h"
+#include "train/full_train.h"
 #include "train/ia3_train.h"
 #include "train/lora_train.h"
 
@@ -53,6 +54,26 @@ class LoraSession : public PeftSession {
  private:
   std::unique_ptr<LoraModel> lora_;
   std::unique_ptr<LoraTraining> training_;
+};
+
+// --- full fine-tuning ---------------------------------------------------------------------------------
+
+class FullSession : public PeftSession {
+ public:
+  FullSession(LlamaModel& model, const std::string& source_dir)
+      : training_(model, params_), source_dir_(source_dir) {}
+  PeftKind kind() const override { return PeftKind::Full; }
+  std::string describe() const override {
+    return "full fine-tuning (" + std::to_string(training_.tensors()) + " tensors)";
+  }
+  void refresh() override { training_.refresh(); }
+  // A model folder (F32 weights: a checkpoint resumes exactly) instead of an adapter.
+  void save(const std::string& dir) const override { training_.save(dir, source_dir_); }
+  void load_state(const std::string& dir) override { training_.load(dir); }
+
+ private:
+  FullTraining training_;
+  std::string source_dir_;
 };
 
 // --- IA3 ---------------------------------------------------------------------------------------------
@@ -227,6 +248,8 @@ const char* peft_kind_name(PeftKind k) {
       return "prefix_tuning";
     case PeftKind::AdaptionPrompt:
       return "adaption_prompt";
+    case PeftKind::Full:
+      return "full";
   }
   return "?";
 }
@@ -234,12 +257,12 @@ const char* peft_kind_name(PeftKind k) {
 PeftKind peft_kind_from_name(const std::string& name, const std::string& what) {
   const std::string n = lower(name);
   for (PeftKind k : {PeftKind::Lora, PeftKind::Ia3, PeftKind::Bottleneck, PeftKind::PromptTuning,
-                     PeftKind::PTuning, PeftKind::PrefixTuning, PeftKind::AdaptionPrompt})
+                     PeftKind::PTuning, PeftKind::PrefixTuning, PeftKind::AdaptionPrompt, PeftKind::Full})
     if (n == peft_kind_name(k)) return k;
   throw_error(
       ErrorKind::Usage, what, " '", name,
-      "' cannot be trained: expected lora, ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning or "
-      "adaption_prompt");
+      "' cannot be trained: expected lora, ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning, "
+      "adaption_prompt or full");
 }
 
 bool is_prompt_kind(PeftKind k) {
@@ -259,6 +282,15 @@ PeftKind training_peft_kind(const TrainerArgs& a) {
 
 void check_peft_args(const TrainerArgs& a, PeftKind k) {
   const std::string type = peft_kind_name(k);
+  if (k == PeftKind::Full) {
+    if (!a.adapter_dir.empty())
+      throw_error(ErrorKind::Usage, "--full-finetune trains the model itself: --adapter does not apply");
+    if (a.load.load_in_4bit || a.load.load_in_8bit)
+      throw_error(ErrorKind::Usage,
+                  "--full-finetune needs 16/32-bit weights: 4/8-bit weights cannot train (use an adapter, "
+                  "e.g. QLoRA)");
+    return;
+  }
   if (k == PeftKind::Lora && a.adapter_dir.empty()) a.lora.validate("finetune: ");
   if (!a.adapter_dir.empty()) return;  // the folder's settings rule
   if (k == PeftKind::Bottleneck) {
@@ -305,6 +337,8 @@ std::unique_ptr<PeftSession> create_peft_session(LlamaModel& model, const Traine
       return std::make_unique<BottleneckSession>(BottleneckModel::create(model, a.bottleneck, a.seed));
     case PeftKind::AdaptionPrompt:
       return std::make_unique<AdaptionSession>(AdaptionPromptModel::create(model, a.adaption, a.seed));
+    case PeftKind::Full:
+      return std::make_unique<FullSession>(model, a.model_dir);
     default: {
       PromptLearningConfig cfg = a.prompt;
       cfg.peft_type = prompt_type(k);
@@ -315,6 +349,14 @@ std::unique_ptr<PeftSession> create_peft_session(LlamaModel& model, const Traine
 
 std::unique_ptr<PeftSession> load_peft_session(LlamaModel& model, const std::string& dir, PeftKind k,
                                                const TrainerArgs& a, const Tokenizer& tok, bool checkpoint) {
+  if (k == PeftKind::Full) {  // a checkpoint: the model folder it wrote
+    if (!path_is_file(path_join(dir, "config.json")))
+      throw_error(ErrorKind::Usage, dir, " holds no model folder (config.json), but this run is --full-finetune",
+                  checkpoint ? " (a checkpoint of another run in --out?)" : "");
+    auto s = std::make_unique<FullSession>(model, a.model_dir);
+    s->load_state(dir);
+    return s;
+  }
   const std::string type = read_peft_type(dir);
   if (peft_kind_from_name(type, path_join(dir, "adapter_config.json") + ": peft_type") != k)
     throw_error(ErrorKind::Usage, dir, " holds a ", type, " adapter, but this run trains ", peft_kind_name(k),

@@ -36,10 +36,11 @@ namespace qtune {
 
 class Tokenizer;
 
-enum class PeftKind { Lora, Ia3, Bottleneck, PromptTuning, PTuning, PrefixTuning, AdaptionPrompt };
+enum class PeftKind { Lora, Ia3, Bottleneck, PromptTuning, PTuning, PrefixTuning, AdaptionPrompt, Full };
 
 // "lora" | "ia3" | "bottleneck" | "prompt_tuning" | "p_tuning" | "prefix_tuning" | "adaption_prompt" (the
-// --peft-type values).
+// --peft-type values) | "full" (full fine-tuning, --full-finetune: no adapter, every weight trains and the
+// output is a model folder; train/full_train.h).
 const char* peft_kind_name(PeftKind k);
 // From a --peft-type value or an adapter_config.json peft_type ("LORA", "PROMPT_TUNING" ...), any case.
 // Throws ErrorKind::Usage naming `what` and listing the choices.

@@ -361,11 +361,11 @@ TrainResult run_finetune(const TrainerArgs& a) {
   }
   char buf[320];
   std::snprintf(buf, sizeof buf,
-                "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB%s; adapter in %s",
+                "done: %ld steps, loss %.4f -> %.4f, %.0f tokens/s, peak memory %.0f MiB%s; %s in %s",
                 (long)res.steps, res.losses.empty() ? 0.0 : res.losses.front(),
                 res.losses.empty() ? 0.0 : res.losses.back(), res.tokens_per_s, peak_resident_mib(),
                 dev == Device::CPU ? "" : (" (GPU peak " + gpu_peak_mib_text() + ")").c_str(),
-                a.out_dir.c_str());
+                kind == PeftKind::Full ? "model" : "adapter", a.out_dir.c_str());
   note(buf);
   dist->finish();
   return res;

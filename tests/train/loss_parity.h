@@ -1,5 +1,5 @@
 // Loss parity with transformers+peft (fixtures tests/fixtures/train/loss_parity* from
-// tools/make_trainer_fixtures.py): the fixture's adapter init, its 20 steps of two micro-batches each, AdamW
+// tools/make_trainer_fixtures.py; loss_parity_full: plain torch full fine-tuning): the fixture's adapter init, its 20 steps of two micro-batches each, AdamW
 // with its schedule and clipping; every step's loss and gradient norm must be within tol (relative) of
 // PEFT's f32 run. Shared by the CPU (1e-3) and CUDA bf16 (2e-2) trainer tests.
 #pragma once
@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -20,6 +22,7 @@
 #include "optim/schedule.h"
 #include "peft/lora_model.h"
 #include "train/causal_lm.h"
+#include "train/full_train.h"
 #include "train/lora_train.h"
 
 namespace qtune {
@@ -46,10 +49,19 @@ inline void check_loss_parity(const std::string& name, const std::string& model_
   nlohmann::json exp = nlohmann::json::parse(read_all(fx + "/expected.json"));
   LlamaModel model =
       LlamaModel::load(std::string(QTUNE_FIXTURES) + "/model/" + model_name, dev, load);
-  LoraModel lora = LoraModel::load(model, fx + "/adapter_init");
+  // A fixture without adapter_init/ is full fine-tuning (every weight of the model trains).
+  const bool full = !std::filesystem::exists(fx + "/adapter_init");
+  std::unique_ptr<LoraModel> lora;
   TrainableParams params;
-  LoraTraining tr(model, lora, params, 0, 0.0);
-  tr.set_training(true);
+  std::unique_ptr<LoraTraining> tr;
+  std::unique_ptr<FullTraining> ft;
+  if (full) {
+    ft = std::make_unique<FullTraining>(model, params);
+  } else {
+    lora = std::make_unique<LoraModel>(LoraModel::load(model, fx + "/adapter_init"));
+    tr = std::make_unique<LoraTraining>(model, *lora, params, 0, 0.0);
+    tr->set_training(true);
+  }
   std::vector<ParamRef> refs;
   for (const auto& e : params.entries()) refs.push_back({e.name, e.param, e.grad});
   Optimizer opt(OptimizerConfig::defaults(OptimizerKind::AdamW),
@@ -76,7 +88,8 @@ inline void check_loss_parity(const std::string& name, const std::string& model_
     loss /= (double)total;
     const float norm = clip_grad_norm(opt.groups(), exp["max_grad_norm"]);
     opt.step(sched.lr(s));
-    tr.refresh();
+    if (tr) tr->refresh();
+    if (ft) ft->refresh();
     const double want = exp["losses"][s];
     worst = std::max(worst, std::fabs(loss - want) / std::fabs(want));
     EXPECT_NEAR(loss, want, tol * std::fabs(want)) << "step " << s;

@@ -27,6 +27,7 @@
 #include "peft/lora_model.h"
 #include "train/causal_lm.h"
 #include "train/collate.h"
+#include "train/full_train.h"
 #include "train/lora_train.h"
 #include "loss_parity.h"
 
@@ -86,6 +87,10 @@ TEST(Trainer, DoraLossParityWithPeft) {
 TEST(Trainer, BiasAndModulesToSaveLossParityWithPeft) {
   check_loss_parity("loss_parity_bias", "llama_bias", {}, Device::CPU, 1e-3);
   check_loss_parity("loss_parity_mts", "llama", {}, Device::CPU, 1e-3);
+}
+
+TEST(Trainer, FullFinetuneLossParityWithTorch) {
+  check_loss_parity("loss_parity_full", "llama", {}, Device::CPU, 1e-3);
 }
 TEST(Trainer, QloraLossParityWithPeftBitsandbytes) {
   LoadOptions q;  // bitsandbytes NF4 + double quant of the same f32 weights, quantized while loading
@@ -239,6 +244,54 @@ TEST(Trainer, EndToEndAndResumeBitIdentical) {
     EXPECT_EQ(rest.losses[i], straight.losses[i]) << "step " << i + 1;  // bit for bit
   EXPECT_EQ(read_all(a.out_dir + "/adapter_model.safetensors"),
             read_all(b.out_dir + "/adapter_model.safetensors"));
+}
+
+// --full-finetune end to end: the model folder (F32 safetensors + config + tokenizer) loads back as a
+// model whose logits differ from the base, and a run killed after step 3 resumes from checkpoint-2 bit for
+// bit; quantized bases and --adapter are refused before training.
+TEST(Trainer, FullFinetuneWritesAModelAndResumesBitIdentical) {
+  const std::string dir = testing::TempDir() + "qtune_trainer_full";
+  fs::remove_all(dir);
+  auto full_args = [&](const std::string& sub) {
+    TrainerArgs a = tiny_args(dir + "/" + sub);
+    a.peft_type = "full";
+    a.learning_rate = 1e-4;
+    a.save_steps = 2;
+    return a;
+  };
+  TrainerArgs a = full_args("straight");
+  TrainResult straight = run_finetune(a);
+  ASSERT_EQ(straight.losses.size(), 6u);
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "checkpoint-2/model.safetensors",
+                        "checkpoint-4/optimizer.safetensors"})
+    EXPECT_TRUE(fs::exists(a.out_dir + "/" + f)) << f;
+  EXPECT_FALSE(fs::exists(a.out_dir + "/adapter_config.json"));
+  LlamaModel base = LlamaModel::load(kBundled), tuned = LlamaModel::load(a.out_dir);
+  Tensor ids = Tensor::from_i32({5, 17, 99, 42}, {1, 4});
+  const std::vector<float> lb = base.forward(ids).to_f32_vector(), lt = tuned.forward(ids).to_f32_vector();
+  double diff = 0;
+  for (size_t i = 0; i < lb.size(); ++i) diff = std::max(diff, (double)std::fabs(lb[i] - lt[i]));
+  EXPECT_GT(diff, 1e-3);
+
+  TrainerArgs b = full_args("resumed");
+  b.stop_after_steps = 3;
+  EXPECT_TRUE(run_finetune(b).stopped_early);
+  b.stop_after_steps = -1;
+  b.resume = true;
+  TrainResult rest = run_finetune(b);
+  ASSERT_EQ(rest.losses.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) EXPECT_EQ(rest.losses[i], straight.losses[i]) << "step " << i + 1;
+  EXPECT_EQ(read_all(a.out_dir + "/model.safetensors"), read_all(b.out_dir + "/model.safetensors"));
+
+  TrainerArgs q = full_args("q");
+  q.load.load_in_4bit = true;
+  try {
+    run_finetune(q);
+    ADD_FAILURE() << "a 4-bit base was accepted for full fine-tuning";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Usage);
+    EXPECT_NE(std::string(e.what()).find("4/8-bit"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Trainer, ContinuesAnAdapterAndTrainsChatRows) {

@@ -137,6 +137,12 @@ TEST(TrainCuda, BiasAndModulesToSaveLossParityWithPeft) {
   check_loss_parity("loss_parity_mts", "llama", {}, Device::CUDA, 2e-2);
 }
 
+// Full fine-tuning on the GPU: F32 masters on the device, the model's BF16 weights rounded from them.
+TEST(TrainCuda, FullFinetuneLossParityWithTorch) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  check_loss_parity("loss_parity_full", "llama", {}, Device::CUDA, 2e-2);
+}
+
 TEST(TrainCuda, FinetuneEndToEndPaged8bit) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
   const std::string dir = ::testing::TempDir() + "/qtune_train_cuda";
