@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke test of `qtune finetune --peft-type` (issue 5): each method trains 30 steps on CUDA with the
-# settings of bench/peft_methods_cpu.sh, then `generate --adapter` on CUDA; an IA3 and a P-tuning run are
+# settings of bench/peft_methods.sh, then `generate --adapter` on CUDA; an IA3 and a P-tuning run are
 # stopped after step 15 and resumed from checkpoint-10, and their final adapters compared with the straight
 # runs'.   usage (repo root, on the device): OUT=dir bench/peft_methods_cuda_smoke.sh path/to/qtune
 set -u
