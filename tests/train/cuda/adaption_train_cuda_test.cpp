@@ -4,7 +4,8 @@
 //    errors against the CPU op on the exact f32 inputs stay within 2x (+1e-3) the error of the CPU op on
 //    bf16-rounded inputs with bf16-rounded outputs (the flash-attention rule);
 //  - one packed, checkpointed step's prompt and gate gradients on the bundled model against the CPU f32
-//    trainer on the same batch and values (the bf16 bound of the other adapters' CUDA tests);
+//    trainer on the same batch and values (the bf16 bound of the other adapters' CUDA tests; the gates as
+//    one vector);
 //  - AdamW steps on the device lower the loss; the saved folder holds the device values and, loaded on
 //    the CPU, gives the GPU's loss at the bf16 level.
 #include <gtest/gtest.h>
@@ -146,20 +147,29 @@ TEST(AdaptionTrainCuda, GradientsMatchCpu) {
   double loss_cpu = 0, loss_gpu = 0;
   const Grads cpu = step_grads(Device::CPU, &loss_cpu), gpu = step_grads(Device::CUDA, &loss_gpu);
   ASSERT_EQ(cpu.size(), gpu.size());
-  double num = 0, den = 0, worst = 0;
+  // Prompts per tensor; the gates as one vector (a layer's scalar gate gradient can be a near-cancelled sum
+  // of thousands of terms: 5e-5 next to 0.1 in the top layer here, so its own relative error says little).
+  double num = 0, den = 0, worst = 0, gnum = 0, gden = 0;
   std::string worst_name;
   for (const auto& [name, g] : cpu) {
     const std::vector<float>& h = gpu.at(name);
-    const double e = rel_err(h, g);
-    if (e > worst) worst = e, worst_name = name;
+    const bool gate = name.find("adaption_gate") != std::string::npos;
+    if (gate) {
+      std::printf("  %s: CPU %.4e GPU %.4e\n", name.c_str(), g[0], h[0]);
+      gnum += ((double)h[0] - g[0]) * ((double)h[0] - g[0]), gden += (double)g[0] * g[0];
+    } else {
+      const double e = rel_err(h, g);
+      if (e > worst) worst = e, worst_name = name;
+    }
     for (size_t i = 0; i < g.size(); i++)
       num += ((double)h[i] - g[i]) * ((double)h[i] - g[i]), den += (double)g[i] * g[i];
   }
-  const double total = std::sqrt(num / den);
+  const double total = std::sqrt(num / den), gates = std::sqrt(gnum / gden);
   std::printf(
       "LLaMA-Adapter: loss CPU %.6f GPU %.6f; %zu gradients, GPU vs CPU relative norm error %.2e "
-      "overall, worst %.2e (%s)\n",
-      loss_cpu, loss_gpu, cpu.size(), total, worst, worst_name.c_str());
+      "overall, gates %.2e, worst prompt %.2e (%s)\n",
+      loss_cpu, loss_gpu, cpu.size(), total, gates, worst, worst_name.c_str());
+  EXPECT_LT(gates, 2e-2);
   EXPECT_NEAR(loss_gpu, loss_cpu, 1e-2 * loss_cpu);
   EXPECT_LT(total, 2e-2);
   EXPECT_LT(worst, 6e-2);
