@@ -3,6 +3,9 @@
 // Linear forward against fp16 / bf16 cuBLASLt, on Llama-3-8B shapes. One JSON line per measurement
 // (impl "qtune"), CUDA-event medians; weights rotate over enough copies that the L2 never holds them.
 // Bytes: dequantize = packed + absmax (+ nested) read + bf16 written; GEMV = packed + absmax + x + out.
+// LLM.int8: the forward standalone and per call in a CUDA graph of 4, threshold 6 and 0, and its parts
+// (GEMM, row quantization, outlier listing and gathering, epilogue) standalone. `quant_kernels int8` runs
+// only the LLM.int8 lines.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -10,9 +13,11 @@
 #include <cstdio>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/allocator.h"
+#include "model/cuda/quant_linear_cuda.h"
 #include "model/quant_linear.h"
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/cuda_ops.h"
@@ -159,14 +164,17 @@ void bench_int8(std::mt19937& g) {
       for (int64_t c : {11, 1000, 3000}) xv[(size_t)(m * K + c)] *= 8.0f;  // outlier columns
     Tensor x = Tensor::from_f32(xv, {N, K}).to_dtype(DType::BF16).to(Device::CUDA);
     Tensor y = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
-    const double ms8 = median_ms([&](int) { int8_linear_forward(y, x, *q8, nullptr); });
+    auto fwd = [&](int) { int8_linear_forward(y, x, *q8, nullptr); };
+    const double ms8 = median_ms(fwd), ms8g = graph_ms(fwd, 4);
     auto thr0 = std::make_shared<Int8Linear>(*q8);
     thr0->threshold = 0.0f;
-    const double ms8n = median_ms([&](int) { int8_linear_forward(y, x, *thr0, nullptr); });
+    auto fwd0 = [&](int) { int8_linear_forward(y, x, *thr0, nullptr); };
+    const double ms8n = median_ms(fwd0), ms8ng = graph_ms(fwd0, 4);
     Tensor w16 = w.to(Device::CPU).to_dtype(DType::F16).to(Device::CUDA);
     Tensor x16 = x.to(Device::CPU).to_dtype(DType::F16).to(Device::CUDA);
     Tensor y16 = Tensor::empty({N, O}, DType::F16, Device::CUDA);
-    const double ms16 = median_ms([&](int) { cuda::linear_forward(y16, x16, w16); });
+    auto f16 = [&](int) { cuda::linear_forward(y16, x16, w16); };
+    const double ms16 = median_ms(f16), ms16g = graph_ms(f16, 4);
     const double msbf = median_ms([&](int) { cuda::linear_forward(y, x, w); });
     // Parts: the row quantization of x, and the epilogue without / with the three outlier columns.
     cudaStream_t s = cuda::stream();
@@ -178,38 +186,58 @@ void bench_int8(std::mt19937& g) {
       int8_quant_rows_cuda(x.raw(), DType::BF16, N, K, 6.0f, true, qa.data<int8_t>(), sa.data<float>(),
                            flags.data<uint8_t>(), s);
     });
-    Tensor cols = Tensor::from_i32({11, 1000, 3000}, {3}).to(Device::CUDA);
-    Tensor count = Tensor::from_i32({0}, {1}).to(Device::CUDA),
-           count3 = Tensor::from_i32({3}, {1}).to(Device::CUDA);
+    const double ms_quant0 = median_ms([&](int) {
+      int8_quant_rows_cuda(x.raw(), DType::BF16, N, K, 0.0f, true, qa.data<int8_t>(), sa.data<float>(),
+                           nullptr, s);
+    });
+    const double ms_gemm = median_ms([&](int) {
+      int8_gemm_cuda(acc.data<int32_t>(), qa.data<int8_t>(), q8->w.q.data<int8_t>(), N, K, O);
+    });
+    // The outlier columns (flags from the quantization above: the three scaled columns) and what the
+    // epilogue needs at them; the epilogue without (count null) and with them.
+    Tensor cols = Tensor::empty({K}, DType::I32, Device::CUDA),
+           count = Tensor::empty({1}, DType::I32, Device::CUDA);
     Tensor wout = Tensor::zeros({64, O}, DType::F32, Device::CUDA),
            qout = Tensor::zeros({64, O}, DType::I8, Device::CUDA);
+    Tensor qa_c = Tensor::zeros({N, 8}, DType::I8, Device::CUDA),
+           x_c = Tensor::zeros({N, 8}, DType::F32, Device::CUDA);
     Int8Epilogue e;
     e.sa = sa.data<float>();
     e.qa = qa.data<int8_t>();
     e.sb = q8->w.scale.data<float>();
     e.qb = q8->w.q.data<int8_t>();
     e.x = x.raw();
+    e.out = y.raw();
+    e.N = N;
+    e.K = K;
+    e.O = O;
+    const double ms_outl = median_ms([&](int) {
+      int8_outliers_cuda(flags.data<uint8_t>(), e, cols.data<int32_t>(), count.data<int32_t>(),
+                         wout.data<float>(), qout.data<int8_t>(), 64, qa_c.data<int8_t>(), x_c.data<float>(),
+                         s);
+    });
+    const double ms_epi = median_ms([&](int) { int8_epilogue_cuda(acc.data<int32_t>(), e, s); });
     e.cols = cols.data<int32_t>();
     e.count = count.data<int32_t>();
     e.wout = wout.data<float>();
     e.qout = qout.data<int8_t>();
     e.cap = 64;
-    e.out = y.raw();
-    e.N = N;
-    e.K = K;
-    e.O = O;
-    const double ms_epi = median_ms([&](int) { int8_epilogue_cuda(acc.data<int32_t>(), e, s); });
-    e.count = count3.data<int32_t>();
+    e.qa_c = qa_c.data<int8_t>();
+    e.x_c = x_c.data<float>();
     const double ms_epi3 = median_ms([&](int) { int8_epilogue_cuda(acc.data<int32_t>(), e, s); });
+    const int n_cols = count.to(Device::CPU).data<int32_t>()[0];
     std::printf(
         "{\"impl\": \"qtune\", \"bench\": \"int8_linear\", \"N\": %lld, \"K\": %lld, \"O\": %lld, \"us\": "
         "%.1f, "
         "\"tflops\": %.0f, \"us_no_outliers\": %.1f, \"fp16_us\": %.1f, \"fp16_tflops\": %.0f, \"bf16_us\": "
         "%.1f, "
         "\"ratio_vs_fp16\": %.2f, \"quant_rows_us\": %.1f, \"epilogue_us\": %.1f, "
-        "\"epilogue_3_outliers_us\": %.1f}\n",
+        "\"epilogue_3_outliers_us\": %.1f, \"us_graph\": %.1f, \"us_no_outliers_graph\": %.1f, "
+        "\"fp16_us_graph\": %.1f, \"ratio_vs_fp16_graph\": %.2f, \"quant_rows_thr0_us\": %.1f, "
+        "\"int8_gemm_us\": %.1f, \"outliers_us\": %.1f, \"outlier_columns\": %d}\n",
         (long long)N, (long long)K, (long long)O, ms8 * 1e3, flops / ms8 / 1e9, ms8n * 1e3, ms16 * 1e3,
-        flops / ms16 / 1e9, msbf * 1e3, ms16 / ms8, ms_quant * 1e3, ms_epi * 1e3, ms_epi3 * 1e3);
+        flops / ms16 / 1e9, msbf * 1e3, ms16 / ms8, ms_quant * 1e3, ms_epi * 1e3, ms_epi3 * 1e3, ms8g * 1e3,
+        ms8ng * 1e3, ms16g * 1e3, ms16g / ms8g, ms_quant0 * 1e3, ms_gemm * 1e3, ms_outl * 1e3, n_cols);
     // The 4-bit many-token path on the same shape: dequantize into the bf16 buffer + cuBLASLt.
     auto q4 = quantize_linear_4bit(w, QuantType::NF4, 64, true, DType::BF16);
     const double ms4 = median_ms([&](int) { quant4_linear_forward(y, x, *q4, nullptr); });
@@ -223,8 +251,12 @@ void bench_int8(std::mt19937& g) {
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   std::mt19937 g(1234);
+  if (argc > 1 && std::string(argv[1]) == "int8") {  // only the LLM.int8 Linear
+    bench_int8(g);
+    return 0;
+  }
   const double copy_gbs = copy_bandwidth();
   std::printf("{\"impl\": \"qtune\", \"bench\": \"copy\", \"gbs\": %.1f}\n", copy_gbs);
   bench_dequant(copy_gbs, g);

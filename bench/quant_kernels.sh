@@ -7,6 +7,7 @@
 #   bench/quant_kernels.sh run [bin-dir]                 on the GPU: the qtune binary, then
 #                                                       bench/quant_kernels_bnb.py; bitsandbytes comes from
 #                                                       bin-dir/bnb.tar.xz when it is not installed
+#   bench/quant_kernels.sh run [bin-dir] int8            on the GPU: only qtune's LLM.int8 Linear lines
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 case "${1:-}" in
@@ -25,6 +26,10 @@ case "${1:-}" in
     bin=${2:-$root/.carry-qcuda}
     nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader || true
     echo "== qtune"
+    if [ "${3:-}" = int8 ]; then
+      "$bin/quant_kernels" int8
+      exit 0
+    fi
     "$bin/quant_kernels"
     if ! python -c "import bitsandbytes" 2>/dev/null && [ -f "$bin/bnb.tar.xz" ]; then
       mkdir -p /tmp/qtune_bnb && tar -C /tmp/qtune_bnb -xJf "$bin/bnb.tar.xz"

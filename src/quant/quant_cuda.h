@@ -101,10 +101,6 @@ void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols
 // int8 weight rows (int8_vectorwise_dequant's arithmetic).
 void int8_dequantize_rows_cuda_raw(const int8_t* q, const float* scale, int64_t r0, int64_t rows,
                                    int64_t cols, DType out_dtype, void* out, cudaStream_t stream);
-// The flagged columns in ascending order: cols[0 .. *count). One thread block.
-void int8_outlier_columns_cuda(const uint8_t* col_flags, int64_t K, int32_t* cols, int32_t* count,
-                               cudaStream_t stream);
-
 // What the int8 epilogues need beyond the int32 products (all device pointers).
 struct Int8Epilogue {
   const float* sa = nullptr;   // [N] activation row scales
@@ -113,23 +109,30 @@ struct Int8Epilogue {
   const int8_t* qb = nullptr;  // [O, K] int8 weight
   const void* x = nullptr;     // x_dtype [N, K], the original activations (outlier columns)
   DType x_dtype = DType::BF16;
-  const int32_t* cols = nullptr;   // outlier columns [count]
-  const int32_t* count = nullptr;  // [1]
-  // The outlier weight columns gathered by int8_gather_outliers_cuda, for the first `cap` outliers.
-  const float* wout = nullptr;   // [cap, O] q·SCB/127
-  const int8_t* qout = nullptr;  // [cap, O]
+  const int32_t* cols = nullptr;   // outlier columns [count], ascending
+  const int32_t* count = nullptr;  // [1]; null: no outlier columns
+  // Gathered by int8_outliers_cuda: the weights at the first `cap` (<= 64) outlier columns, and each row's
+  // qa and x at the first 8 (the epilogue stages them without waiting for the count).
+  const float* wout = nullptr;   // [cap, O] ((float)qb[o, c_j] · sb[o]) · (1/127)
+  const int8_t* qout = nullptr;  // [cap, O] qb[o, c_j]
   int cap = 0;
-  const void* bias = nullptr;  // bias_dtype [O] or null
+  const int8_t* qa_c = nullptr;  // [N, 8] qa[m, c_j], 0 for j >= count (required with count)
+  const float* x_c = nullptr;    // [N, 8] x[m, c_j], 0 for j >= count
+  const void* bias = nullptr;    // bias_dtype [O] or null
   DType bias_dtype = DType::F32;
   void* out = nullptr;  // out_dtype [N, O]
   DType out_dtype = DType::BF16;
   int64_t N = 0, K = 0, O = 0;
 };
-// wout[j, o] = ((float)qb[o, c_j] · sb[o]) · (1/127), qout[j, o] = qb[o, c_j] for j < min(count, cap).
-void int8_gather_outliers_cuda(const Int8Epilogue& e, float* wout, int8_t* qout, int cap,
-                               cudaStream_t stream);
+// From the column flags (zeroed, then set by int8_quant_rows_cuda): cols[0 .. *count) = the flagged columns
+// in ascending order, and the gathered data of Int8Epilogue: wout / qout for the first min(count, cap)
+// columns (cap <= 64; e.sb, e.qb), and when qa_c is given qa_c / x_c (e.qa, e.x). e's own cols, count,
+// wout, qout, qa_c and x_c are not read.
+void int8_outliers_cuda(const uint8_t* col_flags, const Int8Epilogue& e, int32_t* cols, int32_t* count,
+                        float* wout, int8_t* qout, int cap, int8_t* qa_c, float* x_c, cudaStream_t stream);
 // out[m, o] = (float)(acc − Σ_j qa[m, c_j]·qb[o, c_j]) · (sa[m]·sb[o]) · 6.200124e-05 (+ bias[o])
-//             + Σ_j x[m, c_j] · wout[j, o], in the CPU forward's order. acc: int32 [N, O].
+//             + Σ_j x[m, c_j] · w[o, c_j], w = ((float)qb · sb[o]) · (1/127), in the CPU forward's order.
+// acc: int32 [N, O].
 void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t stream);
 // The same output computed directly (int32 dot products with __dp4a), for few rows or shapes cuBLASLt's
 // int8 GEMM does not take; rows [m0, m0 + rows) of N, rows <= 4.

@@ -1,12 +1,14 @@
 // LLM.int8 Linear on the GPU (model/quant_linear.h): quantizing a GPU weight, the forward and the dequantized
-// rows. Forward, in launches on the ops stream (no host synchronisation, so it can sit in a CUDA graph):
+// rows. Forward, in launches on the ops stream (no host synchronisation, so it can sit in a CUDA graph; the
+// per-call buffers are one allocation):
 //   flags = 0;  qa, sa = row-wise int8 of f16(x), flags of outlier columns    [N, K], [N], [K]
-//   cols, count = the flagged columns in order                                 (threshold > 0)
-//   N <= 4:  int8 GEMV (__dp4a) with the epilogue fused
+//   N <= 4:  cols, count = the flagged columns; int8 GEMV (__dp4a) with the epilogue fused
 //   else:    acc = qa · qbᵀ by cuBLASLt (int8 in, int32 out, TN)               [N, O]
-//            gather the outlier weight columns (first kOutlierCap), epilogue → out
-// cuBLASLt's int8 kernels need K and O multiples of 4; other shapes (and a missing algorithm) use the GEMV
-// four rows at a time.
+//            cols, count, the outlier weight columns (first kOutlierCap) and each row's qa and x at
+//            the first outlier columns gathered (one kernel); epilogue → out
+// The outlier kernel runs after the GEMM is queued, so the GEMM starts as soon as qa is ready, and what it
+// gathers is written just before the epilogue reads it. cuBLASLt's int8 kernels need K and O multiples of
+// 4; other shapes (and a missing algorithm) use the GEMV four rows at a time.
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -61,23 +63,30 @@ Int8Plan make_plan(int64_t N, int64_t K, int64_t O) {
   return p;
 }
 
-// acc = qa · qbᵀ through cuBLASLt; false when it has no algorithm for the shape.
-bool int8_gemm_lt(int32_t* acc, const int8_t* qa, const int8_t* qb, int64_t N, int64_t K, int64_t O) {
-  if (K % 4 != 0 || O % 4 != 0 || N > 0x7fffffff || K > 0x7fffffff || O > 0x7fffffff) return false;
+// The plan for the shape, or null when cuBLASLt's int8 GEMM does not take it.
+const Int8Plan* int8_plan(int64_t N, int64_t K, int64_t O) {
+  if (K % 4 != 0 || O % 4 != 0 || N > 0x7fffffff || K > 0x7fffffff || O > 0x7fffffff) return nullptr;
   std::lock_guard<std::mutex> lock(plan_mu);
   auto key = std::make_tuple(N, K, O);
   auto it = plans().find(key);
   if (it == plans().end()) it = plans().emplace(key, make_plan(N, K, O)).first;
-  const Int8Plan& p = it->second;
-  if (!p.ok) return false;
+  return it->second.ok ? &it->second : nullptr;
+}
+
+void int8_gemm_run(const Int8Plan& p, int32_t* acc, const int8_t* qa, const int8_t* qb) {
   cuda::CudaContext& ctx = cuda::context();
-  int32_t alpha = 1, beta = 0;
+  const int32_t alpha = 1, beta = 0;
   QT_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, qb, p.a, qa, p.b, &beta, acc, p.c, acc, p.c, &p.algo,
                                  ctx.workspace, ctx.workspace_bytes, ctx.stream));
-  return true;
 }
 
 }  // namespace
+
+bool int8_gemm_cuda(int32_t* acc, const int8_t* qa, const int8_t* qb, int64_t N, int64_t K, int64_t O) {
+  const Int8Plan* p = int8_plan(N, K, O);
+  if (p) int8_gemm_run(*p, acc, qa, qb);
+  return p != nullptr;
+}
 
 std::shared_ptr<const Int8Linear> quantize_linear_8bit_cuda(const Tensor& w, float threshold) {
   if (!w.is_cuda() || w.ndim() != 2)
@@ -126,28 +135,51 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   const int64_t N = x.numel() / K;
   if (N == 0 || O == 0) return;
   cudaStream_t s = cuda::stream();
-  Tensor flags = Tensor::empty({K}, DType::U8, Device::CUDA);   // [K]
-  Tensor cols = Tensor::empty({K}, DType::I32, Device::CUDA);   // [K]
-  Tensor count = Tensor::empty({1}, DType::I32, Device::CUDA);  // [1]
-  Tensor qa = Tensor::empty({N, K}, DType::I8, Device::CUDA);   // [N, K]
-  Tensor sa = Tensor::empty({N}, DType::F32, Device::CUDA);     // [N]
-  QT_CUDA_CHECK(cudaMemsetAsync(flags.raw(), 0, (size_t)K, s));
-  QT_CUDA_CHECK(cudaMemsetAsync(count.raw(), 0, sizeof(int32_t), s));
   const float thr = w.threshold;
-  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa.data<int8_t>(), sa.data<float>(),
-                       flags.data<uint8_t>(), s);
-  if (thr > 0.0f)
-    int8_outlier_columns_cuda(flags.data<uint8_t>(), K, cols.data<int32_t>(), count.data<int32_t>(), s);
+  const Int8Plan* plan = N > 4 ? int8_plan(N, K, O) : nullptr;
+  const int cap = plan && thr > 0.0f ? kOutlierCap : 0;
+  const int64_t staged = plan && thr > 0.0f ? 8 : 0;  // quant_cuda.h: qa_c / x_c width
+  // One allocation for the per-call buffers, each at a 256-byte boundary.
+  size_t bytes = 0;
+  auto take = [&](int64_t n) {
+    const size_t at = bytes;
+    bytes += ((size_t)n + 255) / 256 * 256;
+    return at;
+  };
+  const size_t at_flags = take(K), at_qa = take(N * K), at_sa = take(N * 4), at_cols = take(K * 4),
+               at_count = take(4), at_acc = plan ? take(N * O * 4) : 0, at_wout = take((int64_t)cap * O * 4),
+               at_qout = take((int64_t)cap * O), at_qac = take(N * staged), at_xc = take(N * staged * 4);
+  Tensor buf = Tensor::empty({(int64_t)bytes}, DType::U8, Device::CUDA);
+  char* b = static_cast<char*>(buf.raw());
+  uint8_t* flags = reinterpret_cast<uint8_t*>(b + at_flags);                // [K]
+  int8_t* qa = reinterpret_cast<int8_t*>(b + at_qa);                        // [N, K]
+  float* sa = reinterpret_cast<float*>(b + at_sa);                          // [N]
+  int32_t* cols = reinterpret_cast<int32_t*>(b + at_cols);                  // [K]
+  int32_t* count = reinterpret_cast<int32_t*>(b + at_count);                // [1]
+  int32_t* acc = reinterpret_cast<int32_t*>(b + at_acc);                    // [N, O]
+  float* wout = reinterpret_cast<float*>(b + at_wout);                      // [cap, O]
+  int8_t* qout = reinterpret_cast<int8_t*>(b + at_qout);                    // [cap, O]
+  int8_t* qa_c = staged ? reinterpret_cast<int8_t*>(b + at_qac) : nullptr;  // [N, 8]
+  float* x_c = staged ? reinterpret_cast<float*>(b + at_xc) : nullptr;      // [N, 8]
+
+  if (thr > 0.0f) QT_CUDA_CHECK(cudaMemsetAsync(flags, 0, (size_t)K, s));
+  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, thr > 0.0f ? flags : nullptr, s);
+  if (plan) int8_gemm_run(*plan, acc, qa, w.w.q.data<int8_t>());
 
   Int8Epilogue e;
-  e.sa = sa.data<float>();
-  e.qa = qa.data<int8_t>();
+  e.sa = sa;
+  e.qa = qa;
   e.sb = w.w.scale.data<float>();
   e.qb = w.w.q.data<int8_t>();
   e.x = x.raw();
   e.x_dtype = x.dtype();
-  e.cols = cols.data<int32_t>();
-  e.count = count.data<int32_t>();
+  e.cols = cols;
+  e.count = thr > 0.0f ? count : nullptr;
+  e.wout = wout;
+  e.qout = qout;
+  e.cap = cap;
+  e.qa_c = qa_c;
+  e.x_c = x_c;
   e.bias = bias ? bias->raw() : nullptr;
   e.bias_dtype = bias ? bias->dtype() : DType::F32;
   e.out = out.raw();
@@ -155,25 +187,11 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   e.N = N;
   e.K = K;
   e.O = O;
-  Tensor acc;
-  if (N > 4) {
-    acc = Tensor::empty({N, O}, DType::I32, Device::CUDA);  // [N, O]
-    if (!int8_gemm_lt(acc.data<int32_t>(), qa.data<int8_t>(), w.w.q.data<int8_t>(), N, K, O)) acc = Tensor();
-  }
-  if (!acc.defined()) {
+  if (thr > 0.0f) int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, s);
+  if (plan)
+    int8_epilogue_cuda(acc, e, s);
+  else
     for (int64_t m0 = 0; m0 < N; m0 += 4) int8_gemv_cuda(e, m0, (int)std::min<int64_t>(4, N - m0), s);
-    return;
-  }
-  Tensor wout, qout;
-  if (thr > 0.0f) {
-    wout = Tensor::empty({kOutlierCap, O}, DType::F32, Device::CUDA);  // [cap, O]
-    qout = Tensor::empty({kOutlierCap, O}, DType::I8, Device::CUDA);   // [cap, O]
-    int8_gather_outliers_cuda(e, wout.data<float>(), qout.data<int8_t>(), kOutlierCap, s);
-    e.wout = wout.data<float>();
-    e.qout = qout.data<int8_t>();
-    e.cap = kOutlierCap;
-  }
-  int8_epilogue_cuda(acc.data<int32_t>(), e, s);
 }
 
 }  // namespace qtune

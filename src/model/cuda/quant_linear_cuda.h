@@ -17,5 +17,9 @@ std::shared_ptr<const Quant4Linear> quantize_linear_4bit_cuda(const Tensor& w, Q
                                                               DType compute_dtype);
 std::shared_ptr<const Int8Linear> quantize_linear_8bit_cuda(const Tensor& w, float threshold);
 
+// acc[N, O] = qa[N, K] · qb[O, K]ᵀ in int32 through cuBLASLt, as the many-row int8 forward runs it (device
+// pointers, the ops stream); false, with nothing queued, when cuBLASLt has no int8 algorithm for the shape.
+bool int8_gemm_cuda(int32_t* acc, const int8_t* qa, const int8_t* qb, int64_t N, int64_t K, int64_t O);
+
 }  // namespace qtune
 #endif  // QTUNE_HAVE_CUDA

@@ -1,11 +1,11 @@
 // LLM.int8 kernels (rules in quant_cuda.h and int8.h): row-wise int8 quantization with outlier flags, the
-// ordered list of outlier columns, the gathered outlier weight columns, the epilogue that turns int32
+// ordered list of outlier columns with the data the epilogue needs at them, the epilogue that turns int32
 // products into the output, and a __dp4a GEMV for a few rows. The epilogue follows the CPU forward
 // (model/quant_linear.cpp) operation by operation, so given the same int32 products it produces the same
 // f32 value before the final rounding to the output dtype:
 //   acc' = acc − Σ_j qa[m, c_j] · qb[o, c_j]          (exact: the GEMM also multiplied the outlier columns)
-//   v = ((float)acc' · (sa[m] · sb[o])) · 6.200124e-05;  v += bias[o];  v += x[m, c_j] · wout[j, o] for each
-//   j
+//   v = ((float)acc' · (sa[m] · sb[o])) · 6.200124e-05;  v += bias[o];
+//   v += x[m, c_j] · w[o, c_j] for each j in order,   w = ((float)qb[o, c_j] · sb[o]) · (1/127)
 #include <algorithm>
 
 #include "quant/cuda/quant_device.cuh"
@@ -30,8 +30,9 @@ __device__ __forceinline__ float block_max(float a, float* smem) {
   return r;
 }
 
-// One block per row: the max over elements below the threshold, flags of outlier columns, then codes.
+// Row quantization: the max over elements below the threshold, flags of outlier columns, then codes.
 // 16-bit inputs with cols % 8 == 0 go 8 values per 16-byte load and 8 codes per 8-byte store.
+// half_word: the low (hi = 0) or high 16-bit value of a 32-bit word as f32.
 template <class T>
 __device__ __forceinline__ float half_word(uint32_t w, int hi);
 template <>
@@ -47,7 +48,79 @@ __device__ __forceinline__ float half_word<float>(uint32_t, int) {
   return 0.0f;  // unused: f32 rows take the scalar path
 }
 
-// vec: 16-bit T, cols % 8 == 0, x 16-byte and q 8-byte aligned.
+// The 8 values of a 16-byte load of 16-bit T, rounded to f16 when round_f16.
+template <class T>
+__device__ __forceinline__ void unpack8(const uint4& u, bool round_f16, float (&v)[8]) {
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const float f = half_word<T>(w[i / 2], i % 2);
+    v[i] = round_f16 ? __half2float(__float2half_rn(f)) : f;
+  }
+}
+
+// q = round_half_even(v · s) clamped to ±127 (0 when the row's scale a is 0), 8 codes as one 8-byte word.
+__device__ __forceinline__ uint2 codes8(const float (&v)[8], float a, float s) {
+  uint32_t w[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const int r = a == 0.0f ? 0 : __float2int_rn(__fmul_rn(v[i], s));
+    w[i / 4] |= (uint32_t)(uint8_t)(int8_t)max(-127, min(127, r)) << (8 * (i % 4));
+  }
+  return make_uint2(w[0], w[1]);
+}
+
+// One warp per row (rows of 16-bit T with cols <= 32 · 8 · kWarpHeld, cols % 8 == 0, x 16-byte and q
+// 8-byte aligned): the row is read once into registers, 16 bytes per lane and load, the max below the
+// threshold is a warp shuffle reduction (no block barrier), then 8 codes per 8-byte store.
+constexpr int kWarpHeld = 16;
+
+template <class T>
+__global__ void quant_rows_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float thr,
+                                       bool round_f16, int8_t* __restrict__ q, float* __restrict__ scale,
+                                       uint8_t* __restrict__ flags) {
+  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= rows) return;
+  const T* xr = x + row * cols;  // [cols]
+  int8_t* qr = q + row * cols;   // [cols]
+  uint4 held[kWarpHeld];
+#pragma unroll
+  for (int k = 0; k < kWarpHeld; k++) {
+    const int64_t c = (int64_t)(k * 32 + lane) * 8;
+    if (c < cols) held[k] = __ldg(reinterpret_cast<const uint4*>(xr + c));
+  }
+  float a = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kWarpHeld; k++) {
+    const int64_t c = (int64_t)(k * 32 + lane) * 8;
+    if (c >= cols) break;
+    float v[8];
+    unpack8<T>(held[k], round_f16, v);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const float f = fabsf(v[i]);
+      if (thr > 0.0f && f >= thr)
+        flags[c + i] = 1;
+      else
+        a = cpu_max(a, f);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, o));
+  if (lane == 0) scale[row] = a;
+  const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
+#pragma unroll
+  for (int k = 0; k < kWarpHeld; k++) {
+    const int64_t c = (int64_t)(k * 32 + lane) * 8;
+    if (c >= cols) break;
+    float v[8];
+    unpack8<T>(held[k], round_f16, v);
+    *reinterpret_cast<uint2*>(qr + c) = codes8(v, a, s);
+  }
+}
+
+// One block per row (the rows the warp kernel does not take). vec: 16-bit T, cols % 8 == 0, x 16-byte and
+// q 8-byte aligned.
 template <class T>
 __global__ void quant_rows_kernel(const T* __restrict__ x, int64_t cols, float thr, bool round_f16,
                                   int8_t* __restrict__ q, float* __restrict__ scale,
@@ -57,12 +130,7 @@ __global__ void quant_rows_kernel(const T* __restrict__ x, int64_t cols, float t
   int8_t* qr = q + (int64_t)blockIdx.x * cols;
   auto rnd = [&](float v) { return round_f16 ? __half2float(__float2half_rn(v)) : v; };
   auto value = [&](T raw) { return rnd(load_f32(raw)); };
-  // the 8 values of a 16-byte load
-  auto unpack = [&](const uint4& u, float(&v)[8]) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 8; i++) v[i] = rnd(half_word<T>(w[i / 2], i % 2));
-  };
+  auto unpack = [&](const uint4& u, float(&v)[8]) { unpack8<T>(u, round_f16, v); };
   float a = 0.0f;
   auto scan = [&](float v, int64_t c) {
     const float f = fabsf(v);
@@ -121,63 +189,92 @@ __global__ void quant_rows_kernel(const T* __restrict__ x, int64_t cols, float t
         u = __ldg(reinterpret_cast<const uint4*>(xr + c));
       }
       unpack(u, v);
-      char4 lo, hi;
-      lo.x = code(v[0]);
-      lo.y = code(v[1]);
-      lo.z = code(v[2]);
-      lo.w = code(v[3]);
-      hi.x = code(v[4]);
-      hi.y = code(v[5]);
-      hi.z = code(v[6]);
-      hi.w = code(v[7]);
-      *reinterpret_cast<uint2*>(qr + c) =
-          make_uint2(*reinterpret_cast<uint32_t*>(&lo), *reinterpret_cast<uint32_t*>(&hi));
+      *reinterpret_cast<uint2*>(qr + c) = codes8(v, a, s);
     }
   } else {
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) qr[c] = code(value(xr[c]));
   }
 }
 
-// One block: cols[] = the flagged indices in ascending order, *count = how many.
-__global__ void outlier_columns_kernel(const uint8_t* __restrict__ flags, int64_t K,
-                                       int32_t* __restrict__ cols, int32_t* __restrict__ count) {
-  __shared__ int warp_base[32];
-  __shared__ int total;
+constexpr int kMaxGathered = 64;  // the most outlier columns gathered / staged (the forward's cap)
+constexpr int kRowStaged = 8;     // outlier columns per row in qa_c / x_c
+
+// Every block lists the flagged columns in ascending order, 16 flags per thread and load (a block-wide
+// exclusive scan of the per-thread counts places them); block 0 writes cols[] and *count. Then, over the
+// grid: the weights at the first min(count, cap) columns, for every output o,
+//   qout[j, o] = qb[o, c_j],  wout[j, o] = ((float)qb[o, c_j] · sb[o]) · (1/127);
+// and when qa_c is given, every row's qa and x at the first kRowStaged columns (0 beyond count),
+//   qa_c[m, j] = qa[m, c_j],  x_c[m, j] = x[m, c_j].
+// vec16: flags 16-byte aligned.
+__global__ void outliers_kernel(const uint8_t* __restrict__ flags, const Int8Epilogue e, int x_kind,
+                                bool vec16, int32_t* __restrict__ cols, int32_t* __restrict__ count,
+                                float* __restrict__ wout, int8_t* __restrict__ qout, int cap,
+                                int8_t* __restrict__ qa_c, float* __restrict__ x_c) {
+  __shared__ int s_cols[kMaxGathered];
+  __shared__ int s_warp[32];
+  __shared__ int s_total;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  const int64_t K = e.K;
   int base = 0;
-  for (int64_t start = 0; start < K; start += blockDim.x) {
-    const int64_t i = start + threadIdx.x;
-    const bool f = i < K && flags[i];
-    const unsigned m = __ballot_sync(0xffffffffu, f);
-    if (lane == 0) warp_base[warp] = __popc(m);
+  for (int64_t start = 0; start < K; start += (int64_t)blockDim.x * 16) {
+    const int64_t c0 = start + threadIdx.x * 16;
+    uint32_t mask = 0;  // bit i: column c0 + i is flagged
+    if (vec16 && c0 + 16 <= K) {
+      const uint4 f = *reinterpret_cast<const uint4*>(flags + c0);
+      const uint32_t w[4] = {f.x, f.y, f.z, f.w};
+#pragma unroll
+      for (int i = 0; i < 16; i++) mask |= (uint32_t)(((w[i / 4] >> (8 * (i % 4))) & 0xFFu) != 0) << i;
+    } else {
+      for (int i = 0; i < 16 && c0 + i < K; i++) mask |= (uint32_t)(flags[c0 + i] != 0) << i;
+    }
+    const int n = __popc(mask);
+    int incl = n;  // inclusive scan over the warp, then over the warps
+    for (int d = 1; d < 32; d <<= 1) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += t;
+    }
+    if (lane == 31) s_warp[warp] = incl;
     __syncthreads();
     if (threadIdx.x == 0) {
       int run = 0;
       for (int w = 0; w < nw; w++) {
-        const int c = warp_base[w];
-        warp_base[w] = run;
-        run += c;
+        const int t = s_warp[w];
+        s_warp[w] = run;
+        run += t;
       }
-      total = run;
+      s_total = run;
     }
     __syncthreads();
-    if (f) cols[base + warp_base[warp] + __popc(m & ((1u << lane) - 1))] = (int32_t)i;
-    base += total;
+    int idx = base + s_warp[warp] + incl - n;
+    for (uint32_t m = mask; m; m &= m - 1) {
+      const int c = (int)(c0 + __ffs(m) - 1);
+      if (idx < kMaxGathered) s_cols[idx] = c;
+      if (blockIdx.x == 0) cols[idx] = c;
+      idx++;
+    }
+    base += s_total;
     __syncthreads();
   }
-  if (threadIdx.x == 0) *count = base;
-}
-
-__global__ void gather_outliers_kernel(const Int8Epilogue e, float* __restrict__ wout,
-                                       int8_t* __restrict__ qout, int cap) {
-  const int j = blockIdx.y;
-  if (j >= min(*e.count, cap)) return;
-  const int64_t c = e.cols[j];
-  for (int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; o < e.O;
-       o += (int64_t)gridDim.x * blockDim.x) {
-    const int8_t qv = e.qb[o * e.K + c];
-    qout[j * e.O + o] = qv;
-    wout[j * e.O + o] = __fmul_rn(__fmul_rn((float)qv, e.sb[o]), kInv127);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *count = base;
+  const int n_g = min(base, cap);
+  const int64_t tid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x,
+                stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t o = tid; o < e.O && n_g > 0; o += stride) {
+    const float so = e.sb[o];
+    for (int j = 0; j < n_g; j++) {
+      const int8_t qv = e.qb[o * K + s_cols[j]];
+      qout[j * e.O + o] = qv;
+      wout[j * e.O + o] = __fmul_rn(__fmul_rn((float)qv, so), kInv127);
+    }
+  }
+  if (!qa_c) return;
+  const int n_r = min(base, kRowStaged);
+  for (int64_t i = tid; i < e.N * kRowStaged; i += stride) {
+    const int64_t m = i / kRowStaged;
+    const int j = (int)(i - m * kRowStaged);
+    const bool in = j < n_r;
+    qa_c[i] = in ? e.qa[m * K + s_cols[j]] : 0;
+    x_c[i] = in ? load_kind(e.x, m * K + s_cols[j], x_kind) : 0.0f;
   }
 }
 
@@ -186,113 +283,149 @@ __device__ __forceinline__ float finish(int32_t acc, int64_t m, int64_t o, const
                                         int x_kind, int bias_kind) {
   for (int j = 0; j < n_out; j++) {
     const int64_t c = e.cols[j];
-    const int qo = j < e.cap ? e.qout[j * e.O + o] : e.qb[o * e.K + c];
-    acc -= (int32_t)e.qa[m * e.K + c] * qo;
+    acc -= (int32_t)e.qa[m * e.K + c] * (int32_t)e.qb[o * e.K + c];
   }
   float v = __fmul_rn(__fmul_rn((float)acc, __fmul_rn(e.sa[m], e.sb[o])), kInv127Sq);
   if (e.bias) v = __fadd_rn(v, load_kind(e.bias, o, bias_kind));
   for (int j = 0; j < n_out; j++) {
     const int64_t c = e.cols[j];
-    const float w =
-        j < e.cap ? e.wout[j * e.O + o] : __fmul_rn(__fmul_rn((float)e.qb[o * e.K + c], e.sb[o]), kInv127);
+    const float w = __fmul_rn(__fmul_rn((float)e.qb[o * e.K + c], e.sb[o]), kInv127);
     v = __fadd_rn(v, __fmul_rn(load_kind(e.x, m * e.K + c, x_kind), w));
   }
   return v;
 }
 
-// Grid: x over groups of 4 output columns per thread (grid-stride), y over groups of kEpiRows rows. A
-// thread issues the loads of its int32 products for all kEpiRows rows first; the rows' outlier data (qa and
-// x at the outlier columns) is staged in shared memory meanwhile, and the gathered weight columns are read
-// 4 outputs at a time, so the outlier terms are coalesced loads without a dependent chain.
-constexpr int kMaxStaged = 64;  // >= the gather cap the forward uses
-constexpr int kEpiRows = 4;
+// Grid: x over tiles of 1024 outputs (256 threads × 4 adjacent outputs), y over groups of kEpiRows rows. A
+// thread issues the loads of its int32 products for all kEpiRows rows first; the rows' qa and x at the
+// outlier columns are staged in shared memory meanwhile (the first kRowStaged from qa_c / x_c, so the block
+// waits on one round trip, not on count → cols → qa; the rest through cols), then each gathered outlier
+// weight column is read once (4 outputs per load) and applied to all the rows. Columns beyond the gathered
+// ones are read in place.
+// vec: O % 4 == 0 and the pointers aligned for the 16-byte (acc, sb, wout, f32 out), 8-byte (bf16 out) and
+// 4-byte (qout) accesses; otherwise finish() per output.
+constexpr int kEpiRows = 8;
+constexpr int kEpiThreads = 256;
 
-__global__ void epilogue_kernel(const int32_t* __restrict__ acc, const Int8Epilogue e, int x_kind,
-                                int bias_kind, int out_kind) {
-  __shared__ int s_qa[kEpiRows][kMaxStaged];
-  __shared__ float s_x[kEpiRows][kMaxStaged];
+__global__ void __launch_bounds__(kEpiThreads, 2)
+    epilogue_kernel(const int32_t* __restrict__ acc, const Int8Epilogue e, int x_kind, int bias_kind,
+                    int out_kind, bool vec) {
+  __shared__ int s_qa[kEpiRows][kMaxGathered];
+  __shared__ float s_x[kEpiRows][kMaxGathered];
   const int64_t m0 = (int64_t)blockIdx.y * kEpiRows;
   const int rows = (int)(e.N - m0 < kEpiRows ? e.N - m0 : kEpiRows);
-  const int64_t o_first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
-  const bool vec = e.O % 4 == 0;
-  int4 a4[kEpiRows];
-  if (vec && o_first < e.O)
+  const int64_t o = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+  int32_t a[kEpiRows][4];
+  if (vec && o < e.O)
 #pragma unroll
-    for (int r = 0; r < kEpiRows; r++)
-      if (r < rows) a4[r] = __ldcs(reinterpret_cast<const int4*>(acc + (m0 + r) * e.O + o_first));
-  const int n_out = *e.count, n_fast = min(n_out, min(e.cap, kMaxStaged));
-  if (n_fast > 0) {
-    for (int idx = threadIdx.x; idx < rows * n_fast; idx += blockDim.x) {
-      const int r = idx / n_fast, j = idx - r * n_fast;
-      const int64_t c = e.cols[j];
-      s_qa[r][j] = e.qa[(m0 + r) * e.K + c];
-      s_x[r][j] = load_kind(e.x, (m0 + r) * e.K + c, x_kind);
+    for (int r = 0; r < kEpiRows; r++) {
+      const int4 t = r < rows ? __ldcs(reinterpret_cast<const int4*>(acc + (m0 + r) * e.O + o)) : int4{};
+      a[r][0] = t.x;
+      a[r][1] = t.y;
+      a[r][2] = t.z;
+      a[r][3] = t.w;
+    }
+  int n_out = 0, n_fast = 0;
+  if (e.count) {
+    // The first kRowStaged columns from qa_c / x_c: loads that do not wait for the count.
+    const int r = threadIdx.x / kRowStaged, j = threadIdx.x % kRowStaged;
+    const bool stage = threadIdx.x < kEpiRows * kRowStaged && r < rows;
+    const int sq = stage ? e.qa_c[(m0 + r) * kRowStaged + j] : 0;
+    const float sx = stage ? e.x_c[(m0 + r) * kRowStaged + j] : 0.0f;
+    n_out = *e.count;
+    n_fast = min(n_out, min(e.cap, kMaxGathered));
+    if (threadIdx.x < kEpiRows * kRowStaged) {
+      s_qa[r][j] = stage && j < n_fast ? sq : 0;
+      s_x[r][j] = stage && j < n_fast ? sx : 0.0f;
+    }
+    for (int idx = threadIdx.x; idx < kEpiRows * (n_fast - kRowStaged); idx += blockDim.x) {
+      const int rr = idx / (n_fast - kRowStaged), jj = kRowStaged + idx % (n_fast - kRowStaged);
+      const int64_t c = e.cols[jj];
+      s_qa[rr][jj] = rr < rows ? e.qa[(m0 + rr) * e.K + c] : 0;
+      s_x[rr][jj] = rr < rows ? load_kind(e.x, (m0 + rr) * e.K + c, x_kind) : 0.0f;
     }
     __syncthreads();
   }
-  for (int64_t o = o_first; o < e.O; o += (int64_t)gridDim.x * blockDim.x * 4) {
-    if (!vec) {
-      for (int r = 0; r < rows; r++)
-        for (int64_t k = o; k < min(o + 4, e.O); k++)
-          store_kind(e.out, (m0 + r) * e.O + k, out_kind,
-                     finish(acc[(m0 + r) * e.O + k], m0 + r, k, e, n_out, x_kind, bias_kind));
-      continue;
-    }
-    if (o != o_first)
-#pragma unroll
-      for (int r = 0; r < kEpiRows; r++)
-        if (r < rows) a4[r] = __ldcs(reinterpret_cast<const int4*>(acc + (m0 + r) * e.O + o));
-    const float4 sb = *reinterpret_cast<const float4*>(e.sb + o);
-    float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (e.bias)
-#pragma unroll
-      for (int k = 0; k < 4; k++) bias[k] = load_kind(e.bias, o + k, bias_kind);
+  if (o >= e.O) return;
+  if (!vec) {
+    for (int r = 0; r < rows; r++)
+      for (int64_t k = o; k < min(o + 4, e.O); k++)
+        store_kind(e.out, (m0 + r) * e.O + k, out_kind,
+                   finish(acc[(m0 + r) * e.O + k], m0 + r, k, e, n_out, x_kind, bias_kind));
+    return;
+  }
+  // acc' = acc − Σ_j qa[m, c_j] · qb[o, c_j] (exact integers: any order)
+  for (int j = 0; j < n_fast; j++) {
+    const char4 q = *reinterpret_cast<const char4*>(e.qout + j * e.O + o);
 #pragma unroll
     for (int r = 0; r < kEpiRows; r++) {
-      if (r >= rows) break;
-      const int64_t m = m0 + r;
-      int32_t a[4] = {a4[r].x, a4[r].y, a4[r].z, a4[r].w};
-#pragma unroll 4
-      for (int j = 0; j < n_fast; j++) {
-        const char4 q = *reinterpret_cast<const char4*>(e.qout + j * e.O + o);
-        a[0] -= s_qa[r][j] * q.x;
-        a[1] -= s_qa[r][j] * q.y;
-        a[2] -= s_qa[r][j] * q.z;
-        a[3] -= s_qa[r][j] * q.w;
-      }
-      const float sbk[4] = {sb.x, sb.y, sb.z, sb.w};
-      float v[4];
+      a[r][0] -= s_qa[r][j] * q.x;
+      a[r][1] -= s_qa[r][j] * q.y;
+      a[r][2] -= s_qa[r][j] * q.z;
+      a[r][3] -= s_qa[r][j] * q.w;
+    }
+  }
+  for (int j = n_fast; j < n_out; j++) {  // beyond the gathered columns: read in place
+    const int64_t c = e.cols[j];
 #pragma unroll
-      for (int k = 0; k < 4; k++) {
-        for (int j = n_fast; j < n_out; j++) {  // beyond the gathered columns: read in place
-          const int64_t c = e.cols[j];
-          a[k] -= (int32_t)e.qa[m * e.K + c] * (int32_t)e.qb[(o + k) * e.K + c];
-        }
-        v[k] = __fmul_rn(__fmul_rn((float)a[k], __fmul_rn(e.sa[m], sbk[k])), kInv127Sq);
-        if (e.bias) v[k] = __fadd_rn(v[k], bias[k]);
-      }
-#pragma unroll 4
-      for (int j = 0; j < n_fast; j++) {
-        const float4 w = *reinterpret_cast<const float4*>(e.wout + j * e.O + o);
-        v[0] = __fadd_rn(v[0], __fmul_rn(s_x[r][j], w.x));
-        v[1] = __fadd_rn(v[1], __fmul_rn(s_x[r][j], w.y));
-        v[2] = __fadd_rn(v[2], __fmul_rn(s_x[r][j], w.z));
-        v[3] = __fadd_rn(v[3], __fmul_rn(s_x[r][j], w.w));
-      }
+    for (int k = 0; k < 4; k++) {
+      const int32_t qb = e.qb[(o + k) * e.K + c];
 #pragma unroll
-      for (int k = 0; k < 4; k++)
-        for (int j = n_fast; j < n_out; j++) {
-          const int64_t c = e.cols[j];
-          const float w = __fmul_rn(__fmul_rn((float)e.qb[(o + k) * e.K + c], sbk[k]), kInv127);
-          v[k] = __fadd_rn(v[k], __fmul_rn(load_kind(e.x, m * e.K + c, x_kind), w));
-        }
-      if (out_kind == 1) {
-        __nv_bfloat162 p0 = __floats2bfloat162_rn(v[0], v[1]), p1 = __floats2bfloat162_rn(v[2], v[3]);
-        uint2 u = make_uint2(*reinterpret_cast<uint32_t*>(&p0), *reinterpret_cast<uint32_t*>(&p1));
-        __stcs(reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(e.out) + m * e.O + o), u);
-      } else {
-        for (int k = 0; k < 4; k++) store_kind(e.out, m * e.O + o + k, out_kind, v[k]);
-      }
+      for (int r = 0; r < kEpiRows; r++)  // constant bounds keep a[][] in registers
+        if (r < rows) a[r][k] -= (int32_t)e.qa[(m0 + r) * e.K + c] * qb;
+    }
+  }
+  const float4 sb4 = *reinterpret_cast<const float4*>(e.sb + o);
+  const float sb[4] = {sb4.x, sb4.y, sb4.z, sb4.w};
+  float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  if (e.bias)
+#pragma unroll
+    for (int k = 0; k < 4; k++) bias[k] = load_kind(e.bias, o + k, bias_kind);
+  float v[kEpiRows][4];
+#pragma unroll
+  for (int r = 0; r < kEpiRows; r++) {
+    const float sa = r < rows ? e.sa[m0 + r] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      v[r][k] = __fmul_rn(__fmul_rn((float)a[r][k], __fmul_rn(sa, sb[k])), kInv127Sq);
+      if (e.bias) v[r][k] = __fadd_rn(v[r][k], bias[k]);
+    }
+  }
+  // v += x[m, c_j] · w[j, o] in the order of j, as the CPU sums
+  for (int j = 0; j < n_fast; j++) {
+    const float4 w = *reinterpret_cast<const float4*>(e.wout + j * e.O + o);
+#pragma unroll
+    for (int r = 0; r < kEpiRows; r++) {
+      v[r][0] = __fadd_rn(v[r][0], __fmul_rn(s_x[r][j], w.x));
+      v[r][1] = __fadd_rn(v[r][1], __fmul_rn(s_x[r][j], w.y));
+      v[r][2] = __fadd_rn(v[r][2], __fmul_rn(s_x[r][j], w.z));
+      v[r][3] = __fadd_rn(v[r][3], __fmul_rn(s_x[r][j], w.w));
+    }
+  }
+  for (int j = n_fast; j < n_out; j++) {
+    const int64_t c = e.cols[j];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const float w = __fmul_rn(__fmul_rn((float)e.qb[(o + k) * e.K + c], sb[k]), kInv127);
+#pragma unroll
+      for (int r = 0; r < kEpiRows; r++)
+        if (r < rows) v[r][k] = __fadd_rn(v[r][k], __fmul_rn(load_kind(e.x, (m0 + r) * e.K + c, x_kind), w));
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kEpiRows; r++) {
+    if (r >= rows) break;
+    const int64_t i = (m0 + r) * e.O + o;
+    if (out_kind == 1) {
+      __nv_bfloat162 p0 = __floats2bfloat162_rn(v[r][0], v[r][1]),
+                     p1 = __floats2bfloat162_rn(v[r][2], v[r][3]);
+      __stcs(reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(e.out) + i),
+             make_uint2(*reinterpret_cast<uint32_t*>(&p0), *reinterpret_cast<uint32_t*>(&p1)));
+    } else if (out_kind == 0) {
+      __stcs(reinterpret_cast<float4*>(static_cast<float*>(e.out) + i),
+             make_float4(v[r][0], v[r][1], v[r][2], v[r][3]));
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; k++) store_kind(e.out, i + k, out_kind, v[r][k]);
     }
   }
 }
@@ -328,7 +461,7 @@ __global__ void int8_gemv_kernel(const Int8Epilogue e, int64_t m0, int x_kind, i
       for (int r = 0; r < ROWS; r++) acc[r] += (int32_t)e.qa[(m0 + r) * e.K + k] * b;
     }
   }
-  const int n_out = *e.count;
+  const int n_out = e.count ? *e.count : 0;
 #pragma unroll
   for (int r = 0; r < ROWS; r++) {
     int32_t s = acc[r];
@@ -367,6 +500,16 @@ void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols
     throw_error(ErrorKind::Usage, "int8_quant_rows_cuda: a threshold needs the column flags buffer");
   const bool vec = dtype != DType::F32 && cols % 8 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
                    (reinterpret_cast<uintptr_t>(q) & 7) == 0;
+  if (vec && cols <= 32 * 8 * kWarpHeld) {
+    const int warps = kThreads / 32;
+    const unsigned blocks = (unsigned)((rows + warps - 1) / warps);
+    QT_QUANT_DISPATCH(dtype, "int8_quant_rows_cuda", T, {
+      quant_rows_warp_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), rows, cols,
+                                                                 threshold, round_f16, q, scale, col_flags);
+    });
+    check_launch("quant_rows_warp_kernel");
+    return;
+  }
   QT_QUANT_DISPATCH(dtype, "int8_quant_rows_cuda", T, {
     quant_rows_kernel<T><<<(int)rows, kThreads, 0, stream>>>(static_cast<const T*>(x), cols, threshold,
                                                              round_f16, q, scale, col_flags, vec);
@@ -374,25 +517,33 @@ void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols
   check_launch("quant_rows_kernel");
 }
 
-void int8_outlier_columns_cuda(const uint8_t* col_flags, int64_t K, int32_t* cols, int32_t* count,
-                               cudaStream_t stream) {
-  outlier_columns_kernel<<<1, 1024, 0, stream>>>(col_flags, K, cols, count);
-  check_launch("outlier_columns_kernel");
-}
-
-void int8_gather_outliers_cuda(const Int8Epilogue& e, float* wout, int8_t* qout, int cap,
-                               cudaStream_t stream) {
-  if (cap <= 0 || e.O <= 0) return;
-  dim3 grid((unsigned)std::min<int64_t>((e.O + kThreads - 1) / kThreads, 64), (unsigned)cap);
-  gather_outliers_kernel<<<grid, kThreads, 0, stream>>>(e, wout, qout, cap);
-  check_launch("gather_outliers_kernel");
+void int8_outliers_cuda(const uint8_t* col_flags, const Int8Epilogue& e, int32_t* cols, int32_t* count,
+                        float* wout, int8_t* qout, int cap, int8_t* qa_c, float* x_c, cudaStream_t stream) {
+  if (cap < 0 || cap > kMaxGathered)
+    throw_error(ErrorKind::Usage, "int8_outliers_cuda: cap must be 0 to ", kMaxGathered, ", got ", cap);
+  if (e.K <= 0) return;
+  const int xk = float_kind(e.x_dtype, "int8_outliers_cuda (x)");
+  const bool vec16 = (reinterpret_cast<uintptr_t>(col_flags) & 15) == 0;
+  const int64_t work = std::max(cap > 0 ? e.O : 0, qa_c ? e.N * kRowStaged : 0);
+  outliers_kernel<<<grid_blocks(std::max<int64_t>(work, 1), kThreads), kThreads, 0, stream>>>(
+      col_flags, e, xk, vec16, cols, count, wout, qout, cap, qa_c, x_c);
+  check_launch("outliers_kernel");
 }
 
 void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t stream) {
   if (e.N <= 0 || e.O <= 0) return;
   const int xk = float_kind(e.x_dtype, "int8_epilogue_cuda (x)"), ok = float_kind(e.out_dtype, "int8 (out)");
   const int bk = e.bias ? float_kind(e.bias_dtype, "int8_epilogue_cuda (bias)") : 0;
-  const int64_t gx = std::min<int64_t>((e.O + 4 * kThreads - 1) / (4 * kThreads), 64);
+  if (e.cap > kMaxGathered)
+    throw_error(ErrorKind::Usage, "int8_epilogue_cuda: at most ", kMaxGathered, " gathered columns, got ",
+                e.cap);
+  if (e.count && !e.qa_c)
+    throw_error(ErrorKind::Usage, "int8_epilogue_cuda: outlier columns need qa_c / x_c (int8_outliers_cuda)");
+  auto aligned = [](const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; };
+  const bool vec = e.O % 4 == 0 && aligned(acc, 16) && aligned(e.sb, 16) && aligned(e.wout, 16) &&
+                   aligned(e.qout, 4) && aligned(e.out, ok == 0 ? 16 : 8);
+  const int64_t gx = (e.O + 4 * kEpiThreads - 1) / (4 * kEpiThreads);
+  if (gx > 0x7fffffff) throw_error(ErrorKind::Usage, "int8_epilogue_cuda: too many outputs (", e.O, ")");
   const int64_t max_rows = (int64_t)65535 * kEpiRows;  // grid.y limit: launch row slices beyond it
   const size_t xs = dtype_nbytes(e.x_dtype, 1), os = dtype_nbytes(e.out_dtype, 1);
   for (int64_t m0 = 0; m0 < e.N; m0 += max_rows) {
@@ -401,9 +552,13 @@ void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t 
     s.sa = e.sa + m0;
     s.qa = e.qa + m0 * e.K;
     s.x = static_cast<const char*>(e.x) + m0 * e.K * xs;
+    if (e.qa_c) {
+      s.qa_c = e.qa_c + m0 * kRowStaged;
+      s.x_c = e.x_c + m0 * kRowStaged;
+    }
     s.out = static_cast<char*>(e.out) + m0 * e.O * os;
     const dim3 grid((unsigned)gx, (unsigned)((s.N + kEpiRows - 1) / kEpiRows));
-    epilogue_kernel<<<grid, kThreads, 0, stream>>>(acc + m0 * e.O, s, xk, bk, ok);
+    epilogue_kernel<<<grid, kEpiThreads, 0, stream>>>(acc + m0 * e.O, s, xk, bk, ok, vec);
   }
   check_launch("epilogue_kernel");
 }

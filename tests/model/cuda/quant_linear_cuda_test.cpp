@@ -2,8 +2,9 @@
 // - 4-bit (NF4/FP4, with and without double quant): the fused GEMV (N = 1, 2, 3) and the dequantize +
 //   cuBLASLt path (N = 5, 300), bf16 rule: ‖cuda − ref‖ ≤ 2·‖cpu_bf16 − ref‖ + slack, ref the float64 product
 //   of the bf16 x with the CPU's dequantized weight, cpu_bf16 the CPU forward computing in bf16;
-// - LLM.int8 with outlier columns (N = 1, 3, 301): the same f32 value as the CPU forward, so the bf16
-//   outputs agree with the CPU's rounded to bf16;
+// - LLM.int8 with outlier columns (N = 1, 3, 301; and edge shapes: 73 outlier columns, O % 4 != 0, rows
+//   longer than 4096): the same f32 value as the CPU forward, so the bf16 outputs agree with the CPU's
+//   rounded to bf16;
 // - quant4 / int8_dequantize_rows_cuda equal the CPU's dense weights rounded to bf16, bit for bit;
 // - GPU quantization inside quantize_linear_* equals the CPU storage byte for byte.
 #include <gtest/gtest.h>
@@ -117,46 +118,69 @@ TEST(QuantLinearCuda, Forward4bitFollowsTheBf16RuleOnGemvAndGemmPaths) {
     }
 }
 
+namespace {
+
+// int8_linear_forward on the GPU (bf16 and f32 out) against the CPU forward, for each N: outlier columns
+// `outs` (one element each above the threshold), the f32 outputs equal, the bf16 ones equal the CPU's
+// rounded.
+void check_int8_forward(std::mt19937_64& g, int64_t O, int64_t K, float thr, const std::vector<int64_t>& Ns,
+                        const std::vector<int64_t>& outs) {
+  std::vector<float> wv = randn_bf16(g, O * K, 0.05f), bv = randn_bf16(g, O, 0.1f);
+  auto cpu = quantize_linear_8bit(Tensor::from_f32(wv, {O, K}), thr);
+  auto gpu = int8_linear_to(*cpu, Device::CUDA);
+  Tensor bias = Tensor::from_f32(bv, {O}), bias_gpu = bias.to_dtype(DType::BF16).to(Device::CUDA);
+  for (int64_t N : Ns) {
+    SCOPED_TRACE("O=" + std::to_string(O) + " K=" + std::to_string(K) + " threshold " + std::to_string(thr) +
+                 " N=" + std::to_string(N) + " outlier columns " + std::to_string(outs.size()));
+    std::vector<float> xv = randn_bf16(g, N * K);
+    for (int64_t c : outs) xv[(size_t)(((c * 7) % N) * K + c)] = bf16r(8.0f + (float)c / 64.0f);
+    Tensor x = Tensor::from_f32(xv, {N, K});
+    Tensor y_cpu = Tensor::empty({N, O}, DType::F32);
+    int8_linear_forward(y_cpu, x, *cpu, &bias);
+    Tensor xg = x.to_dtype(DType::BF16).to(Device::CUDA);
+    Tensor y_gpu = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
+    Tensor y_gpu32 = Tensor::empty({N, O}, DType::F32, Device::CUDA);
+    int8_linear_forward(y_gpu, xg, *gpu, &bias_gpu);
+    int8_linear_forward(y_gpu32, xg, *gpu, &bias_gpu);
+    const std::vector<float> c = y_cpu.to_f32_vector(), b16 = y_gpu.to_f32_vector(),
+                             f32 = y_gpu32.to_f32_vector();
+    int diff16 = 0, diff32 = 0;
+    double num = 0, den = 0;
+    for (size_t i = 0; i < c.size(); i++) {
+      diff16 += bf16r(c[i]) != b16[i];
+      diff32 += c[i] != f32[i];
+      num += (double)(c[i] - f32[i]) * (c[i] - f32[i]);
+      den += (double)c[i] * c[i];
+    }
+    std::printf(
+        "[ measured ] int8 O=%lld K=%lld thr %.0f N=%lld, %zu outlier columns: %d of %zu bf16 outputs and %d "
+        "f32 outputs differ from the CPU's (f32 rel %.3g)\n",
+        (long long)O, (long long)K, thr, (long long)N, outs.size(), diff16, c.size(), diff32,
+        std::sqrt(num / den));
+    EXPECT_EQ(diff32, 0);
+    EXPECT_EQ(diff16, 0);
+  }
+}
+
+}  // namespace
+
 TEST(QuantLinearCuda, Int8ForwardGivesTheCpuValue) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 1);
-  const int64_t O = 192, K = 256;
-  for (float thr : {6.0f, 0.0f}) {
-    std::vector<float> wv = randn_bf16(g, O * K, 0.05f), bv = randn_bf16(g, O, 0.1f);
-    auto cpu = quantize_linear_8bit(Tensor::from_f32(wv, {O, K}), thr);
-    auto gpu = int8_linear_to(*cpu, Device::CUDA);
-    Tensor bias = Tensor::from_f32(bv, {O}), bias_gpu = bias.to_dtype(DType::BF16).to(Device::CUDA);
-    for (int64_t N : {1, 3, 301}) {
-      SCOPED_TRACE("threshold " + std::to_string(thr) + " N=" + std::to_string(N));
-      std::vector<float> xv = randn_bf16(g, N * K);
-      for (int64_t c : {5, 77, 200})  // outlier columns: one element each above the threshold
-        xv[(size_t)(((c * 7) % N) * K + c)] = bf16r(8.0f + (float)c / 64.0f);
-      Tensor x = Tensor::from_f32(xv, {N, K});
-      Tensor y_cpu = Tensor::empty({N, O}, DType::F32);
-      int8_linear_forward(y_cpu, x, *cpu, &bias);
-      Tensor xg = x.to_dtype(DType::BF16).to(Device::CUDA);
-      Tensor y_gpu = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
-      Tensor y_gpu32 = Tensor::empty({N, O}, DType::F32, Device::CUDA);
-      int8_linear_forward(y_gpu, xg, *gpu, &bias_gpu);
-      int8_linear_forward(y_gpu32, xg, *gpu, &bias_gpu);
-      const std::vector<float> c = y_cpu.to_f32_vector(), b16 = y_gpu.to_f32_vector(),
-                               f32 = y_gpu32.to_f32_vector();
-      int diff16 = 0, diff32 = 0;
-      double num = 0, den = 0;
-      for (size_t i = 0; i < c.size(); i++) {
-        diff16 += bf16r(c[i]) != b16[i];
-        diff32 += c[i] != f32[i];
-        num += (double)(c[i] - f32[i]) * (c[i] - f32[i]);
-        den += (double)c[i] * c[i];
-      }
-      std::printf(
-          "[ measured ] int8 thr %.0f N=%lld: %d of %zu bf16 outputs and %d f32 outputs differ from the "
-          "CPU's (f32 rel %.3g)\n",
-          thr, (long long)N, diff16, c.size(), diff32, std::sqrt(num / den));
-      EXPECT_EQ(diff32, 0);
-      EXPECT_EQ(diff16, 0);
-    }
-  }
+  for (float thr : {6.0f, 0.0f}) check_int8_forward(g, 192, 256, thr, {1, 3, 301}, {5, 77, 200});
+}
+
+// More outlier columns than the forward gathers (64: the rest are read in place), a row count that is not
+// a multiple of the epilogue's row group, an output count that cuBLASLt's int8 GEMM does not take (the
+// GEMV), and rows longer than one warp holds (the block-per-row quantization).
+TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 5);
+  std::vector<int64_t> many;
+  for (int64_t c = 3; c < 512; c += 7) many.push_back(c);  // 73 columns
+  check_int8_forward(g, 260, 512, 6.0f, {2, 67}, many);
+  check_int8_forward(g, 190, 256, 6.0f, {9}, {5, 77, 200});
+  check_int8_forward(g, 36, 4104, 6.0f, {13}, {0, 4095, 4103});
 }
 
 TEST(QuantLinearCuda, DequantizedRowsEqualTheCpuWeightsInBf16) {

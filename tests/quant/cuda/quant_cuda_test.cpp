@@ -216,6 +216,61 @@ TEST(QuantCuda, Int8RowQuantizationEqualsCpu) {
     }
 }
 
+// Row quantization with a threshold and the outlier listing of the int8 forward against the CPU's
+// int8_vectorwise_quant of f16(x): the row scales, the codes outside outlier columns and the listed outlier
+// columns are identical. Tiny values with a tiny threshold put the outlier test in f16's subnormal range,
+// where rounding to f16 moves bf16 values across the threshold; shapes for the warp-per-row,
+// block-per-row and scalar paths, and row lengths that are not a multiple of the listing's 16 flags.
+TEST(QuantCuda, Int8OutlierColumnsEqualTheCpus) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 7);
+  struct Case {
+    float sd, thr;
+  };
+  for (Case cs : {Case{1.0f, 2.5f}, Case{1.0e-6f, 1.0e-6f}, Case{3.0e4f, 7.0e4f}})
+    for (DType dt : {DType::BF16, DType::F16, DType::F32})
+      for (Shape s : {Shape{37, 512}, Shape{5, 4104}, Shape{3, 333}}) {
+        std::vector<float> v((size_t)shape_numel(s));
+        std::normal_distribution<float> nd(0.0f, cs.sd);
+        for (float& f : v) f = nd(g);
+        Tensor x = Tensor::from_f32(v, s).to_dtype(dt);
+        Int8Rowwise want = int8_vectorwise_quant(x.to_dtype(DType::F16), cs.thr);
+        const int64_t rows = s[0], K = s[1];
+        Tensor q = Tensor::empty(s, DType::I8, Device::CUDA),
+               sc = Tensor::empty({rows}, DType::F32, Device::CUDA);
+        Tensor fl = Tensor::zeros({K}, DType::U8, Device::CUDA),
+               cols = Tensor::empty({K}, DType::I32, Device::CUDA),
+               count = Tensor::empty({1}, DType::I32, Device::CUDA);
+        Tensor xd = x.to(Device::CUDA);
+        int8_quant_rows_cuda(xd.raw(), dt, rows, K, cs.thr, true, q.data<int8_t>(), sc.data<float>(),
+                             fl.data<uint8_t>(), 0);
+        Int8Epilogue e;
+        e.qa = q.data<int8_t>();
+        e.x = xd.raw();
+        e.x_dtype = dt;
+        e.N = rows;
+        e.K = K;
+        int8_outliers_cuda(fl.data<uint8_t>(), e, cols.data<int32_t>(), count.data<int32_t>(), nullptr,
+                           nullptr, 0, nullptr, nullptr, 0);
+        const std::string what = shape_str(s) + " " + dtype_name(dt) + " thr " + std::to_string(cs.thr);
+        expect_same_bytes(sc, want.scale, what + " scale");
+        const int n = count.to(Device::CPU).data<int32_t>()[0];
+        ASSERT_EQ((size_t)n, want.outlier_cols.size()) << what;
+        Tensor cols_cpu = cols.to(Device::CPU);
+        std::vector<uint8_t> is_out((size_t)K, 0);
+        for (int64_t j = 0; j < n; j++) {
+          EXPECT_EQ(cols_cpu.data<int32_t>()[j], want.outlier_cols[(size_t)j]) << what << " outlier " << j;
+          is_out[(size_t)want.outlier_cols[(size_t)j]] = 1;
+        }
+        Tensor qc = q.to(Device::CPU);
+        int bad = 0;
+        for (int64_t i = 0; i < rows * K; i++)
+          bad += !is_out[(size_t)(i % K)] && qc.data<int8_t>()[i] != want.q.data<int8_t>()[i];
+        EXPECT_EQ(bad, 0) << what << " codes";
+        std::printf("[ measured ] %s: %d outlier columns\n", what.c_str(), n);
+      }
+}
+
 TEST(QuantCuda, BadArgumentsAreErrors) {
   REQUIRE_GPU();
   Tensor x = Tensor::zeros({64}, DType::F32, Device::CUDA);
