@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `qtune finetune` on bad data and bad LoRA settings (issue 4's list): one clear error line naming the
 # file and line, a non-zero exit, nothing written; over-long examples warn and are truncated; an adapter
-# with no tensors is never written.   usage: finetune_data_test.sh path/to/qtune repo_root
+# with no tensors is never written; trained biases / modules_to_save and --full-finetune from the CLI.   usage: finetune_data_test.sh path/to/qtune repo_root
 set -u
 qtune=$1
 root=$2
@@ -18,7 +18,7 @@ expect_error() {
   "$@" >"$tmp/out" 2>"$tmp/err"
   local rc=$?
   if [ $rc -eq 0 ]; then fail "$name: exit 0, expected an error"; return; fi
-  if ! grep -Eq "$pattern" "$tmp/err"; then fail "$name: stderr lacks /$pattern/: $(head -c 400 "$tmp/err")"; fi
+  if ! grep -Eq -- "$pattern" "$tmp/err"; then fail "$name: stderr lacks /$pattern/: $(head -c 400 "$tmp/err")"; fi
 }
 
 ft() { "$qtune" finetune --model "$model" --out "$tmp/out_dir" --max-steps 1 --per-device-train-batch-size 2 \
@@ -78,6 +78,39 @@ printf '\x10\x00\x00\x00\x00\x00\x00\x00{}              ' >"$tmp/empty_adapter/a
 expect_error "adapter without tensors" "empty_adapter/adapter_model.safetensors: missing tensor" \
   ft --data "$tmp/good.jsonl" --adapter "$tmp/empty_adapter"
 no_adapter "adapter without tensors"
+
+# Trained biases and modules_to_save (PEFT's bias / modules_to_save): the whole lm_head is in the adapter
+# and adapter_config.json says so; a bad value is a usage error.
+ft --data "$tmp/good.jsonl" --lora-bias all --modules-to-save lm_head >/dev/null 2>"$tmp/err" ||
+  fail "--modules-to-save lm_head: $(head -c 400 "$tmp/err")"
+python3 - "$tmp/out_dir" <<'PY' || fail "--modules-to-save: lm_head.weight or the config fields are missing"
+import json, struct, sys
+d = sys.argv[1]
+with open(d + "/adapter_model.safetensors", "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    keys = json.loads(f.read(n)).keys()
+cfg = json.load(open(d + "/adapter_config.json"))
+sys.exit(0 if "base_model.model.lm_head.weight" in keys and cfg["bias"] == "all" and cfg["modules_to_save"] == ["lm_head"] else 1)
+PY
+rm -rf "$tmp/out_dir"
+expect_error "bad --lora-bias" "lora-bias" ft --data "$tmp/good.jsonl" --lora-bias some
+expect_error "bad --modules-to-save" "modules_to_save entry 'foo' matches no supported module" \
+  ft --data "$tmp/good.jsonl" --modules-to-save foo
+no_adapter "bad modules_to_save"
+
+# --full-finetune: a model folder (config.json + model.safetensors + tokenizer) that generates; it refuses
+# a 4-bit base and LoRA settings.
+ft --data "$tmp/good.jsonl" --full-finetune >/dev/null 2>"$tmp/err" || fail "--full-finetune: $(head -c 400 "$tmp/err")"
+for f in config.json model.safetensors tokenizer.json; do
+  [ -f "$tmp/out_dir/$f" ] || fail "--full-finetune: no $f"
+done
+[ -e "$tmp/out_dir/adapter_config.json" ] && fail "--full-finetune wrote an adapter_config.json"
+"$qtune" generate --model "$tmp/out_dir" --prompt "Hi" --max-new-tokens 4 --temperature 0 >/dev/null 2>"$tmp/err" ||
+  fail "generate from the --full-finetune folder: $(head -c 400 "$tmp/err")"
+rm -rf "$tmp/out_dir"
+expect_error "full + 4-bit" "4/8-bit weights cannot train" ft --data "$tmp/good.jsonl" --full-finetune --load-in-4bit
+expect_error "full + LoRA flag" "--lora-r is a setting of --peft-type lora, but this run trains full" \
+  ft --data "$tmp/good.jsonl" --full-finetune --lora-r 4
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
 echo "finetune data tests passed"
