@@ -42,6 +42,13 @@ const nlohmann::json* json_field(const nlohmann::json& j, const char* k) {
   return it == j.end() || it->is_null() ? nullptr : &*it;
 }
 
+std::string json_peft_type(const nlohmann::json& j, const std::string& path) {
+  const nlohmann::json* pt = j.is_object() ? json_field(j, "peft_type") : nullptr;
+  if (!pt || !pt->is_string())
+    throw_error(ErrorKind::Format, path, ": no 'peft_type' (not a PEFT adapter_config.json?)");
+  return pt->get<std::string>();
+}
+
 std::string json_type_name(const nlohmann::json& v) {
   if (v.is_boolean()) return "boolean";
   if (v.is_number_float()) return "number (" + v.dump() + ")";

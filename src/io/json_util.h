@@ -20,6 +20,9 @@ nlohmann::json parse_json_text(const std::string& text, const std::string& sourc
 nlohmann::json read_json_object_file(const std::string& path);
 // The member k of object j, or nullptr when it is absent or null.
 const nlohmann::json* json_field(const nlohmann::json& j, const char* k);
+// The "peft_type" string of an adapter_config.json object j read from path; ErrorKind::Format naming path
+// when j is not an object or has no string peft_type.
+std::string json_peft_type(const nlohmann::json& j, const std::string& path);
 
 // The JSON type of a value in words ("string", "array", "number", ...), for "expected X, got Y" errors.
 std::string json_type_name(const nlohmann::json& v);

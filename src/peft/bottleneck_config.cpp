@@ -27,11 +27,9 @@ BottleneckConfig read_bottleneck_config(const std::string& path) {
   auto bad = [&](const char* k, const char* want, const json& got) {
     throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ", got.dump());
   };
-  const json* pt = field("peft_type");
-  if (!pt || !pt->is_string())
-    throw_error(ErrorKind::Format, path, ": no 'peft_type' (not an adapter_config.json?)");
-  if (pt->get<std::string>() != "BOTTLENECK")
-    throw_error(ErrorKind::Unsupported, path, ": peft_type '", pt->get<std::string>(), "' is not BOTTLENECK");
+  const std::string type = json_peft_type(j, path);
+  if (type != "BOTTLENECK")
+    throw_error(ErrorKind::Unsupported, path, ": peft_type '", type, "' is not BOTTLENECK");
   BottleneckConfig c;
   if (const json* v = field("adapter_style")) {
     if (!v->is_string()) bad("adapter_style", "\"houlsby\" or \"pfeiffer\"", *v);

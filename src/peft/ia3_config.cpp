@@ -105,11 +105,8 @@ Ia3Config read_ia3_config(const std::string& path) {
   auto bad = [&](const char* k, const char* want, const json& got) {
     throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ", got.dump());
   };
-  const json* pt = field("peft_type");
-  if (!pt || !pt->is_string())
-    throw_error(ErrorKind::Format, path, ": no 'peft_type' (not a PEFT adapter_config.json?)");
-  if (pt->get<std::string>() != "IA3")
-    throw_error(ErrorKind::Unsupported, path, ": peft_type '", pt->get<std::string>(), "' is not IA3");
+  const std::string type = json_peft_type(j, path);
+  if (type != "IA3") throw_error(ErrorKind::Unsupported, path, ": peft_type '", type, "' is not IA3");
   Ia3Config c;
   // A list of strings, or one string (a regex; "all-linear" for targets).
   auto modules = [&](const char* k, std::vector<std::string>& list, std::string& regex, bool* all_linear) {

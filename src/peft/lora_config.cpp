@@ -101,12 +101,9 @@ LoraConfig read_lora_config(const std::string& path) {
     throw_error(ErrorKind::Format, path, ": field '", k, "' must be ", want, ", got ",
                 got ? got->dump() : json_type_name(j[k]));
   };
-  const json* pt = field("peft_type");
-  if (!pt || !pt->is_string())
-    throw_error(ErrorKind::Format, path, ": no 'peft_type' (not a PEFT adapter_config.json?)");
-  if (pt->get<std::string>() != "LORA")
-    throw_error(ErrorKind::Unsupported, path, ": peft_type '", pt->get<std::string>(),
-                "' is not supported (qtune reads LORA adapters)");
+  const std::string type = json_peft_type(j, path);
+  if (type != "LORA")
+    throw_error(ErrorKind::Unsupported, path, ": peft_type '", type, "' is not supported (qtune reads LORA adapters)");
   LoraConfig c;
   if (const json* v = field("r")) {
     if (!v->is_number_integer()) bad("r", "an integer");

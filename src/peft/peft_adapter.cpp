@@ -96,10 +96,7 @@ void PeftAdapter::unmerge() {
 std::string read_peft_type(const std::string& dir) {
   const AdapterFiles f = adapter_files(dir);
   nlohmann::json j = parse_json_text(read_text_file(f.config, ErrorKind::Io), f.config, ErrorKind::Format);
-  auto it = j.is_object() ? j.find("peft_type") : j.end();
-  if (it == j.end() || !it->is_string())
-    throw_error(ErrorKind::Format, f.config, ": no 'peft_type' (not a PEFT adapter_config.json?)");
-  return it->get<std::string>();
+  return json_peft_type(j, f.config);
 }
 
 std::unique_ptr<PeftAdapter> load_peft_adapter(LlamaModel& model, const std::string& dir) {

@@ -60,10 +60,7 @@ std::unique_ptr<PromptAdapter> load_prompt_adapter(LlamaModel& model, const std:
   if (!path_is_dir(dir)) throw_error(ErrorKind::Io, "adapter folder ", dir, " does not exist");
   if (!path_is_file(path)) throw_error(ErrorKind::Io, "no adapter_config.json in adapter folder ", dir);
   nlohmann::json j = parse_json_text(read_text_file(path, ErrorKind::Io), path, ErrorKind::Format);
-  auto it = j.is_object() ? j.find("peft_type") : j.end();
-  if (!j.is_object() || it == j.end() || !it->is_string())
-    throw_error(ErrorKind::Format, path, ": no 'peft_type' (not a PEFT adapter_config.json?)");
-  const std::string type = it->get<std::string>();
+  const std::string type = json_peft_type(j, path);
   if (!PromptAdapter::handles(type))
     throw_error(ErrorKind::Unsupported, path, ": peft_type '", type,
                 "' is not a prompt-style adapter (PROMPT_TUNING, P_TUNING, PREFIX_TUNING, ADAPTION_PROMPT)");

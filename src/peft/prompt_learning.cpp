@@ -119,11 +119,8 @@ PromptLearningConfig read_prompt_learning_config(const std::string& path) {
       dst = v->get<std::string>();
     }
   };
-  const json* pt = field("peft_type");
-  if (!pt || !pt->is_string())
-    throw_error(ErrorKind::Format, path, ": no 'peft_type' (not a PEFT adapter_config.json?)");
   PromptLearningConfig c;
-  c.peft_type = parse_type(pt->get<std::string>(), path);
+  c.peft_type = parse_type(json_peft_type(j, path), path);
   integer("num_virtual_tokens", c.num_virtual_tokens, true);
   integer("token_dim", c.token_dim, true);
   integer("num_layers", c.num_layers, true);
