@@ -13,6 +13,7 @@
 #include "peft/adapter_ops.h"
 #include "peft/dora_ops.h"
 #include "train/linear_backward.h"
+#include "train/row_offset.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "train/cuda/lora_dropout.h"
 #endif
@@ -47,7 +48,12 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   bool dropping() const { return state->training && state->dropout > 0; }
   bool on_gpu() const { return a_dev.defined(); }
   bool dora() const { return layer->magnitude.defined(); }
-  uint64_t mask_base() const { return mix(state->seed ^ mix(state->counter * 1000003ull + layer_id)); }
+  // The mask bit of element (row, col) of the step's [N, I] input is mix(base + row·I + col); a Block running
+  // rows [r0, r0 + n) only (train/row_offset.h) gets the base of its first row.
+  uint64_t mask_base(int64_t I) const {
+    return mix(state->seed ^ mix(state->counter * 1000003ull + layer_id)) +
+           (uint64_t)activation_row_offset() * (uint64_t)I;
+  }
   uint64_t mask_threshold() const { return (uint64_t)(state->dropout * 18446744073709551616.0); }
   const Tensor& master_a() const { return on_gpu() ? a_dev : layer->A; }
   const Tensor& master_b() const { return on_gpu() ? b_dev : layer->B; }
@@ -68,7 +74,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
       return out;
     }
 #ifdef QTUNE_HAVE_CUDA
-    lora_dropout_cuda(out, x, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+    lora_dropout_cuda(out, x, mask_base(I), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
 #endif
     return out;
   }
@@ -77,7 +83,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   void add_through_mask(Tensor& dx2, Tensor& t) const {
     if (on_gpu()) {
 #ifdef QTUNE_HAVE_CUDA
-      lora_dropout_cuda(t, t, mask_base(), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+      lora_dropout_cuda(t, t, mask_base(t.size(-1)), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
 #endif
       add_inplace(dx2, t);
       return;
@@ -157,7 +163,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     float* dst = d.data<float>();
     const double p = state->dropout;
     const float keep = (float)(1.0 / (1.0 - p));
-    const uint64_t base = mask_base();
+    const uint64_t base = mask_base(x.size(-1));
     const uint64_t threshold = mask_threshold();
     const int64_t n = x.numel();
 #pragma omp parallel for schedule(static)
