@@ -92,7 +92,10 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
                 opts.d_inputs_embeds->describe());
   for (size_t l = 0; l < blocks.size(); l++) {
     bool keep = backward && l >= stop;
+    if (opts.block_hooks)
+      opts.block_hooks->before_block((int)l, l + 1 < blocks.size() ? (int)l + 1 : -1, false);
     blocks[l].forward(x, in, saved[l], opts.gradient_checkpointing || !keep);
+    if (opts.block_hooks) opts.block_hooks->after_block((int)l, false);
     if (!keep) saved[l] = BlockSaved();
   }
   Tensor hn = Tensor::empty({N, C}, adt, dev);
@@ -115,7 +118,9 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   rmsnorm_backward(dx, params->grad("model.norm.weight"), dhn, x, model.final_norm(), eps);
   dhn = x = Tensor();
   for (size_t l = blocks.size(); l-- > stop;) {
+    if (opts.block_hooks) opts.block_hooks->before_block((int)l, l > stop ? (int)l - 1 : -1, true);
     blocks[l].backward(dx, in, saved[l]);
+    if (opts.block_hooks) opts.block_hooks->after_block((int)l, true);
     saved[l] = BlockSaved();
   }
   if (stop > 0) return loss;  // nothing below needs d(input)

@@ -13,6 +13,7 @@
 #include "model/llama_model.h"
 #include "ops/attention.h"
 #include "ops/loss.h"
+#include "train/block_hooks.h"
 #include "train/trainable.h"
 
 namespace qtune {
@@ -31,6 +32,9 @@ struct StepOptions {
   // Prefix tuning: one AttentionPrefix per layer (ops/attention.h: key/value rows every query sees, and
   // their gradients), handed to the blocks as BlockInputs::prefixes (train/prompt_train.h builds them).
   const std::vector<AttentionPrefix>* prefixes = nullptr;
+  // Called around every block's forward and backward (train/block_hooks.h: FSDP gathers, overlapped
+  // gradient all-reduce); null: none.
+  BlockHooks* block_hooks = nullptr;
 };
 
 // ids, labels: CPU I32 [B, T]. params null: loss only (no backward). The model runs where it lives: the
