@@ -183,7 +183,11 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
   saved.x_in = Tensor::empty(x.shape(), adt_, dev_);
   saved.x_in.copy_from(x);
   Tensor out = act({N, C_});
-  run_forward(saved.x_in, out, in, saved);
+  saved.chunked = checkpoint && chunks(in);
+  if (saved.chunked)
+    forward_chunked(saved.x_in, out, in, saved);
+  else
+    run_forward(saved.x_in, out, in, saved);
   if (checkpoint) saved.drop_activations();
   x.copy_from(out);
 }
@@ -199,6 +203,7 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   if (dx.numel() != N * C_ || dx.dtype() != DType::F32 || dx.device() != dev_)
     throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be ", device_name(dev_), " F32 [", N,
                 ", ", C_, "], got ", dx.describe());
+  if (s.chunked) return backward_chunked(dx, in, s);
   if (!s.full) {  // gradient checkpointing: recompute the activations from the saved input
     Tensor out = act({N, C_});
     run_forward(s.x_in, out, in, s);

@@ -7,7 +7,8 @@
 // saved tensors), the gradient dx of backward F32.
 // Saved activations (BlockSaved): the block input always; unless gradient checkpointing, also h1, the
 // rotated q and k, v, the attention output and its log-sum-exp, x_mid, h2, gate, up and silu·up.
-// With checkpointing only the input is kept and backward first recomputes the forward. Backward turns
+// With checkpointing only the input is kept and backward first recomputes the forward; long sequences then
+// run the per-token layers in chunks of rows (BlockInputs::chunk_rows), with the same result. Backward turns
 // d(out) into d(input) and accumulates gradients into the TrainableParams entries that exist for this
 // layer's weights (looked up once by HF name: model.layers.<i>.self_attn.q_proj.weight ...); weights with
 // no entry are frozen and only pass the gradient through (dense, NF4/FP4 or int8: train/linear_backward.h).
@@ -41,6 +42,10 @@ struct BlockInputs {
   const Tensor* seq_ids = nullptr;
   // Prefix tuning: per layer, prefix key/value rows every query sees (attention_forward_train_prefix).
   const std::vector<AttentionPrefix>* prefixes = nullptr;
+  // Token chunking (0: off). With gradient checkpointing and N > chunk_rows, the per-token layers run over
+  // chunks of chunk_rows rows (block_chunked.cpp): only attention's q, k, v, output and its gradients span
+  // all N rows, so activation memory beyond the saved inputs is ~70 KB per token instead of ~280 (8B shape).
+  int64_t chunk_rows = 0;
 };
 
 // An attention add-on the training Block runs and backpropagates (train/adaption_train.h). Its output joins
@@ -62,6 +67,7 @@ struct TrainableAttentionAdapter {
 struct BlockSaved {
   Tensor x_in;                     // [N, C] block input (always kept)
   bool full = false;               // the rest is present
+  bool chunked = false;            // the forward ran in token chunks; so will the recompute
   Tensor h1;                       // [N, C] input_layernorm(x_in)
   Tensor q, k, v;                  // [B, T, Hq, D], [B, T, Hkv, D] x2 (q, k after RoPE)
   Tensor att, lse;                 // [B, T, Hq, D], F32 [B, T, Hq]
@@ -90,6 +96,11 @@ class Block {
 
  private:
   void run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
+  // The token-chunked path (block_chunked.cpp), for checkpointed blocks without an attention add-on.
+  bool chunks(const BlockInputs& in) const;
+  void attention_chunked(const Tensor& x_in, const BlockInputs& in, BlockSaved& s) const;
+  void forward_chunked(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
+  void backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) const;
   Tensor act(const Shape& s) const;                          // an uninitialised activation
   Tensor grad_zeros(const Shape& s, bool gemm_input) const;  // BF16 on CUDA when a GEMM reads it, else F32
   Tensor gemm_grad(const Tensor& d) const;                   // d in the activation dtype

@@ -42,6 +42,7 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   in.inv_freq = model.inv_freq();
   in.seq_ids = opts.seq_ids;
   in.prefixes = opts.prefixes;
+  in.chunk_rows = opts.token_chunk_rows;
   if (opts.prefixes && (int64_t)opts.prefixes->size() != cfg.num_hidden_layers)
     throw_error(ErrorKind::Shape, op, ": ", opts.prefixes->size(), " attention prefixes for ",
                 cfg.num_hidden_layers, " layers");

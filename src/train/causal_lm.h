@@ -22,8 +22,11 @@ struct StepOptions {
   bool gradient_checkpointing = false;  // keep only each block's input; recompute in backward
   float grad_scale = 1.0f;              // gradients are of grad_scale·Σ loss
   int64_t loss_chunk_rows = 256;        // rows of logits materialised at a time
-  const Tensor* positions = nullptr;    // I32 [B·T]; default 0..T−1 in every row
-  const Tensor* seq_ids = nullptr;      // I32 [B, T]: packed examples (attention inside equal-id runs)
+  // With gradient checkpointing, steps of more token rows run each block's per-token layers over chunks of
+  // this many rows (BlockInputs::chunk_rows; 0: never).
+  int64_t token_chunk_rows = 4096;
+  const Tensor* positions = nullptr;  // I32 [B·T]; default 0..T−1 in every row
+  const Tensor* seq_ids = nullptr;    // I32 [B, T]: packed examples (attention inside equal-id runs)
   // Prompt tuning and the like: the first block's input F32 [B·T, C] instead of the embedding lookup
   // (ids are then only range-checked, and the embedding table gets no gradient) ...
   const Tensor* inputs_embeds = nullptr;

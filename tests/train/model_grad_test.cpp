@@ -81,20 +81,27 @@ TEST(ModelGrad, LlamaBiasTiedMQAMatchesTorch) {
 TEST(ModelGrad, CheckpointingAndChunkingGiveTheSameGradients) {
   LlamaModel m = LlamaModel::load(model_fixture("llama"));
   Fixture fx = load_fixture("llama");
-  TrainableParams a, b, c;
+  TrainableParams a, b, c, d;
   register_full_finetune(a, m);
   register_full_finetune(b, m);
   register_full_finetune(c, m);
-  StepOptions off, on, chunked;
+  register_full_finetune(d, m);
+  StepOptions off, on, chunked, tokens;
   on.gradient_checkpointing = true;
   chunked.loss_chunk_rows = 5;
-  LossSum ra = run(m, fx, a, off), rb = run(m, fx, b, on), rc = run(m, fx, c, chunked);
+  tokens.gradient_checkpointing = true;  // the blocks' per-token layers over rows [0,4) [4,8) … of the 18
+  tokens.token_chunk_rows = 4;
+  LossSum ra = run(m, fx, a, off), rb = run(m, fx, b, on), rc = run(m, fx, c, chunked),
+          rd = run(m, fx, d, tokens);
   EXPECT_EQ(ra.loss, rb.loss);
   EXPECT_NEAR(ra.loss, rc.loss, 1e-7 * ra.loss);  // sgemm blocking differs by chunk
+  EXPECT_NEAR(ra.loss, rd.loss, 1e-6 * ra.loss);
   for (size_t i = 0; i < a.size(); i++) {
     const auto& ea = a.entries()[i];
     EXPECT_EQ(ea.grad.to_f32_vector(), b.entries()[i].grad.to_f32_vector()) << "checkpointing: " << ea.name;
     EXPECT_LT(rel_err(c.entries()[i].grad.to_f32_vector(), ea.grad.to_f32_vector()), 1e-6) << ea.name;
+    EXPECT_LT(rel_err(d.entries()[i].grad.to_f32_vector(), ea.grad.to_f32_vector()), 1e-5)
+        << "tokens: " << ea.name;
   }
   // Loss only (no params): the same summed loss.
   LossSum eval = causal_lm_forward_backward(m, fx.file->get("ids"), fx.file->get("labels"), nullptr);

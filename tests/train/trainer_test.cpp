@@ -1,9 +1,9 @@
 // The trainer: per-step LoRA, DoRA and QLoRA (bitsandbytes NF4 + double quant) training losses equal
 // transformers+peft's for 20 steps (f32 CPU; fixtures tests/fixtures/train/loss_parity* from
 // tools/make_trainer_fixtures.py), the LoRA and DoRA training adapters' gradients against finite
-// differences (with dropout, biases, an NF4 base), and run_finetune end to end on the bundled model: loss falls, the
-// PEFT folder / CSV / PNG are written, an interrupted run resumed from its checkpoint continues bit for bit,
-// and bad arguments fail before training.
+// differences (with dropout, biases, an NF4 base), and run_finetune end to end on the bundled model: loss
+// falls, the PEFT folder / CSV / PNG are written, an interrupted run resumed from its checkpoint continues
+// bit for bit, and bad arguments fail before training.
 #include "train/trainer.h"
 
 #include <gtest/gtest.h>
@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "loss_parity.h"
 #include "model/llama_model.h"
 #include "optim/clip.h"
 #include "optim/optimizer.h"
@@ -29,7 +30,7 @@
 #include "train/collate.h"
 #include "train/full_train.h"
 #include "train/lora_train.h"
-#include "loss_parity.h"
+#include "train_test_util.h"
 
 using namespace qtune;
 namespace fs = std::filesystem;
@@ -37,8 +38,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kBundled = std::string(QTUNE_SOURCE_DIR) + "/models/qtune-tiny-8m";
-
-
 
 std::string tiny_data(const std::string& dir, int rows) {
   fs::create_directories(dir);
@@ -73,7 +72,6 @@ TrainerArgs tiny_args(const std::string& dir) {
 }
 
 }  // namespace
-
 
 TEST(Trainer, LossParityWithPeft) {
   check_loss_parity("loss_parity", "llama", {}, Device::CPU, 1e-3);
@@ -131,6 +129,58 @@ TEST(Trainer, LoraAdapterGradientMatchesFiniteDifference) {
   }
 }
 
+// Token chunks (BlockInputs::chunk_rows) change only the order of the work: LoRA and DoRA with dropout on
+// packed rows give the unchunked step's loss and gradients, so the chunks see the whole step's masks.
+TEST(Trainer, TokenChunksGiveTheSameLoraGradients) {
+  for (bool dora : {false, true}) {
+    LlamaModel model = LlamaModel::load(std::string(QTUNE_FIXTURES) + "/model/llama");
+    LoraConfig cfg;
+    cfg.r = 4;
+    cfg.lora_alpha = 8;
+    cfg.use_dora = dora;
+    set_target_modules(cfg, "all-linear");
+    LoraModel lora = LoraModel::create(model, cfg, 3);
+    for (const auto& l : lora.layers()) {
+      float* b = l->B.data<float>();
+      for (int64_t i = 0; i < l->B.numel(); i++) b[i] = 0.05f * (float)((i * 7919 % 201) - 100) / 100.0f;
+    }
+    lora.refresh();
+    TrainableParams params;
+    LoraTraining tr(model, lora, params, 5, 0.25);
+    tr.set_training(true);
+    tr.set_step(4);
+    const int64_t B = 2, T = 11;
+    std::vector<int32_t> ids(B * T), labels(B * T), seq(B * T), pos(B * T);
+    for (int64_t i = 0; i < B * T; i++) {
+      ids[i] = (int32_t)((i * 2654435761u) % 250 + 3);
+      labels[i] = i % 4 == 0 ? -100 : (int32_t)((i * 40503u) % 250 + 3);
+      seq[i] = i % T < 6 ? 0 : 1;
+      pos[i] = (int32_t)(i % T < 6 ? i % T : i % T - 6);
+    }
+    Tensor tid = Tensor::from_i32(ids, {B, T}), tlab = Tensor::from_i32(labels, {B, T});
+    Tensor tpos = Tensor::from_i32(pos, {B * T}), tseq = Tensor::from_i32(seq, {B, T});
+    auto grads = [&](int64_t chunk_rows, double* loss) {
+      StepOptions so;
+      so.gradient_checkpointing = true;
+      so.token_chunk_rows = chunk_rows;
+      so.positions = &tpos;
+      so.seq_ids = &tseq;
+      params.zero_grads();
+      *loss = causal_lm_forward_backward(model, tid, tlab, &params, so).loss;
+      std::vector<float> all;
+      for (const auto& e : params.entries()) {
+        std::vector<float> g = e.grad.to_f32_vector();
+        all.insert(all.end(), g.begin(), g.end());
+      }
+      return all;
+    };
+    double l0 = 0, l1 = 0;
+    const std::vector<float> whole = grads(0, &l0), chunked = grads(5, &l1);  // rows [0,5) … [20,22)
+    EXPECT_NEAR(l1, l0, 1e-6 * l0) << (dora ? "DoRA" : "LoRA");
+    EXPECT_LT(qtune_test::rel_err(chunked, whole), 1e-5) << (dora ? "DoRA" : "LoRA");
+  }
+}
+
 // DoRA's training adapter (dora_ops.h) against central differences of the loss: with dropout (the
 // (d − 1)·xd·Wᵀ term and its own backward), a base with biases, and an NF4 base (QDoRA); A, B and the
 // magnitude all moved away from their init so every gradient term is exercised.
@@ -140,7 +190,8 @@ TEST(Trainer, DoraGradientsMatchFiniteDifference) {
     bool nf4;
     double dropout;
   };
-  for (Case c : {Case{"llama_bias", false, 0.25}, Case{"llama", true, 0.25}, Case{"llama_bias", false, 0.0}}) {
+  for (Case c :
+       {Case{"llama_bias", false, 0.25}, Case{"llama", true, 0.25}, Case{"llama_bias", false, 0.0}}) {
     LoadOptions load;
     load.load_in_4bit = c.nf4;
     load.double_quant = c.nf4;
@@ -155,7 +206,8 @@ TEST(Trainer, DoraGradientsMatchFiniteDifference) {
       float* b = l->B.data<float>();
       for (int64_t i = 0; i < l->B.numel(); i++) b[i] = 0.05f * (float)((i * 7919 % 201) - 100) / 100.0f;
       float* m = l->magnitude.data<float>();
-      for (int64_t i = 0; i < l->magnitude.numel(); i++) m[i] *= 1.0f + 0.2f * (float)((i * 31 % 11) - 5) / 5.0f;
+      for (int64_t i = 0; i < l->magnitude.numel(); i++)
+        m[i] *= 1.0f + 0.2f * (float)((i * 31 % 11) - 5) / 5.0f;
     }
     lora.refresh();
     TrainableParams params;
@@ -262,8 +314,8 @@ TEST(Trainer, FullFinetuneWritesAModelAndResumesBitIdentical) {
   TrainerArgs a = full_args("straight");
   TrainResult straight = run_finetune(a);
   ASSERT_EQ(straight.losses.size(), 6u);
-  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "checkpoint-2/model.safetensors",
-                        "checkpoint-4/optimizer.safetensors"})
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json",
+                        "checkpoint-2/model.safetensors", "checkpoint-4/optimizer.safetensors"})
     EXPECT_TRUE(fs::exists(a.out_dir + "/" + f)) << f;
   EXPECT_FALSE(fs::exists(a.out_dir + "/adapter_config.json"));
   LlamaModel base = LlamaModel::load(kBundled), tuned = LlamaModel::load(a.out_dir);

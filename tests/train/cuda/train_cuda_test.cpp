@@ -11,11 +11,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../loss_parity.h"
+#include "../train_test_util.h"
 #include "core/allocator.h"
 #include "train/progress.h"
 #include "train/trainer.h"
-#include "../loss_parity.h"
-#include "../train_test_util.h"
 
 using namespace qtune;
 namespace fs = std::filesystem;
@@ -25,9 +25,9 @@ namespace {
 const std::string kBundled = std::string(QTUNE_SOURCE_DIR) + "/models/qtune-tiny-8m";
 
 // The LoRA (or DoRA) gradients of one packed, dropout-on step of a fresh all-linear adapter on the bundled
-// model (dense or NF4 base).
+// model (dense or NF4 base); chunk_rows > 0 runs the checkpointed blocks in token chunks of that many rows.
 std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint, bool dora = false,
-                                                     const LoadOptions& load = {}) {
+                                                     const LoadOptions& load = {}, int64_t chunk_rows = 0) {
   LlamaModel model = LlamaModel::load(kBundled, dev, load);
   LoraConfig cfg;
   cfg.r = 8;
@@ -43,7 +43,8 @@ std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint
     for (int64_t i = 0; i < l->B.numel(); i++) b[i] = 0.01f * (float)((i * 7919 % 201) - 100) / 100.0f;
     if (!dora) continue;
     float* m = l->magnitude.data<float>();
-    for (int64_t i = 0; i < l->magnitude.numel(); i++) m[i] *= 1.0f + 0.1f * (float)((i * 31 % 11) - 5) / 5.0f;
+    for (int64_t i = 0; i < l->magnitude.numel(); i++)
+      m[i] *= 1.0f + 0.1f * (float)((i * 31 % 11) - 5) / 5.0f;
   }
   lora.refresh();
   TrainableParams params;
@@ -65,6 +66,7 @@ std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint
   so.positions = &tpos;
   so.seq_ids = &tseq;
   so.gradient_checkpointing = checkpoint;
+  so.token_chunk_rows = chunk_rows;
   so.grad_scale = 1.0f / 77.0f;
   causal_lm_forward_backward(model, tid, tlab, &params, so);
   std::map<std::string, std::vector<float>> out;
@@ -93,8 +95,10 @@ TEST(TrainCuda, QloraLossParityWithPeftBitsandbytes) {
 // tensors together and per tensor.
 static void expect_grads_match_cpu(const char* what, bool dora, const LoadOptions& load) {
   auto cpu = lora_grads(Device::CPU, false, dora, load);
-  for (bool ck : {false, true}) {
-    auto gpu = lora_grads(Device::CUDA, ck, dora, load);
+  for (int variant = 0; variant < 3;
+       variant++) {  // no checkpointing, checkpointing, + token chunks of 37 rows
+    const bool ck = variant > 0;
+    auto gpu = lora_grads(Device::CUDA, ck, dora, load, variant == 2 ? 37 : 0);
     ASSERT_EQ(cpu.size(), gpu.size());
     std::vector<float> all_c, all_g;
     double worst = 0;
@@ -104,8 +108,10 @@ static void expect_grads_match_cpu(const char* what, bool dora, const LoadOption
       worst = std::max(worst, qtune_test::rel_err(gpu[name], g));
     }
     const double total = qtune_test::rel_err(all_g, all_c);
-    std::printf("%s gradients CUDA bf16 vs CPU f32 (checkpointing %d): all %.3g, worst tensor %.3g\n", what, ck,
-                total, worst);
+    std::printf(
+        "%s gradients CUDA bf16 vs CPU f32 (checkpointing %d, token chunks %d): all %.3g, worst tensor "
+        "%.3g\n",
+        what, ck, variant == 2, total, worst);
     EXPECT_LT(total, 2e-2) << what;
     EXPECT_LT(worst, 6e-2) << what;
   }
@@ -175,8 +181,8 @@ TEST(TrainCuda, FinetuneEndToEndPaged8bit) {
   a.quiet = true;
   TrainResult r = run_finetune(a);
   ASSERT_EQ(r.losses.size(), 30u);
-  std::printf("GPU QLoRA on the bundled model: loss %.4f -> %.4f, %.0f tokens/s, GPU peak %s\n", r.losses.front(),
-              r.losses.back(), r.tokens_per_s, gpu_peak_mib_text().c_str());
+  std::printf("GPU QLoRA on the bundled model: loss %.4f -> %.4f, %.0f tokens/s, GPU peak %s\n",
+              r.losses.front(), r.losses.back(), r.tokens_per_s, gpu_peak_mib_text().c_str());
   EXPECT_LT(r.losses.back(), 0.7 * r.losses.front());
   ASSERT_TRUE(fs::exists(a.out_dir + "/adapter_model.safetensors"));
   // The saved adapter holds the trained (device) weights: B moved away from its zero init.
