@@ -22,7 +22,11 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--checkpointing", type=int, default=1)
+    ap.add_argument("--memory-gib", type=float, default=0,
+                    help="cap the caching allocator (set_per_process_memory_fraction) to see what fits a smaller card")
     args = ap.parse_args()
+    if args.memory_gib:
+        torch.cuda.set_per_process_memory_fraction(args.memory_gib * 2**30 / torch.cuda.get_device_properties(0).total_memory)
     t0 = time.time()
     kw = dict(dtype=torch.bfloat16, attn_implementation="sdpa", device_map={"": 0})
     if args.mode == "qlora":
@@ -56,8 +60,14 @@ def main():
         ids = torch.randint(0, vocab, (1, args.seq), device="cuda", generator=g)
         torch.cuda.synchronize()
         t = time.time()
-        out = model(input_ids=ids, labels=ids)
-        out.loss.backward()
+        try:
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+        except torch.cuda.OutOfMemoryError:
+            print(json.dumps({"stack": "hf", "mode": args.mode, "seq": args.seq, "memory_gib": args.memory_gib,
+                              "fits": False, "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}),
+                  flush=True)
+            return
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -67,6 +77,7 @@ def main():
         losses.append(out.loss.item())
     tok_s = args.seq * len(times) / sum(times)
     print(json.dumps({"stack": "hf", "mode": args.mode, "checkpointing": args.checkpointing, "seq": args.seq,
+                      "memory_gib": args.memory_gib, "fits": True,
                       "tokens_per_s": round(tok_s, 1), "step_s": round(sum(times) / len(times), 4),
                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "trainable": sum(p.numel() for p in params), "load_s": round(load_s, 1),

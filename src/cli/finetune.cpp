@@ -260,6 +260,8 @@ void add_finetune_command(CLI::App& app, Runner& run) {
       "Keep every block's activations (faster, more memory)");
   cmd->add_option("--device", t.device, "cpu, cuda or auto (default: the GPU when usable)")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  cmd->add_flag("--offload-activations", t.offload_activations,
+                "GPU: keep each block's checkpointed input in pinned host memory (long sequences)");
   cmd->add_flag("--resume", t.resume, "Continue from the newest checkpoint-N in --out");
   cmd->add_flag("--quiet", t.quiet, "No progress output");
   cmd->add_option("--nproc-per-node", a->plan.nproc_per_node,

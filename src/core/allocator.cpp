@@ -4,6 +4,7 @@
 // at most 25% larger (large) or exactly the rounded size (small), bounding waste.
 #include "core/allocator.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -22,8 +23,8 @@ namespace {
 
 struct Pool {
   std::mutex mu;
-  std::multimap<size_t, void*> free_blocks;       // size -> block
-  std::unordered_map<void*, size_t> block_size;   // every live or cached block
+  std::multimap<size_t, void*> free_blocks;      // size -> block
+  std::unordered_map<void*, size_t> block_size;  // every live or cached block
   DeviceMemoryStats stats;
 };
 
@@ -36,6 +37,28 @@ size_t round_size(size_t n) {
   const size_t small = 512, large = 2u << 20;
   if (n < (1u << 20)) return (n + small - 1) / small * small;
   return (n + large - 1) / large * large;
+}
+
+// QTUNE_GPU_MEMORY_LIMIT ("24GiB", "80G", "1500MiB" or bytes): a cap on the bytes the pool may obtain from
+// cudaMalloc, like torch.cuda.set_per_process_memory_fraction, to see what fits a smaller card. 0: none.
+size_t memory_limit() {
+  static const size_t limit = [] {
+    const char* v = std::getenv("QTUNE_GPU_MEMORY_LIMIT");
+    if (!v || !*v) return (size_t)0;
+    char* end = nullptr;
+    const double x = std::strtod(v, &end);
+    const std::string unit = end ? end : "";
+    double scale = 1;
+    if (unit == "GiB" || unit == "G" || unit == "GB")
+      scale = 1024.0 * 1024 * 1024;
+    else if (unit == "MiB" || unit == "M" || unit == "MB")
+      scale = 1024.0 * 1024;
+    else if (!unit.empty() || !(x > 0))
+      throw_error(ErrorKind::Usage, "QTUNE_GPU_MEMORY_LIMIT=", v,
+                  ": expected a size like 24GiB, 1500MiB or bytes");
+    return (size_t)(x * scale);
+  }();
+  return limit;
 }
 
 void release_cached(Pool& p) {
@@ -71,6 +94,12 @@ void* device_malloc(size_t nbytes) {
     sz = it->first;
     p.free_blocks.erase(it);
   } else {
+    const size_t cap = memory_limit();
+    if (cap && p.stats.reserved + sz > cap) release_cached(p);
+    if (cap && p.stats.reserved + sz > cap)
+      throw_error(ErrorKind::OutOfMemory, "CUDA out of memory: tried to allocate ", nbytes / 1048576.0,
+                  " MiB with ", p.stats.in_use / 1048576.0, " MiB in use, over QTUNE_GPU_MEMORY_LIMIT (",
+                  cap / 1048576.0, " MiB)");
     cudaError_t e = cudaMalloc(&ptr, sz);
     if (e != cudaSuccess) {
       cudaGetLastError();
@@ -142,11 +171,12 @@ void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
     std::memcpy(dst, src, n);
     return;
   }
-  cudaMemcpyKind kind = dd == Device::CPU ? cudaMemcpyDeviceToHost
+  cudaMemcpyKind kind = dd == Device::CPU   ? cudaMemcpyDeviceToHost
                         : sd == Device::CPU ? cudaMemcpyHostToDevice
                                             : cudaMemcpyDeviceToDevice;
   cudaError_t e = cudaMemcpy(dst, src, n, kind);
-  if (e != cudaSuccess) throw_error(ErrorKind::Cuda, "cudaMemcpy of ", n, " bytes failed: ", cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    throw_error(ErrorKind::Cuda, "cudaMemcpy of ", n, " bytes failed: ", cudaGetErrorString(e));
 }
 
 void zero_bytes(void* dst, Device dev, size_t n) {
@@ -156,22 +186,33 @@ void zero_bytes(void* dst, Device dev, size_t n) {
     return;
   }
   cudaError_t e = cudaMemsetAsync(dst, 0, n, 0);
-  if (e != cudaSuccess) throw_error(ErrorKind::Cuda, "cudaMemsetAsync of ", n, " bytes failed: ", cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    throw_error(ErrorKind::Cuda, "cudaMemsetAsync of ", n, " bytes failed: ", cudaGetErrorString(e));
 }
 
 #else  // no CUDA in this build
 
-bool cuda_available() { return false; }
+bool cuda_available() {
+  return false;
+}
 static void no_cuda() {
   throw_error(ErrorKind::Unsupported, "this qtune was built without CUDA (rebuild with nvcc on PATH)");
 }
-void* device_malloc(size_t) { no_cuda(); }
+void* device_malloc(size_t) {
+  no_cuda();
+}
 void device_free(void*) {}
 void device_empty_cache() {}
-DeviceMemoryStats device_memory_stats() { return {}; }
+DeviceMemoryStats device_memory_stats() {
+  return {};
+}
 void device_reset_peak() {}
-void* host_pinned_malloc(size_t n) { return std::malloc(n); }
-void host_pinned_free(void* p) { std::free(p); }
+void* host_pinned_malloc(size_t n) {
+  return std::malloc(n);
+}
+void host_pinned_free(void* p) {
+  std::free(p);
+}
 void copy_bytes(void* dst, Device dd, const void* src, Device sd, size_t n) {
   if (dd != Device::CPU || sd != Device::CPU) no_cuda();
   if (n) std::memcpy(dst, src, n);

@@ -1,12 +1,16 @@
 // causal_lm_forward_backward (see causal_lm.h).
 #include "train/causal_lm.h"
 
+#include <memory>
 #include <vector>
 
 #include "core/error.h"
 #include "core/profile.h"
 #include "ops/ops.h"
 #include "train/block.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "train/cuda/activation_offload.h"
+#endif
 
 namespace qtune {
 
@@ -91,6 +95,15 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
       (opts.d_inputs_embeds->dtype() != DType::F32 || opts.d_inputs_embeds->numel() != N * C))
     throw_error(ErrorKind::Shape, op, ": d_inputs_embeds must be F32 [", N, ", ", C, "], got ",
                 opts.d_inputs_embeds->describe());
+  // The saved block inputs go to the host between forward and backward when offloading.
+  const bool offload = backward && opts.offload_activations;
+  if (offload && (dev != Device::CUDA || !opts.gradient_checkpointing))
+    throw_error(ErrorKind::Usage, op,
+                ": offloading activations needs a GPU model and gradient checkpointing");
+#ifdef QTUNE_HAVE_CUDA
+  std::unique_ptr<ActivationOffload> offloader;
+  if (offload) offloader = std::make_unique<ActivationOffload>((int)blocks.size());
+#endif
   for (size_t l = 0; l < blocks.size(); l++) {
     bool keep = backward && l >= stop;
     if (opts.block_hooks)
@@ -98,7 +111,13 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
     blocks[l].forward(x, in, saved[l], opts.gradient_checkpointing || !keep);
     if (opts.block_hooks) opts.block_hooks->after_block((int)l, false);
     if (!keep) saved[l] = BlockSaved();
+#ifdef QTUNE_HAVE_CUDA
+    if (keep && offloader) offloader->store((int)l, saved[l].x_in);
+#endif
   }
+#ifdef QTUNE_HAVE_CUDA
+  if (offloader) offloader->flush();
+#endif
   Tensor hn = Tensor::empty({N, C}, adt, dev);
   rmsnorm_forward(hn, x, model.final_norm(), eps);
 
@@ -119,6 +138,12 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   rmsnorm_backward(dx, params->grad("model.norm.weight"), dhn, x, model.final_norm(), eps);
   dhn = x = Tensor();
   for (size_t l = blocks.size(); l-- > stop;) {
+#ifdef QTUNE_HAVE_CUDA
+    if (offloader) {  // this block's input back to the GPU; the next one's copy runs beside its backward
+      saved[l].x_in = offloader->take((int)l);
+      if (l > stop) offloader->prefetch((int)l - 1);
+    }
+#endif
     if (opts.block_hooks) opts.block_hooks->before_block((int)l, l > stop ? (int)l - 1 : -1, true);
     blocks[l].backward(dx, in, saved[l]);
     if (opts.block_hooks) opts.block_hooks->after_block((int)l, true);

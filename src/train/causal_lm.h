@@ -25,6 +25,9 @@ struct StepOptions {
   // With gradient checkpointing, steps of more token rows run each block's per-token layers over chunks of
   // this many rows (BlockInputs::chunk_rows; 0: never).
   int64_t token_chunk_rows = 4096;
+  // With gradient checkpointing on a GPU model: keep the blocks' saved inputs in pinned host memory between
+  // the forward and the backward (train/cuda/activation_offload.h).
+  bool offload_activations = false;
   const Tensor* positions = nullptr;  // I32 [B·T]; default 0..T−1 in every row
   const Tensor* seq_ids = nullptr;    // I32 [B, T]: packed examples (attention inside equal-id runs)
   // Prompt tuning and the like: the first block's input F32 [B·T, C] instead of the embedding lookup

@@ -226,6 +226,9 @@ TrainResult run_finetune(const TrainerArgs& a) {
   StepOptions so;
   so.gradient_checkpointing =
       a.gradient_checkpointing < 0 ? dev != Device::CPU : a.gradient_checkpointing != 0;
+  so.offload_activations = a.offload_activations;
+  if (a.offload_activations && (dev == Device::CPU || !so.gradient_checkpointing))
+    throw_error(ErrorKind::Usage, "--offload-activations needs --device cuda and gradient checkpointing");
   auto evaluate = [&]() {
     peft->set_training(false);
     std::vector<int64_t> order = eval_idx;

@@ -69,12 +69,13 @@ struct TrainerArgs {
   int64_t max_seq_length = 1024;
   bool packing = false;
   bool completion_only_loss = false;
-  double eval_split = 0;            // fraction of rows held out for eval loss
-  int gradient_checkpointing = -1;  // 1 on, 0 off, -1 auto: on for GPU training, off on the CPU
-  std::string device = "auto";      // cpu, cuda, auto (the GPU when one is usable)
-  bool resume = false;              // continue from the newest out/checkpoint-N
-  int64_t stop_after_steps = -1;    // testing: exit after this step as if killed (no final save)
-  bool quiet = false;               // no progress bar
+  double eval_split = 0;             // fraction of rows held out for eval loss
+  int gradient_checkpointing = -1;   // 1 on, 0 off, -1 auto: on for GPU training, off on the CPU
+  bool offload_activations = false;  // GPU: checkpointed block inputs in pinned host memory
+  std::string device = "auto";       // cpu, cuda, auto (the GPU when one is usable)
+  bool resume = false;               // continue from the newest out/checkpoint-N
+  int64_t stop_after_steps = -1;     // testing: exit after this step as if killed (no final save)
+  bool quiet = false;                // no progress bar
   // Testing: called at the end of a completed run, after the adapter is saved, with the trained model
   // and adapter still in memory (training mode off).
   std::function<void(const LlamaModel&, const PeftSession&)> on_trained;
