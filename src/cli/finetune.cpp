@@ -115,7 +115,9 @@ int run_finetune_command(FinetuneArgs& a) {
   t.lora.lora_dropout = a.lora_dropout;
   t.lora.use_rslora = a.rslora;
   t.lora.use_dora = a.dora;
-  t.lora.bias = a.lora_bias == "all" ? LoraBias::All : a.lora_bias == "lora_only" ? LoraBias::LoraOnly : LoraBias::None;
+  t.lora.bias = a.lora_bias == "all"         ? LoraBias::All
+                : a.lora_bias == "lora_only" ? LoraBias::LoraOnly
+                                             : LoraBias::None;
   t.lora.modules_to_save = split_comma_list(a.modules_to_save);
   set_target_modules(t.lora, a.target_modules);
   if (a.load_4bit && a.load_8bit)
@@ -156,9 +158,10 @@ void add_finetune_command(CLI::App& app, Runner& run) {
   cmd->add_option(
       "--peft-type", t.peft_type,
       "lora (default), ia3, bottleneck, prompt_tuning, p_tuning, prefix_tuning or adaption_prompt");
-  cmd->add_flag("--full-finetune", a->full,
-                "Train every weight of a 16/32-bit model instead of an adapter (small models); writes a model "
-                "folder (F32 safetensors, config, tokenizer) to --out");
+  cmd->add_flag(
+      "--full-finetune", a->full,
+      "Train every weight of a 16/32-bit model instead of an adapter (small models); writes a model "
+      "folder (F32 safetensors, config, tokenizer) to --out");
   using K = PeftKind;
   auto own = [&](CLI::Option* o, std::vector<PeftKind> kinds) { a->owned.push_back({o, std::move(kinds)}); };
   own(cmd->add_option("--lora-r", a->lora_r, "LoRA rank (default 8)"), {K::Lora});
@@ -262,6 +265,9 @@ void add_finetune_command(CLI::App& app, Runner& run) {
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   cmd->add_flag("--offload-activations", t.offload_activations,
                 "GPU: keep each block's checkpointed input in pinned host memory (long sequences)");
+  cmd->add_flag("--fsdp", t.fsdp,
+                "With several ranks: shard the frozen base weights and the optimizer states over them "
+                "(each block gathered just before it runs)");
   cmd->add_flag("--resume", t.resume, "Continue from the newest checkpoint-N in --out");
   cmd->add_flag("--quiet", t.quiet, "No progress output");
   cmd->add_option("--nproc-per-node", a->plan.nproc_per_node,

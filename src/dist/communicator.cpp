@@ -27,8 +27,8 @@ std::string StoreCommunicator::fetch(const std::string& key) {
   return v;
 }
 
-void StoreCommunicator::sum_bytes(const std::string& tag, const void* data, size_t bytes,
-                                  std::vector<std::string>* all) {
+void StoreCommunicator::exchange_bytes(const std::string& tag, const void* data, size_t bytes,
+                                       std::vector<std::string>* all) {
   const int64_t seq = seq_++;
   const std::string base = tag + "/" + std::to_string(seq) + "/";
   store_.set(base + std::to_string(rank()), std::string((const char*)data, bytes));
@@ -49,7 +49,7 @@ void StoreCommunicator::all_reduce(Tensor& t, ReduceOp op) {
     throw_error(ErrorKind::Unsupported, "StoreCommunicator::all_reduce: F32 CPU tensors only, got ",
                 t.describe());
   std::vector<std::string> all;
-  sum_bytes("ar", t.raw(), t.nbytes(), &all);
+  exchange_bytes("ar", t.raw(), t.nbytes(), &all);
   float* out = t.data<float>();
   const int64_t n = t.numel();
   for (int64_t i = 0; i < n; ++i) out[i] = 0.0f;
@@ -63,7 +63,7 @@ void StoreCommunicator::all_reduce(Tensor& t, ReduceOp op) {
 
 double StoreCommunicator::all_reduce_scalar(double v, ReduceOp op) {
   std::vector<std::string> all;
-  sum_bytes("ars", &v, sizeof v, &all);
+  exchange_bytes("ars", &v, sizeof v, &all);
   double s = 0;
   for (const std::string& b : all) {
     double x;
@@ -84,6 +84,33 @@ void StoreCommunicator::broadcast(Tensor& t, int root) {
   if (v.size() != t.nbytes())
     throw_error(ErrorKind::Shape, "rank ", rank(), ": broadcast of ", v.size(), " bytes into ", t.describe());
   std::memcpy(t.raw(), v.data(), v.size());
+}
+
+// The bytes of a contiguous tensor, as U8 [nbytes] sharing its storage.
+static Tensor bytes_view(const Tensor& t) {
+  return Tensor::borrow(t.raw(), {(int64_t)t.nbytes()}, DType::U8, t.device(), nullptr);
+}
+
+static void check_gather(const Tensor& shard, const Tensor& full, int world, const char* who) {
+  if (full.dtype() != shard.dtype() || full.numel() != shard.numel() * world)
+    throw_error(ErrorKind::Shape, who, ": all_gather of ", shard.describe(), " over ", world, " ranks into ",
+                full.describe());
+}
+
+void LocalCommunicator::all_gather(const Tensor& shard, Tensor& full) {
+  check_gather(shard, full, 1, "LocalCommunicator");
+  full.copy_from(shard);
+}
+
+void StoreCommunicator::all_gather(const Tensor& shard, Tensor& full) {
+  if (shard.is_cuda() || full.is_cuda())
+    throw_error(ErrorKind::Unsupported, "StoreCommunicator::all_gather: CPU tensors only");
+  check_gather(shard, full, world_size(), "StoreCommunicator");
+  std::vector<std::string> all;
+  exchange_bytes("ag", shard.raw(), shard.nbytes(), &all);
+  Tensor out = bytes_view(full);
+  for (int r = 0; r < world_size(); ++r)
+    std::memcpy(out.data<uint8_t>() + (size_t)r * shard.nbytes(), all[r].data(), all[r].size());
 }
 
 void StoreCommunicator::barrier(const std::string& name) {

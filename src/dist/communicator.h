@@ -12,6 +12,9 @@
 //   auto ctx = init_distributed(dist_config_from_env(), Device::CUDA);
 //   ctx->comm->all_reduce(grad, ReduceOp::Sum);          // F32 [..], in place, same shape on all ranks
 //   double n = ctx->comm->all_reduce_scalar(local_count); // Σ over ranks
+//   ctx->comm->all_gather(shard, full);                   // full [world·n] ← every rank's shard [n]
+//   int64_t t = ctx->comm->start_all_gather(shard, full); // the same, queued (FSDP prefetch) ...
+//   ctx->comm->wait(t);                                   // ... and waited for before full is read
 #pragma once
 #include <memory>
 #include <string>
@@ -33,11 +36,34 @@ class Communicator {
   // In place over a contiguous F32 tensor on the backend's device.
   virtual void all_reduce(Tensor& t, ReduceOp op) = 0;
   virtual void broadcast(Tensor& t, int root) = 0;
+  // full [world · n] (contiguous, any dtype: bytes are copied) ← the shards [n] of ranks 0, 1, ... in
+  // order; shard has the same dtype and size on every rank.
+  virtual void all_gather(const Tensor& shard, Tensor& full) = 0;
   // Σ (or mean) of one host value over the ranks, exact for integer counts below 2^53.
   virtual double all_reduce_scalar(double v, ReduceOp op = ReduceOp::Sum) = 0;
   // Waits until every rank gets here (bounded by the store timeout).
   virtual void barrier(const std::string& name) = 0;
   virtual Device device() const = 0;
+
+  // Asynchronous forms, for FSDP's prefetch and the gradient all-reduce overlapped with the backward.
+  // start_* queues the collective after the work already queued on the compute stream and returns a
+  // ticket (> 0); wait(ticket) returns once that collective and every one started before it are done
+  // (the host waits, watching the peers, so a dead rank ends the wait with an error, never a hang).
+  // The tensors must stay alive and untouched until then. These defaults run the blocking call at once
+  // (CPU backends); NCCL queues on a communication stream ordered by events. Blocking collectives first
+  // wait for every started one.
+  virtual int64_t start_all_gather(const Tensor& shard, Tensor& full) {
+    all_gather(shard, full);
+    return ++tickets_;
+  }
+  virtual int64_t start_all_reduce(Tensor& t, ReduceOp op) {
+    all_reduce(t, op);
+    return ++tickets_;
+  }
+  virtual void wait(int64_t ticket) { (void)ticket; }
+
+ protected:
+  int64_t tickets_ = 0;
 };
 
 class LocalCommunicator : public Communicator {
@@ -47,6 +73,7 @@ class LocalCommunicator : public Communicator {
   int world_size() const override { return 1; }
   void all_reduce(Tensor&, ReduceOp) override {}
   void broadcast(Tensor&, int) override {}
+  void all_gather(const Tensor& shard, Tensor& full) override;  // a copy
   double all_reduce_scalar(double v, ReduceOp) override { return v; }
   void barrier(const std::string&) override {}
   Device device() const override { return dev_; }
@@ -57,19 +84,21 @@ class LocalCommunicator : public Communicator {
 
 class StoreCommunicator : public Communicator {
  public:
-  // hb (optional): a failed heartbeat ends any wait at once with its message.
+  // hb (optional): a failed heartbeat ends any wait at once with its message. CPU tensors only.
   StoreCommunicator(TcpStore& store, const Heartbeat* hb) : store_(store), hb_(hb) {}
   int rank() const override { return store_.options().rank; }
   int world_size() const override { return store_.options().world_size; }
   void all_reduce(Tensor& t, ReduceOp op) override;
   void broadcast(Tensor& t, int root) override;
+  void all_gather(const Tensor& shard, Tensor& full) override;
   double all_reduce_scalar(double v, ReduceOp op) override;
   void barrier(const std::string& name) override;
   Device device() const override { return Device::CPU; }
 
  private:
   std::string fetch(const std::string& key);  // waits, watching the heartbeat
-  void sum_bytes(const std::string& tag, const void* data, size_t bytes, std::vector<std::string>* all);
+  // Posts this rank's bytes and returns every rank's (same size on all), in rank order.
+  void exchange_bytes(const std::string& tag, const void* data, size_t bytes, std::vector<std::string>* all);
   TcpStore& store_;
   const Heartbeat* hb_;
   int64_t seq_ = 0;

@@ -2,10 +2,17 @@
 // qtune kernel is ordered with), on a non-blocking communicator. After each call the host polls
 // cudaStreamQuery, ncclCommGetAsyncError and the heartbeat, so a dead peer or an NCCL error aborts the
 // communicator (ncclCommAbort) and throws within a bounded time instead of hanging in a collective.
+// The asynchronous forms (start_all_gather, start_all_reduce) run on a second, non-blocking stream: each
+// first waits (cudaStreamWaitEvent) for an event recorded on the legacy stream, so it sees the work queued
+// before it, and records a "done" event after itself; wait(ticket) polls that event with the same watch.
+// A blocking collective first waits for every started one, so the NCCL calls of this communicator never
+// run concurrently on two streams.
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <thread>
+#include <vector>
 
 #include "core/error.h"
 #include "dist/communicator.h"
@@ -55,6 +62,10 @@ class NcclCommunicator : public Communicator {
   }
   ~NcclCommunicator() override {
     if (scalar_) cudaFree(scalar_);
+    for (auto& e : events_) cudaEventDestroy(e.second);
+    for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
+    if (ready_) cudaEventDestroy(ready_);
+    if (side_) cudaStreamDestroy(side_);
     if (comm_) {
       if (aborted_) return;
       ncclCommFinalize(comm_);
@@ -69,6 +80,7 @@ class NcclCommunicator : public Communicator {
   void all_reduce(Tensor& t, ReduceOp op) override {
     if (t.dtype() != DType::F32 || !t.is_cuda())
       throw_error(ErrorKind::Unsupported, "NCCL all_reduce: F32 CUDA tensors only, got ", t.describe());
+    drain();
     check(ncclAllReduce(t.raw(), t.raw(), (size_t)t.numel(), ncclFloat32,
                         op == ReduceOp::Avg ? ncclAvg : ncclSum, comm_, cudaStreamLegacy),
           "ncclAllReduce");
@@ -76,11 +88,54 @@ class NcclCommunicator : public Communicator {
   }
   void broadcast(Tensor& t, int root) override {
     if (!t.is_cuda()) throw_error(ErrorKind::Unsupported, "NCCL broadcast: CUDA tensors only");
+    drain();
     check(ncclBroadcast(t.raw(), t.raw(), t.nbytes(), ncclUint8, root, comm_, cudaStreamLegacy),
           "ncclBroadcast");
     wait("ncclBroadcast");
   }
+  void all_gather(const Tensor& shard, Tensor& full) override {
+    check_gather(shard, full);
+    drain();
+    check(ncclAllGather(shard.raw(), full.raw(), shard.nbytes(), ncclUint8, comm_, cudaStreamLegacy),
+          "ncclAllGather");
+    wait("ncclAllGather");
+  }
+  int64_t start_all_gather(const Tensor& shard, Tensor& full) override {
+    check_gather(shard, full);
+    begin_side();
+    check(ncclAllGather(shard.raw(), full.raw(), shard.nbytes(), ncclUint8, comm_, side_), "ncclAllGather");
+    return end_side("ncclAllGather");
+  }
+  int64_t start_all_reduce(Tensor& t, ReduceOp op) override {
+    if (t.dtype() != DType::F32 || !t.is_cuda())
+      throw_error(ErrorKind::Unsupported, "NCCL all_reduce: F32 CUDA tensors only, got ", t.describe());
+    begin_side();
+    check(ncclAllReduce(t.raw(), t.raw(), (size_t)t.numel(), ncclFloat32,
+                        op == ReduceOp::Avg ? ncclAvg : ncclSum, comm_, side_),
+          "ncclAllReduce");
+    return end_side("ncclAllReduce");
+  }
+  void wait(int64_t ticket) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (!events_.empty() && events_.front().first <= ticket) {
+      cudaEvent_t ev = events_.front().second;
+      while (true) {
+        const cudaError_t e = cudaEventQuery(ev);
+        if (e == cudaSuccess) break;
+        if (e != cudaErrorNotReady)
+          fail_now(std::string("collective ") + std::to_string(events_.front().first) + ": CUDA error " +
+                   cudaGetErrorString(e));
+        ncclResult_t st = ncclSuccess;
+        ncclCommGetAsyncError(comm_, &st);
+        if (st != ncclSuccess && st != ncclInProgress) check(st, "asynchronous collective");
+        watch("asynchronous collective", t0);
+      }
+      free_events_.push_back(ev);
+      events_.pop_front();
+    }
+  }
   double all_reduce_scalar(double v, ReduceOp op) override {
+    drain();
     cudaMemcpy(scalar_, &v, sizeof v, cudaMemcpyHostToDevice);
     check(ncclAllReduce(scalar_, scalar_, 1, ncclFloat64, op == ReduceOp::Avg ? ncclAvg : ncclSum, comm_,
                         cudaStreamLegacy),
@@ -89,9 +144,45 @@ class NcclCommunicator : public Communicator {
     cudaMemcpy(&v, scalar_, sizeof v, cudaMemcpyDeviceToHost);
     return v;
   }
-  void barrier(const std::string& name) override { store_.barrier(name, timeout_s_); }
+  void barrier(const std::string& name) override {
+    drain();
+    store_.barrier(name, timeout_s_);
+  }
 
  private:
+  void check_gather(const Tensor& shard, const Tensor& full) {
+    if (!shard.is_cuda() || !full.is_cuda() || full.dtype() != shard.dtype() ||
+        full.numel() != shard.numel() * world_size())
+      throw_error(ErrorKind::Shape, "NCCL all_gather: ", shard.describe(), " over ", world_size(),
+                  " ranks into ", full.describe(), " (CUDA tensors, full = world x shard)");
+  }
+  // Waits for every started collective.
+  void drain() {
+    if (!events_.empty()) wait(events_.back().first);
+  }
+  // The side stream waits for what the legacy stream has queued so far.
+  void begin_side() {
+    if (!side_) {
+      if (cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking) != cudaSuccess ||
+          cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming) != cudaSuccess)
+        fail_now("cannot create the communication stream");
+    }
+    cudaEventRecord(ready_, cudaStreamLegacy);
+    cudaStreamWaitEvent(side_, ready_, 0);
+  }
+  int64_t end_side(const char* what) {
+    settle(what);
+    cudaEvent_t ev = nullptr;
+    if (!free_events_.empty()) {
+      ev = free_events_.back();
+      free_events_.pop_back();
+    } else if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+      fail_now("cannot create a CUDA event");
+    }
+    cudaEventRecord(ev, side_);
+    events_.emplace_back(++tickets_, ev);
+    return tickets_;
+  }
   [[noreturn]] void fail_now(const std::string& what) {
     if (comm_ && !aborted_) {
       aborted_ = true;
@@ -152,6 +243,10 @@ class NcclCommunicator : public Communicator {
   ncclComm_t comm_ = nullptr;
   bool aborted_ = false;
   void* scalar_ = nullptr;
+  cudaStream_t side_ = nullptr;  // the asynchronous collectives' stream
+  cudaEvent_t ready_ = nullptr;  // recorded on the legacy stream before each asynchronous collective
+  std::deque<std::pair<int64_t, cudaEvent_t>> events_;  // started, not yet waited for: (ticket, done)
+  std::vector<cudaEvent_t> free_events_;
 };
 
 }  // namespace

@@ -17,13 +17,19 @@ using nlohmann::json;
 
 void save_checkpoint(const std::string& out_dir, const PeftSession& peft, const Optimizer& opt,
                      const TrainerState& st) {
+  save_checkpoint(
+      out_dir, peft, [&](const std::string& path) { opt.save(path); }, st);
+}
+
+void save_checkpoint(const std::string& out_dir, const PeftSession& peft,
+                     const std::function<void(const std::string&)>& write_optimizer, const TrainerState& st) {
   const std::string name = "checkpoint-" + std::to_string(st.global_step);
   const fs::path tmp = fs::path(out_dir) / (".tmp-" + name), dst = fs::path(out_dir) / name;
   std::error_code ec;
   fs::remove_all(tmp, ec);
   peft.save(tmp.string());
   peft.save_state(tmp.string());
-  opt.save((tmp / "optimizer.safetensors").string());
+  write_optimizer((tmp / "optimizer.safetensors").string());
   json j;
   j["global_step"] = st.global_step;
   j["micro_batches_done"] = st.micro_batches_done;

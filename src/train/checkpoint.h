@@ -5,6 +5,7 @@
 // folder and renamed, so a kill leaves either the previous state or the complete new one.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,10 @@ struct TrainerState {
 
 void save_checkpoint(const std::string& out_dir, const PeftSession& peft, const Optimizer& opt,
                      const TrainerState& st);
+// The same with optimizer.safetensors written by write_optimizer(path) (a sharded optimizer's merged
+// states: dist/sharded_optimizer.h).
+void save_checkpoint(const std::string& out_dir, const PeftSession& peft,
+                     const std::function<void(const std::string&)>& write_optimizer, const TrainerState& st);
 // The newest out_dir/checkpoint-N, or "" when none.
 std::string latest_checkpoint(const std::string& out_dir);
 TrainerState read_trainer_state(const std::string& checkpoint_dir);

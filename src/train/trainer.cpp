@@ -1,6 +1,8 @@
 // The SFT trainer loop (see trainer.h). Data parallel when WORLD_SIZE > 1 (docs/distributed.md): rank r
 // of N takes micro-batches r, r+N, ... of each step's N x gradient_accumulation_steps, the step's target
-// count and gradients are summed over the ranks before clipping, and only rank 0 logs and saves.
+// count and gradients are summed over the ranks before clipping, and only rank 0 logs and saves. The
+// per-rank differences (gradient all-reduce overlapped with the backward, --fsdp sharding of the base
+// weights and optimizer states) live in dist/dist_training.h.
 #include "train/trainer.h"
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include "core/profile.h"
 #include "dist/communicator.h"
 #include "dist/data_parallel.h"
+#include "dist/dist_training.h"
 #include "io/json_util.h"
 #include "model/llama_model.h"
 #include "optim/clip.h"
@@ -198,8 +201,19 @@ TrainResult run_finetune(const TrainerArgs& a) {
   TrainableParams& params = peft->params();
   std::vector<ParamRef> refs;
   for (const auto& e : params.entries()) refs.push_back({e.name, e.param, e.grad});
-  Optimizer opt(ocfg, group_by_weight_decay(refs, a.weight_decay));
-  if (!resume_dir.empty()) opt.load(path_join(resume_dir, "optimizer.safetensors"));
+  if (a.fsdp)
+    for (const ParamRef& r : refs)
+      if (r.name.find("lora_magnitude_vector") != std::string::npos)
+        throw_error(ErrorKind::Usage, "--fsdp with DoRA: DoRA reads every full base weight after each step");
+  DistTraining dt(*dist, model, params, refs, {a.fsdp, a.overlap_grad_reduce});
+  if (a.fsdp && dev == Device::CUDA) device_reset_peak();  // the GPU peak below: since sharding
+  if (FsdpShards* f = dt.fsdp())
+    note("fsdp: " + std::to_string(f->full_bytes() >> 20) + " MiB of base weights over " +
+         std::to_string(world) + " ranks: " + std::to_string(f->shard_bytes() >> 20) +
+         " MiB resident per rank + " + std::to_string(f->buffer_bytes() >> 20) + " MiB of gather buffers");
+  Optimizer opt(ocfg, group_by_weight_decay(dt.optimizer_refs(), a.weight_decay));
+  std::vector<ParamGroup> all_groups = group_by_weight_decay(refs, a.weight_decay);  // clipping: every grad
+  if (!resume_dir.empty()) dt.load_optimizer(opt, path_join(resume_dir, "optimizer.safetensors"));
 
   DataStream stream(ex, train_idx, a);
   stream.set_pad(pad);
@@ -240,6 +254,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
           collate(ex, erows, r, std::min<size_t>(a.per_device_train_batch_size, erows.size() - r), pad);
       PeftBatch b = peft->prepare(mb, first_token_is_target);
       StepOptions eo;
+      eo.block_hooks = dt.eval_hooks();
       b.apply(eo);
       LossSum l = causal_lm_forward_backward(model, b.ids(), b.labels(), nullptr, eo);
       sum += l.loss;
@@ -251,6 +266,11 @@ TrainResult run_finetune(const TrainerArgs& a) {
 
   TrainResult res;
   for (const LogRow& r : st.history) res.losses.push_back(r.loss);
+  if (FsdpShards* f = dt.fsdp()) {
+    res.fsdp_full_bytes = f->full_bytes();
+    res.fsdp_shard_bytes = f->shard_bytes();
+    res.fsdp_buffer_bytes = f->buffer_bytes();
+  }
   ProgressBar bar(total, st.global_step, say, dev);
   profile_start(dev);
   const int64_t profile_first_step = st.global_step + 1;
@@ -283,26 +303,28 @@ TrainResult run_finetune(const TrainerArgs& a) {
       peft->set_step((uint64_t)(st.micro_batches_done + g * world + dcfg.rank));
       batches[g].apply(so);
       so.grad_scale = targets ? 1.0f / (float)targets : 0.0f;
+      so.block_hooks = dt.hooks(g + 1 == (int64_t)mbs.size());
       loss_sum += causal_lm_forward_backward(model, batches[g].ids(), batches[g].labels(), &params, so).loss;
       peft->after_backward(batches[g]);
     }
     st.micro_batches_done += (int64_t)mbs.size() * world;
     if (world > 1) {  // Σ over ranks of Σ_local / global count = the one-rank gradient (data_parallel.h)
       QT_PROFILE("allreduce_grads");
-      allreduce_grads(*dist->comm, refs, ReduceOp::Sum);
+      dt.reduce_grads();
       loss_sum = dist->comm->all_reduce_scalar(loss_sum, ReduceOp::Sum);
       tokens = (int64_t)dist->comm->all_reduce_scalar((double)tokens, ReduceOp::Sum);
     }
     float gnorm;
     {
       QT_PROFILE("clip_grad_norm");
-      gnorm = a.max_grad_norm > 0 ? clip_grad_norm(opt.groups(), a.max_grad_norm)
-                                  : grad_global_norm(opt.groups());
+      gnorm =
+          a.max_grad_norm > 0 ? clip_grad_norm(all_groups, a.max_grad_norm) : grad_global_norm(all_groups);
     }
     const double lr = sched.lr(st.global_step);
     {
       QT_PROFILE("optimizer");
       opt.step(lr);
+      dt.after_step();
     }
     peft->refresh();
     ++st.global_step;
@@ -336,9 +358,12 @@ TrainResult run_finetune(const TrainerArgs& a) {
       bar.line(s);
       if (main_rank) write_training_log(a.out_dir, st.history);
     }
-    if (main_rank && a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last) {
-      peft->sync_to_host();
-      save_checkpoint(a.out_dir, *peft, opt, st);
+    if (a.save_steps > 0 && st.global_step % a.save_steps == 0 && !last) {
+      auto write_optimizer = dt.optimizer_writer(opt);  // collective when the states are sharded
+      if (main_rank) {
+        peft->sync_to_host();
+        save_checkpoint(a.out_dir, *peft, write_optimizer, st);
+      }
     }
     if (a.stop_after_steps > 0 && st.global_step == a.stop_after_steps && !last) {
       bar.finish();
@@ -359,6 +384,7 @@ TrainResult run_finetune(const TrainerArgs& a) {
     peft->save(a.out_dir);
   }
   if (a.on_trained) {
+    dt.unshard();
     peft->set_training(false);
     a.on_trained(model, *peft);
   }

@@ -76,6 +76,10 @@ struct TrainerArgs {
   bool resume = false;               // continue from the newest out/checkpoint-N
   int64_t stop_after_steps = -1;     // testing: exit after this step as if killed (no final save)
   bool quiet = false;                // no progress bar
+  // Data parallel (WORLD_SIZE > 1): shard the base weights and the optimizer states over the ranks
+  // (dist/fsdp.h, dist/sharded_optimizer.h), and all-reduce each block's gradients as its backward ends.
+  bool fsdp = false;
+  bool overlap_grad_reduce = true;
   // Testing: called at the end of a completed run, after the adapter is saved, with the trained model
   // and adapter still in memory (training mode off).
   std::function<void(const LlamaModel&, const PeftSession&)> on_trained;
@@ -87,6 +91,8 @@ struct TrainResult {
   int64_t steps = 0;                // total steps of the run
   double tokens_per_s = 0;          // over the steps this process ran
   bool stopped_early = false;       // stop_after_steps hit
+  // --fsdp: the sharded base weights' bytes whole, and this rank's resident shards and gather buffers.
+  int64_t fsdp_full_bytes = 0, fsdp_shard_bytes = 0, fsdp_buffer_bytes = 0;
 };
 
 TrainResult run_finetune(const TrainerArgs& args);

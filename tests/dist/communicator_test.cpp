@@ -1,6 +1,6 @@
-// StoreCommunicator across forked ranks: all-reduce sum/avg, scalars, broadcast, and allreduce_grads in
-// small buckets equal the sums computed directly; a rank that dies mid-collective ends the others' wait
-// with a message naming it.
+// StoreCommunicator across forked ranks: all-reduce sum/avg, scalars, broadcast, all-gather (also through the
+// asynchronous start/wait forms), and allreduce_grads in small buckets equal the sums computed directly; a
+// rank that dies mid-collective ends the others' wait with a message naming it.
 #include "dist/communicator.h"
 
 #include <gtest/gtest.h>
@@ -68,6 +68,56 @@ TEST(StoreCommunicator, CollectivesAndBuckets) {
     return 0;
   });
   EXPECT_EQ(codes, (std::vector<int>{0, 0, 0}));
+}
+
+TEST(StoreCommunicator, AllGatherAndAsyncForms) {
+  const int port = test::fresh_port();
+  const int n = 3;
+  auto codes = test::run_ranks(n, [&](int r) {
+    DistConfig c;
+    c.world_size = n;
+    c.rank = c.local_rank = r;
+    c.master_port = port;
+    auto ctx = init_distributed(c, Device::CPU, {10, 0.05, 5});
+    Communicator& comm = *ctx->comm;
+    std::vector<float> v(5);
+    for (int i = 0; i < 5; ++i) v[i] = val(r, i);
+    Tensor shard = Tensor::from_f32(v, {5});
+    Tensor full = Tensor::zeros({15}, DType::F32);
+    comm.all_gather(shard, full);
+    for (int q = 0; q < n; ++q)
+      for (int i = 0; i < 5; ++i)
+        if (full.data<float>()[q * 5 + i] != val(q, i)) return 1;
+    // Bytes of any dtype, through the asynchronous form.
+    Tensor b = Tensor::zeros({4}, DType::U8), all = Tensor::zeros({12}, DType::U8);
+    for (int i = 0; i < 4; ++i) b.data<uint8_t>()[i] = (uint8_t)(10 * r + i);
+    const int64_t t1 = comm.start_all_gather(b, all);
+    Tensor s = Tensor::from_f32({(float)r, 1.0f}, {2});
+    const int64_t t2 = comm.start_all_reduce(s, ReduceOp::Sum);
+    if (!(t2 > t1 && t1 > 0)) return 2;
+    comm.wait(t2);
+    for (int q = 0; q < n; ++q)
+      for (int i = 0; i < 4; ++i)
+        if (all.data<uint8_t>()[q * 4 + i] != 10 * q + i) return 3;
+    if (s.data<float>()[0] != 3.0f || s.data<float>()[1] != 3.0f) return 4;
+    Tensor wrong = Tensor::zeros({14}, DType::F32);
+    try {
+      comm.all_gather(shard, wrong);
+      return 5;
+    } catch (const Error& e) {
+      if (std::string(e.what()).find("all_gather") == std::string::npos) return 6;
+    }
+    ctx->finish();
+    return 0;
+  });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0, 0}));
+}
+
+TEST(LocalCommunicator, AllGatherCopies) {
+  LocalCommunicator local(Device::CPU);
+  Tensor a = Tensor::from_f32({1, 2, 3}, {3}), b = Tensor::zeros({3}, DType::F32);
+  local.wait(local.start_all_gather(a, b));
+  EXPECT_EQ(b.to_f32_vector(), (std::vector<float>{1, 2, 3}));
 }
 
 TEST(StoreCommunicator, DeadRankEndsTheCollective) {
