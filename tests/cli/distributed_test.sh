@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `qtune finetune --nproc-per-node 2` on the CPU: the launcher runs two data-parallel ranks that write one
-# adapter and log (rank 0); a run whose ranks fail ends non-zero with the launcher naming the rank; bad
-# launch flags are one usage error.   usage: distributed_test.sh path/to/qtune repo_root
+# adapter and log (rank 0); with --fsdp they log the same per-step losses; a run whose ranks fail ends
+# non-zero with the launcher naming the rank; bad launch flags are one usage error.
+#   usage: distributed_test.sh path/to/qtune repo_root
 set -u
 qtune=$1
 root=$2
@@ -21,6 +22,12 @@ ft() { OMP_NUM_THREADS=1 "$qtune" finetune --model "$model" --max-steps 2 --per-
 ft --data "$tmp/d.jsonl" --out "$tmp/dp" --nproc-per-node 2 2>"$tmp/err" || fail "2 ranks: exit $? $(head -c 400 "$tmp/err")"
 [ -s "$tmp/dp/adapter_model.safetensors" ] || fail "2 ranks: no adapter"
 [ "$(wc -l <"$tmp/dp/training_log.csv")" -eq 3 ] || fail "2 ranks: training_log.csv has not 2 steps"
+
+port=$((port + 1))
+ft --data "$tmp/d.jsonl" --out "$tmp/fsdp" --nproc-per-node 2 --fsdp 2>"$tmp/err" || fail "--fsdp: exit $? $(head -c 400 "$tmp/err")"
+[ -s "$tmp/fsdp/adapter_model.safetensors" ] || fail "--fsdp: no adapter"
+[ "$(cut -d, -f1,2 "$tmp/fsdp/training_log.csv")" = "$(cut -d, -f1,2 "$tmp/dp/training_log.csv")" ] ||
+  fail "--fsdp: losses differ from plain data parallel: $(cut -d, -f2 "$tmp/fsdp/training_log.csv" | tr '\n' ' ')"
 
 port=$((port + 1))
 ft --data "$tmp/missing.jsonl" --out "$tmp/bad" --nproc-per-node 2 2>"$tmp/err"
