@@ -207,10 +207,15 @@ TrainResult run_finetune(const TrainerArgs& a) {
         throw_error(ErrorKind::Usage, "--fsdp with DoRA: DoRA reads every full base weight after each step");
   DistTraining dt(*dist, model, params, refs, {a.fsdp, a.overlap_grad_reduce});
   if (a.fsdp && dev == Device::CUDA) device_reset_peak();  // the GPU peak below: since sharding
-  if (FsdpShards* f = dt.fsdp())
-    note("fsdp: " + std::to_string(f->full_bytes() >> 20) + " MiB of base weights over " +
-         std::to_string(world) + " ranks: " + std::to_string(f->shard_bytes() >> 20) +
-         " MiB resident per rank + " + std::to_string(f->buffer_bytes() >> 20) + " MiB of gather buffers");
+  if (FsdpShards* f = dt.fsdp()) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "fsdp: %.1f MiB of base weights over %ld ranks: %.1f MiB resident per rank + %.1f MiB of "
+                  "gather buffers",
+                  f->full_bytes() / 1048576.0, (long)world, f->shard_bytes() / 1048576.0,
+                  f->buffer_bytes() / 1048576.0);
+    note(buf);
+  }
   Optimizer opt(ocfg, group_by_weight_decay(dt.optimizer_refs(), a.weight_decay));
   std::vector<ParamGroup> all_groups = group_by_weight_decay(refs, a.weight_decay);  // clipping: every grad
   if (!resume_dir.empty()) dt.load_optimizer(opt, path_join(resume_dir, "optimizer.safetensors"));
