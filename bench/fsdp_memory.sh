@@ -6,7 +6,7 @@
 # written directly in 4 bits by bench/random_nf4_llama.cpp (a 70B model never exists in 16 bits here).
 # Rank 0 prints: its `fsdp:` line gives the sharded bytes per rank, its `done:` line the GPU peak (with --fsdp
 # counted from after the sharding: the load itself still holds the whole model once per rank).
-# Expects build/qtune and build/random_nf4_llama (CUDA build; bench/kernels/build.sh builds the latter).
+# Expects build/qtune and build/random_nf4_llama (CUDA build; `cmake --build build --target random_nf4_llama`).
 #   bash bench/fsdp_memory.sh [outdir] 8b|70b [steps]
 set -uo pipefail
 out=${1:-/tmp/fsdp_memory}
