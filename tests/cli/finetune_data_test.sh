@@ -113,4 +113,6 @@ expect_error "full + LoRA flag" "--lora-r is a setting of --peft-type lora, but 
   ft --data "$tmp/good.jsonl" --full-finetune --lora-r 4
 
 if [ $fails -ne 0 ]; then echo "$fails failure(s)"; exit 1; fi
+expect_error "offload on the CPU" "--offload-activations needs --device cuda and gradient checkpointing" \
+  ft --data "$tmp/good.jsonl" --device cpu --offload-activations
 echo "finetune data tests passed"
