@@ -12,7 +12,7 @@ namespace qtune {
 
 float grad_global_norm(const std::vector<ParamGroup>& groups) {
   double total_sq = 0.0;
-  std::vector<const float*> dev_x;  // GPU gradients: summed in one batch below
+  std::vector<float*> dev_x;  // GPU gradients: summed in one batch below
   std::vector<int64_t> dev_n;
   for (const ParamGroup& g : groups) {
     for (const ParamRef& p : g.params) {
@@ -47,21 +47,26 @@ float clip_grad_norm(std::vector<ParamGroup>& groups, double max_norm) {
   const float total = grad_global_norm(groups);
   const float coef = (float)max_norm / (total + 1e-6f);
   const float clamped = coef < 1.0f ? coef : 1.0f;
+  if (clamped == 1.0f) return total;  // torch multiplies by 1.0: the gradients stay bit for bit
+  std::vector<float*> dev_x;
+  std::vector<int64_t> dev_n;
   for (ParamGroup& g : groups) {
     for (ParamRef& p : g.params) {
       if (!p.grad.defined()) continue;
       float* x = p.grad.data<float>();
       const int64_t n = p.grad.numel();
-#ifdef QTUNE_HAVE_CUDA
       if (p.grad.is_cuda()) {
-        scale_cuda(x, n, clamped);
+        dev_x.push_back(x);
+        dev_n.push_back(n);
         continue;
       }
-#endif
 #pragma omp parallel for if (n > 65536)
       for (int64_t i = 0; i < n; ++i) x[i] = x[i] * clamped;
     }
   }
+#ifdef QTUNE_HAVE_CUDA
+  if (!dev_x.empty()) scale_cuda(dev_x, dev_n, clamped);
+#endif
   return total;
 }
 

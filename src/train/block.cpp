@@ -91,7 +91,7 @@ Tensor Block::gemm_grad(const Tensor& d) const {
   return g;
 }
 
-void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const {
+void Block::run_forward(const Tensor& x_in, Tensor* out, const BlockInputs& in, BlockSaved& s) const {
   const int64_t B = in.B, T = in.T, N = B * T;
   auto empty = [&](const Shape& sh) { return act(sh); };
   s.h1 = empty({N, C_});
@@ -164,15 +164,16 @@ void Block::run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, 
     QT_PROFILE("fwd.swiglu");
     swiglu_forward(s.act, s.gate, s.up);
   }
+  s.full = true;
+  if (!out) return;  // the recompute for the backward: nothing reads the block's output
   {
     QT_PROFILE("fwd.linear");
-    L_.down.forward(out, s.act);
+    L_.down.forward(*out, s.act);
   }
   {
     QT_PROFILE("fwd.norm");
-    add_inplace(out, s.x_mid);  // out = x_mid + down(act)
+    add_inplace(*out, s.x_mid);  // out = x_mid + down(act)
   }
-  s.full = true;
 }
 
 void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const {
@@ -187,7 +188,7 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
   if (saved.chunked)
     forward_chunked(saved.x_in, out, in, saved);
   else
-    run_forward(saved.x_in, out, in, saved);
+    run_forward(saved.x_in, &out, in, saved);
   if (checkpoint) saved.drop_activations();
   x.copy_from(out);
 }
@@ -204,10 +205,8 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
     throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be ", device_name(dev_), " F32 [", N,
                 ", ", C_, "], got ", dx.describe());
   if (s.chunked) return backward_chunked(dx, in, s);
-  if (!s.full) {  // gradient checkpointing: recompute the activations from the saved input
-    Tensor out = act({N, C_});
-    run_forward(s.x_in, out, in, s);
-  }
+  if (!s.full)  // gradient checkpointing: recompute the activations (not the output) from the saved input
+    run_forward(s.x_in, nullptr, in, s);
   Tensor dx2 = dx.reshape({N, C_});  // d(out), which is also the residual's share of d(x_mid)
   // MLP: out = x_mid + down(act), act = silu(gate)·up, gate/up = W·h2, h2 = rmsnorm(x_mid).
   Tensor d_act = grad_zeros({N, F_}, true);

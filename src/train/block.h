@@ -95,7 +95,9 @@ class Block {
   bool has_trainable() const;
 
  private:
-  void run_forward(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
+  // Fills s with every activation; out (null in the backward's recompute, which never reads it) gets the
+  // block output.
+  void run_forward(const Tensor& x_in, Tensor* out, const BlockInputs& in, BlockSaved& s) const;
   // The token-chunked path (block_chunked.cpp), for checkpointed blocks without an attention add-on.
   bool chunks(const BlockInputs& in) const;
   void attention_chunked(const Tensor& x_in, const BlockInputs& in, BlockSaved& s) const;

@@ -5,9 +5,10 @@
 
 namespace qtune {
 
-// Σ x² of each f32 device array xs[i] (ns[i] elements), accumulated in f64; one copy back for all.
-std::vector<double> sum_squares_cuda(const std::vector<const float*>& xs, const std::vector<int64_t>& ns);
-// x[i] *= s on the device.
-void scale_cuda(float* x, int64_t n, float s);
+// Σ x² of each f32 device array xs[i] (ns[i] elements), accumulated in f64; one launch and one copy back
+// for all.
+std::vector<double> sum_squares_cuda(const std::vector<float*>& xs, const std::vector<int64_t>& ns);
+// xs[i][j] *= s on the device, one launch for all arrays.
+void scale_cuda(const std::vector<float*>& xs, const std::vector<int64_t>& ns, float s);
 
 }  // namespace qtune
