@@ -146,6 +146,16 @@ DeviceMemoryStats device_memory_stats() {
   return p.stats;
 }
 
+size_t device_memory_capacity() {
+  if (size_t cap = memory_limit()) return cap;
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return total_b;
+}
+
 void device_reset_peak() {
   Pool& p = pool();
   std::lock_guard<std::mutex> lock(p.mu);
@@ -207,6 +217,9 @@ DeviceMemoryStats device_memory_stats() {
   return {};
 }
 void device_reset_peak() {}
+size_t device_memory_capacity() {
+  return 0;
+}
 void* host_pinned_malloc(size_t n) {
   return std::malloc(n);
 }

@@ -18,13 +18,15 @@ void device_free(void* p);
 void device_empty_cache();
 
 struct DeviceMemoryStats {
-  size_t in_use = 0;        // bytes handed out and not yet freed
-  size_t peak_in_use = 0;   // high-water mark of in_use
-  size_t reserved = 0;      // bytes obtained from cudaMalloc (in use + cached)
+  size_t in_use = 0;       // bytes handed out and not yet freed
+  size_t peak_in_use = 0;  // high-water mark of in_use
+  size_t reserved = 0;     // bytes obtained from cudaMalloc (in use + cached)
   size_t cuda_malloc_calls = 0;
 };
 DeviceMemoryStats device_memory_stats();
 void device_reset_peak();
+// The bytes the pool may hold in all: QTUNE_GPU_MEMORY_LIMIT when set, else the card's total memory.
+size_t device_memory_capacity();
 
 // Page-locked host memory for async copies.
 void* host_pinned_malloc(size_t nbytes);

@@ -25,6 +25,12 @@ void BlockSaved::drop_activations() {
   attn_extra.clear();
 }
 
+void BlockSaved::drop_all_but_attention() {
+  full = false;
+  h1 = q = k = v = x_mid = h2 = gate = up = act = Tensor();
+  attn_extra.clear();
+}
+
 int64_t BlockSaved::activation_bytes() const {
   int64_t n = 0;
   for (const Tensor* t : {&x_in, &h1, &q, &k, &v, &att, &lse, &x_mid, &h2, &gate, &up, &act})
@@ -115,9 +121,11 @@ void Block::run_forward(const Tensor& x_in, Tensor* out, const BlockInputs& in, 
     rope_forward(qh, in.positions, in.inv_freq);
     rope_forward(kh, in.positions, in.inv_freq);
   }
-  s.att = empty({B, T, Hq_, D_});
-  s.lse = Tensor::empty({B, T, Hq_}, DType::F32, dev_);
-  {
+  // The backward's recompute finds the attention output kept (BlockInputs::keep_attention) and reuses it.
+  const bool att_kept = !out && s.att.defined() && s.lse.defined();
+  if (!att_kept) {
+    s.att = empty({B, T, Hq_, D_});
+    s.lse = Tensor::empty({B, T, Hq_}, DType::F32, dev_);
     QT_PROFILE("fwd.attention");
     if (in.prefixes)
       attention_forward_train_prefix(s.att, s.lse, s.q, s.k, s.v, (*in.prefixes)[index_], in.seq_ids);
@@ -189,7 +197,10 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
     forward_chunked(saved.x_in, out, in, saved);
   else
     run_forward(saved.x_in, &out, in, saved);
-  if (checkpoint) saved.drop_activations();
+  if (checkpoint && in.keep_attention && !saved.chunked && !attn_train_ && !L_.attn_adapter)
+    saved.drop_all_but_attention();
+  else if (checkpoint)
+    saved.drop_activations();
   x.copy_from(out);
 }
 

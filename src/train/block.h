@@ -46,6 +46,9 @@ struct BlockInputs {
   // chunks of chunk_rows rows (block_chunked.cpp): only attention's q, k, v, output and its gradients span
   // all N rows, so activation memory beyond the saved inputs is ~70 KB per token instead of ~280 (8B shape).
   int64_t chunk_rows = 0;
+  // With gradient checkpointing (unchunked): also keep each block's attention output and log-sum-exp
+  // (N·Hq·D activations + N·Hq floats), so the recompute for the backward skips the attention forward.
+  bool keep_attention = false;
 };
 
 // An attention add-on the training Block runs and backpropagates (train/adaption_train.h). Its output joins
@@ -75,6 +78,7 @@ struct BlockSaved {
   Tensor gate, up, act;            // [N, F]
   std::vector<Tensor> attn_extra;  // the TrainableAttentionAdapter's saved tensors
   void drop_activations();         // keeps x_in only
+  void drop_all_but_attention();   // keeps x_in, att and lse (BlockInputs::keep_attention)
   int64_t activation_bytes() const;
 };
 

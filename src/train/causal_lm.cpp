@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "core/profile.h"
 #include "ops/ops.h"
@@ -47,6 +48,17 @@ LossSum causal_lm_forward_backward(const LlamaModel& model, const Tensor& ids, c
   in.seq_ids = opts.seq_ids;
   in.prefixes = opts.prefixes;
   in.chunk_rows = opts.token_chunk_rows;
+  if (opts.keep_attention >= 0) {
+    in.keep_attention = opts.keep_attention == 1;
+  } else if (dev == Device::CUDA && opts.gradient_checkpointing && !opts.offload_activations &&
+             (opts.token_chunk_rows <= 0 || N <= opts.token_chunk_rows)) {
+    const int64_t bytes =
+        cfg.num_hidden_layers * N *
+        ((int64_t)cfg.num_attention_heads * cfg.head_dim * 2 + (int64_t)cfg.num_attention_heads * 4);
+    const int64_t capacity = (int64_t)device_memory_capacity(),
+                  in_use = (int64_t)device_memory_stats().in_use;
+    in.keep_attention = bytes <= (capacity - in_use) / 8;
+  }
   if (opts.prefixes && (int64_t)opts.prefixes->size() != cfg.num_hidden_layers)
     throw_error(ErrorKind::Shape, op, ": ", opts.prefixes->size(), " attention prefixes for ",
                 cfg.num_hidden_layers, " layers");

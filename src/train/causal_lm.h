@@ -28,6 +28,10 @@ struct StepOptions {
   // With gradient checkpointing on a GPU model: keep the blocks' saved inputs in pinned host memory between
   // the forward and the backward (train/cuda/activation_offload.h).
   bool offload_activations = false;
+  // With gradient checkpointing on a GPU model and no token chunks: keep every block's attention output and
+  // log-sum-exp (BlockInputs::keep_attention). -1: when they fit in 1/8 of the GPU memory not in use at the
+  // start of the step (device_memory_capacity, so QTUNE_GPU_MEMORY_LIMIT counts); 0: never; 1: always.
+  int keep_attention = -1;
   const Tensor* positions = nullptr;  // I32 [B·T]; default 0..T−1 in every row
   const Tensor* seq_ids = nullptr;    // I32 [B, T]: packed examples (attention inside equal-id runs)
   // Prompt tuning and the like: the first block's input F32 [B·T, C] instead of the embedding lookup

@@ -81,24 +81,29 @@ TEST(ModelGrad, LlamaBiasTiedMQAMatchesTorch) {
 TEST(ModelGrad, CheckpointingAndChunkingGiveTheSameGradients) {
   LlamaModel m = LlamaModel::load(model_fixture("llama"));
   Fixture fx = load_fixture("llama");
-  TrainableParams a, b, c, d;
+  TrainableParams a, b, c, d, e;
   register_full_finetune(a, m);
   register_full_finetune(b, m);
   register_full_finetune(c, m);
   register_full_finetune(d, m);
-  StepOptions off, on, chunked, tokens;
+  register_full_finetune(e, m);
+  StepOptions off, on, chunked, tokens, kept;
   on.gradient_checkpointing = true;
+  kept.gradient_checkpointing = true;  // the recompute reuses the kept attention outputs
+  kept.keep_attention = 1;
   chunked.loss_chunk_rows = 5;
   tokens.gradient_checkpointing = true;  // the blocks' per-token layers over rows [0,4) [4,8) … of the 18
   tokens.token_chunk_rows = 4;
   LossSum ra = run(m, fx, a, off), rb = run(m, fx, b, on), rc = run(m, fx, c, chunked),
-          rd = run(m, fx, d, tokens);
+          rd = run(m, fx, d, tokens), re = run(m, fx, e, kept);
   EXPECT_EQ(ra.loss, rb.loss);
+  EXPECT_EQ(ra.loss, re.loss);
   EXPECT_NEAR(ra.loss, rc.loss, 1e-7 * ra.loss);  // sgemm blocking differs by chunk
   EXPECT_NEAR(ra.loss, rd.loss, 1e-6 * ra.loss);
   for (size_t i = 0; i < a.size(); i++) {
     const auto& ea = a.entries()[i];
     EXPECT_EQ(ea.grad.to_f32_vector(), b.entries()[i].grad.to_f32_vector()) << "checkpointing: " << ea.name;
+    EXPECT_EQ(ea.grad.to_f32_vector(), e.entries()[i].grad.to_f32_vector()) << "kept attention: " << ea.name;
     EXPECT_LT(rel_err(c.entries()[i].grad.to_f32_vector(), ea.grad.to_f32_vector()), 1e-6) << ea.name;
     EXPECT_LT(rel_err(d.entries()[i].grad.to_f32_vector(), ea.grad.to_f32_vector()), 1e-5)
         << "tokens: " << ea.name;

@@ -27,7 +27,8 @@ const std::string kBundled = std::string(QTUNE_SOURCE_DIR) + "/models/qtune-tiny
 // The LoRA (or DoRA) gradients of one packed, dropout-on step of a fresh all-linear adapter on the bundled
 // model (dense or NF4 base); chunk_rows > 0 runs the checkpointed blocks in token chunks of that many rows.
 std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint, bool dora = false,
-                                                     const LoadOptions& load = {}, int64_t chunk_rows = 0) {
+                                                     const LoadOptions& load = {}, int64_t chunk_rows = 0,
+                                                     int keep_attention = 0) {
   LlamaModel model = LlamaModel::load(kBundled, dev, load);
   LoraConfig cfg;
   cfg.r = 8;
@@ -67,6 +68,7 @@ std::map<std::string, std::vector<float>> lora_grads(Device dev, bool checkpoint
   so.seq_ids = &tseq;
   so.gradient_checkpointing = checkpoint;
   so.token_chunk_rows = chunk_rows;
+  so.keep_attention = keep_attention;
   so.grad_scale = 1.0f / 77.0f;
   causal_lm_forward_backward(model, tid, tlab, &params, so);
   std::map<std::string, std::vector<float>> out;
@@ -95,10 +97,10 @@ TEST(TrainCuda, QloraLossParityWithPeftBitsandbytes) {
 // tensors together and per tensor.
 static void expect_grads_match_cpu(const char* what, bool dora, const LoadOptions& load) {
   auto cpu = lora_grads(Device::CPU, false, dora, load);
-  for (int variant = 0; variant < 3;
-       variant++) {  // no checkpointing, checkpointing, + token chunks of 37 rows
+  // no checkpointing, checkpointing, + token chunks of 37 rows, + the attention outputs kept
+  for (int variant = 0; variant < 4; variant++) {
     const bool ck = variant > 0;
-    auto gpu = lora_grads(Device::CUDA, ck, dora, load, variant == 2 ? 37 : 0);
+    auto gpu = lora_grads(Device::CUDA, ck, dora, load, variant == 2 ? 37 : 0, variant == 3 ? 1 : 0);
     ASSERT_EQ(cpu.size(), gpu.size());
     std::vector<float> all_c, all_g;
     double worst = 0;
@@ -109,9 +111,9 @@ static void expect_grads_match_cpu(const char* what, bool dora, const LoadOption
     }
     const double total = qtune_test::rel_err(all_g, all_c);
     std::printf(
-        "%s gradients CUDA bf16 vs CPU f32 (checkpointing %d, token chunks %d): all %.3g, worst tensor "
-        "%.3g\n",
-        what, ck, variant == 2, total, worst);
+        "%s gradients CUDA bf16 vs CPU f32 (checkpointing %d, token chunks %d, kept attention %d): all %.3g, "
+        "worst tensor %.3g\n",
+        what, ck, variant == 2, variant == 3, total, worst);
     EXPECT_LT(total, 2e-2) << what;
     EXPECT_LT(worst, 6e-2) << what;
   }
