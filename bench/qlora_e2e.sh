@@ -4,9 +4,12 @@
 # seven linear projections, sequence 2048, batch 1: transformers+peft+bitsandbytes vs qtune, side by side.
 # Expects build/qtune (CUDA) and bitsandbytes importable (PYTHONPATH).
 #   bash bench/qlora_e2e.sh [outdir] [steps]
+# QTUNE=path: another qtune binary; HF=0: the qtune runs only (their tokens/s, no bitsandbytes needed).
 set -euo pipefail
 out=${1:-/tmp/qlora_e2e}
 steps=${2:-6}
+qtune=${QTUNE:-build/qtune}
+hf=${HF:-1}
 mkdir -p "$out"
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}:/usr/local/cuda/lib64
 model=/tmp/llama3-8b-random
@@ -25,14 +28,19 @@ with open(sys.argv[1], "w") as f:
 PY
 run_qtune() {  # name, extra flags...
   local name=$1; shift
-  build/qtune finetune --model "$model" --data "$out/text.jsonl" --out "$out/$name" --device cuda \
+  "$qtune" finetune --model "$model" --data "$out/text.jsonl" --out "$out/$name" --device cuda \
     --target-modules all-linear --lora-r 16 --lora-alpha 32 --lora-dropout 0.05 --learning-rate 2e-4 \
     --max-steps $((steps + 2)) --per-device-train-batch-size 1 --max-seq-length 2048 --logging-steps 1 "$@" \
     2> >(tee "$out/$name.log" >&2)
 }
-python3 bench/hf_qlora.py --model "$model" --mode qlora --seq 2048 --steps "$steps" | tee "$out/hf_qlora.json"
+[ "$hf" = 0 ] || python3 bench/hf_qlora.py --model "$model" --mode qlora --seq 2048 --steps "$steps" | tee "$out/hf_qlora.json"
 run_qtune qtune_qlora --load-in-4bit --bnb-4bit-quant-type nf4 --bnb-4bit-use-double-quant \
   --bnb-4bit-compute-dtype bfloat16 --optim paged_adamw_8bit
-python3 bench/hf_qlora.py --model "$model" --mode lora --seq 2048 --steps "$steps" | tee "$out/hf_lora.json"
+[ "$hf" = 0 ] || python3 bench/hf_qlora.py --model "$model" --mode lora --seq 2048 --steps "$steps" | tee "$out/hf_lora.json"
 run_qtune qtune_lora --optim adamw_torch
-python3 bench/report_qlora.py "$out" | tee "$out/report.md"
+if [ "$hf" = 0 ]; then
+  python3 -c "import sys; sys.path.insert(0, 'bench'); import report_qlora as r
+for m in ['qlora', 'lora']: print(f'qtune {m}: {r.qtune_row(sys.argv[1], \"qtune_\" + m)[0]:,.0f} tokens/s')" "$out" | tee "$out/report.md"
+else
+  python3 bench/report_qlora.py "$out" | tee "$out/report.md"
+fi

@@ -11,6 +11,8 @@ nvcc -std=c++17 -O2 -arch=sm_90 --expt-relaxed-constexpr -DQTUNE_HAVE_CUDA=1 -I"
   "$root/bench/kernels/ops_bench.cu" "$build/libqtune_ops.a" "$build/libqtune_core.a" \
   -lcublasLt -lcublas -Xcompiler -fopenmp -o "$out/ops_bench"
 nvcc -std=c++17 -O2 -arch=sm_90 -DQTUNE_HAVE_CUDA=1 -I"$root/src" \
-  "$root/bench/kernels/lora_bench.cu" "$build/libqtune_ops.a" "$build/libqtune_core.a" \
+  "$root/bench/kernels/lora_bench.cu" "$root/src/train/lora_fused.cpp" "$root/src/train/cuda/lora_fused.cu" \
+  "$root/src/train/cuda/lora_fused_generic.cu" "$root/src/train/cuda/lora_dropout.cu" \
+  "$build/libqtune_ops.a" "$build/libqtune_core.a" \
   -lcublasLt -lcublas -lopenblas -Xcompiler -fopenmp -o "$out/lora_bench"
 echo "built $out/ops_bench $out/lora_bench"

@@ -13,23 +13,13 @@
 #include "peft/adapter_ops.h"
 #include "peft/dora_ops.h"
 #include "train/linear_backward.h"
+#include "train/lora_fused.h"
 #include "train/row_offset.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "train/cuda/lora_dropout.h"
 #endif
 
 namespace qtune {
-namespace {
-
-// splitmix64: the dropout mask bit of one element, reproducible from its coordinates.
-inline uint64_t mix(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
 
 struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   std::shared_ptr<LoraLayer> layer;
@@ -39,8 +29,9 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA reads its weight and bias)
   // On a GPU model: the trainable masters A F32 [r, I], B F32 [O, r] (and DoRA's m F32 [O]) live on the
   // device (registered in TrainableParams, updated there by the optimizer); layer->A/B/m are refreshed from
-  // them by sync_to_host. a_bf, b_bf: their BF16 copies that the GEMMs read (refresh_gpu after each update).
-  Tensor a_dev, b_dev, m_dev, a_bf, b_bf;
+  // them by sync_to_host. a_bf, b_bf: their BF16 copies that the GEMMs read, at_bf = Aᵀ [I, r] and
+  // bt_bf = Bᵀ [r, O] the same for the fused kernels (train/lora_fused.h); refresh_gpu after each update.
+  Tensor a_dev, b_dev, m_dev, a_bf, b_bf, at_bf, bt_bf;
   // DoRA: norm = ‖W + s·B·A‖_row, d = m / norm and d − 1, F32 [O] on the model's device, from the masters
   // (refresh_dora after each update; constant within a step, as PEFT detaches the norm).
   Tensor norm, d, d_minus_1;
@@ -48,13 +39,13 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   bool dropping() const { return state->training && state->dropout > 0; }
   bool on_gpu() const { return a_dev.defined(); }
   bool dora() const { return layer->magnitude.defined(); }
-  // The mask bit of element (row, col) of the step's [N, I] input is mix(base + row·I + col); a Block running
-  // rows [r0, r0 + n) only (train/row_offset.h) gets the base of its first row.
-  uint64_t mask_base(int64_t I) const {
-    return mix(state->seed ^ mix(state->counter * 1000003ull + layer_id)) +
-           (uint64_t)activation_row_offset() * (uint64_t)I;
+  // The dropout mask of this module's input [·, I] in this micro-batch (lora_fused.h): a function of an
+  // element's place in the step's whole input; a Block running rows [r0, r0 + n) only (train/row_offset.h)
+  // gets the mask of those rows.
+  LoraMask mask(int64_t I) const {
+    const uint64_t seed = lora_mask_mix(state->seed ^ lora_mask_mix(state->counter * 1000003ull + layer_id));
+    return lora_mask(seed, activation_row_offset(), I, state->dropout);
   }
-  uint64_t mask_threshold() const { return (uint64_t)(state->dropout * 18446744073709551616.0); }
   const Tensor& master_a() const { return on_gpu() ? a_dev : layer->A; }
   const Tensor& master_b() const { return on_gpu() ? b_dev : layer->B; }
   const Tensor& master_m() const { return on_gpu() ? m_dev : layer->magnitude; }
@@ -74,7 +65,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
       return out;
     }
 #ifdef QTUNE_HAVE_CUDA
-    lora_dropout_cuda(out, x, mask_base(I), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+    lora_dropout_cuda(out, x, mask(I));
 #endif
     return out;
   }
@@ -83,7 +74,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   void add_through_mask(Tensor& dx2, Tensor& t) const {
     if (on_gpu()) {
 #ifdef QTUNE_HAVE_CUDA
-      lora_dropout_cuda(t, t, mask_base(t.size(-1)), mask_threshold(), (float)(1.0 / (1.0 - state->dropout)));
+      lora_dropout_cuda(t, t, mask(t.size(-1)));
 #endif
       add_inplace(dx2, t);
       return;
@@ -91,43 +82,48 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     add_inplace(dx2, dropped(t));
   }
 
-  // GPU forward: out[N, O] += scale·(xd·Aᵀ)·Bᵀ with BF16 copies of A and B (f32 accumulation, one rounding
-  // of the sum into out by the second GEMM's beta = 1).
+  // x [N, I] as BF16 (the activations already are; otherwise a converted copy).
+  static Tensor bf16_rows(const Tensor& x) {
+    const int64_t I = x.size(-1), N = x.numel() / I;
+    if (x.dtype() == DType::BF16) return x.reshape({N, I});
+    Tensor out = Tensor::empty({N, I}, DType::BF16, x.device());
+    convert(out, x.reshape({N, I}));
+    return out;
+  }
+
+  // GPU forward: out[N, O] += scale·((m ⊙ x)·Aᵀ)·Bᵀ with BF16 copies of A and B (f32 accumulation, one
+  // rounding of the sum into out by the second GEMM's beta = 1); the mask is applied as x is read.
   void apply_gpu(Tensor& out, const Tensor& x) const {
     QT_PROFILE("lora.fwd (in linear)");
     const int64_t O = out.size(-1), N = out.numel() / O;
-    Tensor xd = lora_input(x);                                           // [N, I]
+    Tensor xb = bf16_rows(x);  // [N, I]
+    const LoraMask m = mask(xb.size(1));
     Tensor mid = Tensor::empty({N, layer->r}, DType::BF16, x.device());  // [N, r]
-    matmul(mid, xd, a_bf, false, true);
+    lora_down(mid, xb, a_bf, 1.0f, dropping() ? &m : nullptr);
     Tensor o2 = out.reshape({N, O});
     matmul(o2, mid, b_bf, false, true, (float)layer->scale, 1.0f);
   }
 
-  // GPU backward, the CPU formulas below with BF16 GEMM inputs and F32 gradients; through the dropout mask
-  // dx gets dropout(dh·A) (the same mask and 1/(1-p) scale as the forward's input).
+  // GPU backward, the CPU formulas below through the fused kernels of lora_fused.h (BF16 inputs, f32
+  // accumulation, F32 gradients): the mask is applied as x is read and on dh·A before it is added to dx.
   void backward_gpu(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const {
     QT_PROFILE("lora.bwd (in linear)");
-    const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
+    const int64_t I = x.size(-1), N = x.numel() / I, r = layer->r;
     const float s = (float)layer->scale;
     const Device dev = x.device();
-    Tensor xd = lora_input(x);  // [N, I]
-    Tensor dy2 = dy.reshape({N, O});
+    Tensor xb = bf16_rows(x), dyb = bf16_rows(dy);  // [N, I], [N, O]
+    const LoraMask mk = mask(I);
+    const LoraMask* m = dropping() ? &mk : nullptr;
     Tensor h = Tensor::empty({N, r}, DType::BF16, dev), dh = Tensor::empty({N, r}, DType::BF16, dev);
-    matmul(h, xd, a_bf, false, true);        // h = xd·Aᵀ
-    matmul(dh, dy2, b_bf, false, false, s);  // dh = s·dy·B
+    lora_down(h, xb, a_bf, 1.0f, m);        // h = (m ⊙ x)·Aᵀ
+    lora_down(dh, dyb, bt_bf, s, nullptr);  // dh = s·dy·B
     if (params) {
-      if (Tensor* gb = params->grad(key_b)) matmul(*gb, dy2, h, true, false, s, 1.0f);  // dB += s·dyᵀ·h
-      if (Tensor* ga = params->grad(key_a)) matmul(*ga, dh, xd, true, false, 1.0f, 1.0f);  // dA += dhᵀ·xd
+      if (Tensor* gb = params->grad(key_b)) lora_down_grad(*gb, h, dyb, s, nullptr, true);  // dB += s·dyᵀ·h
+      if (Tensor* ga = params->grad(key_a)) lora_down_grad(*ga, dh, xb, 1.0f, m, false);  // dA += dhᵀ·(m ⊙ x)
     }
     if (!dx) return;
     Tensor dx2 = dx->reshape({N, I});
-    if (!dropping()) {
-      matmul(dx2, dh, a_bf, false, false, 1.0f, 1.0f);  // dx += dh·A
-      return;
-    }
-    Tensor t = Tensor::empty({N, I}, DType::BF16, dev);
-    matmul(t, dh, a_bf, false, false);
-    add_through_mask(dx2, t);
+    lora_up_dx(dx2, dh, at_bf, m);  // dx += m ⊙ (dh·A)
   }
 
   // GPU: the BF16 GEMM copies of the f32 masters (after each optimizer step).
@@ -135,9 +131,13 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     if (!a_bf.defined()) {
       a_bf = Tensor::empty(a_dev.shape(), DType::BF16, a_dev.device());
       b_bf = Tensor::empty(b_dev.shape(), DType::BF16, b_dev.device());
+      at_bf = Tensor::empty({a_dev.size(1), a_dev.size(0)}, DType::BF16, a_dev.device());
+      bt_bf = Tensor::empty({b_dev.size(1), b_dev.size(0)}, DType::BF16, b_dev.device());
     }
     convert(a_bf, a_dev);
     convert(b_bf, b_dev);
+    transpose_into(at_bf, a_dev);
+    transpose_into(bt_bf, b_dev);
   }
 
   // DoRA: the detached row norm and scales from the current masters (after each optimizer step).
@@ -161,13 +161,10 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     Tensor d = Tensor::empty(x.shape(), DType::F32);
     const float* src = x.data<float>();
     float* dst = d.data<float>();
-    const double p = state->dropout;
-    const float keep = (float)(1.0 / (1.0 - p));
-    const uint64_t base = mask_base(x.size(-1));
-    const uint64_t threshold = mask_threshold();
+    const LoraMask m = mask(x.size(-1));
     const int64_t n = x.numel();
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) dst[i] = mix(base + (uint64_t)i) < threshold ? 0.0f : src[i] * keep;
+    for (int64_t i = 0; i < n; ++i) dst[i] = lora_mask_keeps(m, (uint64_t)i) ? src[i] * m.keep : 0.0f;
     return d;
   }
 
@@ -237,8 +234,8 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   // DoRA takes over its Linear's backward. With g = d ⊙ dy, h = xd·Aᵀ, dh = s·g·B:
   //   dB += s·gᵀ·h,  dA += dhᵀ·xd,  dm += Σ_n dy ⊙ (xd·Wᵀ + s·h·Bᵀ) / norm,
   //   dx += dy·W + mask ⊙ (((d − 1) ⊙ dy)·W + dh·A)   (no dropout: dx += g·W + dh·A).
-  bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                       TrainableParams* params) const override {
+  bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
+                       const Tensor& x, TrainableParams* params) const override {
     if (!dora()) return false;
     QT_PROFILE("dora.bwd (in linear)");
     if (dw)
@@ -253,9 +250,9 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     if (db) scale_columns_backward(nullptr, db, dy2, nullptr, nullptr);  // the bias sits outside the scaling
     Tensor h = Tensor::empty({N, r}, act, dev), dh = Tensor::empty({N, r}, act, dev);
     Tensor g = Tensor::empty({N, O}, dy.dtype(), dev);
-    matmul(h, xd, gemm_a(), false, true);        // h = xd·Aᵀ
-    scale_columns(g, dy2, d);                    // g = d ⊙ dy
-    matmul(dh, g, gemm_b(), false, false, s);    // dh = s·g·B
+    matmul(h, xd, gemm_a(), false, true);      // h = xd·Aᵀ
+    scale_columns(g, dy2, d);                  // g = d ⊙ dy
+    matmul(dh, g, gemm_b(), false, false, s);  // dh = s·g·B
     if (params) {
       if (Tensor* gb = params->grad(key_b)) matmul(*gb, g, h, true, false, s, 1.0f);
       if (Tensor* ga = params->grad(key_a)) matmul(*ga, dh, xd, true, false, 1.0f, 1.0f);
@@ -277,7 +274,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     Tensor dx2 = dx->reshape({N, I});
     if (!dropping()) {
       linear_backward_base(lin, &dx2, nullptr, nullptr, g, x);  // dx += g·W
-      matmul(dx2, dh, gemm_a(), false, false, 1.0f, 1.0f);     // dx += dh·A
+      matmul(dx2, dh, gemm_a(), false, false, 1.0f, 1.0f);      // dx += dh·A
       return true;
     }
     linear_backward_base(lin, &dx2, nullptr, nullptr, dy2, x);  // the base path: dx += dy·W
@@ -290,7 +287,6 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     return true;
   }
 };
-
 
 LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& params, uint64_t seed,
                            double dropout)

@@ -6,22 +6,16 @@
 namespace qtune {
 namespace {
 
-__device__ __forceinline__ uint64_t mix(uint64_t z) {
-  z += 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 template <class TO, class T>
-__global__ void lora_dropout_kernel(TO* out, const T* x, int64_t n, uint64_t base, uint64_t threshold, float keep) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    out[i] = cuda::from_f32<TO>(mix(base + (uint64_t)i) < threshold ? 0.0f : cuda::to_f32(x[i]) * keep);
+__global__ void lora_dropout_kernel(TO* out, const T* x, int64_t n, LoraMask m) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+       i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = cuda::from_f32<TO>(lora_mask_keeps(m, (uint64_t)i) ? cuda::to_f32(x[i]) * m.keep : 0.0f);
 }
 
 }  // namespace
 
-void lora_dropout_cuda(Tensor& out, const Tensor& x, uint64_t base, uint64_t threshold, float keep) {
+void lora_dropout_cuda(Tensor& out, const Tensor& x, const LoraMask& m) {
   const char* op = "lora_dropout";
   cuda::require_cuda(out, op, "out");
   cuda::require_cuda(x, op, "x");
@@ -33,8 +27,7 @@ void lora_dropout_cuda(Tensor& out, const Tensor& x, uint64_t base, uint64_t thr
   const int blocks = (int)std::min<int64_t>((n + 255) / 256, 4096);
   QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
     QT_DISPATCH_FLOAT(x.dtype(), op, T, {
-      lora_dropout_kernel<TO, T>
-          <<<blocks, 256, 0, cuda::stream()>>>(out.data<TO>(), x.data<T>(), n, base, threshold, keep);
+      lora_dropout_kernel<TO, T><<<blocks, 256, 0, cuda::stream()>>>(out.data<TO>(), x.data<T>(), n, m);
     });
   });
   QT_CUDA_CHECK_LAUNCH("lora_dropout_kernel");

@@ -1,15 +1,14 @@
-// LoRA dropout on the GPU with the CPU trainer's masks (train/lora_train.cpp): element i is dropped when
-// splitmix64(base + i) < threshold, kept ones scaled by keep = 1/(1-p); the mask is a pure function of
-// (base, i), so forward, recompute and backward agree without storing it, and CPU and GPU runs drop the
-// same elements.
+// LoRA dropout on the GPU as a materialized copy, with the masks of train/lora_fused.h (so forward, recompute
+// and backward, CPU and GPU drop the same elements). Only DoRA's training path still needs the dropped input
+// itself (its base weight multiplies it too); plain LoRA applies the mask inside its fused kernels.
 #pragma once
-#include <cstdint>
-
 #include "core/tensor.h"
+#include "train/lora_fused.h"
 
 namespace qtune {
 
-// out F32/BF16 [n] = dropout(x) with x F32/BF16/F16 [n], both on the GPU (out may be x itself).
-void lora_dropout_cuda(Tensor& out, const Tensor& x, uint64_t base, uint64_t threshold, float keep);
+// out F32/BF16 [n] = m ⊙ x (kept elements scaled by m.keep) with x F32/BF16/F16 [n], both on the GPU (out may
+// be x itself); x is the tensor the mask indexes from its element 0.
+void lora_dropout_cuda(Tensor& out, const Tensor& x, const LoraMask& m);
 
 }  // namespace qtune
