@@ -17,33 +17,6 @@ namespace cuda {
 
 namespace {
 
-// v[0..8) = p[0..8) as f32; p aligned to 8 elements.
-__device__ __forceinline__ void load8(const float* p, float (&v)[8]) {
-  float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
-  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-__device__ __forceinline__ void load8(const __nv_bfloat16* p, float (&v)[8]) {
-  uint4 u = *reinterpret_cast<const uint4*>(p);
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    float2 f = __bfloat1622float2(h[j]);
-    v[2 * j] = f.x;
-    v[2 * j + 1] = f.y;
-  }
-}
-__device__ __forceinline__ void store8(float* p, const float (&v)[8]) {
-  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-__device__ __forceinline__ void store8(__nv_bfloat16* p, const float (&v)[8]) {
-  uint4 u;
-  __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&u);
-#pragma unroll
-  for (int j = 0; j < 4; j++) h[j] = __floats2bfloat162_rn(v[2 * j], v[2 * j + 1]);
-  *reinterpret_cast<uint4*>(p) = u;
-}
-
 // dg += d·u·silu'(g), du += d·silu(g), in f32.
 __device__ __forceinline__ void swiglu_grad(float& dg, float& du, float d, float g, float u) {
   float s = 1.0f / (1.0f + expf(-g));
@@ -93,9 +66,7 @@ void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tenso
   }
   int64_t n = gate.numel();
   if (n == 0) return;
-  // Packs of eight need n % 8 == 0 and every pointer aligned to eight of its elements.
-  bool packed = n % 8 == 0;
-  for (const Tensor* t : ts) packed = packed && (uintptr_t)t->raw() % dtype_nbytes(t->dtype(), 8) == 0;
+  const bool packed = packs_of_8(n, {&dgate, &dup, &dout, &gate, &up});
   int threads = 256;
   int64_t work = packed ? n / 8 : n;
   int blocks = (int)std::min<int64_t>((work + threads - 1) / threads, (int64_t)context().num_sms * 16);

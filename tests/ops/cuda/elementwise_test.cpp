@@ -111,86 +111,90 @@ TEST(CudaElementwise, Rope) {
 TEST(CudaElementwise, SwiGlu) {
   QT_REQUIRE_GPU();
   Rng rng;
-  const int64_t N = 5, F = 14336;
-  auto g = randn_bf16(rng, N * F, 2.0f), u = randn_bf16(rng, N * F);
-  Tensor gd = to_device(g, {N, F}, DType::BF16), ud = to_device(u, {N, F}, DType::BF16);
-  Tensor out = poisoned({N, F}, DType::BF16), out32 = poisoned({N, F}, DType::F32);
-  cuda::swiglu_forward(out, gd, ud);
-  cuda::swiglu_forward(out32, gd, ud);
-  std::vector<double> ref(N * F), bf(N * F);
-  for (int64_t i = 0; i < N * F; i++) {
-    double silu = g[i] / (1.0 + std::exp(-(double)g[i]));
-    ref[i] = silu * u[i];
-    bf[i] = round_bf16d(round_bf16d(silu) * u[i]);
+  const int64_t N = 5;
+  for (int64_t F : {14336L, 1001L}) {  // packs of eight / single elements
+    auto g = randn_bf16(rng, N * F, 2.0f), u = randn_bf16(rng, N * F);
+    Tensor gd = to_device(g, {N, F}, DType::BF16), ud = to_device(u, {N, F}, DType::BF16);
+    Tensor out = poisoned({N, F}, DType::BF16), out32 = poisoned({N, F}, DType::F32);
+    cuda::swiglu_forward(out, gd, ud);
+    cuda::swiglu_forward(out32, gd, ud);
+    std::vector<double> ref(N * F), bf(N * F);
+    for (int64_t i = 0; i < N * F; i++) {
+      double silu = g[i] / (1.0 + std::exp(-(double)g[i]));
+      ref[i] = silu * u[i];
+      bf[i] = round_bf16d(round_bf16d(silu) * u[i]);
+    }
+    auto got = out.to_f32_vector(), got32 = out32.to_f32_vector();
+    ASSERT_EQ(count_nonfinite(got) + count_nonfinite(got32), 0u);
+    expect_bf16_rule("swiglu bf16", rel_err(got, ref), rel_err(bf, ref));
+    expect_f32_close("swiglu bf16->f32", rel_err(got32, ref), 1e-6);
+    Tensor cpu_out = Tensor::empty({N, F}, DType::F32);
+    swiglu_forward(cpu_out, Tensor::from_f32(g, {N, F}), Tensor::from_f32(u, {N, F}));
+    double diff = rel_err(got32, cpu_out.to_f32_vector());
+    std::printf("  swiglu vs CPU op: rel diff %.3e\n", diff);
+    EXPECT_LE(diff, 1e-6);
   }
-  auto got = out.to_f32_vector(), got32 = out32.to_f32_vector();
-  ASSERT_EQ(count_nonfinite(got) + count_nonfinite(got32), 0u);
-  expect_bf16_rule("swiglu 5x14336 bf16", rel_err(got, ref), rel_err(bf, ref));
-  expect_f32_close("swiglu 5x14336 bf16->f32", rel_err(got32, ref), 1e-6);
-  Tensor cpu_out = Tensor::empty({N, F}, DType::F32);
-  swiglu_forward(cpu_out, Tensor::from_f32(g, {N, F}), Tensor::from_f32(u, {N, F}));
-  double diff = rel_err(got32, cpu_out.to_f32_vector());
-  std::printf("  swiglu vs CPU op: rel diff %.3e\n", diff);
-  EXPECT_LE(diff, 1e-6);
 }
 
 TEST(CudaElementwise, AddInplace) {
   QT_REQUIRE_GPU();
   Rng rng;
-  const int64_t N = 3, C = 4096;
-  auto x = randn_bf16(rng, N * C), y = randn_bf16(rng, N * C);
-  for (DType dt : {DType::BF16, DType::F32}) {
-    Tensor xd = to_device(x, {N, C}, dt);
-    cuda::add_inplace(xd, to_device(y, {N, C}, dt));
-    auto got = xd.to_f32_vector();
-    std::vector<double> ref(N * C), bf(N * C);
-    for (int64_t i = 0; i < N * C; i++) {
-      ref[i] = (double)x[i] + y[i];
-      bf[i] = round_bf16d(ref[i]);
+  const int64_t N = 3;
+  for (int64_t C : {4096L, 1001L})  // packs of eight / single elements
+    for (DType dt : {DType::BF16, DType::F32}) {
+      auto x = randn_bf16(rng, N * C), y = randn_bf16(rng, N * C);
+      Tensor xd = to_device(x, {N, C}, dt);
+      cuda::add_inplace(xd, to_device(y, {N, C}, dt));
+      auto got = xd.to_f32_vector();
+      std::vector<double> ref(N * C), bf(N * C);
+      for (int64_t i = 0; i < N * C; i++) {
+        ref[i] = (double)x[i] + y[i];
+        bf[i] = round_bf16d(ref[i]);
+      }
+      if (dt == DType::BF16)
+        expect_bf16_rule("add 3x4096 bf16", rel_err(got, ref), rel_err(bf, ref));
+      else
+        expect_f32_close("add 3x4096 f32", rel_err(got, ref), 1e-7);
     }
-    if (dt == DType::BF16)
-      expect_bf16_rule("add 3x4096 bf16", rel_err(got, ref), rel_err(bf, ref));
-    else
-      expect_f32_close("add 3x4096 f32", rel_err(got, ref), 1e-7);
-  }
 }
 
 TEST(CudaElementwise, ConvertIsExactRounding) {
   QT_REQUIRE_GPU();
   Rng rng;
-  const int64_t n = 10007;
-  std::vector<float> x(n);
-  for (auto& v : x) v = rng.normal() * 100.0f;
-  Tensor x32 = to_device(x, {n}, DType::F32);
-  for (DType dt : {DType::BF16, DType::F16}) {
-    Tensor low = poisoned({n}, dt);
-    cuda::convert(low, x32);
-    std::vector<uint16_t> got(n);
-    copy_bytes(got.data(), Device::CPU, low.raw(), Device::CUDA, n * 2);
-    size_t bad = 0;
-    for (int64_t i = 0; i < n; i++)
-      bad += got[i] != (dt == DType::BF16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]));
-    EXPECT_EQ(bad, 0u) << "f32 -> " << dtype_name(dt) << " differs from round-to-nearest-even";
-    Tensor back = poisoned({n}, DType::F32);
-    cuda::convert(back, low);
-    auto b = back.to_f32_vector();
-    for (int64_t i = 0; i < n; i++) {
-      float want = dt == DType::BF16 ? bf16_to_f32(got[i]) : f16_to_f32(got[i]);
-      if (b[i] != want) {
-        ADD_FAILURE() << dtype_name(dt) << " -> f32 at " << i << ": " << b[i] << " vs " << want;
-        break;
+  for (int64_t n : {10007L, 16384L}) {  // single elements / packs of eight
+    std::vector<float> x(n);
+    for (auto& v : x) v = rng.normal() * 100.0f;
+    Tensor x32 = to_device(x, {n}, DType::F32);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      Tensor low = poisoned({n}, dt);
+      cuda::convert(low, x32);
+      std::vector<uint16_t> got(n);
+      copy_bytes(got.data(), Device::CPU, low.raw(), Device::CUDA, n * 2);
+      size_t bad = 0;
+      for (int64_t i = 0; i < n; i++)
+        bad += got[i] != (dt == DType::BF16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]));
+      EXPECT_EQ(bad, 0u) << "f32 -> " << dtype_name(dt) << " differs from round-to-nearest-even";
+      Tensor back = poisoned({n}, DType::F32);
+      cuda::convert(back, low);
+      auto b = back.to_f32_vector();
+      for (int64_t i = 0; i < n; i++) {
+        float want = dt == DType::BF16 ? bf16_to_f32(got[i]) : f16_to_f32(got[i]);
+        if (b[i] != want) {
+          ADD_FAILURE() << dtype_name(dt) << " -> f32 at " << i << ": " << b[i] << " vs " << want;
+          break;
+        }
       }
     }
+    Tensor bf = to_device(x, {n}, DType::BF16), hf = poisoned({n}, DType::F16);
+    cuda::convert(hf, bf);
+    auto h = hf.to_f32_vector(), bv = bf.to_f32_vector();
+    for (int64_t i = 0; i < n; i++)
+      if (h[i] != f16_to_f32(f32_to_f16(bv[i]))) {
+        ADD_FAILURE() << "bf16 -> f16 at " << i;
+        break;
+      }
+    std::printf("  convert f32<->bf16/f16, bf16->f16: %lld values bit-exact\n", (long long)n);
   }
-  Tensor bf = to_device(x, {n}, DType::BF16), hf = poisoned({n}, DType::F16);
-  cuda::convert(hf, bf);
-  auto h = hf.to_f32_vector(), bv = bf.to_f32_vector();
-  for (int64_t i = 0; i < n; i++)
-    if (h[i] != f16_to_f32(f32_to_f16(bv[i]))) {
-      ADD_FAILURE() << "bf16 -> f16 at " << i;
-      break;
-    }
-  std::printf("  convert f32<->bf16/f16, bf16->f16: %lld values bit-exact\n", (long long)n);
 }
 
 TEST(CudaElementwise, EmbeddingGather) {
