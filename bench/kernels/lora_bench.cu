@@ -1,19 +1,19 @@
-// Workbench for the LoRA products of a QLoRA training step on Llama-3-8B shapes (issue 6): sequence 2048, r
-// 16, dropout 0.05, the seven projections. Forward: mid = (m ⊙ x)·Aᵀ, out += s·mid·Bᵀ (beta 1); backward: h =
-// (m ⊙ x)·Aᵀ, dh = s·dy·B, dB += s·dyᵀ·h, dA += dhᵀ·(m ⊙ x), dx += m ⊙ (dh·A); BF16 inputs, F32 gradients of
-// A and B, dx F32 (q/k/v/gate/up) or BF16 (o, down) as the training Block keeps it. Two ways:
+// Workbench for the LoRA products of a QLoRA training step on Llama-3-8B shapes (issue 6): sequence 2048,
+// r 16, dropout 0.05, the seven projections. Forward: mid = (m ⊙ x)·Aᵀ, out += s·mid·Bᵀ (beta 1); backward:
+// h = (m ⊙ x)·Aᵀ, dh = s·dy·B, dB += s·dyᵀ·h, dA += dhᵀ·(m ⊙ x), dx += m ⊙ (dh·A); BF16 inputs, F32
+// gradients of A and B, dx F32 (q/k/v/gate/up) or BF16 (o, down) as the training Block keeps it. Two ways:
 //   cublas: the dropped copy of x (lora_dropout_cuda) and the library's matmul (cuBLASLt, skinny-shape
-//           autotuning), dx through a BF16 temporary, the mask, and an add (the path before
-//           train/lora_fused);
-//   fused:  the train/lora_fused kernels (mask applied while reading), out += s·mid·Bᵀ still cuBLASLt.
-// Each call: median µs of CUDA events, queued (20 calls between the events, as inside a step), and the bytes
-// it must move as a fraction of the copy bandwidth. Build: bench/kernels/build.sh; run on the GPU.
+//           autotuning); dx through a BF16 temporary, the mask and an add (the path before train/lora_fused);
+//   fused:  what train/lora_train does with dropout: the train/lora_fused kernels (mask applied while
+//           reading) for the products that read x; cuBLASLt for out += s·mid·Bᵀ, dh and dB. Rows marked
+//           "info" time the fused kernels on dh and dB too, and dx without a mask (not in the totals).
+// Each call: median µs of CUDA events around 20 queued calls (enqueued behind a spin kernel, so the GPU time
+// alone) and the bytes it must move as a fraction of the copy bandwidth. Build: bench/kernels/build.sh.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <functional>
-#include <string>
 #include <vector>
 
 #include "core/allocator.h"
@@ -97,7 +97,7 @@ int main() {
     const LoraMask m = lora_mask(12345, 0, l.I, 0.05);
     const double xb = N * l.I * 2.0, yb = N * l.O * 2.0, dxb = N * l.I * (l.dx == DType::F32 ? 8.0 : 4.0);
     struct G {
-      int path;
+      int path;  // 0 cublas, 1 fused, 2 fused (info)
       bool fwd;
       const char* what;
       double bytes;
@@ -120,17 +120,22 @@ int main() {
         {1, true, "mid = (m ⊙ x)·Aᵀ", xb, [&] { lora_down(mid, x, A, 1.0f, &m); }},
         {1, true, "out += s·mid·Bᵀ", 2 * yb, [&] { matmul(out, mid, B, false, true, 2.0f, 1.0f); }},
         {1, false, "h = (m ⊙ x)·Aᵀ", xb, [&] { lora_down(mid, x, A, 1.0f, &m); }},
-        {1, false, "dh = s·dy·B", yb, [&] { lora_down(dh, dy, Bt, 2.0f, nullptr); }},
-        {1, false, "dB += s·dyᵀ·h", yb, [&] { lora_down_grad(gB, mid, dy, 2.0f, nullptr, true); }},
+        {1, false, "dh = s·dy·B", yb, [&] { matmul(dh, dy, B, false, false, 2.0f); }},
+        {1, false, "dB += s·dyᵀ·h", yb, [&] { matmul(gB, dy, mid, true, false, 2.0f, 1.0f); }},
         {1, false, "dA += dhᵀ·(m ⊙ x)", xb, [&] { lora_down_grad(gA, dh, x, 1.0f, &m, false); }},
         {1, false, "dx += m ⊙ (dh·A)", dxb, [&] { lora_up_dx(dx, dh, At, &m); }},
-        {1, false, "dx += dh·A (no mask)", dxb, [&] { lora_up_dx(dx, dh, At, nullptr); }},
+        {2, false, "dh = s·dy·B (lora_down)", yb, [&] { lora_down(dh, dy, Bt, 2.0f, nullptr); }},
+        {2, false, "dB (lora_down_grad)", yb, [&] { lora_down_grad(gB, mid, dy, 2.0f, nullptr, true); }},
+        {2, false, "dx += dh·A (no mask)", dxb, [&] { lora_up_dx(dx, dh, At, nullptr); }},
     };
     for (G& g : gs) {
       const double us = time_us(g.fn, 20), id = g.bytes / bw / 1e3;
-      std::printf("%-5s %-7s %-24s %9.1f %9.1f %5.0f%%\n", l.name, g.path ? "fused" : "cublas", g.what, us,
-                  id, 100 * id / us);
-      if (std::string(g.what).find("no mask") != std::string::npos) continue;
+      std::printf("%-5s %-7s %-24s %9.1f %9.1f %5.0f%%\n", l.name,
+                  g.path == 0   ? "cublas"
+                  : g.path == 1 ? "fused"
+                                : "info",
+                  g.what, us, id, 100 * id / us);
+      if (g.path == 2) continue;
       tot[g.path][g.fwd ? 0 : 1] += us;
       if (g.path == 1) ideal[g.fwd ? 0 : 1] += id;
     }

@@ -29,9 +29,9 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   const Linear* base = nullptr;  // the Linear this adapter sits on (DoRA reads its weight and bias)
   // On a GPU model: the trainable masters A F32 [r, I], B F32 [O, r] (and DoRA's m F32 [O]) live on the
   // device (registered in TrainableParams, updated there by the optimizer); layer->A/B/m are refreshed from
-  // them by sync_to_host. a_bf, b_bf: their BF16 copies that the GEMMs read, at_bf = Aᵀ [I, r] and
-  // bt_bf = Bᵀ [r, O] the same for the fused kernels (train/lora_fused.h); refresh_gpu after each update.
-  Tensor a_dev, b_dev, m_dev, a_bf, b_bf, at_bf, bt_bf;
+  // them by sync_to_host. a_bf, b_bf: their BF16 copies that the GEMMs read, and with dropout at_bf = Aᵀ
+  // [I, r] for lora_up_dx (train/lora_fused.h); refresh_gpu after each update.
+  Tensor a_dev, b_dev, m_dev, a_bf, b_bf, at_bf;
   // DoRA: norm = ‖W + s·B·A‖_row, d = m / norm and d − 1, F32 [O] on the model's device, from the masters
   // (refresh_dora after each update; constant within a step, as PEFT detaches the norm).
   Tensor norm, d, d_minus_1;
@@ -92,38 +92,56 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 
   // GPU forward: out[N, O] += scale·((m ⊙ x)·Aᵀ)·Bᵀ with BF16 copies of A and B (f32 accumulation, one
-  // rounding of the sum into out by the second GEMM's beta = 1); the mask is applied as x is read.
+  // rounding of the sum into out by the second GEMM's beta = 1). With dropout the mask is applied as x is
+  // read (lora_down); without, the product is cuBLASLt's (faster on unmasked skinny shapes, bench/NOTES.md).
   void apply_gpu(Tensor& out, const Tensor& x) const {
     QT_PROFILE("lora.fwd (in linear)");
     const int64_t O = out.size(-1), N = out.numel() / O;
-    Tensor xb = bf16_rows(x);  // [N, I]
-    const LoraMask m = mask(xb.size(1));
+    Tensor xb = bf16_rows(x);                                            // [N, I]
     Tensor mid = Tensor::empty({N, layer->r}, DType::BF16, x.device());  // [N, r]
-    lora_down(mid, xb, a_bf, 1.0f, dropping() ? &m : nullptr);
+    if (dropping()) {
+      const LoraMask m = mask(xb.size(1));
+      lora_down(mid, xb, a_bf, 1.0f, &m);
+    } else {
+      matmul(mid, xb, a_bf, false, true);
+    }
     Tensor o2 = out.reshape({N, O});
     matmul(o2, mid, b_bf, false, true, (float)layer->scale, 1.0f);
   }
 
-  // GPU backward, the CPU formulas below through the fused kernels of lora_fused.h (BF16 inputs, f32
-  // accumulation, F32 gradients): the mask is applied as x is read and on dh·A before it is added to dx.
+  // GPU backward, the CPU formulas below with BF16 GEMM inputs and F32 gradients. The products that read x
+  // (h, dA, dx) go through the masked kernels of lora_fused.h when training with dropout (no dropped copy of
+  // x, the mask applied on dh·A before it is added to dx); the ones that read dy (dh, dB) and all of them
+  // without dropout are cuBLASLt's.
   void backward_gpu(Tensor* dx, const Tensor& dy, const Tensor& x, TrainableParams* params) const {
     QT_PROFILE("lora.bwd (in linear)");
-    const int64_t I = x.size(-1), N = x.numel() / I, r = layer->r;
+    const int64_t I = x.size(-1), N = x.numel() / I, O = dy.size(-1), r = layer->r;
     const float s = (float)layer->scale;
     const Device dev = x.device();
-    Tensor xb = bf16_rows(x), dyb = bf16_rows(dy);  // [N, I], [N, O]
-    const LoraMask mk = mask(I);
-    const LoraMask* m = dropping() ? &mk : nullptr;
+    const bool drop = dropping();
+    const LoraMask m = mask(I);
+    Tensor xb = bf16_rows(x), dy2 = dy.reshape({N, O});  // [N, I], [N, O]
     Tensor h = Tensor::empty({N, r}, DType::BF16, dev), dh = Tensor::empty({N, r}, DType::BF16, dev);
-    lora_down(h, xb, a_bf, 1.0f, m);        // h = (m ⊙ x)·Aᵀ
-    lora_down(dh, dyb, bt_bf, s, nullptr);  // dh = s·dy·B
+    if (drop)
+      lora_down(h, xb, a_bf, 1.0f, &m);  // h = (m ⊙ x)·Aᵀ
+    else
+      matmul(h, xb, a_bf, false, true);
+    matmul(dh, dy2, b_bf, false, false, s);  // dh = s·dy·B
     if (params) {
-      if (Tensor* gb = params->grad(key_b)) lora_down_grad(*gb, h, dyb, s, nullptr, true);  // dB += s·dyᵀ·h
-      if (Tensor* ga = params->grad(key_a)) lora_down_grad(*ga, dh, xb, 1.0f, m, false);  // dA += dhᵀ·(m ⊙ x)
+      if (Tensor* gb = params->grad(key_b)) matmul(*gb, dy2, h, true, false, s, 1.0f);  // dB += s·dyᵀ·h
+      if (Tensor* ga = params->grad(key_a)) {  // dA += dhᵀ·(m ⊙ x)
+        if (drop)
+          lora_down_grad(*ga, dh, xb, 1.0f, &m, false);
+        else
+          matmul(*ga, dh, xb, true, false, 1.0f, 1.0f);
+      }
     }
     if (!dx) return;
     Tensor dx2 = dx->reshape({N, I});
-    lora_up_dx(dx2, dh, at_bf, m);  // dx += m ⊙ (dh·A)
+    if (drop)
+      lora_up_dx(dx2, dh, at_bf, &m);  // dx += m ⊙ (dh·A)
+    else
+      matmul(dx2, dh, a_bf, false, false, 1.0f, 1.0f);
   }
 
   // GPU: the BF16 GEMM copies of the f32 masters (after each optimizer step).
@@ -131,13 +149,12 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     if (!a_bf.defined()) {
       a_bf = Tensor::empty(a_dev.shape(), DType::BF16, a_dev.device());
       b_bf = Tensor::empty(b_dev.shape(), DType::BF16, b_dev.device());
-      at_bf = Tensor::empty({a_dev.size(1), a_dev.size(0)}, DType::BF16, a_dev.device());
-      bt_bf = Tensor::empty({b_dev.size(1), b_dev.size(0)}, DType::BF16, b_dev.device());
+      if (state->dropout > 0 && !dora())
+        at_bf = Tensor::empty({a_dev.size(1), a_dev.size(0)}, DType::BF16, a_dev.device());
     }
     convert(a_bf, a_dev);
     convert(b_bf, b_dev);
-    transpose_into(at_bf, a_dev);
-    transpose_into(bt_bf, b_dev);
+    if (at_bf.defined()) transpose_into(at_bf, a_dev);
   }
 
   // DoRA: the detached row norm and scales from the current masters (after each optimizer step).

@@ -10,7 +10,7 @@
 //                   and the last block of a tile to finish adds the splits in their order (deterministic).
 //   lora_down_grad  the same over tokens: 8 warps share 64 features and 16 ranks.
 //   lora_up_dx      a warp per 16 rows × 64 features; dx is read before the products so the loads overlap
-//   them.
+//                   them.
 // Shapes off the 16-byte path run the element-load kernels of lora_fused_generic.cu.
 #include <cuda_bf16.h>
 
@@ -230,11 +230,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 // k the rank. n-tiles 2q and 2q+1 cover features f0 + 16q + [0, 16): column n of tile 2q is feature
 // 4(n/2) + n%2, of tile 2q+1 that + 2, so lane (g, c) holds the four features 16q + 4c .. +3 of its rows: one
 // mask hash and one vector read-modify-write of dx each. VEC: K % 4 == 0 and dx aligned for those; the lane's
-// dx is read before the products so the loads overlap them (MT = 2 for BF16 dx keeps as many bytes in
-// flight).
+// dx is read before the products so the loads overlap them. Launched with MT = 1: two row tiles per warp
+// (BF16 dx: 164 registers, 3 blocks per SM) measured slower than one (≤ 128 registers, 4 blocks per SM).
 template <class TO, bool VEC, int MT>
-__global__ void __launch_bounds__(128, sizeof(TO) == 4 ? 1 : 3) lora_up_dx_kernel(TO* dx, const bf16* d, const bf16* wt, int64_t N,
-                                                         int64_t K, int r, float keep, Mask m) {
+__global__ void __launch_bounds__(128, sizeof(TO) == 4 ? 0 : 4)
+    lora_up_dx_kernel(TO* dx, const bf16* d, const bf16* wt, int64_t N, int64_t K, int r, float keep,
+                      Mask m) {
   using V = std::conditional_t<sizeof(TO) == 4, float4, uint2>;  // four elements of dx
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
   const int64_t row0 = (int64_t)blockIdx.x * 16 * MT, f0 = ((int64_t)blockIdx.y * 4 + warp) * 64;
@@ -339,6 +340,9 @@ template <class Kernel>
 int64_t prepare(Kernel kernel, int smem) {
   int per_sm = 0;
   QT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  // All of the SM's unified L1/shared memory as shared: two blocks of lora_down (2 × 96 KiB) fit only then.
+  QT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     cudaSharedmemCarveoutMaxShared));
   QT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, smem));
   return std::max(1, per_sm) * (int64_t)cuda::context().num_sms;
 }
@@ -458,7 +462,7 @@ void lora_up_dx_cuda(Tensor& dx, const Tensor& d, const Tensor& wt, const LoraMa
   const bool vec = K % 4 == 0 && aligned(dx.raw(), f32 ? 16 : 8);
   auto launch = [&](auto* out, auto vec_tag) {
     using TO = std::remove_pointer_t<decltype(out)>;
-    constexpr int MT = sizeof(TO) == 4 ? 1 : 2;
+    constexpr int MT = 1;
     dim3 grid((unsigned)((N + 16 * MT - 1) / (16 * MT)), (unsigned)((K + 255) / 256));
     lora_up_dx_kernel<TO, decltype(vec_tag)::value, MT>
         <<<grid, 128, 0, cuda::stream()>>>(out, d.data<bf16>(), wt.data<bf16>(), N, K, r, keep, m);
