@@ -3,6 +3,9 @@
 
 #include "core/error.h"
 #include "model/llama_model.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "optim/cuda/clip_cuda.h"
+#endif
 
 namespace qtune {
 
@@ -26,7 +29,21 @@ const TrainableParams::Entry& TrainableParams::at(const std::string& name) const
 }
 
 void TrainableParams::zero_grads() {
-  for (Entry& e : entries_) e.grad.set_zero();
+  std::vector<float*> dev_x;  // F32 GPU gradients: zeroed in one launch
+  std::vector<int64_t> dev_n;
+  for (Entry& e : entries_) {
+#ifdef QTUNE_HAVE_CUDA
+    if (e.grad.is_cuda() && e.grad.dtype() == DType::F32) {
+      dev_x.push_back(e.grad.data<float>());
+      dev_n.push_back(e.grad.numel());
+      continue;
+    }
+#endif
+    e.grad.set_zero();
+  }
+#ifdef QTUNE_HAVE_CUDA
+  if (!dev_x.empty()) zero_cuda(dev_x, dev_n);
+#endif
 }
 
 int64_t TrainableParams::numel() const {

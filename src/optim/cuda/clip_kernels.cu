@@ -1,4 +1,5 @@
-// Sum of squares and in-place scaling of device gradients for clip_grad_norm (see clip_cuda.h). Kernels
+// Sum of squares, in-place scaling and zeroing of device gradients (clip_grad_norm, zero_grads; see
+// clip_cuda.h). Kernels
 // run on the legacy default stream, ordered with the model's kernels (a blocking stream).
 #include <cuda_runtime.h>
 
@@ -36,6 +37,11 @@ __global__ void sum_squares_kernel(const Chunk* __restrict__ chunks, double* acc
     for (int w = 0; w < kThreads / 32; w++) t += part[w];
     atomicAdd(acc + c.tensor, t);
   }
+}
+
+__global__ void zero_kernel(const Chunk* __restrict__ chunks) {
+  const Chunk c = chunks[blockIdx.x];
+  for (int64_t i = threadIdx.x; i < c.n; i += blockDim.x) c.x[i] = 0.0f;
 }
 
 __global__ void scale_kernel(const Chunk* __restrict__ chunks, float s) {
@@ -89,6 +95,15 @@ void scale_cuda(const std::vector<float*>& xs, const std::vector<int64_t>& ns, f
   // legacy-stream launch.
   device_free(chunks);
   check(cudaGetLastError(), "scale_cuda");
+}
+
+void zero_cuda(const std::vector<float*>& xs, const std::vector<int64_t>& ns) {
+  int count = 0;
+  Chunk* chunks = upload_chunks(xs, ns, &count);
+  if (!chunks) return;
+  zero_kernel<<<count, kThreads>>>(chunks);
+  device_free(chunks);  // safe at once, as in scale_cuda
+  check(cudaGetLastError(), "zero_cuda");
 }
 
 }  // namespace qtune

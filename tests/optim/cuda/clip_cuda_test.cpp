@@ -2,6 +2,8 @@
 // torch in schedule_clip_test.cpp): the norm within f64-summation-order error, the scaled gradients bit for
 // bit (both multiply each f32 by the same f32 coefficient), and nothing changed when the norm is under the
 // limit.
+#include "optim/cuda/clip_cuda.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -42,4 +44,20 @@ TEST(ClipCuda, MatchesCpu) {
                   cpu[gi].params[pi].grad.to_f32_vector())
             << "max_norm " << max_norm << ", " << cpu[gi].params[pi].name;
   }
+}
+
+TEST(ClipCuda, ZeroManyArrays) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU";
+  auto groups = random_groups(Device::CUDA, 9);
+  std::vector<float*> xs;
+  std::vector<int64_t> ns;
+  for (auto& g : groups)
+    for (auto& p : g.params) {
+      xs.push_back(p.grad.data<float>());
+      ns.push_back(p.grad.numel());
+    }
+  zero_cuda(xs, ns);
+  for (auto& g : groups)
+    for (auto& p : g.params)
+      for (float v : p.grad.to(Device::CPU).to_f32_vector()) ASSERT_EQ(v, 0.0f) << p.name;
 }
