@@ -1,7 +1,7 @@
 // clip_grad_norm with gradients on the GPU against the same call on CPU copies (itself checked against
 // torch in schedule_clip_test.cpp): the norm within f64-summation-order error, the scaled gradients bit for
 // bit (both multiply each f32 by the same f32 coefficient), and nothing changed when the norm is under the
-// limit.
+// limit; zero_cuda (TrainableParams::zero_grads) zeroes every element of arrays across chunk edges.
 #include "optim/cuda/clip_cuda.h"
 
 #include <gtest/gtest.h>
