@@ -14,12 +14,33 @@ namespace {
 
 template <class T, class TW>
 __global__ void add_rmsnorm_kernel(T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
-                                   const TW* __restrict__ w, int C, float eps) {
+                                   const TW* __restrict__ w, int C, float eps, bool packed) {
   pdl_trigger();                         // a following GEMV may start launching (it waits before loads)
   T* row = x + (int64_t)blockIdx.x * C;  // [C]
   const T* yrow = y + (int64_t)blockIdx.x * C;
   T* orow = out + (int64_t)blockIdx.x * C;
   float ss = 0.0f;
+  if (packed) {  // rmsnorm_kernel's packed order
+    float v[8], b[8];
+    for (int c = threadIdx.x * 8; c < C; c += blockDim.x * 8) {
+      load8(row + c, v);
+      load8(yrow + c, b);
+#pragma unroll
+      for (int j = 0; j < 8; j++) v[j] = to_f32(from_f32<T>(v[j] + b[j]));  // x rounded as stored
+      store8(row + c, v);
+#pragma unroll
+      for (int j = 0; j < 8; j++) ss += v[j] * v[j];
+    }
+    const float rstd = block_rstd(ss, C, eps);
+    for (int c = threadIdx.x * 8; c < C; c += blockDim.x * 8) {  // the packs this thread wrote above
+      load8(row + c, v);
+      load8(w + c, b);
+#pragma unroll
+      for (int j = 0; j < 8; j++) v[j] = v[j] * rstd * b[j];
+      store8(orow + c, v);
+    }
+    return;
+  }
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     T s = from_f32<T>(to_f32(row[c]) + to_f32(yrow[c]));
     row[c] = s;
@@ -49,10 +70,11 @@ void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, 
   const int N = checked_int(x.numel() / C, op);
   if (N == 0) return;
   const int threads = C >= 4096 ? 512 : (C >= 1024 ? 256 : 128);  // as rmsnorm_forward
+  const bool packed = packs_of_8(C, {&weight}) && packs_of_8(x.numel(), {&x, &y, &out});
   QT_DISPATCH_FLOAT(x.dtype(), op, T, {
     QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {
       add_rmsnorm_kernel<T, TW><<<N, threads, 0, stream()>>>(x.data<T>(), y.data<T>(), out.data<T>(),
-                                                             weight.data<TW>(), (int)C, eps);
+                                                             weight.data<TW>(), (int)C, eps, packed);
     });
   });
   QT_CUDA_CHECK_LAUNCH("add_rmsnorm_kernel");

@@ -51,6 +51,7 @@ TEST(CudaElementwise, RmsNorm) {
   rmsnorm_case(7, 4096, DType::BF16, DType::BF16, DType::BF16);
   rmsnorm_case(3, 4096, DType::BF16, DType::BF16, DType::F32);
   rmsnorm_case(5, 1000, DType::F32, DType::F32, DType::F32);
+  rmsnorm_case(3, 1001, DType::BF16, DType::BF16, DType::BF16);  // single elements (1001 % 8 != 0)
   rmsnorm_case(64, 2048, DType::F32, DType::BF16, DType::BF16);
 }
 
