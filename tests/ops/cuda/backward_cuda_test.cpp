@@ -80,9 +80,10 @@ void rmsnorm_case(int64_t N, int64_t C, NormTypes t, bool with_dw) {
 TEST(CudaBackward, RmsNormEveryDtypeCombination) {
   QT_REQUIRE_GPU();
   const DType ds[] = {DType::F32, DType::BF16};
-  for (int m = 0; m < 32; m++)
-    rmsnorm_case(37, 96, {ds[m & 1], ds[(m >> 1) & 1], ds[(m >> 2) & 1], ds[(m >> 3) & 1], ds[(m >> 4) & 1]},
-                 true);
+  for (int64_t C : {96, 100})  // packs of eight / single elements (100 % 8 != 0)
+    for (int m = 0; m < 32; m++)
+      rmsnorm_case(37, C, {ds[m & 1], ds[(m >> 1) & 1], ds[(m >> 2) & 1], ds[(m >> 3) & 1], ds[(m >> 4) & 1]},
+                   true);
 }
 
 TEST(CudaBackward, RmsNormLlamaWidths) {

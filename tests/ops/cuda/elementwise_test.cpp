@@ -107,6 +107,7 @@ TEST(CudaElementwise, Rope) {
   rope_case(9, 32, 128, DType::BF16);
   rope_case(17, 8, 128, DType::BF16);
   rope_case(5, 4, 64, DType::F32);
+  rope_case(3, 2, 12, DType::BF16);  // half = 6: single rotations
 }
 
 TEST(CudaElementwise, SwiGlu) {
