@@ -7,6 +7,8 @@
 #include "core/profile.h"
 #include "ops/ops.h"
 #include "train/linear_backward.h"
+#include "train/lora_train.h"
+#include "train/pass_scope.h"
 
 namespace qtune {
 
@@ -111,6 +113,7 @@ void Block::run_forward(const Tensor& x_in, Tensor* out, const BlockInputs& in, 
   Tensor q2 = s.q.reshape({N, Hq_ * D_}), k2 = s.k.reshape({N, Hkv_ * D_}), v2 = s.v.reshape({N, Hkv_ * D_});
   {
     QT_PROFILE("fwd.linear");
+    lora_forward_group({&L_.q, &L_.k, &L_.v}, s.h1);  // the LoRA mids of the three in one read of h1
     L_.q.forward(q2, s.h1);
     L_.k.forward(k2, s.h1);
     L_.v.forward(v2, s.h1);
@@ -165,6 +168,7 @@ void Block::run_forward(const Tensor& x_in, Tensor* out, const BlockInputs& in, 
   s.act = empty({N, F_});
   {
     QT_PROFILE("fwd.linear");
+    lora_forward_group({&L_.gate, &L_.up}, s.h2);
     L_.gate.forward(s.gate, s.h2);
     L_.up.forward(s.up, s.h2);
   }
@@ -191,6 +195,7 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
                 dtype_name(adt_), " [", N, ", ", C_, "], got ", x.describe());
   saved.x_in = Tensor::empty(x.shape(), adt_, dev_);
   saved.x_in.copy_from(x);
+  PassScope pass(false);  // adapter values kept within this forward only (train/pass_scope.h)
   Tensor out = act({N, C_});
   saved.chunked = checkpoint && chunks(in);
   if (saved.chunked)
@@ -215,6 +220,7 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   if (dx.numel() != N * C_ || dx.dtype() != DType::F32 || dx.device() != dev_)
     throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be ", device_name(dev_), " F32 [", N,
                 ", ", C_, "], got ", dx.describe());
+  PassScope pass(true);  // the recompute's adapter values serve this backward only
   if (s.chunked) return backward_chunked(dx, in, s);
   if (!s.full)  // gradient checkpointing: recompute the activations (not the output) from the saved input
     run_forward(s.x_in, nullptr, in, s);

@@ -15,6 +15,8 @@
 #include "ops/ops.h"
 #include "train/block.h"
 #include "train/linear_backward.h"
+#include "train/lora_train.h"
+#include "train/pass_scope.h"
 #include "train/row_offset.h"
 
 namespace qtune {
@@ -40,6 +42,7 @@ void Block::attention_chunked(const Tensor& x_in, const BlockInputs& in, BlockSa
     }
     QT_PROFILE("fwd.linear");
     Tensor qr = q2.slice0(r0, n), kr = k2.slice0(r0, n), vr = v2.slice0(r0, n);
+    lora_forward_group({&L_.q, &L_.k, &L_.v}, h1);
     L_.q.forward(qr, h1);
     L_.k.forward(kr, h1);
     L_.v.forward(vr, h1);
@@ -87,6 +90,7 @@ void Block::forward_chunked(const Tensor& x_in, Tensor& out, const BlockInputs& 
     }
     {
       QT_PROFILE("fwd.linear");
+      lora_forward_group({&L_.gate, &L_.up}, h2);
       L_.gate.forward(gate, h2);
       L_.up.forward(up, h2);
     }
@@ -129,6 +133,7 @@ void Block::backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) c
       }
       {
         QT_PROFILE("fwd.linear");
+        lora_forward_group({&L_.gate, &L_.up}, h2);
         L_.gate.forward(gate, h2);
         L_.up.forward(up, h2);
       }

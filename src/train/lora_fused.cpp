@@ -72,6 +72,21 @@ void lora_down(Tensor& out, const Tensor& x, const Tensor& w, float scale, const
               K, 0.0f, out.data<float>(), r);
 }
 
+void lora_down_group(Tensor* const* outs, const Tensor& x, const Tensor* const* ws,
+                     const LoraMask* const* masks, int n) {
+  if (n < 1 || n > kLoraGroupMax)
+    throw_error(ErrorKind::Usage, "lora_down_group: 1 to ", kLoraGroupMax, " modules, got ", n);
+  const int64_t K = x.size(-1), N = x.numel() / std::max<int64_t>(K, 1);
+  for (int i = 0; i < n; i++) {
+    require_2d(*ws[i], "lora_down_group", "w", ws[i]->size(0), K);
+    require_2d(*outs[i], "lora_down_group", "out", N, ws[i]->size(0));
+  }
+#ifdef QTUNE_HAVE_CUDA
+  if (on_gpu(x) && lora_down_group_cuda(outs, x.reshape({N, K}), ws, masks, n)) return;
+#endif
+  for (int i = 0; i < n; i++) lora_down(*outs[i], x, *ws[i], 1.0f, masks[i]);
+}
+
 void lora_down_grad(Tensor& g, const Tensor& d, const Tensor& x, float scale, const LoraMask* mask,
                     bool g_kr) {
   const char* op = "lora_down_grad";

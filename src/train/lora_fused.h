@@ -51,6 +51,14 @@ QT_LORA_HD inline bool lora_mask_keeps(const LoraMask& m, uint64_t i) {
 // out[N, r] = scale · (m ⊙ x)[N, K] · w[r, K]ᵀ (mask null: x itself). CPU: F32; CUDA: x, w BF16 → out BF16.
 void lora_down(Tensor& out, const Tensor& x, const Tensor& w, float scale, const LoraMask* mask);
 
+// The lora_down of up to kLoraGroupMax modules that read the same x (q, k, v; gate, up), each with its own
+// mask: outs[i][N, r_i] = (m_i ⊙ x)·w_iᵀ (masks[i] null: no mask). CUDA, BF16, with equal ranks ≤ 16 and
+// 16-byte rows: one launch that reads x once (the same values as lora_down per module); otherwise, and on
+// the CPU, one lora_down per module.
+constexpr int kLoraGroupMax = 3;
+void lora_down_group(Tensor* const* outs, const Tensor& x, const Tensor* const* ws,
+                     const LoraMask* const* masks, int n);
+
 // g += scale · d[N, r]ᵀ · (m ⊙ x)[N, K] with g F32 [r, K], or g [K, r] (its transpose) when g_kr.
 // CPU: F32; CUDA: d, x BF16.
 void lora_down_grad(Tensor& g, const Tensor& d, const Tensor& x, float scale, const LoraMask* mask,

@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 
+#include <atomic>
 #include <cmath>
 #include <map>
 
@@ -14,12 +15,60 @@
 #include "peft/dora_ops.h"
 #include "train/linear_backward.h"
 #include "train/lora_fused.h"
+#include "train/pass_scope.h"
 #include "train/row_offset.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "train/cuda/lora_dropout.h"
 #endif
 
 namespace qtune {
+
+struct TrainLoraAdapter;
+
+namespace {
+
+std::atomic<bool> g_mid_reuse{true};
+std::atomic<uint64_t> g_mid_hits{0};
+
+// A mid = (m ⊙ x)·Aᵀ [N, r] of one adapter's forward, kept for the forward (lora_forward_group) and the
+// backward of the same pass. It is used only when every field of the key matches: the pass
+// (train/pass_scope.h: unique per Block forward, or per recompute + backward), the row offset
+// (train/row_offset.h), the input's data pointer and size, the mask, and the training state's generation
+// (bumped by set_step, set_training and every refresh of A).
+struct MidKey {
+  const TrainLoraAdapter* adapter = nullptr;
+  uint64_t pass = 0, generation = 0;
+  int64_t row0 = 0, N = 0, I = 0;
+  const void* x = nullptr;
+  LoraMask mask;
+  bool drop = false;
+  bool operator==(const MidKey& o) const {
+    return adapter == o.adapter && pass == o.pass && generation == o.generation && row0 == o.row0 &&
+           N == o.N && I == o.I && x == o.x && drop == o.drop && mask.seed == o.mask.seed &&
+           mask.e0 == o.mask.e0 && mask.threshold == o.mask.threshold && mask.keep == o.mask.keep;
+  }
+};
+struct MidEntry {
+  MidKey key;
+  Tensor mid;
+};
+
+// The kept mids of this thread's current pass (a store from another pass drops the rest first, so at most one
+// pass's mids, a few [N, r] per Linear of one block, are ever held).
+std::vector<MidEntry>& mid_cache() {
+  thread_local std::vector<MidEntry> cache;
+  return cache;
+}
+
+}  // namespace
+
+void lora_set_mid_reuse(bool on) {
+  g_mid_reuse = on;
+}
+
+uint64_t lora_mid_reuse_hits() {
+  return g_mid_hits;
+}
 
 struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   std::shared_ptr<LoraLayer> layer;
@@ -52,6 +101,49 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   const Tensor& gemm_a() const { return on_gpu() ? a_bf : layer->A; }  // what the GEMMs multiply with
   const Tensor& gemm_b() const { return on_gpu() ? b_bf : layer->B; }
   const Tensor* base_bias() const { return base->bias.defined() ? &base->bias : nullptr; }
+
+  // The key of this adapter's mid for input x in the current pass (pass 0: nothing is kept).
+  MidKey mid_key(const Tensor& x) const {
+    MidKey k;
+    k.adapter = this;
+    k.pass = g_mid_reuse && !dora() ? pass_id() : 0;
+    k.generation = state->generation;
+    k.row0 = activation_row_offset();
+    k.I = x.size(-1);
+    k.N = x.numel() / std::max<int64_t>(k.I, 1);
+    k.x = x.raw();
+    k.drop = dropping();
+    k.mask = mask(k.I);
+    return k;
+  }
+  // The kept mid of key k (undefined when there is none); take: forget it.
+  static Tensor find_mid(const MidKey& k, bool take) {
+    if (k.pass == 0) return Tensor();
+    std::vector<MidEntry>& c = mid_cache();
+    for (size_t i = 0; i < c.size(); i++)
+      if (c[i].key == k) {
+        Tensor t = c[i].mid;
+        if (take) {
+          c.erase(c.begin() + (ptrdiff_t)i);
+          g_mid_hits++;
+        }
+        return t;
+      }
+    return Tensor();
+  }
+  static void keep_mid(const MidKey& k, const Tensor& mid) {
+    if (k.pass == 0) return;
+    std::vector<MidEntry>& c = mid_cache();
+    for (size_t i = c.size(); i-- > 0;)
+      if (c[i].key.pass != k.pass || c[i].key == k) c.erase(c.begin() + (ptrdiff_t)i);
+    c.push_back({k, mid});
+  }
+  // Whether this adapter's forward may take its mid from lora_forward_group: every pass on the GPU (with
+  // dropout; without, cuBLASLt's separate products are faster), only the backward's on the CPU (the forward
+  // there is LoraLayer::apply; the kept mid serves the backward).
+  bool groups() const {
+    return g_mid_reuse && !dora() && pass_id() != 0 && (on_gpu() ? dropping() : pass_for_backward());
+  }
 
   // The LoRA input xd [N, I]: x through the dropout mask when training with dropout (scaled by 1/(1-p)).
   // GPU: BF16; CPU: F32.
@@ -97,13 +189,18 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   void apply_gpu(Tensor& out, const Tensor& x) const {
     QT_PROFILE("lora.fwd (in linear)");
     const int64_t O = out.size(-1), N = out.numel() / O;
-    Tensor xb = bf16_rows(x);                                            // [N, I]
-    Tensor mid = Tensor::empty({N, layer->r}, DType::BF16, x.device());  // [N, r]
-    if (dropping()) {
-      const LoraMask m = mask(xb.size(1));
-      lora_down(mid, xb, a_bf, 1.0f, &m);
-    } else {
-      matmul(mid, xb, a_bf, false, true);
+    const MidKey key = mid_key(x);
+    // [N, r]: from lora_forward_group, else computed here; kept for the backward of a recompute's pass
+    Tensor mid = find_mid(key, !pass_for_backward());
+    if (!mid.defined()) {
+      Tensor xb = bf16_rows(x);  // [N, I]
+      mid = Tensor::empty({N, layer->r}, DType::BF16, x.device());
+      if (dropping()) {
+        lora_down(mid, xb, a_bf, 1.0f, &key.mask);
+      } else {
+        matmul(mid, xb, a_bf, false, true);
+      }
+      if (pass_for_backward()) keep_mid(key, mid);
     }
     Tensor o2 = out.reshape({N, O});
     matmul(o2, mid, b_bf, false, true, (float)layer->scale, 1.0f);
@@ -119,13 +216,17 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     const float s = (float)layer->scale;
     const Device dev = x.device();
     const bool drop = dropping();
-    const LoraMask m = mask(I);
+    const MidKey key = mid_key(x);
+    const LoraMask& m = key.mask;
     Tensor xb = bf16_rows(x), dy2 = dy.reshape({N, O});  // [N, I], [N, O]
-    Tensor h = Tensor::empty({N, r}, DType::BF16, dev), dh = Tensor::empty({N, r}, DType::BF16, dev);
-    if (drop)
-      lora_down(h, xb, a_bf, 1.0f, &m);  // h = (m ⊙ x)·Aᵀ
-    else
-      matmul(h, xb, a_bf, false, true);
+    Tensor h = find_mid(key, true), dh = Tensor::empty({N, r}, DType::BF16, dev);
+    if (!h.defined()) {  // h = (m ⊙ x)·Aᵀ, unless this pass's recompute kept it
+      h = Tensor::empty({N, r}, DType::BF16, dev);
+      if (drop)
+        lora_down(h, xb, a_bf, 1.0f, &m);
+      else
+        matmul(h, xb, a_bf, false, true);
+    }
     matmul(dh, dy2, b_bf, false, false, s);  // dh = s·dy·B
     if (params) {
       if (Tensor* gb = params->grad(key_b)) matmul(*gb, dy2, h, true, false, s, 1.0f);  // dB += s·dyᵀ·h
@@ -188,6 +289,15 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   void apply(Tensor& out, const Tensor& x) const override {
     if (dora()) return dora_apply(out, x);
     if (on_gpu()) return apply_gpu(out, x);
+    if (groups()) {  // the CPU keeps mid = (m ⊙ x)·Aᵀ for the backward of this recompute (as the backward
+                     // computes it)
+      const MidKey key = mid_key(x);
+      if (!find_mid(key, false).defined()) {
+        Tensor mid = Tensor::empty({key.N, layer->r}, DType::F32);
+        lora_down(mid, x, layer->A, 1.0f, dropping() ? &key.mask : nullptr);
+        keep_mid(key, mid);
+      }
+    }
     if (!dropping()) {
       layer->apply(out, x);
       return;
@@ -202,16 +312,21 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     Tensor xd = lora_input(x);                // [N, I]
     const float* A = layer->A.data<float>();  // [r, I]
     const float* B = layer->B.data<float>();  // [O, r]
-    // h = xd·Aᵀ [N, r]; dh = s·dy·B [N, r]
-    std::vector<float> h(N * r), dh(N * r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, I, 1.0f, xd.data<float>(), I, A, I, 0.0f,
-                h.data(), r);
+    // h = xd·Aᵀ [N, r] (kept by this pass's recompute, or computed); dh = s·dy·B [N, r]
+    Tensor ht = find_mid(mid_key(x), true);
+    if (!ht.defined()) {
+      ht = Tensor::empty({N, r}, DType::F32);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, I, 1.0f, xd.data<float>(), I, A, I, 0.0f,
+                  ht.data<float>(), r);
+    }
+    const float* h = ht.data<float>();
+    std::vector<float> dh(N * r);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, O, s, dy.data<float>(), O, B, r, 0.0f,
                 dh.data(), r);
     if (params) {
       if (Tensor* gb = params->grad(key_b))  // dB[O, r] += s·dyᵀ·h
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, r, N, s, dy.data<float>(), O, h.data(), r,
-                    1.0f, gb->data<float>(), r);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, r, N, s, dy.data<float>(), O, h, r, 1.0f,
+                    gb->data<float>(), r);
       if (Tensor* ga = params->grad(key_a))  // dA[r, I] += dhᵀ·xd
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, I, N, 1.0f, dh.data(), r, xd.data<float>(), I,
                     1.0f, ga->data<float>(), I);
@@ -305,6 +420,35 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   }
 };
 
+void lora_forward_group(std::initializer_list<const Linear*> linears, const Tensor& x) {
+  std::vector<const TrainLoraAdapter*> group;
+  for (const Linear* l : linears) {
+    auto* a = dynamic_cast<const TrainLoraAdapter*>(l->adapter.get());
+    if (a && a->groups() && a->layer->r == (group.empty() ? a->layer->r : group[0]->layer->r))
+      group.push_back(a);
+  }
+  if (group.size() < 2 || group.size() > (size_t)kLoraGroupMax) return;
+  QT_PROFILE("lora.fwd (in linear)");
+  const int64_t I = x.size(-1), N = x.numel() / std::max<int64_t>(I, 1);
+  const bool gpu = group[0]->on_gpu();
+  Tensor xr = gpu ? TrainLoraAdapter::bf16_rows(x) : x.reshape({N, I});
+  MidKey keys[kLoraGroupMax];
+  Tensor mids[kLoraGroupMax];
+  Tensor* outs[kLoraGroupMax];
+  const Tensor* ws[kLoraGroupMax];
+  const LoraMask* masks[kLoraGroupMax];
+  const int n = (int)group.size();
+  for (int i = 0; i < n; i++) {
+    keys[i] = group[i]->mid_key(x);
+    mids[i] = Tensor::empty({N, group[i]->layer->r}, gpu ? DType::BF16 : DType::F32, x.device());
+    outs[i] = &mids[i];
+    ws[i] = &group[i]->gemm_a();
+    masks[i] = keys[i].drop ? &keys[i].mask : nullptr;
+  }
+  lora_down_group(outs, xr, ws, masks, n);  // [N, r] each
+  for (int i = 0; i < n; i++) TrainLoraAdapter::keep_mid(keys[i], mids[i]);
+}
+
 LoraTraining::LoraTraining(LlamaModel& model, LoraModel& lora, TrainableParams& params, uint64_t seed,
                            double dropout)
     : model_(model), lora_(lora), state_(std::make_shared<State>()) {
@@ -365,9 +509,11 @@ LoraTraining::~LoraTraining() {
   } catch (...) {  // a failing GPU must not turn unwinding into std::terminate
   }
   for (Slot& s : slots_) s.linear->adapter = s.original;
+  mid_cache().clear();
 }
 
 void LoraTraining::refresh() {
+  state_->generation++;                  // kept mids of the old A are stale
   if (model_.device() != Device::CPU) {  // the GPU forward reads BF16 copies of the device masters
     for (ExtraSlot& e : extras_) convert(*e.slot, e.device_master);  // biases first: DoRA reads them
     for (Slot& s : slots_) {
@@ -384,6 +530,7 @@ void LoraTraining::refresh() {
 }
 
 void LoraTraining::sync_to_host() {
+  state_->generation++;
   if (model_.device() == Device::CPU) return;
   for (Slot& s : slots_) {
     s.lora->layer->A.copy_from(s.lora->a_dev);
@@ -397,9 +544,11 @@ void LoraTraining::sync_to_host() {
 
 void LoraTraining::set_training(bool on) {
   state_->training = on;
+  state_->generation++;
 }
 void LoraTraining::set_step(uint64_t counter) {
   state_->counter = counter;
+  state_->generation++;
 }
 
 }  // namespace qtune

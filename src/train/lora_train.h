@@ -16,6 +16,7 @@
 // ("...lora_magnitude_vector") with PEFT's detached weight norm (peft/dora_ops.h), with or without dropout.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -26,6 +27,17 @@
 namespace qtune {
 
 struct TrainLoraAdapter;  // lora_train.cpp
+
+// Reuse of mid = (m ⊙ x)·Aᵀ [N, r] inside a Block pass (train/pass_scope.h): the backward's recompute keeps
+// each LoRA adapter's mid and the backward multiplies with it instead of reading x again; and before the
+// forwards of Linears that read one input (q, k, v on h1; gate, up on h2) lora_forward_group computes their
+// mids in one lora_down_group (train/lora_fused.h) that reads x once. Each module keeps its own mask, so the
+// loss and gradients are those of the separate products. The Block calls lora_forward_group; it does nothing
+// outside a pass, for other adapters and for DoRA, and on the CPU outside a backward's recompute.
+void lora_forward_group(std::initializer_list<const Linear*> linears, const Tensor& x);
+// Tests and benchmarks: off recomputes every mid (the path before the reuse); on by default.
+void lora_set_mid_reuse(bool on);
+uint64_t lora_mid_reuse_hits();  // how many kept mids were taken (used for the last time) so far
 
 class LoraTraining {
  public:
@@ -46,6 +58,7 @@ class LoraTraining {
     bool training = false;
     uint64_t seed = 0, counter = 0;
     double dropout = 0;
+    uint64_t generation = 0;  // bumped by set_step, set_training and refresh: kept mids go stale
   };
 
  private:

@@ -14,6 +14,7 @@
 #include "../loss_parity.h"
 #include "../train_test_util.h"
 #include "core/allocator.h"
+#include "train/lora_train.h"
 #include "train/progress.h"
 #include "train/trainer.h"
 
@@ -122,6 +123,29 @@ static void expect_grads_match_cpu(const char* what, bool dora, const LoadOption
 TEST(TrainCuda, LoraGradientsMatchCpu) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
   expect_grads_match_cpu("LoRA", false, {});
+}
+
+// The reuse of LoRA mids (kept by the recompute for the backward, q/k/v and gate/up down products in one
+// launch: train/lora_train.h) against recomputing each: the same gradients up to bf16 rounding of mid.
+TEST(TrainCuda, LoraMidReuseMatchesRecomputing) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA GPU in this machine";
+  for (int variant = 0; variant < 4; variant++) {
+    lora_set_mid_reuse(false);
+    auto off = lora_grads(Device::CUDA, variant > 0, false, {}, variant == 2 ? 37 : 0, variant == 3 ? 1 : 0);
+    lora_set_mid_reuse(true);
+    const uint64_t hits = lora_mid_reuse_hits();
+    auto on = lora_grads(Device::CUDA, variant > 0, false, {}, variant == 2 ? 37 : 0, variant == 3 ? 1 : 0);
+    std::vector<float> all_off, all_on;
+    for (auto& [name, g] : off) {
+      all_off.insert(all_off.end(), g.begin(), g.end());
+      all_on.insert(all_on.end(), on[name].begin(), on[name].end());
+    }
+    const double e = qtune_test::rel_err(all_on, all_off);
+    std::printf("LoRA gradients, mids reused vs recomputed (variant %d): %.3g, %llu mids taken\n", variant, e,
+                (unsigned long long)(lora_mid_reuse_hits() - hits));
+    EXPECT_LT(e, 1e-2) << "variant " << variant;
+    if (variant > 0) EXPECT_GT(lora_mid_reuse_hits(), hits);
+  }
 }
 
 TEST(TrainCuda, DoraGradientsMatchCpu) {
