@@ -195,9 +195,13 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
                 dtype_name(adt_), " [", N, ", ", C_, "], got ", x.describe());
   saved.x_in = Tensor::empty(x.shape(), adt_, dev_);
   saved.x_in.copy_from(x);
-  PassScope pass(false);  // adapter values kept within this forward only (train/pass_scope.h)
   Tensor out = act({N, C_});
   saved.chunked = checkpoint && chunks(in);
+  // An unchunked training block's forward, recompute and backward share one pass: its adapters' kept values
+  // (LoRA mids) serve all three. A token-chunked one keeps them within each pass (train/pass_scope.h).
+  const bool shared = params_ && !saved.chunked;
+  PassScope pass(shared);
+  saved.pass = shared ? pass.id() : 0;
   if (saved.chunked)
     forward_chunked(saved.x_in, out, in, saved);
   else
@@ -220,7 +224,12 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   if (dx.numel() != N * C_ || dx.dtype() != DType::F32 || dx.device() != dev_)
     throw_error(ErrorKind::Shape, "block ", index_, " backward: dx must be ", device_name(dev_), " F32 [", N,
                 ", ", C_, "], got ", dx.describe());
-  PassScope pass(true);  // the recompute's adapter values serve this backward only
+  PassScope pass(true, s.pass);  // the forward's pass, or a fresh one for the recompute and the backward
+  struct Forget {                // what the pass kept goes when the backward ends
+    uint64_t id;
+    ~Forget() { lora_forget_pass(id); }
+  } forget{pass.id()};
+  s.pass = 0;
   if (s.chunked) return backward_chunked(dx, in, s);
   if (!s.full)  // gradient checkpointing: recompute the activations (not the output) from the saved input
     run_forward(s.x_in, nullptr, in, s);

@@ -77,6 +77,7 @@ struct BlockSaved {
   Tensor x_mid, h2;                // [N, C]
   Tensor gate, up, act;            // [N, F]
   std::vector<Tensor> attn_extra;  // the TrainableAttentionAdapter's saved tensors
+  uint64_t pass = 0;               // the forward's pass, re-entered by the backward (train/pass_scope.h)
   void drop_activations();         // keeps x_in only
   void drop_all_but_attention();   // keeps x_in, att and lse (BlockInputs::keep_attention)
   int64_t activation_bytes() const;

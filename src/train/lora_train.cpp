@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <map>
 
 #include "core/error.h"
@@ -27,25 +28,32 @@ struct TrainLoraAdapter;
 
 namespace {
 
-std::atomic<bool> g_mid_reuse{true};
+// QTUNE_LORA_MID_REUSE=0 turns the reuse off (benchmarks: the path before it, in the same binary).
+bool mid_reuse_default() {
+  const char* e = std::getenv("QTUNE_LORA_MID_REUSE");
+  return !(e && std::string(e) == "0");
+}
+std::atomic<bool> g_mid_reuse{mid_reuse_default()};
 std::atomic<uint64_t> g_mid_hits{0};
 
-// A mid = (m ⊙ x)·Aᵀ [N, r] of one adapter's forward, kept for the forward (lora_forward_group) and the
-// backward of the same pass. It is used only when every field of the key matches: the pass
-// (train/pass_scope.h: unique per Block forward, or per recompute + backward), the row offset
-// (train/row_offset.h), the input's data pointer and size, the mask, and the training state's generation
-// (bumped by set_step, set_training and every refresh of A).
+// A mid = (m ⊙ x)·Aᵀ [N, r] of one adapter's forward, kept for the forward (lora_forward_group), the
+// recompute and the backward of the same pass. It is used only when every field of the key matches: the
+// adapter, the pass (train/pass_scope.h: one Block's forward, recompute and backward, never another block's,
+// step's or evaluation's), the row offset (train/row_offset.h: the chunk) and the input's size, the mask, and
+// the training state's generation (bumped by set_step, set_training and every refresh of A). Inside one pass
+// an adapter sees one input per row offset (the recompute reproduces the forward's bit for bit), so its
+// address is not part of the key: the recompute's copy of h1 lives elsewhere than the forward's.
 struct MidKey {
   const TrainLoraAdapter* adapter = nullptr;
+  const LoraTraining::State* state = nullptr;
   uint64_t pass = 0, generation = 0;
   int64_t row0 = 0, N = 0, I = 0;
-  const void* x = nullptr;
   LoraMask mask;
   bool drop = false;
   bool operator==(const MidKey& o) const {
     return adapter == o.adapter && pass == o.pass && generation == o.generation && row0 == o.row0 &&
-           N == o.N && I == o.I && x == o.x && drop == o.drop && mask.seed == o.mask.seed &&
-           mask.e0 == o.mask.e0 && mask.threshold == o.mask.threshold && mask.keep == o.mask.keep;
+           N == o.N && I == o.I && drop == o.drop && mask.seed == o.mask.seed && mask.e0 == o.mask.e0 &&
+           mask.threshold == o.mask.threshold && mask.keep == o.mask.keep;
   }
 };
 struct MidEntry {
@@ -53,14 +61,21 @@ struct MidEntry {
   Tensor mid;
 };
 
-// The kept mids of this thread's current pass (a store from another pass drops the rest first, so at most one
-// pass's mids, a few [N, r] per Linear of one block, are ever held).
+// The kept mids of this thread: those of the unchunked training blocks between their forward and backward
+// (7 · [N, r] per block, 0.46 MB at N = 2048, r = 16), and of the pass running now. A backward takes its
+// block's (lora_forget_pass drops what it left); a store drops the entries of an older generation.
 std::vector<MidEntry>& mid_cache() {
   thread_local std::vector<MidEntry> cache;
   return cache;
 }
 
 }  // namespace
+
+void lora_forget_pass(uint64_t pass) {
+  std::vector<MidEntry>& c = mid_cache();
+  for (size_t i = c.size(); i-- > 0;)
+    if (c[i].key.pass == pass) c.erase(c.begin() + (ptrdiff_t)i);
+}
 
 void lora_set_mid_reuse(bool on) {
   g_mid_reuse = on;
@@ -111,7 +126,7 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     k.row0 = activation_row_offset();
     k.I = x.size(-1);
     k.N = x.numel() / std::max<int64_t>(k.I, 1);
-    k.x = x.raw();
+    k.state = state.get();
     k.drop = dropping();
     k.mask = mask(k.I);
     return k;
@@ -135,7 +150,8 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
     if (k.pass == 0) return;
     std::vector<MidEntry>& c = mid_cache();
     for (size_t i = c.size(); i-- > 0;)
-      if (c[i].key.pass != k.pass || c[i].key == k) c.erase(c.begin() + (ptrdiff_t)i);
+      if (c[i].key == k || (c[i].key.state == k.state && c[i].key.generation != k.generation))
+        c.erase(c.begin() + (ptrdiff_t)i);
     c.push_back({k, mid});
   }
   // Whether this adapter's forward may take its mid from lora_forward_group: every pass on the GPU (with
@@ -421,25 +437,25 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
 };
 
 void lora_forward_group(std::initializer_list<const Linear*> linears, const Tensor& x) {
-  std::vector<const TrainLoraAdapter*> group;
-  for (const Linear* l : linears) {
+  const TrainLoraAdapter* group[kLoraGroupMax];
+  MidKey keys[kLoraGroupMax];
+  int n = 0;
+  for (const Linear* l : linears) {  // LoRA modules of one rank without a kept mid (a recompute has them)
     auto* a = dynamic_cast<const TrainLoraAdapter*>(l->adapter.get());
-    if (a && a->groups() && a->layer->r == (group.empty() ? a->layer->r : group[0]->layer->r))
-      group.push_back(a);
+    if (!a || !a->groups() || (n > 0 && a->layer->r != group[0]->layer->r) || n == kLoraGroupMax) continue;
+    keys[n] = a->mid_key(x);
+    if (!TrainLoraAdapter::find_mid(keys[n], false).defined()) group[n++] = a;
   }
-  if (group.size() < 2 || group.size() > (size_t)kLoraGroupMax) return;
+  if (n < 2) return;  // one alone: its forward computes it
   QT_PROFILE("lora.fwd (in linear)");
   const int64_t I = x.size(-1), N = x.numel() / std::max<int64_t>(I, 1);
   const bool gpu = group[0]->on_gpu();
   Tensor xr = gpu ? TrainLoraAdapter::bf16_rows(x) : x.reshape({N, I});
-  MidKey keys[kLoraGroupMax];
   Tensor mids[kLoraGroupMax];
   Tensor* outs[kLoraGroupMax];
   const Tensor* ws[kLoraGroupMax];
   const LoraMask* masks[kLoraGroupMax];
-  const int n = (int)group.size();
   for (int i = 0; i < n; i++) {
-    keys[i] = group[i]->mid_key(x);
     mids[i] = Tensor::empty({N, group[i]->layer->r}, gpu ? DType::BF16 : DType::F32, x.device());
     outs[i] = &mids[i];
     ws[i] = &group[i]->gemm_a();

@@ -28,14 +28,18 @@ namespace qtune {
 
 struct TrainLoraAdapter;  // lora_train.cpp
 
-// Reuse of mid = (m ⊙ x)·Aᵀ [N, r] inside a Block pass (train/pass_scope.h): the backward's recompute keeps
-// each LoRA adapter's mid and the backward multiplies with it instead of reading x again; and before the
+// Reuse of mid = (m ⊙ x)·Aᵀ [N, r] inside a Block pass (train/pass_scope.h): an unchunked training block's
+// forward keeps each LoRA adapter's mid, its recompute and backward multiply with it instead of reading x
+// again (a token-chunked block keeps them from the recompute for the backward); and before the
 // forwards of Linears that read one input (q, k, v on h1; gate, up on h2) lora_forward_group computes their
 // mids in one lora_down_group (train/lora_fused.h) that reads x once. Each module keeps its own mask, so the
 // loss and gradients are those of the separate products. The Block calls lora_forward_group; it does nothing
 // outside a pass, for other adapters and for DoRA, and on the CPU outside a backward's recompute.
 void lora_forward_group(std::initializer_list<const Linear*> linears, const Tensor& x);
-// Tests and benchmarks: off recomputes every mid (the path before the reuse); on by default.
+// Drops the mids kept in a pass (Block::backward, at its end).
+void lora_forget_pass(uint64_t pass);
+// Tests and benchmarks: off recomputes every mid (the path before the reuse); on by default, off when the
+// environment has QTUNE_LORA_MID_REUSE=0.
 void lora_set_mid_reuse(bool on);
 uint64_t lora_mid_reuse_hits();  // how many kept mids were taken (used for the last time) so far
 

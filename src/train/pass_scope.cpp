@@ -19,8 +19,11 @@ bool pass_for_backward() {
   return g_backward;
 }
 
-PassScope::PassScope(bool for_backward) : prev_id_(g_id), prev_backward_(g_backward) {
-  g_id = g_next_id.fetch_add(1);
+PassScope::PassScope(bool for_backward) : PassScope(for_backward, 0) {}
+
+PassScope::PassScope(bool for_backward, uint64_t id)
+    : id_(id ? id : g_next_id.fetch_add(1)), prev_id_(g_id), prev_backward_(g_backward) {
+  g_id = id_;
   g_backward = for_backward;
 }
 
