@@ -104,7 +104,8 @@ void rope_backward(Tensor& dx, const Tensor& positions, const Tensor& inv_freq) 
   cpu::rope_backward(dx, positions, inv_freq);
 }
 
-void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
+void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
+                     bool accumulate) {
   const char* op = "swiglu_backward";
   Device dev =
       check_device(op, {{"dgate", &dgate}, {"dup", &dup}, {"dout", &dout}, {"gate", &gate}, {"up", &up}});
@@ -112,13 +113,13 @@ void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tenso
     check_shape(op, a, gate.shape());
   if (dev == Device::CUDA) {
 #ifdef QTUNE_HAVE_CUDA
-    return cuda::swiglu_backward(dgate, dup, dout, gate, up);
+    return cuda::swiglu_backward(dgate, dup, dout, gate, up, accumulate);
 #else
     no_cuda(op);
 #endif
   }
   cpu_f32(op, dev, {{"dgate", &dgate}, {"dup", &dup}, {"dout", &dout}, {"gate", &gate}, {"up", &up}});
-  cpu::swiglu_backward(dgate, dup, dout, gate, up);
+  cpu::swiglu_backward(dgate, dup, dout, gate, up, accumulate);
 }
 
 void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x, const Tensor& w) {

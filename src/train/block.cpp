@@ -235,21 +235,22 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
     run_forward(s.x_in, nullptr, in, s);
   Tensor dx2 = dx.reshape({N, C_});  // d(out), which is also the residual's share of d(x_mid)
   // MLP: out = x_mid + down(act), act = silu(gate)·up, gate/up = W·h2, h2 = rmsnorm(x_mid).
-  Tensor d_act = grad_zeros({N, F_}, true);
+  // Gradient buffers a first product writes whole are not zeroed (linear_backward's overwrite_dx).
+  Tensor d_act = act({N, F_});
   {
     QT_PROFILE("bwd.linear");
-    linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(dx2), s.act, params_);
+    linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(dx2), s.act, params_, true);
   }
-  Tensor d_gate = grad_zeros({N, F_}, true), d_up = grad_zeros({N, F_}, true);
+  Tensor d_gate = act({N, F_}), d_up = act({N, F_});  // written whole by the SwiGLU backward
   {
     QT_PROFILE("bwd.swiglu");
-    swiglu_backward(d_gate, d_up, d_act, s.gate, s.up);
+    swiglu_backward(d_gate, d_up, d_act, s.gate, s.up, /*accumulate=*/false);
   }
   d_act = Tensor();
-  Tensor d_h = grad_zeros({N, C_}, false);
+  Tensor d_h = Tensor::empty({N, C_}, DType::F32, dev_);
   {
     QT_PROFILE("bwd.linear");
-    linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2, params_);
+    linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, s.h2, params_, true);
     linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, s.h2, params_);
   }
   d_gate = d_up = Tensor();
@@ -258,11 +259,12 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
     rmsnorm_backward(dx2, g_post_norm_, d_h, s.x_mid, L_.post_norm, eps_);  // dx2 = d(x_mid)
   }
   // Attention: x_mid = x + o(att), att = attn(rope(q), rope(k), v), q/k/v = W·h1, h1 = rmsnorm(x).
-  Tensor d_att = grad_zeros({B, T, Hq_, D_}, true);
+  Tensor d_att = act({B, T, Hq_, D_});
   Tensor d_att2 = d_att.reshape({N, Hq_ * D_});
   {
     QT_PROFILE("bwd.linear");
-    linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, gemm_grad(dx2), s.att.reshape({N, Hq_ * D_}), params_);
+    linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, gemm_grad(dx2), s.att.reshape({N, Hq_ * D_}), params_,
+                    true);
   }
   Tensor dq = grad_zeros({B, T, Hq_, D_}, true), dk = grad_zeros({B, T, Hkv_, D_}, true),
          dv = grad_zeros({B, T, Hkv_, D_}, true);
@@ -285,10 +287,9 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
     rope_backward(dqh, in.positions, in.inv_freq);
     rope_backward(dkh, in.positions, in.inv_freq);
   }
-  d_h.set_zero();
   {
     QT_PROFILE("bwd.linear");
-    linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1, params_);
+    linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq.reshape({N, Hq_ * D_}), s.h1, params_, true);
     linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk.reshape({N, Hkv_ * D_}), s.h1, params_);
     linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv.reshape({N, Hkv_ * D_}), s.h1, params_);
   }

@@ -112,7 +112,7 @@ void Block::backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) c
   const int64_t B = in.B, T = in.T, N = B * T, R = in.chunk_rows;
   attention_chunked(s.x_in, in, s);
   Tensor dx2 = dx.reshape({N, C_});
-  Tensor d_att = grad_zeros({B, T, Hq_, D_}, true);
+  Tensor d_att = act({B, T, Hq_, D_});  // every chunk's o_proj backward writes its rows (overwrite_dx)
   {
     Tensor d_att2 = d_att.reshape({N, Hq_ * D_});
     const Tensor att2 = s.att.reshape({N, Hq_ * D_});
@@ -142,22 +142,22 @@ void Block::backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) c
         swiglu_forward(a, gate, up);
       }
       Tensor d_rows = dx2.slice0(r0, n);  // d(out) rows, F32; becomes d(x_mid), then d(x) below
-      Tensor d_act = grad_zeros({n, F_}, true);
+      Tensor d_act = act({n, F_});
       {
         QT_PROFILE("bwd.linear");
-        linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(d_rows), a, params_);
+        linear_backward(L_.down, &d_act, g_down_.w, g_down_.b, gemm_grad(d_rows), a, params_, true);
       }
       a = Tensor();
-      Tensor d_gate = grad_zeros({n, F_}, true), d_up = grad_zeros({n, F_}, true);
+      Tensor d_gate = act({n, F_}), d_up = act({n, F_});  // written whole by the SwiGLU backward
       {
         QT_PROFILE("bwd.swiglu");
-        swiglu_backward(d_gate, d_up, d_act, gate, up);
+        swiglu_backward(d_gate, d_up, d_act, gate, up, /*accumulate=*/false);
       }
       d_act = gate = up = Tensor();
-      Tensor d_h = grad_zeros({n, C_}, false);
+      Tensor d_h = Tensor::empty({n, C_}, DType::F32, dev_);
       {
         QT_PROFILE("bwd.linear");
-        linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, h2, params_);
+        linear_backward(L_.gate, &d_h, g_gate_.w, g_gate_.b, d_gate, h2, params_, true);
         linear_backward(L_.up, &d_h, g_up_.w, g_up_.b, d_up, h2, params_);
       }
       d_gate = d_up = Tensor();
@@ -167,7 +167,7 @@ void Block::backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) c
       }
       Tensor d_att_rows = d_att2.slice0(r0, n);
       QT_PROFILE("bwd.linear");
-      linear_backward(L_.o, &d_att_rows, g_o_.w, g_o_.b, gemm_grad(d_rows), att_rows, params_);
+      linear_backward(L_.o, &d_att_rows, g_o_.w, g_o_.b, gemm_grad(d_rows), att_rows, params_, true);
     }
   }
   Tensor dq = grad_zeros({B, T, Hq_, D_}, true), dk = grad_zeros({B, T, Hkv_, D_}, true),
@@ -199,10 +199,10 @@ void Block::backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) c
       QT_PROFILE("fwd.norm");
       rmsnorm_forward(h1, x_rows, L_.input_norm, eps_);
     }
-    Tensor d_h = grad_zeros({n, C_}, false);
+    Tensor d_h = Tensor::empty({n, C_}, DType::F32, dev_);
     {
       QT_PROFILE("bwd.linear");
-      linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq2.slice0(r0, n), h1, params_);
+      linear_backward(L_.q, &d_h, g_q_.w, g_q_.b, dq2.slice0(r0, n), h1, params_, true);
       linear_backward(L_.k, &d_h, g_k_.w, g_k_.b, dk2.slice0(r0, n), h1, params_);
       linear_backward(L_.v, &d_h, g_v_.w, g_v_.b, dv2.slice0(r0, n), h1, params_);
     }

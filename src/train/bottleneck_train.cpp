@@ -19,6 +19,7 @@ struct TrainBottleneckAdapter : LinearAdapter, TrainableAdapter {
   void apply(Tensor& out, const Tensor& x) const override { layer->apply(out, x); }
   void backward(Tensor*, const Tensor&, const Tensor&, TrainableParams*) const override {}
 
+  bool takes_over_backward() const override { return true; }
   bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
                        const Tensor& x, TrainableParams* params) const override {
     const BottleneckLayer& L = *layer;

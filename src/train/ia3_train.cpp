@@ -18,6 +18,7 @@ struct TrainIa3Adapter : LinearAdapter, TrainableAdapter {
   Tensor transform_input(const Tensor& x) const override { return layer->transform_input(x); }
   void backward(Tensor*, const Tensor&, const Tensor&, TrainableParams*) const override {}
 
+  bool takes_over_backward() const override { return true; }
   bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
                        const Tensor& x, TrainableParams* params) const override {
     Tensor* gl = params ? params->grad(key) : nullptr;

@@ -63,9 +63,23 @@ void dequant_weight_rows(const Linear& lin, int64_t o0, int64_t rows, float* buf
   std::memcpy(buf, w + o0 * I, sizeof(float) * rows * I);
 }
 
+// dx[N, I] = dy[N, O]·w[O, I] (beta 0: dx's old contents unread).
+static void dx_product(Tensor& dx, const Tensor& dy, const Tensor& w) {
+  const int64_t O = w.size(0), I = w.size(1), N = dy.numel() / O;
+  Tensor dx2 = dx.reshape({N, I});
+  matmul(dx2, dy.reshape({N, O}), w, false, false, 1.0f, 0.0f);
+}
+
 static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
-                          const Tensor& x) {
-  if (!lin.quantized()) return linear_backward(dx, dw, db, dy, x, lin.weight);
+                          const Tensor& x, bool overwrite_dx) {
+  if (!lin.quantized()) {
+    if (dx && overwrite_dx) {
+      dx_product(*dx, dy, lin.weight);
+      dx = nullptr;
+    }
+    if (dx || dw || db) linear_backward(dx, dw, db, dy, x, lin.weight);
+    return;
+  }
   if (dw)
     throw_error(ErrorKind::Unsupported, "linear_backward: '", lin.name,
                 "' has a quantized weight: its weight gradient is not available (frozen base)");
@@ -82,9 +96,11 @@ static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db,
       quant4_dequantize_rows_cuda(w, *lin.q4, 0, O);
     else
       int8_dequantize_rows_cuda(w, *lin.q8, 0, O);
+    if (overwrite_dx) return dx_product(*dx, dy, w);
     return linear_backward(dx, nullptr, nullptr, dy, x, w);
 #endif
   }
+  if (overwrite_dx) dx->set_zero();
   if (dy.dtype() != DType::F32 || dx->dtype() != DType::F32 || dy.device() != Device::CPU ||
       dx->device() != Device::CPU || dy.size(-1) != O || dx->size(-1) != I ||
       dy.numel() / O != dx->numel() / I)
@@ -110,20 +126,24 @@ static void base_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db,
 
 void linear_backward_base(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
                           const Tensor& x) {
-  base_backward(lin, dx, dw, db, dy, x);
+  base_backward(lin, dx, dw, db, dy, x, false);
 }
 
 void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                     TrainableParams* params) {
+                     TrainableParams* params, bool overwrite_dx) {
   const TrainableAdapter* ta = nullptr;
   if (lin.adapter) {
     ta = dynamic_cast<const TrainableAdapter*>(lin.adapter.get());
     if (!ta)
       throw_error(ErrorKind::Unsupported, "linear_backward: the adapter on '", lin.name,
                   "' has no backward (it does not implement TrainableAdapter)");
+    if (dx && overwrite_dx && ta->takes_over_backward()) {  // it accumulates
+      dx->set_zero();
+      overwrite_dx = false;
+    }
     if (ta->backward_linear(lin, dx, dw, db, dy, x, params)) return;
   }
-  base_backward(lin, dx, dw, db, dy, x);
+  base_backward(lin, dx, dw, db, dy, x, overwrite_dx);
   if (ta) ta->backward(dx, dy, x, params);
 }
 

@@ -31,14 +31,18 @@ struct TrainableAdapter {
                                const Tensor& x, TrainableParams* params) const {
     return false;
   }
+  // True when backward_linear above takes over (then it is called with dx already holding what to add to).
+  virtual bool takes_over_backward() const { return false; }
 };
 
-// x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate; params holds the
-// adapter's gradients (null: all frozen). Asking for dw of a quantized Linear throws
-// ErrorKind::Unsupported naming the layer. CPU: F32. CUDA: dy, x BF16; dx BF16 or F32; a quantized weight is
-// dequantized whole into one BF16 buffer per call (the caching allocator reuses it across layers).
+// x: the forward input [N, I] (needed only for dw); dy [N, O]. Gradients accumulate, except dx when
+// overwrite_dx: then its old contents are never read (the caller need not zero it; the base product's GEMM
+// writes it with beta = 0). params holds the adapter's gradients (null: all frozen). Asking for dw of a
+// quantized Linear throws ErrorKind::Unsupported naming the layer. CPU: F32. CUDA: dy, x BF16; dx BF16 or
+// F32; a quantized weight is dequantized whole into one BF16 buffer per call (the caching allocator reuses it
+// across layers).
 void linear_backward(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                     TrainableParams* params = nullptr);
+                     TrainableParams* params = nullptr, bool overwrite_dx = false);
 
 // The same for the base product alone (the Linear's adapter, if any, is ignored).
 void linear_backward_base(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,

@@ -382,6 +382,9 @@ struct TrainLoraAdapter : LinearAdapter, TrainableAdapter {
   // DoRA takes over its Linear's backward. With g = d ⊙ dy, h = xd·Aᵀ, dh = s·g·B:
   //   dB += s·gᵀ·h,  dA += dhᵀ·xd,  dm += Σ_n dy ⊙ (xd·Wᵀ + s·h·Bᵀ) / norm,
   //   dx += dy·W + mask ⊙ (((d − 1) ⊙ dy)·W + dh·A)   (no dropout: dx += g·W + dh·A).
+  bool takes_over_backward() const override {
+    return dora();
+  }
   bool backward_linear(const Linear& lin, Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy,
                        const Tensor& x, TrainableParams* params) const override {
     if (!dora()) return false;

@@ -172,6 +172,12 @@ TEST(Backward, SwiGLU) {
   };
   EXPECT_LT(grad_err("swiglu dgate", dg, finite_diff([&](const Vec& a) { return f(a, uv); }, gv)), kTol);
   EXPECT_LT(grad_err("swiglu dup", du, finite_diff([&](const Vec& a) { return f(gv, a); }, uv)), kTol);
+  // accumulate = false overwrites: the same values from outputs full of garbage (NaN never read).
+  Tensor og = randn({N, F}), ou = randn({N, F});
+  og.data<float>()[0] = ou.data<float>()[3] = std::nanf("");
+  swiglu_backward(og, ou, R, gate, up, false);
+  EXPECT_EQ(og.to_f32_vector(), dg.to_f32_vector());
+  EXPECT_EQ(ou.to_f32_vector(), du.to_f32_vector());
 }
 
 TEST(Backward, Linear) {

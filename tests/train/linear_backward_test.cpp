@@ -2,7 +2,8 @@
 // dequantization equals the forward's dense weight exactly, dx equals the f64 product with it, several
 // tiles; weight gradients of a quantized weight are refused; adapters backpropagate through the
 // TrainableAdapter interface (checked against a model with the adapter merged into the weight); a
-// 4-bit model's gradients equal those of a dense model holding the dequantized weights.
+// 4-bit model's gradients equal those of a dense model holding the dequantized weights; overwrite_dx
+// gives the accumulated result from an unread (NaN) buffer.
 #include "train/linear_backward.h"
 
 #include <gtest/gtest.h>
@@ -63,6 +64,10 @@ void check_quantized(const Linear& lin, const Tensor& dense_w, const char* what)
   Tensor dw = Tensor::zeros({O, I}, DType::F32);
   expect_error([&] { linear_backward(lin, &dx, &dw, nullptr, dy, x); }, ErrorKind::Unsupported,
                {"'test.proj'", "quantized weight", "frozen"});
+  // overwrite_dx: the same dx from a buffer of garbage (NaN: never read).
+  Tensor dx_over = Tensor::from_f32(std::vector<float>(N * I, std::nanf("")), {N, I});
+  linear_backward(lin, &dx_over, nullptr, nullptr, dy, x, nullptr, true);
+  EXPECT_EQ(dx_over.to_f32_vector(), dx.to_f32_vector()) << what << " (overwrite_dx)";
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // SwiGLU backward on the GPU, element-wise, f32 math; each of the five tensors BF16 or F32:
 //   s = sigmoid(g), silu(g) = g·s, silu'(g) = s·(1 + g·(1 − s)),
-//   dgate += dout·up·silu'(g),   dup += dout·silu(g).
+//   dgate += dout·up·silu'(g),   dup += dout·silu(g)   (= when not accumulating: dgate/dup not read).
 // A grid-stride loop over packs of eight elements (16-byte loads and stores for bf16, two for f32) when
 // the count and every pointer allow it, else over single elements. An element's inputs are all read
 // before its outputs are written, so a gradient may share storage with its input (no __restrict__).
@@ -26,7 +26,7 @@ __device__ __forceinline__ void swiglu_grad(float& dg, float& du, float d, float
 
 template <class TDG, class TDU, class TD, class TG, class TU>
 __global__ void swiglu_backward_kernel(TDG* dgate, TDU* dup, const TD* dout, const TG* gate, const TU* up,
-                                       int64_t n, bool packed) {
+                                       int64_t n, bool packed, bool accumulate) {
   int64_t start = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, stride = (int64_t)gridDim.x * blockDim.x;
   if (packed) {
     for (int64_t i = start * 8; i < n; i += stride * 8) {
@@ -34,8 +34,13 @@ __global__ void swiglu_backward_kernel(TDG* dgate, TDU* dup, const TD* dout, con
       load8(gate + i, g);
       load8(up + i, u);
       load8(dout + i, d);
-      load8(dgate + i, dg);
-      load8(dup + i, du);
+      if (accumulate) {
+        load8(dgate + i, dg);
+        load8(dup + i, du);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) dg[j] = du[j] = 0.0f;
+      }
 #pragma unroll
       for (int j = 0; j < 8; j++) swiglu_grad(dg[j], du[j], d[j], g[j], u[j]);
       store8(dgate + i, dg);
@@ -44,7 +49,7 @@ __global__ void swiglu_backward_kernel(TDG* dgate, TDU* dup, const TD* dout, con
     return;
   }
   for (int64_t i = start; i < n; i += stride) {
-    float dg = to_f32(dgate[i]), du = to_f32(dup[i]);
+    float dg = accumulate ? to_f32(dgate[i]) : 0.0f, du = accumulate ? to_f32(dup[i]) : 0.0f;
     swiglu_grad(dg, du, to_f32(dout[i]), to_f32(gate[i]), to_f32(up[i]));
     dgate[i] = from_f32<TDG>(dg);
     dup[i] = from_f32<TDU>(du);
@@ -53,7 +58,8 @@ __global__ void swiglu_backward_kernel(TDG* dgate, TDU* dup, const TD* dout, con
 
 }  // namespace
 
-void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up) {
+void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
+                     bool accumulate) {
   const char* op = "swiglu_backward";
   const Tensor* ts[] = {&dgate, &dup, &dout, &gate, &up};
   const char* names[] = {"dgate", "dup", "dout", "gate", "up"};
@@ -77,7 +83,7 @@ void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tenso
           QT_DISPATCH_TRAIN(up.dtype(), op, "up", TU, {
             swiglu_backward_kernel<TDG, TDU, TD, TG, TU>
                 <<<blocks, threads, 0, stream()>>>(dgate.data<TDG>(), dup.data<TDU>(), dout.data<TD>(),
-                                                   gate.data<TG>(), up.data<TU>(), n, packed);
+                                                   gate.data<TG>(), up.data<TU>(), n, packed, accumulate);
           });
         });
       });

@@ -30,7 +30,8 @@ void linear_forward_cublaslt(Tensor& out, const Tensor& x, const Tensor& w, cons
 
 // out[M, N] = alpha·op(a)·op(b) + beta·out (row-major, op = transpose when asked), cuBLASLt with f32
 // accumulation. a, b share a dtype (F32, BF16 or F16); out F32, BF16 or F16.
-void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha, float beta);
+void matmul(Tensor& out, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b, float alpha,
+            float beta);
 
 // out[N, C] = x / sqrt(mean(x²) + eps) * weight[C], f32 math.
 void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float eps);
@@ -89,7 +90,8 @@ void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, 
 // (BF16 or F32), labels I32 [N] on the device; dhidden F32/BF16 and dlm_head F32 accumulate. Logits and
 // the softmax are f32; the logits gradient is rounded to lm_head's dtype for the two GEMMs.
 LossSum cross_entropy_forward_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& labels,
-                                       Tensor* dhidden, Tensor* dlm_head, float grad_scale, int64_t chunk_rows);
+                                       Tensor* dhidden, Tensor* dlm_head, float grad_scale,
+                                       int64_t chunk_rows);
 
 // out = in converted to out's dtype (F32/BF16/F16), same element count.
 void convert(Tensor& out, const Tensor& in);
@@ -103,7 +105,8 @@ void rmsnorm_backward(Tensor& dx, Tensor* dweight, const Tensor& dout, const Ten
 // In place on dx[N, H, D]: rotation by −a; positions I32 [N], inv_freq F32 [D/2], on the device.
 void rope_backward(Tensor& dx, const Tensor& positions, const Tensor& inv_freq);
 // dgate, dup, dout, gate, up: one shape.
-void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up);
+void swiglu_backward(Tensor& dgate, Tensor& dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
+                     bool accumulate);
 // dtable F32 [V, C] += scatter of dout [N, C] by ids I32 [N] (atomicAdd); ids checked before any write.
 void embedding_backward(Tensor& dtable, const Tensor& ids, const Tensor& dout);
 // dx[N, I] += dy·w, dw[O, I] += dyᵀ·x, db[O] += Σ_n dy (each when non-null), cuBLASLt with beta = 1.

@@ -146,6 +146,16 @@ void swiglu_case(int64_t N, int64_t F, SwigluTypes t) {
                 short_name(t.up));
   check_out(std::string(what) + " dgate", ddg.to_f32_vector(), cdg.to_f32_vector(), t.dgate, 1e-6);
   check_out(std::string(what) + " dup", ddu.to_f32_vector(), cdu.to_f32_vector(), t.dup, 1e-6);
+  // accumulate = false: overwritten, the old contents (here NaN) never read.
+  Tensor cog = host(Vec(N * F, 0.0f), {N, F}), cou = host(Vec(N * F, 0.0f), {N, F});
+  swiglu_backward(cog, cou, host(d, {N, F}), host(g, {N, F}), host(u, {N, F}));
+  Tensor dog = to_device(Vec(N * F, std::nanf("")), {N, F}, t.dgate),
+         dou = to_device(Vec(N * F, std::nanf("")), {N, F}, t.dup);
+  swiglu_backward(dog, dou, to_device(d, {N, F}, t.dout), to_device(g, {N, F}, t.gate),
+                  to_device(u, {N, F}, t.up), false);
+  check_out(std::string(what) + " dgate (overwrite)", dog.to_f32_vector(), cog.to_f32_vector(), t.dgate,
+            1e-6);
+  check_out(std::string(what) + " dup (overwrite)", dou.to_f32_vector(), cou.to_f32_vector(), t.dup, 1e-6);
 }
 
 TEST(CudaBackward, SwigluEveryDtypeCombination) {
