@@ -193,8 +193,7 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
   if (x.dtype() != adt_ || x.device() != dev_ || x.numel() != N * C_)
     throw_error(ErrorKind::Shape, "block ", index_, " forward: x must be ", device_name(dev_), " ",
                 dtype_name(adt_), " [", N, ", ", C_, "], got ", x.describe());
-  saved.x_in = Tensor::empty(x.shape(), adt_, dev_);
-  saved.x_in.copy_from(x);
+  saved.x_in = x;  // kept as it is, not copied: x is rebound to the output below
   Tensor out = act({N, C_});
   saved.chunked = checkpoint && chunks(in);
   // An unchunked training block's forward, recompute and backward share one pass: its adapters' kept values
@@ -210,7 +209,7 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
     saved.drop_all_but_attention();
   else if (checkpoint)
     saved.drop_activations();
-  x.copy_from(out);
+  x = out.reshape(x.shape());
 }
 
 void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {

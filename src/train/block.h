@@ -88,8 +88,9 @@ class Block {
   // params may be null (everything frozen). The layer must outlive the Block.
   Block(const ModelConfig& cfg, const LlamaLayer& layer, int index, TrainableParams* params);
 
-  // x [N, C] (F32 on the CPU, BF16 on CUDA): the block input, replaced by the block output. saved receives a
-  // copy of the input and, unless checkpoint, the activations backward needs.
+  // x [N, C] (F32 on the CPU, BF16 on CUDA): the block input; afterwards x is a new tensor holding the block
+  // output, and saved holds the input tensor itself (not a copy) and, unless checkpoint, the activations
+  // backward needs.
   void forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool checkpoint) const;
   // dx F32 [N, C] on the layer's device: d(loss)/d(output) in, d(loss)/d(input) out. Recomputes the
   // activations first when saved holds only the input; drops them afterwards.

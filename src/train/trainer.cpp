@@ -216,6 +216,21 @@ TrainResult run_finetune(const TrainerArgs& a) {
                   f->buffer_bytes() / 1048576.0);
     note(buf);
   }
+  if (ocfg.paged && dev == Device::CUDA) {
+    // bitsandbytes' paged states are unified memory that stays on the GPU until it runs short; here they
+    // stay on the GPU when they take at most 1/8 of its free memory, else stream from pinned host memory.
+    // Both give the same numbers bit for bit (optim/optimizer.h); only speed and memory differ.
+    int64_t n = 0;
+    for (const ParamRef& r : dt.optimizer_refs()) n += r.param.numel();
+    const int64_t bytes = n * (a.optim.find("8bit") != std::string::npos ? 2 : 8) + (n >> 6);
+    const int64_t headroom = (int64_t)device_memory_capacity() - (int64_t)device_memory_stats().in_use;
+    if (bytes <= headroom / 8) {
+      ocfg.paged = false;
+      note(
+          "note: " + a.optim + ": its " + std::to_string(bytes >> 20) +
+          " MiB of states fit on the GPU and stay there (paged: streamed from host memory when they do not)");
+    }
+  }
   Optimizer opt(ocfg, group_by_weight_decay(dt.optimizer_refs(), a.weight_decay));
   std::vector<ParamGroup> all_groups = group_by_weight_decay(refs, a.weight_decay);  // clipping: every grad
   if (!resume_dir.empty()) dt.load_optimizer(opt, path_join(resume_dir, "optimizer.safetensors"));
