@@ -21,7 +21,7 @@ namespace qtune {
 struct StepOptions {
   bool gradient_checkpointing = false;  // keep only each block's input; recompute in backward
   float grad_scale = 1.0f;              // gradients are of grad_scale·Σ loss
-  int64_t loss_chunk_rows = 256;        // rows of logits materialised at a time
+  int64_t loss_chunk_rows = 512;        // rows of logits materialised at a time
   // With gradient checkpointing, steps of more token rows run each block's per-token layers over chunks of
   // this many rows (BlockInputs::chunk_rows; 0: never).
   int64_t token_chunk_rows = 4096;

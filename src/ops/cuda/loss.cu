@@ -1,5 +1,7 @@
 // Chunked cross-entropy of the LM head on the GPU (ops/loss.h), the CPU algorithm with cuBLASLt GEMMs:
-// per chunk of R rows, logits F32 [R, V] = h·Wᵀ; one block per row finds the log-sum-exp and the loss and
+// per chunk of R rows, logits [R, V] = h·Wᵀ in W's dtype (a bf16 model's logits are bf16, as transformers'
+// LM head gives them before the loss upcasts; f32 math from there); one block per row finds the
+// log-sum-exp and the loss and
 // writes grad_scale·(softmax − onehot(label)) in W's dtype (zero rows for ignored labels); then
 // dh[R, C] += dlogits·W and dW[V, C] += dlogitsᵀ·h. Only one [R, V] logits chunk (and its gradient) exist.
 // Row losses go to a device buffer; the host reads them once, after the last chunk.
@@ -35,12 +37,12 @@ __device__ float block_reduce(float v, bool is_max) {
 }
 
 // Row r of logits [rows, V]: loss[r] = lse − z[label] (0 when ignored); dlogits[r] as described above.
-template <class TG>
-__global__ void xent_rows_kernel(const float* __restrict__ logits, const int32_t* __restrict__ labels,
-                                 TG* __restrict__ dlogits, float* __restrict__ loss, int64_t V, float grad_scale,
-                                 bool grads) {
+template <class TL, class TG>
+__global__ void xent_rows_kernel(const TL* __restrict__ logits, const int32_t* __restrict__ labels,
+                                 TG* __restrict__ dlogits, float* __restrict__ loss, int64_t V,
+                                 float grad_scale, bool grads) {
   const int64_t r = blockIdx.x;
-  const float* z = logits + r * V;
+  const TL* z = logits + r * V;
   TG* dz = dlogits ? dlogits + r * V : nullptr;
   const int32_t y = labels[r];
   if (y == kIgnoreIndex) {
@@ -50,16 +52,16 @@ __global__ void xent_rows_kernel(const float* __restrict__ logits, const int32_t
     return;
   }
   float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, z[j]);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, to_f32(z[j]));
   mx = block_reduce(mx, true);
   float s = 0.0f;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += __expf(z[j] - mx);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += __expf(to_f32(z[j]) - mx);
   s = block_reduce(s, false);
   const float lse = mx + logf(s);
-  if (threadIdx.x == 0) loss[r] = lse - z[y];
+  if (threadIdx.x == 0) loss[r] = lse - to_f32(z[y]);
   if (!grads) return;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    float g = grad_scale * __expf(z[j] - lse);
+    float g = grad_scale * __expf(to_f32(z[j]) - lse);
     if (j == y) g -= grad_scale;
     dz[j] = from_f32<TG>(g);
   }
@@ -68,7 +70,8 @@ __global__ void xent_rows_kernel(const float* __restrict__ logits, const int32_t
 }  // namespace
 
 LossSum cross_entropy_forward_backward(const Tensor& hidden, const Tensor& lm_head, const Tensor& labels,
-                                       Tensor* dhidden, Tensor* dlm_head, float grad_scale, int64_t chunk_rows) {
+                                       Tensor* dhidden, Tensor* dlm_head, float grad_scale,
+                                       int64_t chunk_rows) {
   const char* op = "cross_entropy";
   require_cuda(hidden, op, "hidden");
   require_cuda(lm_head, op, "lm_head");
@@ -81,7 +84,7 @@ LossSum cross_entropy_forward_backward(const Tensor& hidden, const Tensor& lm_he
   Tensor h2 = hidden.reshape({N, C});
   Tensor dh2 = dhidden ? dhidden->reshape({N, C}) : Tensor();
   const int64_t R = std::min(std::max<int64_t>(1, chunk_rows), std::max<int64_t>(1, N));
-  Tensor logits = Tensor::empty({R, V}, DType::F32, Device::CUDA);                      // [R, V]
+  Tensor logits = Tensor::empty({R, V}, lm_head.dtype(), Device::CUDA);                      // [R, V]
   Tensor dlogits = grads ? Tensor::empty({R, V}, lm_head.dtype(), Device::CUDA) : Tensor();  // [R, V]
   Tensor row_loss = Tensor::zeros({N}, DType::F32, Device::CUDA);
   Tensor host_labels = labels.to(Device::CPU);
@@ -90,14 +93,14 @@ LossSum cross_entropy_forward_backward(const Tensor& hidden, const Tensor& lm_he
     const int64_t rows = std::min(R, N - n0);
     bool any = false;
     for (int64_t r = 0; r < rows; r++) any |= y[n0 + r] != kIgnoreIndex;
-    if (!any) continue;  // every label ignored: no loss, no gradient
-    Tensor hc = h2.slice0(n0, rows);       // [rows, C]
-    Tensor lg = logits.slice0(0, rows);    // [rows, V]
+    if (!any) continue;                  // every label ignored: no loss, no gradient
+    Tensor hc = h2.slice0(n0, rows);     // [rows, C]
+    Tensor lg = logits.slice0(0, rows);  // [rows, V]
     matmul(lg, hc, lm_head, false, true, 1.0f, 0.0f);
     Tensor dlg = grads ? dlogits.slice0(0, rows) : Tensor();
     QT_DISPATCH_FLOAT(lm_head.dtype(), op, TG, {
-      xent_rows_kernel<TG><<<(unsigned)rows, kThreads, 0, stream()>>>(
-          lg.data<float>(), labels.data<int32_t>() + n0, grads ? dlg.data<TG>() : nullptr,
+      xent_rows_kernel<TG, TG><<<(unsigned)rows, kThreads, 0, stream()>>>(
+          lg.data<TG>(), labels.data<int32_t>() + n0, grads ? dlg.data<TG>() : nullptr,
           row_loss.data<float>() + n0, V, grad_scale, grads);
     });
     QT_CUDA_CHECK_LAUNCH("xent_rows_kernel");
