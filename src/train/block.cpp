@@ -212,6 +212,19 @@ void Block::forward(Tensor& x, const BlockInputs& in, BlockSaved& saved, bool ch
   x = out.reshape(x.shape());
 }
 
+void Block::attention_grads(const BlockInputs& in, const BlockSaved& s, const Tensor& d_att, Tensor& dq,
+                            Tensor& dk, Tensor& dv) const {
+  dq = grad_zeros(s.q.shape(), true);
+  dk = grad_zeros(s.k.shape(), true);
+  dv = grad_zeros(s.v.shape(), true);
+  QT_PROFILE("bwd.attention");
+  if (in.prefixes)
+    attention_backward_prefix(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, (*in.prefixes)[index_],
+                              in.seq_ids);
+  else
+    attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
+}
+
 void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
   const int64_t B = in.B, T = in.T, N = B * T;
   if (!s.x_in.defined()) throw_error(ErrorKind::Usage, "block ", index_, " backward: no saved forward");
@@ -265,16 +278,8 @@ void Block::backward(Tensor& dx, const BlockInputs& in, BlockSaved& s) const {
     linear_backward(L_.o, &d_att2, g_o_.w, g_o_.b, gemm_grad(dx2), s.att.reshape({N, Hq_ * D_}), params_,
                     true);
   }
-  Tensor dq = grad_zeros({B, T, Hq_, D_}, true), dk = grad_zeros({B, T, Hkv_, D_}, true),
-         dv = grad_zeros({B, T, Hkv_, D_}, true);
-  {
-    QT_PROFILE("bwd.attention");
-    if (in.prefixes)
-      attention_backward_prefix(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, (*in.prefixes)[index_],
-                                in.seq_ids);
-    else
-      attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
-  }
+  Tensor dq, dk, dv;
+  attention_grads(in, s, d_att, dq, dk, dv);
   if (attn_train_) {  // d(extra) = d(att): both went through the same o_proj
     QT_PROFILE("bwd.attn_adapter");
     attn_train_->backward_train(dq, d_att2, s.q, s.attn_extra, L_, params_);

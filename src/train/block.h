@@ -109,6 +109,9 @@ class Block {
   void attention_chunked(const Tensor& x_in, const BlockInputs& in, BlockSaved& s) const;
   void forward_chunked(const Tensor& x_in, Tensor& out, const BlockInputs& in, BlockSaved& s) const;
   void backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) const;
+  // dq, dk, dv (zeroed, then accumulated) from d(att) through the attention, prefix rows included.
+  void attention_grads(const BlockInputs& in, const BlockSaved& s, const Tensor& d_att, Tensor& dq,
+                       Tensor& dk, Tensor& dv) const;
   Tensor act(const Shape& s) const;                          // an uninitialised activation
   Tensor grad_zeros(const Shape& s, bool gemm_input) const;  // BF16 on CUDA when a GEMM reads it, else F32
   Tensor gemm_grad(const Tensor& d) const;                   // d in the activation dtype

@@ -170,16 +170,8 @@ void Block::backward_chunked(Tensor& dx, const BlockInputs& in, BlockSaved& s) c
       linear_backward(L_.o, &d_att_rows, g_o_.w, g_o_.b, gemm_grad(d_rows), att_rows, params_, true);
     }
   }
-  Tensor dq = grad_zeros({B, T, Hq_, D_}, true), dk = grad_zeros({B, T, Hkv_, D_}, true),
-         dv = grad_zeros({B, T, Hkv_, D_}, true);
-  {
-    QT_PROFILE("bwd.attention");
-    if (in.prefixes)
-      attention_backward_prefix(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, (*in.prefixes)[index_],
-                                in.seq_ids);
-    else
-      attention_backward(dq, dk, dv, d_att, s.q, s.k, s.v, s.att, s.lse, in.seq_ids);
-  }
+  Tensor dq, dk, dv;
+  attention_grads(in, s, d_att, dq, dk, dv);
   s.drop_activations();
   d_att = Tensor();
   Tensor dqh = dq.reshape({N, Hq_, D_}), dkh = dk.reshape({N, Hkv_, D_});
