@@ -116,22 +116,12 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-      for (int j = 0; j < RT; j++) {
-        float* t = red + warp * T + (16 * mt + g) * WROWS + mod * COLS + 8 * j + 2 * c;
-        t[0] = acc[mod][mt][j][0];
-        t[1] = acc[mod][mt][j][1];
-        t[8 * WROWS] = acc[mod][mt][j][2];
-        t[8 * WROWS + 1] = acc[mod][mt][j][3];
-      }
+      for (int j = 0; j < RT; j++)
+        store_fragment(red + warp * T + (16 * mt + g) * WROWS + mod * COLS + 8 * j + 2 * c, acc[mod][mt][j],
+                       WROWS);
   __syncthreads();
   float v[E];
-#pragma unroll
-  for (int q = 0; q < E; q++) {
-    const int e = threadIdx.x + 256 * q;
-    v[q] = 0.0f;
-    if (e < T)
-      for (int w2 = 0; w2 < kWarps; w2++) v[q] += red[w2 * T + e];
-  }
+  sum_warp_tiles<E, T>(red, v);
   if (!finish_splits<E, T>(v, partial, counters, blockIdx.x, blockIdx.y, gridDim.y)) return;
 #pragma unroll
   for (int q = 0; q < E; q++) {

@@ -64,6 +64,27 @@ __device__ __forceinline__ uint32_t pair(const uint16_t* p, int64_t rows, int r,
   return lo | (hi << 16);
 }
 
+// An m16n8 MMA accumulator fragment into a row-major f32 tile at t (this lane's first element), rows `stride`
+// floats apart: elements 0, 1 in the lane's row, 2, 3 eight rows below.
+__device__ __forceinline__ void store_fragment(float* t, const float (&a)[4], int stride) {
+  t[0] = a[0];
+  t[1] = a[1];
+  t[8 * stride] = a[2];
+  t[8 * stride + 1] = a[3];
+}
+
+// v[q] = Σ_w red[w·T + e] over the block's kWarps per-warp tiles, e = threadIdx.x + 256·q (0 past T).
+template <int E, int T>
+__device__ __forceinline__ void sum_warp_tiles(const float* red, float (&v)[E]) {
+#pragma unroll
+  for (int q = 0; q < E; q++) {
+    const int e = threadIdx.x + 256 * q;
+    v[q] = 0.0f;
+    if (e < T)
+      for (int w = 0; w < kWarps; w++) v[q] += red[w * T + e];
+  }
+}
+
 // The split-K finish of lora_down and lora_down_grad: v[E] are this block's sums of tile elements
 // e = threadIdx.x + 256·q (blocks of 256 threads). With one split they are final. Otherwise each block stores
 // its partial; the block that arrives last (counted in counters[tile]) reads all splits back and sums them in
