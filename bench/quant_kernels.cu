@@ -1,11 +1,11 @@
 // qtune side of bench/quant_kernels.sh: copy bandwidth (the ceiling), NF4 dequantize to bf16, the fused
-// 4-bit GEMV at batch 1 (standalone and inside a CUDA graph, rows per block 2/4/8), and the LLM.int8
+// 4-bit GEMV at batch 1 (standalone and inside a CUDA graph), and the LLM.int8
 // Linear forward against fp16 / bf16 cuBLASLt, on Llama-3-8B shapes. One JSON line per measurement
 // (impl "qtune"), CUDA-event medians; weights rotate over enough copies that the L2 never holds them.
 // Bytes: dequantize = packed + absmax (+ nested) read + bf16 written; GEMV = packed + absmax + x + out.
 // LLM.int8: the forward standalone and per call in a CUDA graph of 4, threshold 6 and 0, and its parts
 // (GEMM, row quantization, outlier listing and gathering, epilogue) standalone. `quant_kernels int8` runs
-// only the LLM.int8 lines.
+// only the LLM.int8 lines, `quant_kernels gemv` only the GEMV lines.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -27,7 +27,17 @@ using namespace qtune;
 
 namespace {
 
-double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5) {
+// Spins one thread for about `cycles` SM clocks: keeps the GPU busy while the host submits what follows.
+__global__ void spin_kernel(long long cycles) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < cycles) {
+  }
+}
+
+// Median of `reps` CUDA-event timings of fn. queued: each timed call is submitted while the GPU still runs
+// a ~300 µs spin, so the time is the call's GPU time alone; otherwise the GPU is idle when the start event
+// is recorded and the time includes the host's submission of the launch (a few µs).
+double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5, bool queued = false) {
   cudaStream_t s = cuda::stream();
   for (int i = 0; i < warm; i++) fn(i);
   cudaEvent_t a, b;
@@ -35,6 +45,7 @@ double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5
   cudaEventCreate(&b);
   std::vector<double> t;
   for (int i = 0; i < reps; i++) {
+    if (queued) spin_kernel<<<1, 1, 0, s>>>(600000);
     cudaEventRecord(a, s);
     fn(i);
     cudaEventRecord(b, s);
@@ -125,7 +136,7 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
       for (int c = 0; c < k; c++) qs.push_back(quantize_4bit_cuda(w, QuantType::NF4, 64, dq));
       Tensor x = randn_gpu({1, I}, DType::BF16, 1.0f, g);
       Tensor y = Tensor::empty({1, O}, DType::BF16, Device::CUDA);
-      for (int R : {2, 4}) {
+      {
         auto f = [&](int i) {
           const Quant4Tensor& q = qs[i % k];
           Gemv4Args a;
@@ -135,18 +146,15 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
           a.out = y.raw();
           a.O = O;
           a.I = I;
-          a.rows_per_warp = R;
           gemv_4bit_cuda(a, cuda::stream());
         };
-        const double ms = median_ms(f), gms = graph_ms(f, k);
+        const double ms = median_ms(f), qms = median_ms(f, 30, 5, true), gms = graph_ms(f, k);
         std::printf(
             "{\"impl\": \"qtune\", \"bench\": \"gemv_nf4\", \"O\": %lld, \"I\": %lld, \"dq\": %s, "
-            "\"rows_per_warp\": "
-            "%d, \"us\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, "
-            "\"frac_copy_graph\": "
-            "%.3f}\n",
-            (long long)O, (long long)I, dq ? "true" : "false", R, ms * 1e3, gms * 1e3, bytes / ms / 1e6,
-            bytes / ms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
+            "\"us\": %.2f, \"us_queued\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, "
+            "\"frac_copy_queued\": %.3f, \"frac_copy_graph\": %.3f}\n",
+            (long long)O, (long long)I, dq ? "true" : "false", ms * 1e3, qms * 1e3, gms * 1e3, bytes / ms / 1e6,
+            bytes / ms / 1e6 / copy_gbs, bytes / qms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
       }
     }
 }
@@ -259,6 +267,10 @@ int main(int argc, char** argv) {
   }
   const double copy_gbs = copy_bandwidth();
   std::printf("{\"impl\": \"qtune\", \"bench\": \"copy\", \"gbs\": %.1f}\n", copy_gbs);
+  if (argc > 1 && std::string(argv[1]) == "gemv") {  // only the 4-bit GEMV
+    bench_gemv(copy_gbs, g);
+    return 0;
+  }
   bench_dequant(copy_gbs, g);
   bench_gemv(copy_gbs, g);
   bench_int8(g);

@@ -68,8 +68,9 @@ Tensor dequantize_blockwise_8bit_cuda(const Blockwise8& b, const std::vector<flo
 
 // ---- fused 4-bit GEMV --------------------------------------------------------------------------------
 
-// out[r, o] = Σ_i x[r, i] · code[q[o, i]] · absmax[blk(o, i)] (+ bias[o]) for r < rows (1 or 2), in f32:
-// per 32 weights Σ code·x, then times the block's absmax. The packed weight [O, I] is read once.
+// out[r, o] = Σ_i x[r, i] · bf16(code[q[o, i]]) · absmax[blk(o, i)] (+ bias[o]) for r < rows (1 or 2):
+// per 32 weights Σ bf16(code)·x on the tensor cores (f32 accumulation), then times the block's absmax.
+// The packed weight [O, I] is read once.
 struct Gemv4Args {
   const uint8_t* packed = nullptr;  // [O · I / 2], 16-byte aligned
   Absmax4View absmax;
@@ -82,7 +83,6 @@ struct Gemv4Args {
   DType bias_dtype = DType::BF16;
   int64_t O = 0, I = 0;
   int rows = 1;
-  int rows_per_warp = 0;  // output rows per warp: 2 or 4 (0: the default, 4)
 };
 // True when the GEMV handles the weight: I % 32 == 0 and a 16-byte aligned packed pointer.
 bool gemv_4bit_supported(int64_t I, const void* packed);

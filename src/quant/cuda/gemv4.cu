@@ -1,16 +1,25 @@
-// Fused 4-bit GEMV for one or two rows of x (decode): out[r, o] = Σ_i x[r, i] · W[o, i] with W in NF4/FP4
-// blocks, reading each packed byte once.
-//   y[r, o] = Σ_chunks absmax(chunk) · Σ_{32 weights of the chunk} code[q] · x[r, i]     (f32)
-// One warp owns R output rows; its lanes stride over the rows' 32-weight chunks (16 packed bytes each,
-// always inside one quantization block), loading the chunks two steps ahead of the one being summed, so
-// every warp keeps R · 32 bytes per lane in flight. A quarter chunk of x (8 values) is loaded and widened
-// once for the R rows. Per weight: one PRMT (the nibble, pre-shifted to a byte offset), one shared-memory
-// load of the code value, one FFMA per row of x. The row sums finish with warp shuffles: no block-wide
-// synchronisation after the code tables are in shared memory (and the first loads are issued before that).
-// The code value times absmax is not rounded to bf16 here (the factorisation needs it exact), unlike the
-// dequantized weights of the many-token path; the difference is within bf16 rounding of the weights.
-// H200, 8B shapes: 36-41% of copy bandwidth in a CUDA graph (3-4x bitsandbytes standalone), bound by the
-// per-weight code lookup in shared memory rather than by DRAM; the variants tried are in bench/NOTES.md.
+// Fused 4-bit GEMV for one or two rows of x (decode): out[n, o] = Σ_i x[n, i] · W[o, i] with W in NF4/FP4
+// blocks, reading each packed byte once, on the tensor cores.
+//
+// A warp owns 16 output rows and walks them in steps of 256 weights (8 chunks of 32 codes, 16 packed bytes
+// each; a chunk never straddles a quantization block). Lane (g, q) = (lane / 4, lane % 4) loads chunks 2q
+// and 2q + 1 of rows g and g + 8, so each load instruction pair covers whole 128-byte lines of 8 rows: with
+// half lines per request (chunk q only) the same loads ran 40% slower on the H200.
+// One mma.m16n8k16 (bf16 in, f32 accumulate) takes 16 weights of each of the 16 rows: its k slots q and
+// q + 4 take bytes 2t and 2t + 1 of lane q's chunk (any order of k works as long as x follows it), so eight
+// MMAs consume one chunk per lane. Each packed byte becomes the (code[hi], code[lo]) bf16 pair the A
+// fragment wants with one PRMT (the byte and the lane form the shared-memory address) and one load from a
+// 256-entry pair table of which every lane has its own bank (conflict-free). The B operand (x) is zero
+// except in column 2q + n for the k slots of lane q's chunk, so result column 2q + n is that chunk's partial
+// sum for x row n, and it sits in lane q, which scales it by the chunk's absmax. Per weight: half a PRMT,
+// half a shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in a scalar loop.
+//
+// One block of 16 warps per SM owns a contiguous run of 16-row groups (balanced to one group); each warp
+// takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
+// one. Partial row sums meet in shared memory; the block writes its rows last. The L1 data pipe (the
+// lookups, then the 8-row loads) is the busiest unit; bench/NOTES.md has the profiles. The weights enter
+// as bf16(code) (the absmax multiplies the f32 partial sums), so each weight carries one bf16 rounding, as
+// in the dequantize + GEMM path.
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -19,158 +28,227 @@ using namespace quant_cuda;
 
 namespace {
 
-constexpr int kGemvThreads = 128;  // 4 warps, each with its own rows
+constexpr int kWarps = 16, kThreads = kWarps * 32;
+// The pair table: row b (the packed byte) is 256 bytes, of which lane l uses the word at 4 · l. It starts
+// at a shared address with zero low 16 bits (the kernel skips up to kTableAlign bytes to find one), so one
+// PRMT forms a lookup's whole address: the byte as bits 8..15, 4 · lane as bits 0..7, the base above.
+constexpr int kTableBytes = 256 * 256, kTableAlign = 65536;
 
 struct Gemv4Params {
-  const uint4* packed;  // [O, I / 32] chunks of 32 codes
+  const uint4* packed;  // [O, nchunk] chunks of 32 codes
   Absmax4View am;
-  int lg_bs;
+  int lg_chunks_per_block;  // log2(blocksize / 32)
   float code[16];
   const __nv_bfloat16* x;  // [NR, I]
   void* out;               // [NR, O]
   const void* bias;        // [O] or null
   int out_kind, bias_kind;
-  int O, I;
+  int O, I, nchunk;
+  int steps;             // per row: ceil(nchunk / 8)
+  int groups;            // ceil(O / 16)
+  int groups_per_block;  // the block's run of 16-row groups
 };
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// The pair for byte k of word w: base_lane = the table's shared address | 4 · lane.
+__device__ __forceinline__ uint32_t pair_of(uint32_t w, uint32_t base_lane, int k) {
+  uint32_t v;
+  asm("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(__byte_perm(w, base_lane, 0x7604 | (k << 4))));
   return v;
 }
 
-// The packed words of R rows at chunk c and what their absmax needs (the f32 value, or the nested code
-// and nested absmax). Rows past O read as zeros.
-template <int R, bool kNested>
-struct Stage {
-  uint4 w[R];
-  float a[R];
-  uint32_t q[R];
-  __device__ __forceinline__ void load(const Gemv4Params& p, int o0, int nchunk, int c) {
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const bool ok = o0 + r < p.O;
-      const int64_t chunk = (int64_t)(o0 + r) * nchunk + c, blk = (chunk << 5) >> p.lg_bs;
-      w[r] = ok ? __ldcs(p.packed + chunk) : make_uint4(0, 0, 0, 0);
-      if (kNested) {
-        q[r] = ok ? p.am.qabsmax[blk] : 0;
-        a[r] = ok ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
-      } else {
-        a[r] = ok ? __ldg(p.am.absmax + blk) : 0.0f;
-      }
-    }
-  }
-};
+// One step of one warp: chunks 2q and 2q + 1 of rows g and g + 8 (zeros past the row or the matrix), and
+// their absmax (the plain value, or the 8-bit code and the nested absmax). kShares: both chunks in one block.
+template <bool kNested, bool kShares>
+struct Step {
+  uint4 w[2][2];  // [row g, g + 8][chunk 2q, 2q + 1]
+  float a[2][2];
+  uint32_t c[2][2];
 
-// acc[r][n] += absmax · Σ_{32 weights of chunk c} code · x[n] for the R rows of stage st (two partial
-// sums per row, even and odd weights, for two independent FMA chains). tab: the 16 code values.
-template <int NR, int R, bool kNested>
-__device__ __forceinline__ void chunk_sum(const Gemv4Params& p, const Stage<R, kNested>& st, int c,
-                                          const char* tab, const float* ncode, float (&acc)[R][NR]) {
-  float sc[R];
+  __device__ __forceinline__ void load(const Gemv4Params& p, int row, int ch) {
+    // 32-bit chunk indices: gemv_4bit_cuda checks (O + 16) · I / 32 < 2^31.
 #pragma unroll
-  for (int r = 0; r < R; r++)
-    sc[r] = kNested ? __fadd_rn(__fmul_rn(ncode[st.q[r]], st.a[r]), p.am.offset) : st.a[r];
-  float t[R][NR], u[R][NR];
+    for (int h = 0; h < 2; h++) {
+      const int r = row + 8 * h, i = r * p.nchunk + ch;
+      const bool ok = r < p.O;
 #pragma unroll
-  for (int r = 0; r < R; r++)
-#pragma unroll
-    for (int n = 0; n < NR; n++) t[r][n] = u[r][n] = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 4; j++) {  // quarter j: weights 8j .. 8j + 7 of the chunk
-    float xq[NR][8];
-#pragma unroll
-    for (int n = 0; n < NR; n++) {
-      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + 4 * c + j);
-      const uint32_t xw[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int k = 0; k < 4; k++) {
-        xq[n][2 * k] = __uint_as_float(xw[k] << 16);
-        xq[n][2 * k + 1] = __uint_as_float(xw[k] & 0xFFFF0000u);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const uint32_t word = j == 0 ? st.w[r].x : j == 1 ? st.w[r].y : j == 2 ? st.w[r].z : st.w[r].w;
-      const uint32_t hi = (word >> 2) & 0x3C3C3C3Cu;  // byte b: 4 · (high nibble) = element 2b
-      const uint32_t lo = (word << 2) & 0x3C3C3C3Cu;  // byte b: 4 · (low nibble)  = element 2b + 1
-#pragma unroll
-      for (int b = 0; b < 4; b++) {
-        const float w0 = *reinterpret_cast<const float*>(tab + __byte_perm(hi, 0, 0x4440 | b));
-        const float w1 = *reinterpret_cast<const float*>(tab + __byte_perm(lo, 0, 0x4440 | b));
-#pragma unroll
-        for (int n = 0; n < NR; n++) {
-          t[r][n] = fmaf(w0, xq[n][2 * b], t[r][n]);
-          u[r][n] = fmaf(w1, xq[n][2 * b + 1], u[r][n]);
+      for (int e = 0; e < 2; e++) {
+        const bool in = ok && ch + e < p.nchunk;
+        w[h][e] = in ? __ldcs(p.packed + i + e) : make_uint4(0, 0, 0, 0);
+        if (kShares && e == 1) {
+          a[h][1] = a[h][0];
+          c[h][1] = c[h][0];
+          continue;
+        }
+        const int blk = (i + e) >> p.lg_chunks_per_block;
+        if (kNested) {
+          c[h][e] = in ? p.am.qabsmax[blk] : 0;
+          a[h][e] = in ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
+        } else {
+          a[h][e] = in ? __ldg(p.am.absmax + blk) : 0.0f;
         }
       }
     }
   }
+};
+
+// acc[n][h] (x row n; rows g, g + 8) += lane q's two chunks of the step, each times its absmax. The lanes
+// feeding x: 9q + 4n (result column 2q + n). ch: lane q's first chunk.
+template <int NR, bool kNested, bool kShares>
+__device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested, kShares>& st, int ch, int lane,
+                                         uint32_t base_lane, const float* ncode, float (&acc)[2][2]) {
+  const int g = lane >> 2, q = lane & 3, n = g & 1;
+  const bool x_lane = (g >> 1) == q && n < NR;
+  const uint4* xp = reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + ch * 4;
 #pragma unroll
-  for (int r = 0; r < R; r++)
+  for (int e = 0; e < 2; e++) {
+    uint4 xv[4];
+    const bool has_x = x_lane && ch + e < p.nchunk;
 #pragma unroll
-    for (int n = 0; n < NR; n++) acc[r][n] = fmaf(t[r][n] + u[r][n], sc[r], acc[r][n]);
+    for (int k = 0; k < 4; k++) xv[k] = has_x ? __ldg(xp + 4 * e + k) : make_uint4(0, 0, 0, 0);
+    // Two accumulators (even and odd t) so the MMAs form two dependency chains.
+    float d[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+      const uint32_t wa = word_of(st.w[0][e], t >> 1), wb = word_of(st.w[1][e], t >> 1);
+      const int k0 = (2 * t) & 3;
+      mma_bf16(d[t & 1], pair_of(wa, base_lane, k0), pair_of(wb, base_lane, k0),
+               pair_of(wa, base_lane, k0 + 1), pair_of(wb, base_lane, k0 + 1), word_of(xv[t >> 1], k0),
+               word_of(xv[t >> 1], k0 + 1));
+    }
+    float a[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+      a[h] = kNested ? __fadd_rn(__fmul_rn(ncode[st.c[h][e]], st.a[h][e]), p.am.offset) : st.a[h][e];
+    acc[0][0] = fmaf(d[0][0] + d[1][0], a[0], acc[0][0]);
+    acc[0][1] = fmaf(d[0][2] + d[1][2], a[1], acc[0][1]);
+    if (NR > 1) {
+      acc[1][0] = fmaf(d[0][1] + d[1][1], a[0], acc[1][0]);
+      acc[1][1] = fmaf(d[0][3] + d[1][3], a[1], acc[1][1]);
+    }
+  }
 }
 
-template <int NR, int R, bool kNested>
-__global__ void __launch_bounds__(kGemvThreads) gemv4_kernel(const Gemv4Params p) {
-  __shared__ float code[16];
-  __shared__ float ncode[kNested ? 256 : 1];
-  const int lane = threadIdx.x & 31;
-  const int o0 = (blockIdx.x * (kGemvThreads / 32) + (threadIdx.x >> 5)) * R;
-  const int nchunk = p.I >> 5;
-  const bool active = o0 < p.O;
-  Stage<R, kNested> s0, s1, s2;  // chunks c, c + 32, c + 64
-  if (active) {
-    if (lane < nchunk) s0.load(p, o0, nchunk, lane);
-    if (lane + 32 < nchunk) s1.load(p, o0, nchunk, lane + 32);
+template <int NR, bool kNested, bool kShares>
+__global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p) {
+  extern __shared__ __align__(16) char smem[];
+  const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
+  const uint32_t pad = (0u - sbase) & 0xFFFFu;  // to the next shared address with zero low 16 bits
+  char* tab = smem + pad;
+  float* ncode = reinterpret_cast<float*>(tab + kTableBytes);
+  float* part = ncode + 256;  // [groups_per_block][NR][16] row sums
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g0 = blockIdx.x * p.groups_per_block;
+  const int ng = min(p.groups_per_block, p.groups - g0);
+  const int items = ng * p.steps;
+  const int row0 = g0 * 16 + (lane >> 2), ch0 = 2 * (lane & 3);
+
+  // This warp's run of the block's steps (group-major): load cursor (lgl, ls), sum cursor (cgl, cs).
+  const int per = (items + kWarps - 1) / kWarps;
+  const int first = warp * per, end = min(items, first + per);
+  int lgl = first / p.steps, ls = first % p.steps, cgl = lgl, cs = ls;
+  Step<kNested, kShares> s0, s1;
+  if (first < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
+  if (++ls == p.steps) ls = 0, lgl++;
+  if (first + 1 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
+  if (++ls == p.steps) ls = 0, lgl++;
+
+  // The pair table (words 0..31 of each row), the nested code book, zeroed row sums.
+  for (int i = threadIdx.x; i < 256 * 8; i += kThreads) {
+    const int b = i >> 3;
+    const uint32_t v = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b >> 4])) |
+                       ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b & 15])) << 16);
+    reinterpret_cast<uint4*>(tab + b * 256)[i & 7] = make_uint4(v, v, v, v);
   }
-  if (threadIdx.x < 16) code[threadIdx.x] = p.code[threadIdx.x];
   if (kNested)
-    for (int i = threadIdx.x; i < 256; i += kGemvThreads) ncode[i] = p.am.nested_code[i];
+    for (int i = threadIdx.x; i < 256; i += kThreads) ncode[i] = p.am.nested_code[i];
+  for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) part[i] = 0.0f;
   __syncthreads();
-  if (!active) return;
-  const char* tab = reinterpret_cast<const char*>(code);
-  float acc[R][NR];
+
+  const uint32_t base_lane = (sbase + pad) | (uint32_t)(lane * 4);
+  float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+  int cur = -1;  // the group acc belongs to
+  auto flush = [&]() {
 #pragma unroll
-  for (int r = 0; r < R; r++)
+    for (int n = 0; n < NR; n++)
 #pragma unroll
-    for (int n = 0; n < NR; n++) acc[r][n] = 0.0f;
-  // Three stages rotate by name (copying a stage would wait for its loads): each step first refills the
-  // stage freed two steps ago, then sums the current one.
-  for (int c = lane; c < nchunk; c += 96) {
-    if (c + 64 < nchunk) s2.load(p, o0, nchunk, c + 64);
-    chunk_sum<NR, R, kNested>(p, s0, c, tab, ncode, acc);
-    if (c + 32 >= nchunk) break;
-    if (c + 96 < nchunk) s0.load(p, o0, nchunk, c + 96);
-    chunk_sum<NR, R, kNested>(p, s1, c + 32, tab, ncode, acc);
-    if (c + 64 >= nchunk) break;
-    if (c + 128 < nchunk) s1.load(p, o0, nchunk, c + 128);
-    chunk_sum<NR, R, kNested>(p, s2, c + 64, tab, ncode, acc);
-  }
-#pragma unroll
-  for (int r = 0; r < R; r++)
-#pragma unroll
-    for (int n = 0; n < NR; n++) {
-      const float v = warp_sum(acc[r][n]);
-      if (lane == 0 && o0 + r < p.O) {
-        const float y = p.bias ? v + load_kind(p.bias, o0 + r, p.bias_kind) : v;
-        store_kind(p.out, (int64_t)n * p.O + o0 + r, p.out_kind, y);
+      for (int h = 0; h < 2; h++) {
+        float v = acc[n][h];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if ((lane & 3) == 0) atomicAdd(part + (cur * NR + n) * 16 + (lane >> 2) + 8 * h, v);
+        acc[n][h] = 0.0f;
       }
+  };
+  auto consume = [&](const Step<kNested, kShares>& st) {
+    if (cgl != cur) {
+      if (cur >= 0) flush();
+      cur = cgl;
     }
+    step_sum<NR>(p, st, cs * 8 + ch0, lane, base_lane, ncode, acc);
+    if (++cs == p.steps) cs = 0, cgl++;
+  };
+  // Two steps rotate by name (copying one would wait for its loads): sum one, then refill it with the
+  // step after the other.
+  for (int i = first; i < end; i += 2) {
+    consume(s0);
+    if (i + 2 < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
+    if (++ls == p.steps) ls = 0, lgl++;
+    if (i + 1 >= end) break;
+    consume(s1);
+    if (i + 3 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
+    if (++ls == p.steps) ls = 0, lgl++;
+  }
+  if (cur >= 0) flush();
+  __syncthreads();
+  for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) {
+    const int gl = i / (NR * 16), n = (i / 16) % NR, r = i % 16;
+    const int o = (g0 + gl) * 16 + r;
+    if (o < p.O) {
+      const float y = p.bias ? part[i] + load_kind(p.bias, o, p.bias_kind) : part[i];
+      store_kind(p.out, (int64_t)n * p.O + o, p.out_kind, y);
+    }
+  }
+}
+
+void cuda_ok(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw_error(ErrorKind::Cuda, "gemv_4bit_cuda: ", what, ": ", cudaGetErrorString(e));
 }
 
 bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
-template <int NR, int R>
-void launch(const Gemv4Params& p, cudaStream_t stream) {
-  const int groups = (p.O + R - 1) / R, blocks = (groups + kGemvThreads / 32 - 1) / (kGemvThreads / 32);
-  if (p.am.absmax)
-    gemv4_kernel<NR, R, false><<<blocks, kGemvThreads, 0, stream>>>(p);
+template <int NR, bool kNested, bool kShares>
+void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
+  static size_t set = 0;  // the largest dynamic shared memory allowed so far
+  if (smem > set) {
+    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested, kShares>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+            "cudaFuncSetAttribute(gemv4_kernel)");
+    set = smem;
+  }
+  gemv4_kernel<NR, kNested, kShares><<<blocks, kThreads, smem, stream>>>(p);
+}
+
+template <int NR>
+void launch_variant(const Gemv4Params& p, bool nested, bool shares, int blocks, size_t smem,
+                    cudaStream_t stream) {
+  if (nested)
+    shares ? launch<NR, true, true>(p, blocks, smem, stream) : launch<NR, true, false>(p, blocks, smem, stream);
   else
-    gemv4_kernel<NR, R, true><<<blocks, kGemvThreads, 0, stream>>>(p);
+    shares ? launch<NR, false, true>(p, blocks, smem, stream) : launch<NR, false, false>(p, blocks, smem, stream);
 }
 
 }  // namespace
@@ -185,14 +263,15 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
                 ") and 16-byte aligned packed weights and x");
   if (a.rows < 1 || a.rows > 2)
     throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows must be 1 or 2, got ", a.rows);
-  if (a.O <= 0 || a.O > 0x7fffffff || a.O * (a.I / 32) > ((int64_t)1 << 40))
-    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: unsupported size O = ", a.O);
+  if (a.O <= 0 || (a.O + 16) * (a.I / 32) >= ((int64_t)1 << 31))
+    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: unsupported size O = ", a.O, ", I = ", a.I,
+                " (needs (O + 16) · I / 32 < 2^31)");
   check_blocksize(a.blocksize, "gemv_4bit_cuda");
   Gemv4Params p;
   p.packed = reinterpret_cast<const uint4*>(a.packed);
   p.am = a.absmax;
-  p.lg_bs = 0;
-  while ((int64_t(1) << p.lg_bs) < a.blocksize) p.lg_bs++;
+  p.lg_chunks_per_block = 0;
+  while ((int64_t(32) << p.lg_chunks_per_block) < a.blocksize) p.lg_chunks_per_block++;
   const float* c = code4(a.quant_type);
   for (int i = 0; i < 16; i++) p.code[i] = c[i];
   p.x = static_cast<const __nv_bfloat16*>(a.x);
@@ -202,13 +281,24 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
   p.bias_kind = a.bias ? float_kind(a.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
   p.O = (int)a.O;
   p.I = (int)a.I;
-  const int R = a.rows_per_warp ? a.rows_per_warp : 4;
-  if (R != 2 && R != 4)
-    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows_per_warp must be 2 or 4, got ", R);
+  p.nchunk = p.I / 32;
+  p.steps = (p.nchunk + 7) / 8;
+  p.groups = (p.O + 15) / 16;
+  int dev = 0, sms = 0;
+  cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  // One block per SM, each a run of whole groups; the runs differ by at most one group.
+  p.groups_per_block = (p.groups + sms - 1) / sms;
+  const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
+  const size_t smem = kTableAlign + kTableBytes + 1024 + (size_t)p.groups_per_block * a.rows * 16 * 4;
+  const bool nested = p.am.absmax == nullptr;
+  // Chunks 2q and 2q + 1 of a row share one absmax when a block holds an even number of chunks and rows
+  // start on an even chunk.
+  const bool shares = p.lg_chunks_per_block >= 1 && p.nchunk % 2 == 0;
   if (a.rows == 1)
-    R == 2 ? launch<1, 2>(p, stream) : launch<1, 4>(p, stream);
+    launch_variant<1>(p, nested, shares, blocks, smem, stream);
   else
-    R == 2 ? launch<2, 2>(p, stream) : launch<2, 4>(p, stream);
+    launch_variant<2>(p, nested, shares, blocks, smem, stream);
   check_launch("gemv4_kernel");
 }
 

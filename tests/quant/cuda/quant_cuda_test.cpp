@@ -283,49 +283,63 @@ TEST(QuantCuda, BadArgumentsAreErrors) {
   EXPECT_THROW(dequantize_4bit_cuda(q, DType::BF16), Error);
 }
 
-// The fused GEMV against a float64 evaluation of the same weights (code · absmax, not rounded): only the f32
-// summation order differs. Odd row counts, a row length that is not a multiple of 32 chunks, every
-// rows-per-warp variant, one and two rows of x, plain and nested absmax.
+// The fused GEMV against a float64 evaluation of the weights it multiplies: bf16(code) · absmax (the code
+// value enters the tensor cores in bf16, the absmax scales the f32 partial sums), so only the f32 summation
+// order differs. Partial 16-row groups, rows that are not a multiple of the kernel's 128-weight step, runs
+// of several groups per block (O > 16 · SMs), block sizes 32 (two absmax per lane pair) and 64-256, NF4 and
+// FP4, plain and nested absmax, one and two rows of x.
 TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 4);
-  for (int64_t I : {64, 4128})
-    for (bool dq : {false, true}) {
-      const int64_t O = 37;
-      std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
-      std::normal_distribution<float> nd(0.0f, 1.0f);
-      for (float& v : wv) v = nd(g);
-      for (float& v : xv) v = bf16_to_f32(f32_to_bf16(nd(g)));
-      Quant4Tensor q = quantize_4bit(Tensor::from_f32(wv, {O, I}), QuantType::NF4, 64, dq);
-      const std::vector<float> wd = dequantize_4bit(q, DType::F32).to_f32_vector();  // code · absmax
-      Quant4Tensor up = quant4_to(q, Device::CUDA);
-      Tensor x = Tensor::from_f32(xv, {2, I}).to_dtype(DType::BF16).to(Device::CUDA);
-      for (int rows : {1, 2})
-        for (int R : {2, 4}) {
-          Tensor y = Tensor::empty({rows, O}, DType::F32, Device::CUDA);
-          Gemv4Args a;
-          a.packed = up.packed.data<uint8_t>();
-          a.absmax = absmax4_view(up);
-          a.x = x.raw();
-          a.out = y.raw();
-          a.out_dtype = DType::F32;
-          a.O = O;
-          a.I = I;
-          a.rows = rows;
-          a.rows_per_warp = R;
-          gemv_4bit_cuda(a, 0);
-          const std::vector<float> got = y.to_f32_vector();
-          double num = 0, den = 0;
-          for (int r = 0; r < rows; r++)
-            for (int64_t o = 0; o < O; o++) {
-              double ref = 0;
-              for (int64_t i = 0; i < I; i++)
-                ref += (double)xv[(size_t)(r * I + i)] * wd[(size_t)(o * I + i)];
-              num += (got[(size_t)(r * O + o)] - ref) * (got[(size_t)(r * O + o)] - ref);
-              den += ref * ref;
-            }
-          EXPECT_LE(std::sqrt(num / den), 1e-5)
-              << "I " << I << (dq ? " dq" : "") << " rows " << rows << " R " << R;
-        }
+  struct Case {
+    int64_t O, I, bs;
+    bool dq;
+    QuantType qt;
+  };
+  for (const Case& c : {Case{37, 64, 64, false, QuantType::NF4}, Case{37, 4128, 64, true, QuantType::NF4},
+                        Case{37, 4128, 32, false, QuantType::FP4}, Case{301, 1056, 32, true, QuantType::NF4},
+                        Case{2200, 384, 128, true, QuantType::NF4}, Case{4100, 160, 256, false, QuantType::FP4}}) {
+    const int64_t O = c.O, I = c.I;
+    std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (float& v : wv) v = nd(g);
+    for (float& v : xv) v = bf16_to_f32(f32_to_bf16(nd(g)));
+    Quant4Tensor q = quantize_4bit(Tensor::from_f32(wv, {O, I}), c.qt, c.bs, c.dq);
+    const std::vector<float> am = quant4_absmax_f32(q).to_f32_vector();
+    const uint8_t* pk = q.packed.data<uint8_t>();
+    const float* code = code4(c.qt);
+    std::vector<double> wd((size_t)(O * I));
+    for (int64_t e = 0; e < O * I; e++) {
+      const int nib = (e % 2 == 0) ? pk[e / 2] >> 4 : pk[e / 2] & 15;
+      wd[(size_t)e] = (double)bf16_to_f32(f32_to_bf16(code[nib])) * am[(size_t)(e / c.bs)];
     }
+    Quant4Tensor up = quant4_to(q, Device::CUDA);
+    Tensor x = Tensor::from_f32(xv, {2, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    for (int rows : {1, 2}) {
+      Tensor y = Tensor::empty({rows, O}, DType::F32, Device::CUDA);
+      Gemv4Args a;
+      a.packed = up.packed.data<uint8_t>();
+      a.absmax = absmax4_view(up);
+      a.blocksize = c.bs;
+      a.quant_type = c.qt;
+      a.x = x.raw();
+      a.out = y.raw();
+      a.out_dtype = DType::F32;
+      a.O = O;
+      a.I = I;
+      a.rows = rows;
+      gemv_4bit_cuda(a, 0);
+      const std::vector<float> got = y.to_f32_vector();
+      double num = 0, den = 0;
+      for (int r = 0; r < rows; r++)
+        for (int64_t o = 0; o < O; o++) {
+          double ref = 0;
+          for (int64_t i = 0; i < I; i++) ref += (double)xv[(size_t)(r * I + i)] * wd[(size_t)(o * I + i)];
+          num += (got[(size_t)(r * O + o)] - ref) * (got[(size_t)(r * O + o)] - ref);
+          den += ref * ref;
+        }
+      EXPECT_LE(std::sqrt(num / den), 1e-5) << "O " << O << " I " << I << " bs " << c.bs << (c.dq ? " dq" : "")
+                                            << " rows " << rows;
+    }
+  }
 }
