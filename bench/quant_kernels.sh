@@ -8,6 +8,7 @@
 #                                                       bench/quant_kernels_bnb.py; bitsandbytes comes from
 #                                                       bin-dir/bnb.tar.xz when it is not installed
 #   bench/quant_kernels.sh run [bin-dir] int8            on the GPU: only qtune's LLM.int8 Linear lines
+#   bench/quant_kernels.sh run [bin-dir] gemv            on the GPU: only qtune's 4-bit GEMV lines
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 case "${1:-}" in
@@ -26,8 +27,8 @@ case "${1:-}" in
     bin=${2:-$root/.carry-qcuda}
     nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader || true
     echo "== qtune"
-    if [ "${3:-}" = int8 ]; then
-      "$bin/quant_kernels" int8
+    if [ "${3:-}" = int8 ] || [ "${3:-}" = gemv ]; then
+      "$bin/quant_kernels" "$3"
       exit 0
     fi
     "$bin/quant_kernels"
