@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "ops/elementwise.h"
 
 namespace qtune_test {
 
@@ -54,6 +55,17 @@ void expect_error(F f, qtune::ErrorKind kind, const std::vector<std::string>& pa
     for (const std::string& p : parts)
       EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
   }
+}
+
+// A copy of t in dtype dt on device dev.
+inline qtune::Tensor as(const qtune::Tensor& t, qtune::DType dt, qtune::Device dev) {
+  qtune::Tensor c = qtune::Tensor::empty(t.shape(), dt, dev);
+  qtune::convert(c, t.to(dev));
+  return c;
+}
+// t rounded to bf16 and back to f32, on the CPU.
+inline qtune::Tensor round_bf16(const qtune::Tensor& t) {
+  return as(as(t, qtune::DType::BF16, qtune::Device::CPU), qtune::DType::F32, qtune::Device::CPU);
 }
 
 }  // namespace qtune_test

@@ -12,19 +12,13 @@
 #include "ops/elementwise.h"
 
 using namespace qtune;
+using qtune_test::as;
 using qtune_test::randn;
+using qtune_test::round_bf16;
 using qtune_test::rel_err;
 
 namespace {
 
-Tensor as(const Tensor& t, DType dt, Device dev) {
-  Tensor c = Tensor::empty(t.shape(), dt, dev);
-  convert(c, t.to(dev));
-  return c;
-}
-Tensor round_bf16(const Tensor& t) {
-  return as(as(t, DType::BF16, Device::CPU), DType::F32, Device::CPU);
-}
 Tensor gpu_bf16(const Tensor& t) {
   return as(t, DType::BF16, Device::CUDA);
 }
