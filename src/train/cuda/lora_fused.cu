@@ -190,21 +190,11 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   __syncthreads();
   float* red = reinterpret_cast<float*>(smem);  // [kWarps][T] over the rings
 #pragma unroll
-  for (int n = 0; n < 8;
-       n++) {  // acc[n]: (rank g, feature 16c + n), (g, 16c + 8 + n), (g + 8, …), (g + 8, …)
-    float* t = red + warp * T + g * 64 + 16 * c + n;
-    t[0] = acc[n][0];
-    t[8] = acc[n][1];
-    t[8 * 64] = acc[n][2];
-    t[8 * 64 + 8] = acc[n][3];
-  }
+  for (int n = 0; n < 8; n++)  // acc[n]: (rank g, feature 16c + n), (g, 16c + 8 + n), (g + 8, …), (g + 8, …)
+    store_fragment_t(red + warp * T + g * 64 + 16 * c + n, acc[n], 64);
   __syncthreads();
   float v[E];
-#pragma unroll
-  for (int q = 0; q < E; q++) {
-    v[q] = 0.0f;
-    for (int w2 = 0; w2 < kWarps; w2++) v[q] += red[w2 * T + threadIdx.x + 256 * q];
-  }
+  sum_warp_tiles<E, T>(red, v);
   const int64_t tile = (int64_t)blockIdx.z * gridDim.x + blockIdx.x;
   if (!finish_splits<E, T>(v, partial, counters, tile, blockIdx.y, gridDim.y)) return;
 #pragma unroll

@@ -117,21 +117,11 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
 #pragma unroll
-  for (int i = 0; i < 8;
-       i++) {  // acc[i]: (rank g, feature 16c + i), (g, 16c + 8 + i), (g + 8, …), (g + 8, …)
-    float* t = red[warp] + g * 64 + 16 * c + i;
-    t[0] = acc[i][0];
-    t[8] = acc[i][1];
-    t[8 * 64] = acc[i][2];
-    t[8 * 64 + 8] = acc[i][3];
-  }
+  for (int i = 0; i < 8; i++)  // acc[i]: (rank g, feature 16c + i), (g, 16c + 8 + i), (g + 8, …), (g + 8, …)
+    store_fragment_t(red[warp] + g * 64 + 16 * c + i, acc[i], 64);
   __syncthreads();
   float v[E];
-#pragma unroll
-  for (int q = 0; q < E; q++) {
-    v[q] = 0.0f;
-    for (int w2 = 0; w2 < kWarps; w2++) v[q] += red[w2][threadIdx.x + 256 * q];
-  }
+  sum_warp_tiles<E, T>(&red[0][0], v);
   const int64_t tile = (int64_t)blockIdx.z * gridDim.x + blockIdx.x;
   if (!finish_splits<E, T>(v, partial, counters, tile, blockIdx.y, gridDim.y)) return;
 #pragma unroll

@@ -73,6 +73,15 @@ __device__ __forceinline__ void store_fragment(float* t, const float (&a)[4], in
   t[8 * stride + 1] = a[3];
 }
 
+// The same fragment where the MMA's rows are the tile's columns (features) and its columns the tile's rows:
+// elements 0, 1 eight features apart in the lane's row, 2, 3 eight rows below.
+__device__ __forceinline__ void store_fragment_t(float* t, const float (&a)[4], int stride) {
+  t[0] = a[0];
+  t[8] = a[1];
+  t[8 * stride] = a[2];
+  t[8 * stride + 8] = a[3];
+}
+
 // v[q] = Σ_w red[w·T + e] over the block's kWarps per-warp tiles, e = threadIdx.x + 256·q (0 past T).
 template <int E, int T>
 __device__ __forceinline__ void sum_warp_tiles(const float* red, float (&v)[E]) {
