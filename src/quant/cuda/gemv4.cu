@@ -68,6 +68,17 @@ __device__ __forceinline__ uint32_t pair_of(uint32_t w, uint32_t base_lane, int 
   return v;
 }
 
+// x is staged in shared memory once per block, each x row padded by 64 bytes, and within a chunk the 16-byte
+// piece k of chunk c sits at slot (k + c / 2) % 4. The four lanes that read x in one instruction take
+// piece k of chunks 2q + e (q = 0..3) of one step: 128 bytes apart in x, so in the same banks without the
+// rotation; with it, and with the row padding for the second x row, they fall in different banks.
+__host__ __device__ inline int x_stage_row(int I) {
+  return 2 * I + 64;
+}
+__device__ __forceinline__ int x_stage_offset(int c, int k) {
+  return 16 * (4 * c + ((k + (c >> 1)) & 3));
+}
+
 // One step of one warp: chunks 2q and 2q + 1 of rows g and g + 8 (zeros past the row or the matrix), and
 // their absmax (the plain value, or the 8-bit code and the nested absmax). kShares: both chunks in one block.
 template <bool kNested, bool kShares>
@@ -105,18 +116,21 @@ struct Step {
 
 // acc[n][h] (x row n; rows g, g + 8) += lane q's two chunks of the step, each times its absmax. The lanes
 // feeding x: 9q + 4n (result column 2q + n). ch: lane q's first chunk.
+// xs: x staged in shared memory (x_stage_offset has the layout).
 template <int NR, bool kNested, bool kShares>
 __device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested, kShares>& st, int ch, int lane,
-                                         uint32_t base_lane, const float* ncode, float (&acc)[2][2]) {
+                                         uint32_t base_lane, const float* ncode, const char* xs,
+                                         float (&acc)[2][2]) {
   const int g = lane >> 2, q = lane & 3, n = g & 1;
   const bool x_lane = (g >> 1) == q && n < NR;
-  const uint4* xp = reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + ch * 4;
+  const char* xr = xs + n * x_stage_row(p.I);
 #pragma unroll
   for (int e = 0; e < 2; e++) {
     uint4 xv[4];
     const bool has_x = x_lane && ch + e < p.nchunk;
 #pragma unroll
-    for (int k = 0; k < 4; k++) xv[k] = has_x ? __ldg(xp + 4 * e + k) : make_uint4(0, 0, 0, 0);
+    for (int k = 0; k < 4; k++)
+      xv[k] = has_x ? *reinterpret_cast<const uint4*>(xr + x_stage_offset(ch + e, k)) : make_uint4(0, 0, 0, 0);
     // Two accumulators (even and odd t) so the MMAs form two dependency chains.
     float d[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
@@ -148,6 +162,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   char* tab = smem + pad;
   float* ncode = reinterpret_cast<float*>(tab + kTableBytes);
   float* part = ncode + 256;  // [groups_per_block][NR][16] row sums
+  char* xs = reinterpret_cast<char*>(part + p.groups_per_block * NR * 16);  // [NR] x rows, x_stage_offset
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g0 = blockIdx.x * p.groups_per_block;
   const int ng = min(p.groups_per_block, p.groups - g0);
@@ -174,6 +189,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   if (kNested)
     for (int i = threadIdx.x; i < 256; i += kThreads) ncode[i] = p.am.nested_code[i];
   for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) part[i] = 0.0f;
+  const int pieces = p.I / 8;  // 16-byte pieces per x row
+  for (int i = threadIdx.x; i < NR * pieces; i += kThreads) {
+    const int n = i / pieces, pc = i % pieces;
+    *reinterpret_cast<uint4*>(xs + n * x_stage_row(p.I) + x_stage_offset(pc >> 2, pc & 3)) =
+        __ldg(reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + pc);
+  }
   __syncthreads();
 
   const uint32_t base_lane = (sbase + pad) | (uint32_t)(lane * 4);
@@ -196,7 +217,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
       if (cur >= 0) flush();
       cur = cgl;
     }
-    step_sum<NR>(p, st, cs * 8 + ch0, lane, base_lane, ncode, acc);
+    step_sum<NR>(p, st, cs * 8 + ch0, lane, base_lane, ncode, xs, acc);
     if (++cs == p.steps) cs = 0, cgl++;
   };
   // Two steps rotate by name (copying one would wait for its loads): sum one, then refill it with the
@@ -230,6 +251,24 @@ bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+// Dynamic shared memory: the table's alignment slack, the table, the nested code book, the row sums of a
+// run of gpb groups, the x stage.
+size_t gemv_smem(int gpb, int rows, int I) {
+  return (size_t)kTableAlign + kTableBytes + 1024 + (size_t)gpb * rows * 16 * 4 + (size_t)rows * x_stage_row(I);
+}
+
+// The device's opt-in shared memory per block (the current device; cached per device).
+size_t max_dynamic_smem() {
+  static int cached[64] = {};
+  int dev = 0;
+  cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!cached[dev])
+    cuda_ok(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
+            "cudaDeviceGetAttribute");
+  return (size_t)cached[dev];
+}
+
 template <int NR, bool kNested, bool kShares>
 void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
@@ -254,7 +293,8 @@ void launch_variant(const Gemv4Params& p, bool nested, bool shares, int blocks, 
 }  // namespace
 
 bool gemv_4bit_supported(int64_t I, const void* packed) {
-  return I > 0 && I % 32 == 0 && I <= 0x7fffffff && aligned16(packed);
+  return I > 0 && I % 32 == 0 && I <= (1 << 24) && aligned16(packed) &&
+         gemv_smem(1, 1, (int)I) <= max_dynamic_smem();
 }
 
 void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
@@ -267,6 +307,15 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
     throw_error(ErrorKind::Usage, "gemv_4bit_cuda: unsupported size O = ", a.O, ", I = ", a.I,
                 " (needs (O + 16) · I / 32 < 2^31)");
   check_blocksize(a.blocksize, "gemv_4bit_cuda");
+  if (a.rows == 2 && gemv_smem(1, 2, (int)a.I) > max_dynamic_smem()) {  // two x rows do not fit: one each
+    Gemv4Args one = a;
+    one.rows = 1;
+    gemv_4bit_cuda(one, stream);
+    one.x = static_cast<const __nv_bfloat16*>(a.x) + a.I;
+    one.out = static_cast<char*>(a.out) + dtype_nbytes(a.out_dtype, a.O);
+    gemv_4bit_cuda(one, stream);
+    return;
+  }
   Gemv4Params p;
   p.packed = reinterpret_cast<const uint4*>(a.packed);
   p.am = a.absmax;
@@ -289,8 +338,10 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
   cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
   // One block per SM, each a run of whole groups; the runs differ by at most one group.
   p.groups_per_block = (p.groups + sms - 1) / sms;
+  while (p.groups_per_block > 1 && gemv_smem(p.groups_per_block, a.rows, p.I) > max_dynamic_smem())
+    p.groups_per_block--;
   const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
-  const size_t smem = kTableAlign + kTableBytes + 1024 + (size_t)p.groups_per_block * a.rows * 16 * 4;
+  const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I);
   const bool nested = p.am.absmax == nullptr;
   // Chunks 2q and 2q + 1 of a row share one absmax when a block holds an even number of chunks and rows
   // start on an even chunk.
