@@ -57,12 +57,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-      for (int j = 0; j < RT; j++) {
-        const uint32_t a0[4] = {xv[mt][0].x, xv[mt][1].x, xv[mt][0].y, xv[mt][1].y};
-        mma_bf16_16816(acc[mt][j], a0, wv[j].x, wv[j].y);
-        const uint32_t a1[4] = {xv[mt][0].z, xv[mt][1].z, xv[mt][0].w, xv[mt][1].w};
-        mma_bf16_16816(acc[mt][j], a1, wv[j].z, wv[j].w);
-      }
+      for (int j = 0; j < RT; j++) mma_k16(acc[mt][j], xv[mt][0], xv[mt][1], wv[j]);
   }
 #pragma unroll
   for (int mt = 0; mt < MT; mt++)

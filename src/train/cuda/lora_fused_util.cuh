@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/tensor.h"
+#include "ops/cuda/mma_util.cuh"
 #include "train/lora_fused.h"
 
 namespace qtune {
@@ -62,6 +63,15 @@ __device__ __forceinline__ uint32_t pair(const uint16_t* p, int64_t rows, int r,
   if (row >= rows) return 0u;
   const uint32_t lo = k < r ? __ldg(p + row * r + k) : 0u, hi = k + 1 < r ? __ldg(p + row * r + k + 1) : 0u;
   return lo | (hi << 16);
+}
+
+// acc += one 16-wide k slice of rows × columns: x0 / x1 hold 8 bf16 of the lane's rows g and g + 8, w 8 bf16
+// of its column g (the k order of both is the lane's 8 consecutive elements, as the loads give them).
+__device__ __forceinline__ void mma_k16(float (&acc)[4], const uint4& x0, const uint4& x1, const uint4& w) {
+  const uint32_t a0[4] = {x0.x, x1.x, x0.y, x1.y};
+  cuda::mma_bf16_16816(acc, a0, w.x, w.y);
+  const uint32_t a1[4] = {x0.z, x1.z, x0.w, x1.w};
+  cuda::mma_bf16_16816(acc, a1, w.z, w.w);
 }
 
 // An m16n8 MMA accumulator fragment into a row-major f32 tile at t (this lane's first element), rows `stride`
