@@ -206,7 +206,7 @@ void bench_int8(std::mt19937& g) {
     Tensor cols = Tensor::empty({K}, DType::I32, Device::CUDA),
            count = Tensor::empty({1}, DType::I32, Device::CUDA);
     Tensor wout = Tensor::zeros({64, O}, DType::F32, Device::CUDA),
-           qout = Tensor::zeros({64, O}, DType::I8, Device::CUDA);
+           qout = Tensor::zeros({O, 8}, DType::I8, Device::CUDA);
     Tensor qa_c = Tensor::zeros({N, 8}, DType::I8, Device::CUDA),
            x_c = Tensor::zeros({N, 8}, DType::F32, Device::CUDA);
     Int8Epilogue e;
@@ -222,7 +222,7 @@ void bench_int8(std::mt19937& g) {
     const double ms_outl = median_ms([&](int) {
       int8_outliers_cuda(flags.data<uint8_t>(), e, cols.data<int32_t>(), count.data<int32_t>(),
                          wout.data<float>(), qout.data<int8_t>(), 64, qa_c.data<int8_t>(), x_c.data<float>(),
-                         s);
+                         nullptr, 0, s);
     });
     const double ms_epi = median_ms([&](int) { int8_epilogue_cuda(acc.data<int32_t>(), e, s); });
     e.cols = cols.data<int32_t>();

@@ -332,8 +332,8 @@ void int8_linear_forward(Tensor& out, const Tensor& x, const Int8Linear& w, cons
     for (int64_t o = 0; o < O; o++) {
       float v = (acc[(size_t)(m * O + o)] * (sa[(size_t)m] * sb[o])) * 6.200124e-05f;
       if (bp) v += bp[o];
-      for (int64_t j = 0; j < n_out; j++)
-        v += xp[m * K + out_cols[(size_t)j]] * wout[(size_t)(o * n_out + j)];
+      for (int64_t j = 0; j < n_out; j++)  // one rounding per outlier column, as the CUDA epilogue
+        v = std::fma(xp[m * K + out_cols[(size_t)j]], wout[(size_t)(o * n_out + j)], v);
       y[m * O + o] = v;
     }
   }

@@ -93,7 +93,8 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
 // Row-wise int8 quantization of x [rows, cols] (F32/BF16/F16), values first rounded to f16 when
 // round_f16: scale[r] = max |x| over the row's elements below threshold (all of them when threshold is 0),
 // q = round_half_even(x · ((1 / scale) · 127)) clamped to ±127, 0 when scale is 0. With threshold > 0,
-// col_flags[c] is set to 1 for every column holding an |x| >= threshold (col_flags zeroed by the caller).
+// col_flags[c] is set to 1 for every column holding an |x| >= threshold (col_flags zeroed by the caller,
+// or left zeroed by int8_outliers_cuda's clear_done).
 // Elements of such columns still get a q value (the epilogues subtract their product again).
 void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols, float threshold,
                           bool round_f16, int8_t* q, float* scale, uint8_t* col_flags, cudaStream_t stream);
@@ -111,10 +112,10 @@ struct Int8Epilogue {
   DType x_dtype = DType::BF16;
   const int32_t* cols = nullptr;   // outlier columns [count], ascending
   const int32_t* count = nullptr;  // [1]; null: no outlier columns
-  // Gathered by int8_outliers_cuda: the weights at the first `cap` (<= 64) outlier columns, and each row's
-  // qa and x at the first 8 (the epilogue stages them without waiting for the count).
+  // Gathered by int8_outliers_cuda: the weights at the first `cap` (8 to 64) outlier columns, and each
+  // row's qa and x at the first 8 (the epilogue loads them without waiting for the count).
   const float* wout = nullptr;   // [cap, O] ((float)qb[o, c_j] · sb[o]) · (1/127)
-  const int8_t* qout = nullptr;  // [cap, O] qb[o, c_j]
+  const int8_t* qout = nullptr;  // [O, 8] qb[o, c_j] for j < min(count, 8), 0 beyond
   int cap = 0;
   const int8_t* qa_c = nullptr;  // [N, 8] qa[m, c_j], 0 for j >= count (required with count)
   const float* x_c = nullptr;    // [N, 8] x[m, c_j], 0 for j >= count
@@ -125,13 +126,18 @@ struct Int8Epilogue {
   int64_t N = 0, K = 0, O = 0;
 };
 // From the column flags (zeroed, then set by int8_quant_rows_cuda): cols[0 .. *count) = the flagged columns
-// in ascending order, and the gathered data of Int8Epilogue: wout / qout for the first min(count, cap)
-// columns (cap <= 64; e.sb, e.qb), and when qa_c is given qa_c / x_c (e.qa, e.x). e's own cols, count,
-// wout, qout, qa_c and x_c are not read.
+// in ascending order, and the gathered data of Int8Epilogue: wout for the first min(count, cap) columns and
+// qout for the first min(count, 8) (cap <= 64; e.sb, e.qb), and when qa_c is given qa_c / x_c (e.qa, e.x).
+// e's own cols, count, wout, qout, qa_c and x_c are not read. With clear_done (a device counter holding 0),
+// col_flags are zeroed once listed and the counter is left at 0 again, ready for the next call (no memset in
+// between). max_blocks > 0: at most that many blocks (of 1024 threads), to run beside a kernel that leaves
+// that many SMs free.
 void int8_outliers_cuda(const uint8_t* col_flags, const Int8Epilogue& e, int32_t* cols, int32_t* count,
-                        float* wout, int8_t* qout, int cap, int8_t* qa_c, float* x_c, cudaStream_t stream);
+                        float* wout, int8_t* qout, int cap, int8_t* qa_c, float* x_c, uint32_t* clear_done,
+                        int max_blocks, cudaStream_t stream);
 // out[m, o] = (float)(acc − Σ_j qa[m, c_j]·qb[o, c_j]) · (sa[m]·sb[o]) · 6.200124e-05 (+ bias[o])
-//             + Σ_j x[m, c_j] · w[o, c_j], w = ((float)qb · sb[o]) · (1/127), in the CPU forward's order.
+//             + Σ_j x[m, c_j] · w[o, c_j], w = ((float)qb · sb[o]) · (1/127), one fma per j in the CPU
+//             forward's order.
 // acc: int32 [N, O].
 void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t stream);
 // The same output computed directly (int32 dot products with __dp4a), for few rows or shapes cuBLASLt's

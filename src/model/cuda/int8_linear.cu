@@ -1,17 +1,18 @@
 // LLM.int8 Linear on the GPU (model/quant_linear.h): quantizing a GPU weight, the forward and the dequantized
 // rows. Forward, in launches on the ops stream (no host synchronisation, so it can sit in a CUDA graph; the
 // per-call buffers are one allocation):
-//   flags = 0;  qa, sa = row-wise int8 of f16(x), flags of outlier columns    [N, K], [N], [K]
+//   qa, sa = row-wise int8 of f16(x), flags of outlier columns                [N, K], [N], [K]
 //   N <= 4:  cols, count = the flagged columns; int8 GEMV (__dp4a) with the epilogue fused
 //   else:    acc = qa · qbᵀ by cuBLASLt (int8 in, int32 out, TN)               [N, O]
 //            cols, count, the outlier weight columns (first kOutlierCap) and each row's qa and x at
 //            the first outlier columns gathered (one kernel); epilogue → out
-// The outlier kernel runs after the GEMM is queued, so the GEMM starts as soon as qa is ready, and what it
-// gathers is written just before the epilogue reads it. cuBLASLt's int8 kernels need K and O multiples of
+// The outlier kernel runs on a second stream beside the GEMM, which is told to leave kOutlierSms SMs free;
+// the epilogue waits for both. cuBLASLt's int8 kernels need K and O multiples of
 // 4; other shapes (and a missing algorithm) use the GEMV four rows at a time.
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "core/error.h"
 #include "model/cuda/quant_linear_cuda.h"
@@ -31,20 +32,34 @@ struct Int8Plan {
   cublasLtMatmulAlgo_t algo;
 };
 
+// SMs the GEMM leaves to the outlier kernel, which runs beside it on a second stream (cuBLASLt's SM count
+// target). cuBLASLt's persistent int8 kernel covers 2048 × 4096 in 512 tiles: 4 waves on 128 SMs as on 132.
+constexpr int kOutlierSms = 4;
+// The outlier kernel's blocks there: one of 1024 threads. Four such blocks took SMs that the GEMM's
+// 2-CTA clusters wanted (O = 4096 in a CUDA graph: 95.7 µs against 88.3 with one block, H200).
+constexpr int kOutlierBlocks = 1;
+
+using PlanKey = std::tuple<int64_t, int64_t, int64_t, int>;
 std::mutex plan_mu;
-std::map<std::tuple<int64_t, int64_t, int64_t>, Int8Plan>& plans() {
-  static auto* m = new std::map<std::tuple<int64_t, int64_t, int64_t>, Int8Plan>();
+std::map<PlanKey, Int8Plan>& plans() {
+  static auto* m = new std::map<PlanKey, Int8Plan>();
   return *m;
 }
 
-// accᵀ[O, N] = (qb as col-major [K, O])ᵀ · (qa as col-major [K, N]), int32 compute and output.
-Int8Plan make_plan(int64_t N, int64_t K, int64_t O) {
+// accᵀ[O, N] = (qb as col-major [K, O])ᵀ · (qa as col-major [K, N]), int32 compute and output, on all SMs
+// but `spare`.
+Int8Plan make_plan(int64_t N, int64_t K, int64_t O, int spare) {
   cuda::CudaContext& ctx = cuda::context();
   Int8Plan p;
   QT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32I, CUDA_R_32I));
   cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   QT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   QT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  if (spare > 0 && ctx.num_sms > 2 * spare) {
+    const int32_t target = ctx.num_sms - spare;
+    QT_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &target,
+                                                   sizeof(target)));
+  }
   QT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8I, K, O, K));
   QT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8I, K, N, K));
   QT_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32I, O, N, O));
@@ -63,14 +78,51 @@ Int8Plan make_plan(int64_t N, int64_t K, int64_t O) {
   return p;
 }
 
+// The forward's column flags [K] and the outlier kernel's block counter, zero between forwards: the outlier
+// kernel clears both once it has listed the columns, so no memset precedes the row quantization. One buffer
+// for the context's stream (forwards on it run one at a time), grown to the largest K; a grown-out buffer is
+// kept, since queued kernels may still use it.
+uint8_t* outlier_flags(int64_t K, uint32_t** counter) {
+  static std::mutex mu;
+  static std::vector<Tensor>* bufs = new std::vector<Tensor>();
+  static int64_t cap = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  const int64_t counter_at = (K + 15) / 16 * 16;
+  if (K > cap) {
+    bufs->push_back(Tensor::empty({counter_at + 16}, DType::U8, Device::CUDA));
+    QT_CUDA_CHECK(cudaMemsetAsync(bufs->back().raw(), 0, (size_t)(counter_at + 16), cuda::stream()));
+    cap = K;
+  }
+  uint8_t* b = static_cast<uint8_t*>(bufs->back().raw());
+  *counter = reinterpret_cast<uint32_t*>(b + (cap + 15) / 16 * 16);
+  return b;
+}
+
 // The plan for the shape, or null when cuBLASLt's int8 GEMM does not take it.
-const Int8Plan* int8_plan(int64_t N, int64_t K, int64_t O) {
+const Int8Plan* int8_plan(int64_t N, int64_t K, int64_t O, int spare = 0) {
   if (K % 4 != 0 || O % 4 != 0 || N > 0x7fffffff || K > 0x7fffffff || O > 0x7fffffff) return nullptr;
   std::lock_guard<std::mutex> lock(plan_mu);
-  auto key = std::make_tuple(N, K, O);
+  const PlanKey key = std::make_tuple(N, K, O, spare);
   auto it = plans().find(key);
-  if (it == plans().end()) it = plans().emplace(key, make_plan(N, K, O)).first;
+  if (it == plans().end()) it = plans().emplace(key, make_plan(N, K, O, spare)).first;
   return it->second.ok ? &it->second : nullptr;
+}
+
+// The second stream of the forward and the events that fork it from the context's stream and join it back
+// (capturable: a CUDA graph records the fork and the join as edges).
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+};
+const SideStream& side_stream() {
+  static std::once_flag once;
+  static SideStream side;
+  std::call_once(once, [] {
+    QT_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
+    QT_CUDA_CHECK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
+    QT_CUDA_CHECK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
+  });
+  return side;
 }
 
 void int8_gemm_run(const Int8Plan& p, int32_t* acc, const int8_t* qa, const int8_t* qb) {
@@ -136,7 +188,7 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   if (N == 0 || O == 0) return;
   cudaStream_t s = cuda::stream();
   const float thr = w.threshold;
-  const Int8Plan* plan = N > 4 ? int8_plan(N, K, O) : nullptr;
+  const Int8Plan* plan = N > 4 ? int8_plan(N, K, O, thr > 0.0f ? kOutlierSms : 0) : nullptr;
   const int cap = plan && thr > 0.0f ? kOutlierCap : 0;
   const int64_t staged = plan && thr > 0.0f ? 8 : 0;  // quant_cuda.h: qa_c / x_c width
   // One allocation for the per-call buffers, each at a 256-byte boundary.
@@ -146,24 +198,26 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
     bytes += ((size_t)n + 255) / 256 * 256;
     return at;
   };
-  const size_t at_flags = take(K), at_qa = take(N * K), at_sa = take(N * 4), at_cols = take(K * 4),
-               at_count = take(4), at_acc = plan ? take(N * O * 4) : 0, at_wout = take((int64_t)cap * O * 4),
-               at_qout = take((int64_t)cap * O), at_qac = take(N * staged), at_xc = take(N * staged * 4);
+  const size_t at_qa = take(N * K), at_sa = take(N * 4), at_cols = take(K * 4), at_count = take(4),
+               at_acc = plan ? take(N * O * 4) : 0, at_wout = take((int64_t)cap * O * 4),
+               at_qout = take(cap > 0 ? O * 8 : 0), at_qac = take(N * staged), at_xc = take(N * staged * 4);
   Tensor buf = Tensor::empty({(int64_t)bytes}, DType::U8, Device::CUDA);
   char* b = static_cast<char*>(buf.raw());
-  uint8_t* flags = reinterpret_cast<uint8_t*>(b + at_flags);                // [K]
   int8_t* qa = reinterpret_cast<int8_t*>(b + at_qa);                        // [N, K]
   float* sa = reinterpret_cast<float*>(b + at_sa);                          // [N]
   int32_t* cols = reinterpret_cast<int32_t*>(b + at_cols);                  // [K]
   int32_t* count = reinterpret_cast<int32_t*>(b + at_count);                // [1]
   int32_t* acc = reinterpret_cast<int32_t*>(b + at_acc);                    // [N, O]
   float* wout = reinterpret_cast<float*>(b + at_wout);                      // [cap, O]
-  int8_t* qout = reinterpret_cast<int8_t*>(b + at_qout);                    // [cap, O]
+  int8_t* qout = reinterpret_cast<int8_t*>(b + at_qout);                    // [O, 8]
   int8_t* qa_c = staged ? reinterpret_cast<int8_t*>(b + at_qac) : nullptr;  // [N, 8]
   float* x_c = staged ? reinterpret_cast<float*>(b + at_xc) : nullptr;      // [N, 8]
 
-  if (thr > 0.0f) QT_CUDA_CHECK(cudaMemsetAsync(flags, 0, (size_t)K, s));
-  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, thr > 0.0f ? flags : nullptr, s);
+  uint32_t* flags_done = nullptr;
+  uint8_t* flags = thr > 0.0f ? outlier_flags(K, &flags_done) : nullptr;  // [K], zero
+  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, flags, s);
+  const bool fork = plan && thr > 0.0f;
+  if (fork) QT_CUDA_CHECK(cudaEventRecord(side_stream().fork, s));
   if (plan) int8_gemm_run(*plan, acc, qa, w.w.q.data<int8_t>());
 
   Int8Epilogue e;
@@ -187,7 +241,16 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   e.N = N;
   e.K = K;
   e.O = O;
-  if (thr > 0.0f) int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, s);
+  if (fork) {  // beside the GEMM, on an SM it leaves free
+    const SideStream& side = side_stream();
+    QT_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
+    int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, kOutlierBlocks,
+                       side.stream);
+    QT_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
+    QT_CUDA_CHECK(cudaStreamWaitEvent(s, side.join, 0));
+  } else if (thr > 0.0f) {
+    int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, 0, s);
+  }
   if (plan)
     int8_epilogue_cuda(acc, e, s);
   else

@@ -240,28 +240,36 @@ TEST(QuantCuda, Int8OutlierColumnsEqualTheCpus) {
                sc = Tensor::empty({rows}, DType::F32, Device::CUDA);
         Tensor fl = Tensor::zeros({K}, DType::U8, Device::CUDA),
                cols = Tensor::empty({K}, DType::I32, Device::CUDA),
-               count = Tensor::empty({1}, DType::I32, Device::CUDA);
+               count = Tensor::empty({1}, DType::I32, Device::CUDA),
+               done = Tensor::zeros({1}, DType::I32, Device::CUDA);
         Tensor xd = x.to(Device::CUDA);
-        int8_quant_rows_cuda(xd.raw(), dt, rows, K, cs.thr, true, q.data<int8_t>(), sc.data<float>(),
-                             fl.data<uint8_t>(), 0);
-        Int8Epilogue e;
-        e.qa = q.data<int8_t>();
-        e.x = xd.raw();
-        e.x_dtype = dt;
-        e.N = rows;
-        e.K = K;
-        int8_outliers_cuda(fl.data<uint8_t>(), e, cols.data<int32_t>(), count.data<int32_t>(), nullptr,
-                           nullptr, 0, nullptr, nullptr, 0);
         const std::string what = shape_str(s) + " " + dtype_name(dt) + " thr " + std::to_string(cs.thr);
-        expect_same_bytes(sc, want.scale, what + " scale");
-        const int n = count.to(Device::CPU).data<int32_t>()[0];
-        ASSERT_EQ((size_t)n, want.outlier_cols.size()) << what;
-        Tensor cols_cpu = cols.to(Device::CPU);
-        std::vector<uint8_t> is_out((size_t)K, 0);
-        for (int64_t j = 0; j < n; j++) {
-          EXPECT_EQ(cols_cpu.data<int32_t>()[j], want.outlier_cols[(size_t)j]) << what << " outlier " << j;
-          is_out[(size_t)want.outlier_cols[(size_t)j]] = 1;
+        // Twice on the same flags: the listing clears them (and its counter) for the next call; the second
+        // listing in one block of 1024 threads (the capped grid of the forward's side stream).
+        for (int rep = 0; rep < 2; rep++) {
+          int8_quant_rows_cuda(xd.raw(), dt, rows, K, cs.thr, true, q.data<int8_t>(), sc.data<float>(),
+                               fl.data<uint8_t>(), 0);
+          Int8Epilogue e;
+          e.qa = q.data<int8_t>();
+          e.x = xd.raw();
+          e.x_dtype = dt;
+          e.N = rows;
+          e.K = K;
+          uint32_t* done_p = reinterpret_cast<uint32_t*>(done.data<int32_t>());
+          int8_outliers_cuda(fl.data<uint8_t>(), e, cols.data<int32_t>(), count.data<int32_t>(), nullptr,
+                             nullptr, 0, nullptr, nullptr, done_p, rep, 0);
+          expect_same_bytes(sc, want.scale, what + " scale");
+          const int n = count.to(Device::CPU).data<int32_t>()[0];
+          ASSERT_EQ((size_t)n, want.outlier_cols.size()) << what << " call " << rep;
+          Tensor cols_cpu = cols.to(Device::CPU);
+          for (int64_t j = 0; j < n; j++)
+            EXPECT_EQ(cols_cpu.data<int32_t>()[j], want.outlier_cols[(size_t)j]) << what << " outlier " << j;
         }
+        expect_same_bytes(fl, Tensor::zeros({K}, DType::U8), what + " flags after the listing");
+        EXPECT_EQ(done.to(Device::CPU).data<int32_t>()[0], 0) << what;
+        const int n = (int)want.outlier_cols.size();
+        std::vector<uint8_t> is_out((size_t)K, 0);
+        for (int64_t j = 0; j < n; j++) is_out[(size_t)want.outlier_cols[(size_t)j]] = 1;
         Tensor qc = q.to(Device::CPU);
         int bad = 0;
         for (int64_t i = 0; i < rows * K; i++)
