@@ -17,6 +17,8 @@
 #include "../model_test_util.h"
 #include "core/allocator.h"
 #include "model/quant_linear.h"
+#include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_graph.h"
 
 using namespace qtune;
 using namespace qtune_test;
@@ -181,6 +183,50 @@ TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
   check_int8_forward(g, 260, 512, 6.0f, {2, 67}, many);
   check_int8_forward(g, 190, 256, 6.0f, {9}, {5, 77, 200});
   check_int8_forward(g, 36, 4104, 6.0f, {13}, {0, 4095, 4103});
+}
+
+// The many-row forward captured in a CUDA graph (its outlier kernel runs on a forked stream) and replayed on
+// new contents of the same x with other outlier columns: each replay equals the eager forward bit for bit
+// and the CPU forward's value (rounded to bf16), so the column flags were cleared after each listing (stale
+// flags would send columns to the f32 path that the CPU quantizes).
+TEST(QuantLinearCuda, Int8ForwardInACudaGraphEqualsEager) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 9);
+  const int64_t N = 64, K = 512, O = 256;
+  auto cpu = quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, O * K, 0.05f), {O, K}), 6.0f);
+  auto gpu = int8_linear_to(*cpu, Device::CUDA);
+  Tensor xg = Tensor::empty({N, K}, DType::BF16, Device::CUDA);
+  Tensor y_graph = Tensor::empty({N, O}, DType::BF16, Device::CUDA),
+         y_eager = Tensor::empty({N, O}, DType::BF16, Device::CUDA),
+         y_cpu = Tensor::empty({N, O}, DType::F32);
+  auto set_x = [&](const std::vector<int64_t>& outs) {
+    std::vector<float> xv = randn_bf16(g, N * K);
+    for (int64_t c : outs) xv[(size_t)(((c * 5) % N) * K + c)] = bf16r(9.0f + (float)c / 64.0f);
+    Tensor x = Tensor::from_f32(xv, {N, K}), xb = x.to_dtype(DType::BF16);
+    int8_linear_forward(y_cpu, x, *cpu, nullptr);
+    cuda::copy_to_device_async(xg.raw(), xb.raw(), (size_t)(N * K * 2));
+    cuda::synchronize();
+  };
+  set_x({3, 100});
+  int8_linear_forward(y_eager, xg, *gpu, nullptr);  // first call eagerly: the plan and buffers exist
+  cuda::CudaGraph graph;
+  ASSERT_TRUE(graph.capture([&] { int8_linear_forward(y_graph, xg, *gpu, nullptr); })) << graph.error();
+  for (const std::vector<int64_t>& outs :
+       {std::vector<int64_t>{3, 100}, std::vector<int64_t>{7, 200, 301, 511}, std::vector<int64_t>{},
+        std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}}) {
+    set_x(outs);
+    graph.launch();
+    int8_linear_forward(y_eager, xg, *gpu, nullptr);
+    const std::vector<float> a = y_graph.to_f32_vector(), b = y_eager.to_f32_vector(),
+                             c = y_cpu.to_f32_vector();
+    int bad_eager = 0, bad_cpu = 0;
+    for (size_t i = 0; i < a.size(); i++) {
+      bad_eager += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+      bad_cpu += a[i] != bf16r(c[i]);
+    }
+    EXPECT_EQ(bad_eager, 0) << outs.size() << " outlier columns";
+    EXPECT_EQ(bad_cpu, 0) << outs.size() << " outlier columns";
+  }
 }
 
 TEST(QuantLinearCuda, DequantizedRowsEqualTheCpuWeightsInBf16) {
