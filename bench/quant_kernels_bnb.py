@@ -76,9 +76,15 @@ def main():
                                   compress_statistics=dq, quant_type="nf4") for _ in range(k)]
             outs = [torch.empty(O, I, dtype=torch.bfloat16, device=dev) for _ in range(k)]
             f = lambda i: F.dequantize_4bit(qs[i % k][0], qs[i % k][1], out=outs[i % k])
-            ms = median_ms(f)
-            emit(impl="bnb", bench="dequant_nf4_bf16", O=O, I=I, dq=dq, us=ms * 1e3, gbs=nbytes / ms / 1e6,
-                 frac_copy=nbytes / ms / 1e6 / copy_gbs)
+            ms, qms = median_ms(f), median_ms(f, queued=True)
+            try:
+                gms = graph_ms(f, k)
+            except Exception as e:  # noqa: BLE001 - report and go on
+                gms = float("nan")
+                emit(impl="bnb", bench="dequant_graph_error", error=str(e)[:200])
+            emit(impl="bnb", bench="dequant_nf4_bf16", O=O, I=I, dq=dq, us=ms * 1e3, us_queued=qms * 1e3,
+                 us_graph=gms * 1e3, gbs=nbytes / ms / 1e6, frac_copy=nbytes / ms / 1e6 / copy_gbs,
+                 frac_copy_queued=nbytes / qms / 1e6 / copy_gbs, frac_copy_graph=nbytes / gms / 1e6 / copy_gbs)
             del qs, outs
 
     for O, I in [(4096, 4096), (14336, 4096), (4096, 14336)]:
