@@ -289,9 +289,10 @@ constexpr int kRowStaged = 8;     // outlier columns per row in qa_c / x_c
 // Every block lists the flagged columns in ascending order, 16 flags per thread and load (a block-wide
 // exclusive scan of the per-thread counts places them); block 0 writes cols[] and *count. With clear_done
 // (a counter at 0), the last block to finish listing sets the flags and the counter back to 0, so the next
-// forward needs no memset before its row quantization. Then, over the
-// grid: the weights at the first min(count, cap) columns, for every output o,
-//   qout[j, o] = qb[o, c_j],  wout[j, o] = ((float)qb[o, c_j] · sb[o]) · (1/127);
+// forward needs no memset before its row quantization. Then, over the grid: the weights at the first
+// min(count, cap) columns, for every output o,
+//   wout[j, o] = ((float)qb[o, c_j] · sb[o]) · (1/127),  qout[o, j] = qb[o, c_j] for j < kRowStaged
+//   (0 for j >= count);
 // and when qa_c is given, every row's qa and x at the first kRowStaged columns (0 beyond count),
 //   qa_c[m, j] = qa[m, c_j],  x_c[m, j] = x[m, c_j].
 // vec16: flags 16-byte aligned.
