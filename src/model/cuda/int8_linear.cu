@@ -215,9 +215,12 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
 
   uint32_t* flags_done = nullptr;
   uint8_t* flags = thr > 0.0f ? outlier_flags(K, &flags_done) : nullptr;  // [K], zero
-  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, flags, s);
+  // Set up before the row quantization sets flags: a throw between it and the listing that clears them
+  // would leave them set for the next forward.
   const bool fork = plan && thr > 0.0f;
-  if (fork) QT_CUDA_CHECK(cudaEventRecord(side_stream().fork, s));
+  const SideStream* side = fork ? &side_stream() : nullptr;
+  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, flags, s);
+  if (fork) QT_CUDA_CHECK(cudaEventRecord(side->fork, s));
   if (plan) int8_gemm_run(*plan, acc, qa, w.w.q.data<int8_t>());
 
   Int8Epilogue e;
@@ -242,12 +245,11 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   e.K = K;
   e.O = O;
   if (fork) {  // beside the GEMM, on an SM it leaves free
-    const SideStream& side = side_stream();
-    QT_CUDA_CHECK(cudaStreamWaitEvent(side.stream, side.fork, 0));
+    QT_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork, 0));
     int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, kOutlierBlocks,
-                       side.stream);
-    QT_CUDA_CHECK(cudaEventRecord(side.join, side.stream));
-    QT_CUDA_CHECK(cudaStreamWaitEvent(s, side.join, 0));
+                       side->stream);
+    QT_CUDA_CHECK(cudaEventRecord(side->join, side->stream));
+    QT_CUDA_CHECK(cudaStreamWaitEvent(s, side->join, 0));
   } else if (thr > 0.0f) {
     int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, 0, s);
   }
