@@ -289,6 +289,27 @@ TEST(QuantCuda, BadArgumentsAreErrors) {
   Quant4Tensor q = quantize_4bit_cuda(x, QuantType::NF4, 64);
   q.packed = Tensor::zeros({31, 1}, DType::U8, Device::CUDA);  // wrong packed size
   EXPECT_THROW(dequantize_4bit_cuda(q, DType::BF16), Error);
+  // The int8 epilogue with outlier columns but without what the outlier kernel gathers for it, or with
+  // fewer than 8 gathered columns.
+  Tensor acc = Tensor::zeros({4, 8}, DType::I32, Device::CUDA),
+         cnt = Tensor::zeros({1}, DType::I32, Device::CUDA);
+  Int8Epilogue e;
+  e.N = 4;
+  e.K = 16;
+  e.O = 8;
+  e.count = cnt.data<int32_t>();
+  e.cap = 64;
+  EXPECT_THROW(int8_epilogue_cuda(acc.data<int32_t>(), e, 0), Error);
+  Tensor qa_c = Tensor::zeros({4, 8}, DType::I8, Device::CUDA),
+         x_c = Tensor::zeros({4, 8}, DType::F32, Device::CUDA),
+         qout = Tensor::zeros({8, 8}, DType::I8, Device::CUDA),
+         wout = Tensor::zeros({64, 8}, DType::F32, Device::CUDA);
+  e.qa_c = qa_c.data<int8_t>();
+  e.x_c = x_c.data<float>();
+  e.qout = qout.data<int8_t>();
+  e.wout = wout.data<float>();
+  e.cap = 4;
+  EXPECT_THROW(int8_epilogue_cuda(acc.data<int32_t>(), e, 0), Error);
 }
 
 // The fused GEMV against a float64 evaluation of the weights it multiplies: bf16(code) · absmax (the code
@@ -304,9 +325,10 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
     bool dq;
     QuantType qt;
   };
-  for (const Case& c : {Case{37, 64, 64, false, QuantType::NF4}, Case{37, 4128, 64, true, QuantType::NF4},
-                        Case{37, 4128, 32, false, QuantType::FP4}, Case{301, 1056, 32, true, QuantType::NF4},
-                        Case{2200, 384, 128, true, QuantType::NF4}, Case{4100, 160, 256, false, QuantType::FP4}}) {
+  for (const Case& c :
+       {Case{37, 64, 64, false, QuantType::NF4}, Case{37, 4128, 64, true, QuantType::NF4},
+        Case{37, 4128, 32, false, QuantType::FP4}, Case{301, 1056, 32, true, QuantType::NF4},
+        Case{2200, 384, 128, true, QuantType::NF4}, Case{4100, 160, 256, false, QuantType::FP4}}) {
     const int64_t O = c.O, I = c.I;
     std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
     std::normal_distribution<float> nd(0.0f, 1.0f);
@@ -346,8 +368,8 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
           num += (got[(size_t)(r * O + o)] - ref) * (got[(size_t)(r * O + o)] - ref);
           den += ref * ref;
         }
-      EXPECT_LE(std::sqrt(num / den), 1e-5) << "O " << O << " I " << I << " bs " << c.bs << (c.dq ? " dq" : "")
-                                            << " rows " << rows;
+      EXPECT_LE(std::sqrt(num / den), 1e-5)
+          << "O " << O << " I " << I << " bs " << c.bs << (c.dq ? " dq" : "") << " rows " << rows;
     }
   }
 }
