@@ -160,8 +160,9 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
 }
 
 void bench_int8(std::mt19937& g) {
-  const int64_t N = 2048, K = 4096;
-  for (int64_t O : {14336, 4096}) {
+  const int64_t N = 2048;
+  // Llama-3-8B's MLP up/gate (O = 14336) and attention (O = 4096) shapes, then its down projection (K = 14336).
+  for (auto [K, O] : std::vector<std::pair<int64_t, int64_t>>{{4096, 14336}, {4096, 4096}, {14336, 4096}}) {
     const double flops = 2.0 * N * K * O;
     Tensor w = randn_gpu({O, K}, DType::BF16, 0.02f, g);
     auto q8 = quantize_linear_8bit(w, 6.0f);

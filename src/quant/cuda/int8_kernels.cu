@@ -70,21 +70,22 @@ __device__ __forceinline__ uint2 codes8(const float (&v)[8], float a, float s) {
   return make_uint2(w[0], w[1]);
 }
 
-// One warp per row (rows of 16-bit T rounded to f16, cols <= kWarpMaxCols, cols % 8 == 0, x 16-byte and q
-// 8-byte aligned). The row is read once into registers, 16 bytes per lane and load, and kept there as f16
-// pairs. The max below the threshold and the outlier test run on those pairs (exact: the values are f16,
-// and x >= thr holds for an f16 x exactly when x >= thr rounded up to f16); the max is a warp shuffle
-// reduction. The codes: t = v · s in f32 as before, rounded half to even by adding 1.5 · 2^23 (the
-// integer lands in the low mantissa bits), clamped to ±127 first only in the 16-byte pieces holding an
-// outlier (elsewhere |t| <= 127 by the choice of s). Rows with a NaN, or with a scale of 0 or infinity,
-// take codes8 (F2I) so that they keep its results. The block's warps collect their outlier columns in a
-// shared bitmap and the block sets each flag once; which values are outliers (or NaN) is worked out only in
-// the 16-byte pieces that hold a value not below the threshold. 2048 rows of 4096 in the forward on the
-// H200 (ncu): 12.4 µs with threshold 6, 11.3 µs without (14.5 / 13.1 with f32 conversions and F2I for every
-// value).
+// One warp per row, or wpr = 2 or 4 warps for rows longer than kWarpCols (rows of 16-bit T rounded to f16,
+// cols <= kWarpMaxCols, cols % 8 == 0, x 16-byte and q 8-byte aligned). The row is read once into registers,
+// 16 bytes per lane and load, and kept there as f16 pairs. The max below the threshold and the outlier test
+// run on those pairs (exact: the values are f16, and x >= thr holds for an f16 x exactly when x >= thr
+// rounded up to f16); the max is a warp shuffle reduction. The codes: t = v · s in f32 as before, rounded
+// half to even by adding 1.5 · 2^23 (the integer lands in the low mantissa bits), clamped to ±127 first only
+// in the 16-byte pieces holding an outlier (elsewhere |t| <= 127 by the choice of s). Rows with a NaN, or
+// with a scale of 0 or infinity, take codes8 (F2I) so that they keep its results. The block's warps collect
+// their outlier columns in a shared bitmap and the block sets each flag once; which values are outliers (or
+// NaN) is worked out only in the 16-byte pieces that hold a value not below the threshold. 2048 rows of 4096
+// in the forward on the H200 (ncu): 12.4 µs with threshold 6, 11.3 µs without (14.5 / 13.1 with f32
+// conversions and F2I for every value).
 constexpr int kWarpHeld = 16;
-constexpr int kWarpMaxCols = 32 * 8 * kWarpHeld;
-constexpr int kWarpThreads = 512;  // 16 rows: 128 blocks for 2048 rows, one per SM at 112 registers
+constexpr int kWarpCols = 32 * 8 * kWarpHeld;  // the columns one warp holds
+constexpr int kWarpMaxCols = 4 * kWarpCols;    // up to 4 warps per row
+constexpr int kWarpThreads = 512;  // 16 warps: 128 blocks for 2048 rows of 4096, one per SM at 112 registers
 
 template <class T>
 __device__ __forceinline__ uint32_t f16_pair(uint32_t w);
@@ -113,25 +114,29 @@ __device__ __forceinline__ uint32_t code_bits(float t) {
 
 template <class T>
 __global__ void __launch_bounds__(kWarpThreads)
-    quant_rows_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float thr,
+    quant_rows_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float thr, int wpr,
                            int8_t* __restrict__ q, float* __restrict__ scale, uint8_t* __restrict__ flags) {
   __shared__ uint32_t s_out[kWarpMaxCols / 32];  // bit c: column c holds an outlier in one of the rows
-  const int64_t row = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
+  __shared__ float s_max[kWarpThreads / 32];     // per warp: its part's max
+  __shared__ bool s_exact[kWarpThreads / 32];    // per warp: no NaN in its part
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t row = (int64_t)blockIdx.x * ((blockDim.x >> 5) / wpr) + warp / wpr;
+  const int c0 = (warp % wpr) * kWarpCols;  // the warp's first column
   const int words = (int)((cols + 31) / 32);
   const bool use_thr = thr > 0.0f;
   if (use_thr) {
     for (int i = threadIdx.x; i < words; i += blockDim.x) s_out[i] = 0u;
     __syncthreads();
   }
-  if (row < rows) {
+  const bool active = row < rows;  // inactive warps still meet the row barrier
+  {
     const T* xr = x + row * cols;  // [cols]
     int8_t* qr = q + row * cols;   // [cols]
     uint4 held[kWarpHeld];
 #pragma unroll
     for (int k = 0; k < kWarpHeld; k++) {
-      const int c = (k * 32 + lane) * 8;
-      if (c < cols) held[k] = __ldg(reinterpret_cast<const uint4*>(xr + c));
+      const int c = c0 + (k * 32 + lane) * 8;
+      if (active && c < cols) held[k] = __ldg(reinterpret_cast<const uint4*>(xr + c));
     }
     const __half thr16 = __float2half_ru(thr);
     const __half2 thr2 = __halves2half2(thr16, thr16);
@@ -140,8 +145,8 @@ __global__ void __launch_bounds__(kWarpThreads)
     uint32_t out_k = 0;         // bit k: piece k holds an outlier
 #pragma unroll
     for (int k = 0; k < kWarpHeld; k++) {
-      const int c = (k * 32 + lane) * 8;
-      if (c >= cols) break;
+      const int c = c0 + (k * 32 + lane) * 8;
+      if (!active || c >= cols) break;
       uint32_t* hw = reinterpret_cast<uint32_t*>(&held[k]);
       uint32_t not_below = 0;  // bits of values not below the threshold: outliers or NaN (rare)
 #pragma unroll
@@ -174,14 +179,26 @@ __global__ void __launch_bounds__(kWarpThreads)
     }
     __half m = __hmax(__low2half(m2), __high2half(m2));
     for (int o = 16; o > 0; o >>= 1) m = __hmax(m, __shfl_xor_sync(0xffffffffu, m, o));
-    const float a = __half2float(m);
-    const bool exact = __all_sync(0xffffffffu, ok == 0xFFFFFFFFu) && a > 0.0f && a != INFINITY;
-    if (lane == 0) scale[row] = a;
+    float a = __half2float(m);
+    bool exact = __all_sync(0xffffffffu, ok == 0xFFFFFFFFu);
+    if (wpr > 1) {  // the row's warps: max over their parts (exact maxima), NaN anywhere in the row
+      if (lane == 0) {
+        s_max[warp] = a;
+        s_exact[warp] = exact;
+      }
+      __syncthreads();
+      for (int w = warp - warp % wpr; w < warp - warp % wpr + wpr; w++) {
+        a = fmaxf(a, s_max[w]);
+        exact = exact && s_exact[w];
+      }
+    }
+    exact = exact && a > 0.0f && a != INFINITY;
+    if (active && lane == 0 && c0 == 0) scale[row] = a;
     const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
 #pragma unroll
     for (int k = 0; k < kWarpHeld; k++) {
-      const int c = (k * 32 + lane) * 8;
-      if (c >= cols) break;
+      const int c = c0 + (k * 32 + lane) * 8;
+      if (!active || c >= cols) break;
       const uint32_t* hw = reinterpret_cast<const uint32_t*>(&held[k]);
       float v[8];
 #pragma unroll
@@ -680,11 +697,12 @@ void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols
   const bool vec = dtype != DType::F32 && cols % 8 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
                    (reinterpret_cast<uintptr_t>(q) & 7) == 0;
   if (vec && round_f16 && cols <= kWarpMaxCols) {
-    const int warps = kWarpThreads / 32;
-    const unsigned blocks = (unsigned)((rows + warps - 1) / warps);
+    const int wpr = cols <= kWarpCols ? 1 : cols <= 2 * kWarpCols ? 2 : 4;  // warps per row
+    const int per_block = kWarpThreads / 32 / wpr;                          // rows per block
+    const unsigned blocks = (unsigned)((rows + per_block - 1) / per_block);
     QT_QUANT_DISPATCH(dtype, "int8_quant_rows_cuda", T, {
       quant_rows_warp_kernel<T><<<blocks, kWarpThreads, 0, stream>>>(static_cast<const T*>(x), rows, cols,
-                                                                     threshold, q, scale, col_flags);
+                                                                     threshold, wpr, q, scale, col_flags);
     });
     check_launch("quant_rows_warp_kernel");
     return;

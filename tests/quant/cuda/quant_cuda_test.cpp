@@ -193,7 +193,8 @@ TEST(QuantCuda, Int8RowQuantizationEqualsCpu) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 3);
   for (DType dt : {DType::F32, DType::BF16, DType::F16})
-    for (Shape s : {Shape{77, 333}, Shape{5, 4096}, Shape{1, 31}, Shape{3, 8200}}) {
+    for (Shape s :
+         {Shape{77, 333}, Shape{5, 4096}, Shape{1, 31}, Shape{3, 8200}, Shape{9, 14336}, Shape{2, 16392}}) {
       std::vector<float> v((size_t)shape_numel(s));
       std::normal_distribution<float> nd(0.0f, 0.7f);
       for (float& f : v) f = nd(g);
@@ -219,7 +220,7 @@ TEST(QuantCuda, Int8RowQuantizationEqualsCpu) {
 // Row quantization with a threshold and the outlier listing of the int8 forward against the CPU's
 // int8_vectorwise_quant of f16(x): the row scales, the codes outside outlier columns and the listed outlier
 // columns are identical. Tiny values with a tiny threshold put the outlier test in f16's subnormal range,
-// where rounding to f16 moves bf16 values across the threshold; shapes for the warp-per-row,
+// where rounding to f16 moves bf16 values across the threshold; shapes for one and several warps per row,
 // block-per-row and scalar paths, and row lengths that are not a multiple of the listing's 16 flags.
 TEST(QuantCuda, Int8OutlierColumnsEqualTheCpus) {
   REQUIRE_GPU();
@@ -229,7 +230,7 @@ TEST(QuantCuda, Int8OutlierColumnsEqualTheCpus) {
   };
   for (Case cs : {Case{1.0f, 2.5f}, Case{1.0e-6f, 1.0e-6f}, Case{3.0e4f, 7.0e4f}})
     for (DType dt : {DType::BF16, DType::F16, DType::F32})
-      for (Shape s : {Shape{37, 512}, Shape{5, 4104}, Shape{3, 333}}) {
+      for (Shape s : {Shape{37, 512}, Shape{5, 4104}, Shape{7, 12000}, Shape{3, 333}}) {
         std::vector<float> v((size_t)shape_numel(s));
         std::normal_distribution<float> nd(0.0f, cs.sd);
         for (float& f : v) f = nd(g);
