@@ -79,82 +79,86 @@ __device__ __forceinline__ int x_stage_offset(int c, int k) {
   return 16 * (4 * c + ((k + (c >> 1)) & 3));
 }
 
-// One step of one warp: chunks 2q and 2q + 1 of rows g and g + 8 (zeros past the row or the matrix), and
-// their absmax (the plain value, or the 8-bit code and the nested absmax). kShares: both chunks in one block.
-template <bool kNested, bool kShares>
+// One step of one warp: lane (r, c) = (lane / 8, lane % 8) loads chunk c of rows 4j + r, j = 0..3, so each
+// load instruction reads whole 128-byte lines of 4 rows (zeros past a row or the matrix), with the absmax of
+// each chunk (the plain value, or the 8-bit code and the nested absmax).
+template <bool kNested>
 struct Step {
-  uint4 w[2][2];  // [row g, g + 8][chunk 2q, 2q + 1]
-  float a[2][2];
-  uint32_t c[2][2];
+  uint4 w[4];  // rows 4j + r of the warp's 16
+  float a[4];
+  uint32_t c[4];
 
   __device__ __forceinline__ void load(const Gemv4Params& p, int row, int ch) {
     // 32-bit chunk indices: gemv_4bit_cuda checks (O + 16) · I / 32 < 2^31.
+    const bool in_row = ch < p.nchunk;
 #pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int r = row + 8 * h, i = r * p.nchunk + ch;
-      const bool ok = r < p.O;
-#pragma unroll
-      for (int e = 0; e < 2; e++) {
-        const bool in = ok && ch + e < p.nchunk;
-        w[h][e] = in ? __ldcs(p.packed + i + e) : make_uint4(0, 0, 0, 0);
-        if (kShares && e == 1) {
-          a[h][1] = a[h][0];
-          c[h][1] = c[h][0];
-          continue;
-        }
-        const int blk = (i + e) >> p.lg_chunks_per_block;
-        if (kNested) {
-          c[h][e] = in ? p.am.qabsmax[blk] : 0;
-          a[h][e] = in ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
-        } else {
-          a[h][e] = in ? __ldg(p.am.absmax + blk) : 0.0f;
-        }
+    for (int j = 0; j < 4; j++) {
+      const int r = row + 4 * j, i = r * p.nchunk + ch;
+      const bool in = in_row && r < p.O;
+      w[j] = in ? __ldcs(p.packed + i) : make_uint4(0, 0, 0, 0);
+      const int blk = i >> p.lg_chunks_per_block;
+      if (kNested) {
+        c[j] = in ? p.am.qabsmax[blk] : 0;
+        a[j] = in ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
+      } else {
+        a[j] = in ? __ldg(p.am.absmax + blk) : 0.0f;
       }
     }
   }
 };
 
-// acc[n][h] (x row n; rows g, g + 8) += lane q's two chunks of the step, each times its absmax. The lanes
-// feeding x: 9q + 4n (result column 2q + n). ch: lane q's first chunk.
+// acc[n][j] (x row n; row 4j + r) += the lane's chunk of the step times its absmax. ch: the lane's chunk.
+// MMA row m takes row 4 · (2P + m / 8) + m % 8 / 2 (the lanes of row m hold it) in MMA set P = 0, 1, and
+// chunk 4 · (m % 2) + q of it in lane (m % 8, q); so rows of both parities share a k slot but not its
+// chunk. The B operand is zero except in column 2q + p, which holds x at chunk 4p + q (fed by lane
+// (2q + p, q)): result column 2q + p of MMA row m is the lane's chunk sum when p = m % 2, and the other
+// column is a cross term that nothing reads. Two rows of x take two MMA sets on the same lookups.
 // xs: x staged in shared memory (x_stage_offset has the layout).
-template <int NR, bool kNested, bool kShares>
-__device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested, kShares>& st, int ch, int lane,
+template <int NR, bool kNested>
+__device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested>& st, int ch, int lane,
                                          uint32_t base_lane, const float* ncode, const char* xs,
-                                         float (&acc)[2][2]) {
-  const int g = lane >> 2, q = lane & 3, n = g & 1;
-  const bool x_lane = (g >> 1) == q && n < NR;
-  const char* xr = xs + n * x_stage_row(p.I);
+                                         float (&acc)[NR][4]) {
+  const int g = lane >> 2, q = lane & 3, par = g & 1;
+  const bool has_x = (g >> 1) == q && ch < p.nchunk;
+  uint4 xv[NR][4];
 #pragma unroll
-  for (int e = 0; e < 2; e++) {
-    uint4 xv[4];
-    const bool has_x = x_lane && ch + e < p.nchunk;
+  for (int n = 0; n < NR; n++)
 #pragma unroll
     for (int k = 0; k < 4; k++)
-      xv[k] = has_x ? *reinterpret_cast<const uint4*>(xr + x_stage_offset(ch + e, k)) : make_uint4(0, 0, 0, 0);
-    // Two accumulators (even and odd t) so the MMAs form two dependency chains.
-    float d[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+      xv[n][k] = has_x ? *reinterpret_cast<const uint4*>(xs + n * x_stage_row(p.I) + x_stage_offset(ch, k))
+                       : make_uint4(0, 0, 0, 0);
+  float d[NR][2][4];
 #pragma unroll
-    for (int t = 0; t < 8; t++) {
-      const uint32_t wa = word_of(st.w[0][e], t >> 1), wb = word_of(st.w[1][e], t >> 1);
-      const int k0 = (2 * t) & 3;
-      mma_bf16(d[t & 1], pair_of(wa, base_lane, k0), pair_of(wb, base_lane, k0),
-               pair_of(wa, base_lane, k0 + 1), pair_of(wb, base_lane, k0 + 1), word_of(xv[t >> 1], k0),
-               word_of(xv[t >> 1], k0 + 1));
+  for (int n = 0; n < NR; n++)
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) d[n][s][e] = 0.0f;
+#pragma unroll
+  for (int t = 0; t < 8; t++) {
+    const int k0 = (2 * t) & 3;
+#pragma unroll
+    for (int s = 0; s < 2; s++) {
+      const uint32_t wa = word_of(st.w[2 * s], t >> 1), wb = word_of(st.w[2 * s + 1], t >> 1);
+      const uint32_t a0 = pair_of(wa, base_lane, k0), a1 = pair_of(wb, base_lane, k0),
+                     a2 = pair_of(wa, base_lane, k0 + 1), a3 = pair_of(wb, base_lane, k0 + 1);
+#pragma unroll
+      for (int n = 0; n < NR; n++)
+        mma_bf16(d[n][s], a0, a1, a2, a3, word_of(xv[n][t >> 1], k0), word_of(xv[n][t >> 1], k0 + 1));
     }
-    float a[2];
+  }
 #pragma unroll
-    for (int h = 0; h < 2; h++)
-      a[h] = kNested ? __fadd_rn(__fmul_rn(ncode[st.c[h][e]], st.a[h][e]), p.am.offset) : st.a[h][e];
-    acc[0][0] = fmaf(d[0][0] + d[1][0], a[0], acc[0][0]);
-    acc[0][1] = fmaf(d[0][2] + d[1][2], a[1], acc[0][1]);
-    if (NR > 1) {
-      acc[1][0] = fmaf(d[0][1] + d[1][1], a[0], acc[1][0]);
-      acc[1][1] = fmaf(d[0][3] + d[1][3], a[1], acc[1][1]);
+  for (int j = 0; j < 4; j++) {
+    const float a = kNested ? __fadd_rn(__fmul_rn(ncode[st.c[j]], st.a[j]), p.am.offset) : st.a[j];
+#pragma unroll
+    for (int n = 0; n < NR; n++) {
+      const float* dj = d[n][j >> 1] + 2 * (j & 1);
+      acc[n][j] = fmaf(par ? dj[1] : dj[0], a, acc[n][j]);
     }
   }
 }
 
-template <int NR, bool kNested, bool kShares>
+template <int NR, bool kNested>
 __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p) {
   extern __shared__ __align__(16) char smem[];
   const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
@@ -167,13 +171,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   const int g0 = blockIdx.x * p.groups_per_block;
   const int ng = min(p.groups_per_block, p.groups - g0);
   const int items = ng * p.steps;
-  const int row0 = g0 * 16 + (lane >> 2), ch0 = 2 * (lane & 3);
+  const int row0 = g0 * 16 + (lane >> 3), ch0 = lane & 7;
 
   // This warp's run of the block's steps (group-major): load cursor (lgl, ls), sum cursor (cgl, cs).
   const int per = (items + kWarps - 1) / kWarps;
   const int first = warp * per, end = min(items, first + per);
   int lgl = first / p.steps, ls = first % p.steps, cgl = lgl, cs = ls;
-  Step<kNested, kShares> s0, s1;
+  Step<kNested> s0, s1;
   if (first < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
   if (++ls == p.steps) ls = 0, lgl++;
   if (first + 1 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
@@ -198,21 +202,26 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   __syncthreads();
 
   const uint32_t base_lane = (sbase + pad) | (uint32_t)(lane * 4);
-  float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+  float acc[NR][4];
+#pragma unroll
+  for (int n = 0; n < NR; n++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) acc[n][j] = 0.0f;
   int cur = -1;  // the group acc belongs to
-  auto flush = [&]() {
+  auto flush = [&]() {  // the 8 lanes of row 4j + r hold its partial sums
 #pragma unroll
     for (int n = 0; n < NR; n++)
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        float v = acc[n][h];
+      for (int j = 0; j < 4; j++) {
+        float v = acc[n][j];
         v += __shfl_xor_sync(0xffffffffu, v, 1);
         v += __shfl_xor_sync(0xffffffffu, v, 2);
-        if ((lane & 3) == 0) atomicAdd(part + (cur * NR + n) * 16 + (lane >> 2) + 8 * h, v);
-        acc[n][h] = 0.0f;
+        v += __shfl_xor_sync(0xffffffffu, v, 4);
+        if ((lane & 7) == 0) atomicAdd(part + (cur * NR + n) * 16 + 4 * j + (lane >> 3), v);
+        acc[n][j] = 0.0f;
       }
   };
-  auto consume = [&](const Step<kNested, kShares>& st) {
+  auto consume = [&](const Step<kNested>& st) {
     if (cgl != cur) {
       if (cur >= 0) flush();
       cur = cgl;
@@ -269,25 +278,15 @@ size_t max_dynamic_smem() {
   return (size_t)cached[dev];
 }
 
-template <int NR, bool kNested, bool kShares>
+template <int NR, bool kNested>
 void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
-    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested, kShares>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
             "cudaFuncSetAttribute(gemv4_kernel)");
     set = smem;
   }
-  gemv4_kernel<NR, kNested, kShares><<<blocks, kThreads, smem, stream>>>(p);
-}
-
-template <int NR>
-void launch_variant(const Gemv4Params& p, bool nested, bool shares, int blocks, size_t smem,
-                    cudaStream_t stream) {
-  if (nested)
-    shares ? launch<NR, true, true>(p, blocks, smem, stream) : launch<NR, true, false>(p, blocks, smem, stream);
-  else
-    shares ? launch<NR, false, true>(p, blocks, smem, stream) : launch<NR, false, false>(p, blocks, smem, stream);
+  gemv4_kernel<NR, kNested><<<blocks, kThreads, smem, stream>>>(p);
 }
 
 }  // namespace
@@ -343,13 +342,10 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
   const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
   const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I);
   const bool nested = p.am.absmax == nullptr;
-  // Chunks 2q and 2q + 1 of a row share one absmax when a block holds an even number of chunks and rows
-  // start on an even chunk.
-  const bool shares = p.lg_chunks_per_block >= 1 && p.nchunk % 2 == 0;
   if (a.rows == 1)
-    launch_variant<1>(p, nested, shares, blocks, smem, stream);
+    nested ? launch<1, true>(p, blocks, smem, stream) : launch<1, false>(p, blocks, smem, stream);
   else
-    launch_variant<2>(p, nested, shares, blocks, smem, stream);
+    nested ? launch<2, true>(p, blocks, smem, stream) : launch<2, false>(p, blocks, smem, stream);
   check_launch("gemv4_kernel");
 }
 
