@@ -2,24 +2,26 @@
 // blocks, reading each packed byte once, on the tensor cores.
 //
 // A warp owns 16 output rows and walks them in steps of 256 weights (8 chunks of 32 codes, 16 packed bytes
-// each; a chunk never straddles a quantization block). Lane (g, q) = (lane / 4, lane % 4) loads chunks 2q
-// and 2q + 1 of rows g and g + 8, so each load instruction pair covers whole 128-byte lines of 8 rows: with
-// half lines per request (chunk q only) the same loads ran 40% slower on the H200.
-// One mma.m16n8k16 (bf16 in, f32 accumulate) takes 16 weights of each of the 16 rows: its k slots q and
-// q + 4 take bytes 2t and 2t + 1 of lane q's chunk (any order of k works as long as x follows it), so eight
-// MMAs consume one chunk per lane. Each packed byte becomes the (code[hi], code[lo]) bf16 pair the A
-// fragment wants with one PRMT (the byte and the lane form the shared-memory address) and one load from a
-// 256-entry pair table of which every lane has its own bank (conflict-free). The B operand (x) is zero
-// except in column 2q + n for the k slots of lane q's chunk, so result column 2q + n is that chunk's partial
-// sum for x row n, and it sits in lane q, which scales it by the chunk's absmax. Per weight: half a PRMT,
-// half a shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in a scalar loop.
+// each; a chunk never straddles a quantization block). Lane (r, c) = (lane / 8, lane % 8) loads chunk c of
+// rows 4j + r, j = 0..3, so each load instruction reads whole 128-byte lines of 4 rows (the layout before,
+// half lines of 8 rows per instruction, cost 0.4 us more at 14336x4096; half lines of 8 rows without the
+// pairing were 40% slower still).
+// One mma.m16n8k16 (bf16 in, f32 accumulate) takes 16 weights of each of its 16 rows: k slots 2q, 2q + 1,
+// 2q + 8 and 2q + 9 of MMA row m come from bytes 2t and 2t + 1 of the chunk that lane 4 · (m % 8) + q holds
+// (any order of k works as long as x follows it), so eight MMAs consume a chunk per lane, and two MMA sets
+// of 8 rows each cover the warp's 16. Each packed byte becomes the (code[hi], code[lo]) bf16 pair the A fragment wants
+// with one PRMT (the byte and the lane form the shared-memory address) and one load from a 256-entry pair
+// table of which every lane has its own bank (conflict-free). step_sum says how the B operand (x) picks
+// each lane's chunk sum out of the products; the lane scales it by the chunk's absmax. Per weight: half a
+// PRMT, half a shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in a scalar loop.
 //
 // One block of 16 warps per SM owns a contiguous run of 16-row groups (balanced to one group); each warp
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
 // one. Partial row sums meet in shared memory; the block writes its rows last. The L1 data pipe (the
-// lookups, then the 8-row loads) is the busiest unit; bench/NOTES.md has the profiles. The weights enter
-// as bf16(code) (the absmax multiplies the f32 partial sums), so each weight carries one bf16 rounding, as
-// in the dequantize + GEMM path.
+// lookups, then the loads) is the busiest unit; bench/NOTES.md has the profiles and what the rest of the
+// time is (mostly the wait for x before the first step). The weights enter as bf16(code) (the absmax
+// multiplies the f32 partial sums), so each weight carries one bf16 rounding, as in the dequantize + GEMM
+// path.
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -108,11 +110,12 @@ struct Step {
 };
 
 // acc[n][j] (x row n; row 4j + r) += the lane's chunk of the step times its absmax. ch: the lane's chunk.
-// MMA row m takes row 4 · (2P + m / 8) + m % 8 / 2 (the lanes of row m hold it) in MMA set P = 0, 1, and
-// chunk 4 · (m % 2) + q of it in lane (m % 8, q); so rows of both parities share a k slot but not its
-// chunk. The B operand is zero except in column 2q + p, which holds x at chunk 4p + q (fed by lane
-// (2q + p, q)): result column 2q + p of MMA row m is the lane's chunk sum when p = m % 2, and the other
-// column is a cross term that nothing reads. Two rows of x take two MMA sets on the same lookups.
+// With g = lane / 4 and q = lane % 4: MMA row m of set P = 0, 1 is row 4 · (2P + m / 8) + m % 8 / 2, and
+// lane 4 · (m % 8) + q holds chunk 4 · (m % 2) + q of it; so rows of both parities share a k slot but not
+// its chunk. The B operand is zero except in column 2q + p, which holds x at chunk 4p + q (fed by lane
+// 4 · (2q + p) + q): result column 2q + p of MMA row m is the lane's chunk sum when p = m % 2, and the
+// other column is a cross term that nothing reads. A second row of x takes a second pair of MMAs on the
+// same lookups.
 // xs: x staged in shared memory (x_stage_offset has the layout).
 template <int NR, bool kNested>
 __device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested>& st, int ch, int lane,
