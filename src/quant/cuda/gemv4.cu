@@ -9,11 +9,12 @@
 // One mma.m16n8k16 (bf16 in, f32 accumulate) takes 16 weights of each of its 16 rows: k slots 2q, 2q + 1,
 // 2q + 8 and 2q + 9 of MMA row m come from bytes 2t and 2t + 1 of the chunk that lane 4 · (m % 8) + q holds
 // (any order of k works as long as x follows it), so eight MMAs consume a chunk per lane, and two MMA sets
-// of 8 rows each cover the warp's 16. Each packed byte becomes the (code[hi], code[lo]) bf16 pair the A fragment wants
-// with one PRMT (the byte and the lane form the shared-memory address) and one load from a 256-entry pair
-// table of which every lane has its own bank (conflict-free). step_sum says how the B operand (x) picks
-// each lane's chunk sum out of the products; the lane scales it by the chunk's absmax. Per weight: half a
-// PRMT, half a shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in a scalar loop.
+// of 8 rows each cover the warp's 16. Each packed byte becomes the (code[hi], code[lo]) bf16 pair the A
+// fragment wants with one PRMT (the byte and the lane form the shared-memory address) and one load from a
+// 256-entry pair table of which every lane has its own bank (conflict-free). step_sum says how the B
+// operand (x) picks each lane's chunk sum out of the products; the lane scales it by the chunk's absmax.
+// Per weight: half a PRMT, half a shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in
+// a scalar loop.
 //
 // One block of 16 warps per SM owns a contiguous run of 16-row groups (balanced to one group); each warp
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
@@ -70,10 +71,10 @@ __device__ __forceinline__ uint32_t pair_of(uint32_t w, uint32_t base_lane, int 
   return v;
 }
 
-// x is staged in shared memory once per block, each x row padded by 64 bytes, and within a chunk the 16-byte
-// piece k of chunk c sits at slot (k + c / 2) % 4. The four lanes that read x in one instruction take
-// piece k of chunks 2q + e (q = 0..3) of one step: 128 bytes apart in x, so in the same banks without the
-// rotation; with it, and with the row padding for the second x row, they fall in different banks.
+// x is staged in shared memory once per block (x rows 2I + 64 bytes apart); within a chunk the 16-byte
+// piece k of chunk c sits at slot (k + c / 2) % 4. The eight lanes that read x in one instruction take piece
+// k of the eight chunks of one step: without the rotation the even chunks would share banks, and so would
+// the odd ones.
 __host__ __device__ inline int x_stage_row(int I) {
   return 2 * I + 64;
 }
@@ -266,7 +267,8 @@ bool aligned16(const void* p) {
 // Dynamic shared memory: the table's alignment slack, the table, the nested code book, the row sums of a
 // run of gpb groups, the x stage.
 size_t gemv_smem(int gpb, int rows, int I) {
-  return (size_t)kTableAlign + kTableBytes + 1024 + (size_t)gpb * rows * 16 * 4 + (size_t)rows * x_stage_row(I);
+  return (size_t)kTableAlign + kTableBytes + 1024 + (size_t)gpb * rows * 16 * 4 +
+         (size_t)rows * x_stage_row(I);
 }
 
 // The device's opt-in shared memory per block (the current device; cached per device).
@@ -285,7 +287,8 @@ template <int NR, bool kNested>
 void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
-    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 (int)smem),
             "cudaFuncSetAttribute(gemv4_kernel)");
     set = smem;
   }
