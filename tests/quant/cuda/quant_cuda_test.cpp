@@ -290,6 +290,32 @@ TEST(QuantCuda, BadArgumentsAreErrors) {
   Quant4Tensor q = quantize_4bit_cuda(x, QuantType::NF4, 64);
   q.packed = Tensor::zeros({31, 1}, DType::U8, Device::CUDA);  // wrong packed size
   EXPECT_THROW(dequantize_4bit_cuda(q, DType::BF16), Error);
+  // The fused GEMV: I not a multiple of 32, misaligned weights, rows other than 1 or 2, a bad block size.
+  {
+    Quant4Tensor w = quantize_4bit_cuda(Tensor::zeros({4, 64}, DType::F32, Device::CUDA), QuantType::NF4, 64);
+    Tensor xg = Tensor::zeros({2, 64}, DType::BF16, Device::CUDA);
+    Tensor y = Tensor::zeros({2, 4}, DType::BF16, Device::CUDA);
+    Gemv4Args a;
+    a.packed = w.packed.data<uint8_t>();
+    a.absmax = absmax4_view(w);
+    a.x = xg.raw();
+    a.out = y.raw();
+    a.O = 4;
+    a.I = 64;
+    gemv_4bit_cuda(a, 0);  // valid
+    Gemv4Args b = a;
+    b.I = 48;
+    EXPECT_THROW(gemv_4bit_cuda(b, 0), Error);
+    b = a;
+    b.packed = a.packed + 1;
+    EXPECT_THROW(gemv_4bit_cuda(b, 0), Error);
+    b = a;
+    b.rows = 3;
+    EXPECT_THROW(gemv_4bit_cuda(b, 0), Error);
+    b = a;
+    b.blocksize = 48;
+    EXPECT_THROW(gemv_4bit_cuda(b, 0), Error);
+  }
   // The int8 epilogue with outlier columns but without what the outlier kernel gathers for it, or with
   // fewer than 8 gathered columns.
   Tensor acc = Tensor::zeros({4, 8}, DType::I32, Device::CUDA),
