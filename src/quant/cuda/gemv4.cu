@@ -20,9 +20,9 @@
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
 // one. Partial row sums meet in shared memory; the block writes its rows last. The L1 data pipe (the
 // lookups, then the loads) is the busiest unit; bench/NOTES.md has the profiles and what the rest of the
-// time is (mostly the wait for x before the first step). The weights enter as bf16(code) (the absmax
-// multiplies the f32 partial sums), so each weight carries one bf16 rounding, as in the dequantize + GEMM
-// path.
+// time is (mostly the wait for x, which returns only after the weight loads issued before it: for long x
+// the kernel loads x first). The weights enter as bf16(code) (the absmax multiplies the f32 partial sums),
+// so each weight carries one bf16 rounding, as in the dequantize + GEMM path.
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -32,6 +32,13 @@ using namespace quant_cuda;
 namespace {
 
 constexpr int kWarps = 16, kThreads = kWarps * 32;
+// x pieces (16 bytes) per thread held in registers while the table is built, when x goes first; the rest of
+// a longer x is loaded after.
+constexpr int kXRegs = 8;
+// x goes first for rows longer than this (bench/NOTES.md, session 8, in a CUDA graph: 4096x14336 takes
+// 13.1-13.2 us instead of 14.0-14.2 and 8192x8192 15.4-15.5 instead of 16.0, but 4096x4096 7.2-7.4 instead
+// of 6.9-7.1; 14336x4096 is within noise).
+constexpr int kXFirstAbove = 4096;
 // The pair table: row b (the packed byte) is 256 bytes, of which lane l uses the word at 4 · l. It starts
 // at a shared address with zero low 16 bits (the kernel skips up to kTableAlign bytes to find one), so one
 // PRMT forms a lookup's whole address: the byte as bits 8..15, 4 · lane as bits 0..7, the base above.
@@ -162,7 +169,7 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNeste
   }
 }
 
-template <int NR, bool kNested>
+template <int NR, bool kNested, bool kXFirst>
 __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p) {
   extern __shared__ __align__(16) char smem[];
   const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
@@ -182,10 +189,32 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   const int first = warp * per, end = min(items, first + per);
   int lgl = first / p.steps, ls = first % p.steps, cgl = lgl, cs = ls;
   Step<kNested> s0, s1;
-  if (first < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
-  if (++ls == p.steps) ls = 0, lgl++;
-  if (first + 1 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
-  if (++ls == p.steps) ls = 0, lgl++;
+  auto load_first_two = [&]() {
+    if (first < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
+    if (++ls == p.steps) ls = 0, lgl++;
+    if (first + 1 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
+    if (++ls == p.steps) ls = 0, lgl++;
+  };
+  // x goes first when it is long (kXFirst): its loads then leave before any weight load and return
+  // before them (behind the weights they return only with them), and the table is built meanwhile.
+  // Otherwise the weights go first and x is loaded behind them, which is faster for short x.
+  const int pieces = p.I / 8;  // 16-byte pieces per x row
+  auto stage_x = [&](int i, const uint4& v) {
+    if (i < NR * pieces) {
+      const int n = i / pieces, pc = i % pieces;
+      *reinterpret_cast<uint4*>(xs + n * x_stage_row(p.I) + x_stage_offset(pc >> 2, pc & 3)) = v;
+    }
+  };
+  uint4 xr[kXFirst ? kXRegs : 1];
+  if constexpr (kXFirst) {
+#pragma unroll
+    for (int u = 0; u < kXRegs; u++) {
+      const int i = threadIdx.x + u * kThreads;
+      xr[u] = i < NR * pieces ? __ldg(reinterpret_cast<const uint4*>(p.x) + i) : make_uint4(0, 0, 0, 0);
+    }
+  } else {
+    load_first_two();
+  }
 
   // The pair table (words 0..31 of each row), the nested code book, zeroed row sums.
   for (int i = threadIdx.x; i < 256 * 8; i += kThreads) {
@@ -197,12 +226,13 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   if (kNested)
     for (int i = threadIdx.x; i < 256; i += kThreads) ncode[i] = p.am.nested_code[i];
   for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) part[i] = 0.0f;
-  const int pieces = p.I / 8;  // 16-byte pieces per x row
-  for (int i = threadIdx.x; i < NR * pieces; i += kThreads) {
-    const int n = i / pieces, pc = i % pieces;
-    *reinterpret_cast<uint4*>(xs + n * x_stage_row(p.I) + x_stage_offset(pc >> 2, pc & 3)) =
-        __ldg(reinterpret_cast<const uint4*>(p.x + (int64_t)n * p.I) + pc);
+  if constexpr (kXFirst) {
+#pragma unroll
+    for (int u = 0; u < kXRegs; u++) stage_x(threadIdx.x + u * kThreads, xr[u]);
   }
+  for (int i = threadIdx.x + (kXFirst ? kXRegs * kThreads : 0); i < NR * pieces; i += kThreads)
+    stage_x(i, __ldg(reinterpret_cast<const uint4*>(p.x) + i));  // the x rows are contiguous
+  if constexpr (kXFirst) load_first_two();
   __syncthreads();
 
   const uint32_t base_lane = (sbase + pad) | (uint32_t)(lane * 4);
@@ -211,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   for (int n = 0; n < NR; n++)
 #pragma unroll
     for (int j = 0; j < 4; j++) acc[n][j] = 0.0f;
-  int cur = -1;  // the group acc belongs to
+  int cur = -1;         // the group acc belongs to
   auto flush = [&]() {  // the 8 lanes of row 4j + r hold its partial sums
 #pragma unroll
     for (int n = 0; n < NR; n++)
@@ -283,16 +313,22 @@ size_t max_dynamic_smem() {
   return (size_t)cached[dev];
 }
 
-template <int NR, bool kNested>
+template <int NR, bool kNested, bool kXFirst>
 void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
-    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)smem),
+    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested, kXFirst>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
             "cudaFuncSetAttribute(gemv4_kernel)");
     set = smem;
   }
-  gemv4_kernel<NR, kNested><<<blocks, kThreads, smem, stream>>>(p);
+  gemv4_kernel<NR, kNested, kXFirst><<<blocks, kThreads, smem, stream>>>(p);
+}
+
+template <int NR, bool kNested>
+void launch_x(const Gemv4Params& p, bool x_first, int blocks, size_t smem, cudaStream_t stream) {
+  x_first ? launch<NR, kNested, true>(p, blocks, smem, stream)
+          : launch<NR, kNested, false>(p, blocks, smem, stream);
 }
 
 }  // namespace
@@ -347,11 +383,13 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
     p.groups_per_block--;
   const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
   const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I);
-  const bool nested = p.am.absmax == nullptr;
+  const bool nested = p.am.absmax == nullptr, x_first = p.I > kXFirstAbove;
   if (a.rows == 1)
-    nested ? launch<1, true>(p, blocks, smem, stream) : launch<1, false>(p, blocks, smem, stream);
+    nested ? launch_x<1, true>(p, x_first, blocks, smem, stream)
+           : launch_x<1, false>(p, x_first, blocks, smem, stream);
   else
-    nested ? launch<2, true>(p, blocks, smem, stream) : launch<2, false>(p, blocks, smem, stream);
+    nested ? launch_x<2, true>(p, x_first, blocks, smem, stream)
+           : launch_x<2, false>(p, x_first, blocks, smem, stream);
   check_launch("gemv4_kernel");
 }
 

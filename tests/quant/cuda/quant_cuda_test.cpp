@@ -343,7 +343,8 @@ TEST(QuantCuda, BadArgumentsAreErrors) {
 // value enters the tensor cores in bf16, the absmax scales the f32 partial sums), so only the f32 summation
 // order differs. Partial 16-row groups, rows that are not a multiple of the kernel's 128-weight step, runs
 // of several groups per block (O > 16 · SMs), block sizes 32 (two absmax per lane pair) and 64-256, NF4 and
-// FP4, plain and nested absmax, one and two rows of x.
+// FP4, plain and nested absmax, one and two rows of x, x loaded behind the weights (I <= 4096) and before
+// them (I > 4096; 2 x 16416 is more than the kernel's registers hold, so the rest is loaded after).
 TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 4);
@@ -355,7 +356,8 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   for (const Case& c :
        {Case{37, 64, 64, false, QuantType::NF4}, Case{37, 4128, 64, true, QuantType::NF4},
         Case{37, 4128, 32, false, QuantType::FP4}, Case{301, 1056, 32, true, QuantType::NF4},
-        Case{2200, 384, 128, true, QuantType::NF4}, Case{4100, 160, 256, false, QuantType::FP4}}) {
+        Case{2200, 384, 128, true, QuantType::NF4}, Case{4100, 160, 256, false, QuantType::FP4},
+        Case{21, 16416, 64, false, QuantType::NF4}}) {
     const int64_t O = c.O, I = c.I;
     std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
     std::normal_distribution<float> nd(0.0f, 1.0f);
