@@ -1,6 +1,8 @@
 // Helpers for the distributed tests: run a function as N forked ranks on localhost and collect their
 // exit codes; a fresh port per call so parallel test binaries do not collide.
 #pragma once
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,9 +13,25 @@
 
 namespace qtune::test {
 
+// A port in 20000-31999 that binds now. Below 32768 on purpose: Linux hands out 32768-60999 as the local
+// ports of outgoing connections, so a port there can be taken by any client socket of a concurrent test.
 inline int fresh_port() {
   static int n = 0;
-  return 20000 + (int)((getpid() * 131 + 17 * n++) % 30000);
+  for (int attempt = 0; attempt < 64; ++attempt) {
+    const int port = 20000 + (int)((getpid() * 131 + 17 * n++) % 12000);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return port;
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons((uint16_t)port);
+    const bool free_now = ::bind(fd, (sockaddr*)&addr, sizeof addr) == 0;
+    ::close(fd);
+    if (free_now) return port;
+  }
+  return 20000 + (int)(getpid() % 12000);
 }
 
 // Forks one child per rank running fn(rank) (its return value is the exit code; an exception prints
