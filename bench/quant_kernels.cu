@@ -60,6 +60,31 @@ double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5
   return t[t.size() / 2];
 }
 
+// Per-call time of `count` calls submitted back to back on the stream (no graph) behind a spin long enough
+// (~100 us per call) that all of them are queued before the first starts; median of 10 runs.
+double stream_ms(const std::function<void(int)>& fn, int count) {
+  cudaStream_t s = cuda::stream();
+  for (int i = 0; i < count; i++) fn(i);
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  std::vector<double> t;
+  for (int r = 0; r < 10; r++) {
+    spin_kernel<<<1, 1, 0, s>>>(200000LL * (count + 1));
+    cudaEventRecord(a, s);
+    for (int i = 0; i < count; i++) fn(i);
+    cudaEventRecord(b, s);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms / count);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
 // Per-call time of `count` calls captured into one CUDA graph on the ops stream and replayed.
 double graph_ms(const std::function<void(int)>& fn, int count) {
   cudaStream_t s = cuda::stream();
@@ -97,6 +122,21 @@ double copy_bandwidth() {
   return 2.0 * n / ms / 1e6;
 }
 
+// One JSON line: fn idle, queued, in a CUDA graph of k calls and back to back on the stream, each with its
+// fraction of the copy bandwidth for `bytes` moved per call.
+void emit_timings(const char* bench, int64_t O, int64_t I, bool dq, double bytes, double copy_gbs,
+                  const std::function<void(int)>& f, int k) {
+  const double ms = median_ms(f), qms = median_ms(f, 30, 5, true), gms = graph_ms(f, k),
+               sms = stream_ms(f, k);
+  auto frac = [&](double t) { return bytes / t / 1e6 / copy_gbs; };
+  std::printf(
+      "{\"impl\": \"qtune\", \"bench\": \"%s\", \"O\": %lld, \"I\": %lld, \"dq\": %s, \"us\": %.2f, "
+      "\"us_queued\": %.2f, \"us_graph\": %.2f, \"us_stream\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, "
+      "\"frac_copy_queued\": %.3f, \"frac_copy_graph\": %.3f, \"frac_copy_stream\": %.3f}\n",
+      bench, (long long)O, (long long)I, dq ? "true" : "false", ms * 1e3, qms * 1e3, gms * 1e3, sms * 1e3,
+      bytes / ms / 1e6, frac(ms), frac(qms), frac(gms), frac(sms));
+}
+
 void bench_dequant(double copy_gbs, std::mt19937& g) {
   for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}})
     for (bool dq : {false, true}) {
@@ -115,13 +155,7 @@ void bench_dequant(double copy_gbs, std::mt19937& g) {
         dequantize_4bit_cuda_raw(q.packed.data<uint8_t>(), absmax4_view(q), 0, n, 64, QuantType::NF4,
                                  DType::BF16, outs[i % k].raw(), cuda::stream());
       };
-      const double ms = median_ms(f), qms = median_ms(f, 30, 5, true), gms = graph_ms(f, k);
-      std::printf(
-          "{\"impl\": \"qtune\", \"bench\": \"dequant_nf4_bf16\", \"O\": %lld, \"I\": %lld, \"dq\": %s, "
-          "\"us\": %.2f, \"us_queued\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, "
-          "\"frac_copy_queued\": %.3f, \"frac_copy_graph\": %.3f}\n",
-          (long long)O, (long long)I, dq ? "true" : "false", ms * 1e3, qms * 1e3, gms * 1e3, bytes / ms / 1e6,
-          bytes / ms / 1e6 / copy_gbs, bytes / qms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
+      emit_timings("dequant_nf4_bf16", O, I, dq, bytes, copy_gbs, f, k);
     }
 }
 
@@ -146,22 +180,18 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
           a.out = y.raw();
           a.O = O;
           a.I = I;
+          a.weights_static = true;  // as quant4_linear_forward_cuda sets it
           gemv_4bit_cuda(a, cuda::stream());
         };
-        const double ms = median_ms(f), qms = median_ms(f, 30, 5, true), gms = graph_ms(f, k);
-        std::printf(
-            "{\"impl\": \"qtune\", \"bench\": \"gemv_nf4\", \"O\": %lld, \"I\": %lld, \"dq\": %s, "
-            "\"us\": %.2f, \"us_queued\": %.2f, \"us_graph\": %.2f, \"gbs\": %.1f, \"frac_copy\": %.3f, "
-            "\"frac_copy_queued\": %.3f, \"frac_copy_graph\": %.3f}\n",
-            (long long)O, (long long)I, dq ? "true" : "false", ms * 1e3, qms * 1e3, gms * 1e3, bytes / ms / 1e6,
-            bytes / ms / 1e6 / copy_gbs, bytes / qms / 1e6 / copy_gbs, bytes / gms / 1e6 / copy_gbs);
+        emit_timings("gemv_nf4", O, I, dq, bytes, copy_gbs, f, k);
       }
     }
 }
 
 void bench_int8(std::mt19937& g) {
   const int64_t N = 2048;
-  // Llama-3-8B's MLP up/gate (O = 14336) and attention (O = 4096) shapes, then its down projection (K = 14336).
+  // Llama-3-8B's MLP up/gate (O = 14336) and attention (O = 4096) shapes, then its down projection (K =
+  // 14336).
   for (auto [K, O] : std::vector<std::pair<int64_t, int64_t>>{{4096, 14336}, {4096, 4096}, {14336, 4096}}) {
     const double flops = 2.0 * N * K * O;
     Tensor w = randn_gpu({O, K}, DType::BF16, 0.02f, g);

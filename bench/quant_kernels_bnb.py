@@ -47,18 +47,38 @@ def graph_ms(fn, count):
     return median_ms(lambda i: g.replay(), reps=10, warm=2) / count
 
 
-def emit_three(bench, fn, count, nbytes, copy_gbs, **kw):
-    """Times fn idle, queued and in a CUDA graph of `count` calls and emits the three with their fractions
-    of the copy bandwidth (a graph that fails to capture is reported and gives nan)."""
-    ms, qms = median_ms(fn), median_ms(fn, queued=True)
+def stream_ms(fn, count):
+    """Per-call time of `count` calls submitted back to back (no graph) behind a spin long enough (~100 us
+    per call) that all of them are queued before the first starts; median of 10 runs."""
+    for i in range(count):
+        fn(i)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    t = []
+    for _ in range(10):
+        torch.cuda._sleep(200000 * (count + 1))
+        a.record()
+        for i in range(count):
+            fn(i)
+        b.record()
+        b.synchronize()
+        t.append(a.elapsed_time(b) / count)
+    return statistics.median(t)
+
+
+def emit_four(bench, fn, count, nbytes, copy_gbs, **kw):
+    """Times fn idle, queued, back to back on the stream and in a CUDA graph of `count` calls and emits the
+    four with their fractions of the copy bandwidth (a graph that fails to capture is reported and gives
+    nan)."""
+    ms, qms, sms = median_ms(fn), median_ms(fn, queued=True), stream_ms(fn, count)
     try:
         gms = graph_ms(fn, count)
     except Exception as e:  # noqa: BLE001 - report and go on
         gms = float("nan")
         emit(impl="bnb", bench=bench + "_graph_error", error=str(e)[:200])
     emit(impl="bnb", bench=bench, **kw, us=ms * 1e3, us_queued=qms * 1e3, us_graph=gms * 1e3,
-         gbs=nbytes / ms / 1e6, frac_copy=nbytes / ms / 1e6 / copy_gbs,
-         frac_copy_queued=nbytes / qms / 1e6 / copy_gbs, frac_copy_graph=nbytes / gms / 1e6 / copy_gbs)
+         us_stream=sms * 1e3, gbs=nbytes / ms / 1e6, frac_copy=nbytes / ms / 1e6 / copy_gbs,
+         frac_copy_queued=nbytes / qms / 1e6 / copy_gbs, frac_copy_graph=nbytes / gms / 1e6 / copy_gbs,
+         frac_copy_stream=nbytes / sms / 1e6 / copy_gbs)
 
 
 def emit(**kw):
@@ -90,7 +110,7 @@ def main():
                                   compress_statistics=dq, quant_type="nf4") for _ in range(k)]
             outs = [torch.empty(O, I, dtype=torch.bfloat16, device=dev) for _ in range(k)]
             f = lambda i: F.dequantize_4bit(qs[i % k][0], qs[i % k][1], out=outs[i % k])
-            emit_three("dequant_nf4_bf16", f, k, nbytes, copy_gbs, O=O, I=I, dq=dq)
+            emit_four("dequant_nf4_bf16", f, k, nbytes, copy_gbs, O=O, I=I, dq=dq)
             del qs, outs
 
     for O, I in [(4096, 4096), (14336, 4096), (4096, 14336)]:
@@ -104,7 +124,7 @@ def main():
             x = torch.randn(1, I, dtype=torch.bfloat16, device=dev)
             with torch.no_grad():
                 f = lambda i: bnb.matmul_4bit(x, qs[i % k][0].t(), quant_state=qs[i % k][1])
-                emit_three("gemv_nf4", f, k, nbytes, copy_gbs, O=O, I=I, dq=dq)
+                emit_four("gemv_nf4", f, k, nbytes, copy_gbs, O=O, I=I, dq=dq)
             del qs
 
     N, K = 2048, 4096

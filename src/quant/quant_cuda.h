@@ -83,6 +83,11 @@ struct Gemv4Args {
   DType bias_dtype = DType::BF16;
   int64_t O = 0, I = 0;
   int rows = 1;
+  // The GEMV is a programmatic dependent launch: it starts while the kernel before it on the stream
+  // finishes and waits for it before reading x. True promises that no kernel that may still be running
+  // writes the packed weights or the absmax (a loaded model's weights): they may then be read before the
+  // wait.
+  bool weights_static = false;
 };
 // True when the GEMV handles the weight: I % 32 == 0 and a 16-byte aligned packed pointer.
 bool gemv_4bit_supported(int64_t I, const void* packed);

@@ -95,6 +95,7 @@ void quant4_linear_forward_cuda(Tensor& out, const Tensor& x, const Quant4Linear
     a.bias_dtype = bias ? bias->dtype() : DType::BF16;
     a.O = O;
     a.I = I;
+    a.weights_static = true;  // quantized at load: no kernel of a forward writes them
     const size_t out_row = dtype_nbytes(out.dtype(), O), x_row = dtype_nbytes(x.dtype(), I);
     for (int64_t n0 = 0; n0 < N; n0 += 2) {
       a.rows = (int)std::min<int64_t>(2, N - n0);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "core/cuda_pdl.cuh"
 #include "core/error.h"
 #include "core/tensor.h"
 
@@ -117,21 +118,6 @@ __device__ __forceinline__ float block_rstd(float ss, int C, float eps) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
-}
-
-// Programmatic dependent launch (Hopper): a kernel launched with the programmatic-serialization attribute
-// may start while the kernel before it finishes; it must call pdl_wait() before reading anything that
-// kernel writes (or writing anything it reads). pdl_trigger() lets the next such kernel start launching.
-// Both are no-ops for kernels launched the ordinary way.
-__device__ __forceinline__ void pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
 }
 
 inline int ceil_div(int64_t a, int64_t b) {

@@ -211,16 +211,8 @@ Plan make_plan(const PlanKey& k, const Tensor& x, const Tensor& w, const Tensor&
 
 template <int NR, class TO, class TB>
 void launch_gemv_typed(const GemvParts& parts, const __nv_bfloat16* x, int I) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(ceil_div(parts.total_rows, kGemvWarps));
-  cfg.blockDim = dim3(kGemvWarps * 32);
-  cfg.stream = stream();
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  QT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, gemv_kernel<NR, TO, TB>, parts, x, I));
+  QT_CUDA_CHECK(launch_pdl(gemv_kernel<NR, TO, TB>, dim3(ceil_div(parts.total_rows, kGemvWarps)),
+                           dim3(kGemvWarps * 32), 0, stream(), parts, x, I));
 }
 
 // One GEMV launch for outs[j] = x · ws[j]ᵀ (+ biases[j]); all outs share a dtype, all biases too.

@@ -20,9 +20,12 @@
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
 // one. Partial row sums meet in shared memory; the block writes its rows last. The L1 data pipe (the
 // lookups, then the loads) is the busiest unit; bench/NOTES.md has the profiles and what the rest of the
-// time is (mostly the wait for x, which returns only after the weight loads issued before it: for long x
-// the kernel loads x first). The weights enter as bf16(code) (the absmax multiplies the f32 partial sums),
-// so each weight carries one bf16 rounding, as in the dequantize + GEMM path.
+// time is (mostly the start: the wait for x, which returns only after the weight loads issued before it, so
+// for long x the kernel loads x first; and the first DRAM round trip, which a programmatic dependent launch
+// overlaps with the kernel before when the weights may be read early). The weights enter as bf16(code) (the
+// absmax multiplies the f32 partial sums), so each weight carries one bf16 rounding, as in the dequantize +
+// GEMM path.
+#include "core/cuda_pdl.cuh"
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -32,12 +35,20 @@ using namespace quant_cuda;
 namespace {
 
 constexpr int kWarps = 16, kThreads = kWarps * 32;
+// What a block loads first. The kernel is a programmatic dependent launch: its blocks start while the
+// kernel before finishes, build the table, and wait for that kernel before loading x (bench/NOTES.md,
+// session 9, in a CUDA graph: 14336x4096 12.2 us instead of 13.6, 4096x14336 12.8 instead of 13.1).
+//   kWeightsEarly: the first two steps' weights before the wait (the caller says no kernel that may still
+//                  run writes them), then x.
+//   kWeightsFirst: after the wait the first two steps' weights, then x behind them.
+//   kXFirst: after the wait x, then the weights; x returns before them instead of with them.
+enum class Order { kWeightsEarly, kWeightsFirst, kXFirst };
 // x pieces (16 bytes) per thread held in registers while the table is built, when x goes first; the rest of
 // a longer x is loaded after.
 constexpr int kXRegs = 8;
-// x goes first for rows longer than this (bench/NOTES.md, session 8, in a CUDA graph: 4096x14336 takes
-// 13.1-13.2 us instead of 14.0-14.2 and 8192x8192 15.4-15.5 instead of 16.0, but 4096x4096 7.2-7.4 instead
-// of 6.9-7.1; 14336x4096 is within noise).
+// x goes first for rows longer than this, except that plain-absmax weights that may be read early go early
+// (bench/NOTES.md, sessions 8 and 9, in a CUDA graph at 4096x14336: x first 12.8 us, nested absmax 12.3;
+// weights early 12.7, nested 12.8. At 4096x4096 x first is slower).
 constexpr int kXFirstAbove = 4096;
 // The pair table: row b (the packed byte) is 256 bytes, of which lane l uses the word at 4 · l. It starts
 // at a shared address with zero low 16 bits (the kernel skips up to kTableAlign bytes to find one), so one
@@ -169,8 +180,9 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNeste
   }
 }
 
-template <int NR, bool kNested, bool kXFirst>
+template <int NR, bool kNested, Order kOrder>
 __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p) {
+  constexpr bool kXFirst = kOrder == Order::kXFirst;
   extern __shared__ __align__(16) char smem[];
   const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
   const uint32_t pad = (0u - sbase) & 0xFFFFu;  // to the next shared address with zero low 16 bits
@@ -195,9 +207,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
     if (first + 1 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
     if (++ls == p.steps) ls = 0, lgl++;
   };
-  // x goes first when it is long (kXFirst): its loads then leave before any weight load and return
-  // before them (behind the weights they return only with them), and the table is built meanwhile.
-  // Otherwise the weights go first and x is loaded behind them, which is faster for short x.
   const int pieces = p.I / 8;  // 16-byte pieces per x row
   auto stage_x = [&](int i, const uint4& v) {
     if (i < NR * pieces) {
@@ -205,6 +214,21 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
       *reinterpret_cast<uint4*>(xs + n * x_stage_row(p.I) + x_stage_offset(pc >> 2, pc & 3)) = v;
     }
   };
+  // The next kernel's blocks may take this one's SMs as they free up; they stop at their wait.
+  cuda::pdl_trigger();
+  if constexpr (kOrder == Order::kWeightsEarly) load_first_two();
+
+  // The pair table (words 0..31 of each row) and zeroed row sums, while the kernel before finishes.
+  for (int i = threadIdx.x; i < 256 * 8; i += kThreads) {
+    const int b = i >> 3;
+    const uint32_t v = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b >> 4])) |
+                       ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b & 15])) << 16);
+    reinterpret_cast<uint4*>(tab + b * 256)[i & 7] = make_uint4(v, v, v, v);
+  }
+  for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) part[i] = 0.0f;
+  cuda::pdl_wait();
+
+  if constexpr (kOrder == Order::kWeightsFirst) load_first_two();
   uint4 xr[kXFirst ? kXRegs : 1];
   if constexpr (kXFirst) {
 #pragma unroll
@@ -212,20 +236,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
       const int i = threadIdx.x + u * kThreads;
       xr[u] = i < NR * pieces ? __ldg(reinterpret_cast<const uint4*>(p.x) + i) : make_uint4(0, 0, 0, 0);
     }
-  } else {
-    load_first_two();
   }
-
-  // The pair table (words 0..31 of each row), the nested code book, zeroed row sums.
-  for (int i = threadIdx.x; i < 256 * 8; i += kThreads) {
-    const int b = i >> 3;
-    const uint32_t v = (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b >> 4])) |
-                       ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b & 15])) << 16);
-    reinterpret_cast<uint4*>(tab + b * 256)[i & 7] = make_uint4(v, v, v, v);
-  }
-  if (kNested)
+  if (kNested)  // the nested code book
     for (int i = threadIdx.x; i < 256; i += kThreads) ncode[i] = p.am.nested_code[i];
-  for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) part[i] = 0.0f;
   if constexpr (kXFirst) {
 #pragma unroll
     for (int u = 0; u < kXRegs; u++) stage_x(threadIdx.x + u * kThreads, xr[u]);
@@ -313,22 +326,29 @@ size_t max_dynamic_smem() {
   return (size_t)cached[dev];
 }
 
-template <int NR, bool kNested, bool kXFirst>
+template <int NR, bool kNested, Order kOrder>
 void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
-    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested, kXFirst>,
+    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested, kOrder>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
             "cudaFuncSetAttribute(gemv4_kernel)");
     set = smem;
   }
-  gemv4_kernel<NR, kNested, kXFirst><<<blocks, kThreads, smem, stream>>>(p);
+  cuda_ok(cuda::launch_pdl(gemv4_kernel<NR, kNested, kOrder>, dim3(blocks), dim3(kThreads), smem, stream, p),
+          "gemv4_kernel launch");
 }
 
 template <int NR, bool kNested>
-void launch_x(const Gemv4Params& p, bool x_first, int blocks, size_t smem, cudaStream_t stream) {
-  x_first ? launch<NR, kNested, true>(p, blocks, smem, stream)
-          : launch<NR, kNested, false>(p, blocks, smem, stream);
+void launch_order(const Gemv4Params& p, Order order, int blocks, size_t smem, cudaStream_t stream) {
+  switch (order) {
+    case Order::kWeightsEarly:
+      return launch<NR, kNested, Order::kWeightsEarly>(p, blocks, smem, stream);
+    case Order::kWeightsFirst:
+      return launch<NR, kNested, Order::kWeightsFirst>(p, blocks, smem, stream);
+    case Order::kXFirst:
+      return launch<NR, kNested, Order::kXFirst>(p, blocks, smem, stream);
+  }
 }
 
 }  // namespace
@@ -383,13 +403,16 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
     p.groups_per_block--;
   const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
   const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I);
-  const bool nested = p.am.absmax == nullptr, x_first = p.I > kXFirstAbove;
+  const bool nested = p.am.absmax == nullptr;
+  const Order order = p.I > kXFirstAbove && (nested || !a.weights_static) ? Order::kXFirst
+                      : a.weights_static                                  ? Order::kWeightsEarly
+                                                                          : Order::kWeightsFirst;
   if (a.rows == 1)
-    nested ? launch_x<1, true>(p, x_first, blocks, smem, stream)
-           : launch_x<1, false>(p, x_first, blocks, smem, stream);
+    nested ? launch_order<1, true>(p, order, blocks, smem, stream)
+           : launch_order<1, false>(p, order, blocks, smem, stream);
   else
-    nested ? launch_x<2, true>(p, x_first, blocks, smem, stream)
-           : launch_x<2, false>(p, x_first, blocks, smem, stream);
+    nested ? launch_order<2, true>(p, order, blocks, smem, stream)
+           : launch_order<2, false>(p, order, blocks, smem, stream);
   check_launch("gemv4_kernel");
 }
 

@@ -339,12 +339,56 @@ TEST(QuantCuda, BadArgumentsAreErrors) {
   EXPECT_THROW(int8_epilogue_cuda(acc.data<int32_t>(), e, 0), Error);
 }
 
-// The fused GEMV against a float64 evaluation of the weights it multiplies: bf16(code) · absmax (the code
-// value enters the tensor cores in bf16, the absmax scales the f32 partial sums), so only the f32 summation
-// order differs. Partial 16-row groups, rows that are not a multiple of the kernel's 128-weight step, runs
-// of several groups per block (O > 16 · SMs), block sizes 32 (two absmax per lane pair) and 64-256, NF4 and
-// FP4, plain and nested absmax, one and two rows of x, x loaded behind the weights (I <= 4096) and before
-// them (I > 4096; 2 x 16416 is more than the kernel's registers hold, so the rest is loaded after).
+// The weights the fused GEMV multiplies, in float64: bf16(code) · absmax (the code value enters the tensor
+// cores in bf16, the absmax scales the f32 partial sums), so only the f32 summation order differs.
+std::vector<double> gemv4_weights(const Quant4Tensor& q) {
+  const std::vector<float> am = quant4_absmax_f32(q).to_f32_vector();
+  const uint8_t* pk = q.packed.data<uint8_t>();
+  const float* code = code4(q.quant_type);
+  const int64_t n = q.numel();
+  std::vector<double> wd((size_t)n);
+  for (int64_t e = 0; e < n; e++) {
+    const int nib = (e % 2 == 0) ? pk[e / 2] >> 4 : pk[e / 2] & 15;
+    wd[(size_t)e] = (double)bf16_to_f32(f32_to_bf16(code[nib])) * am[(size_t)(e / q.blocksize)];
+  }
+  return wd;
+}
+
+// ‖got − w·x‖ / ‖w·x‖ over rows of x [rows, I] and w [O, I].
+double gemv_rel_err(const std::vector<float>& got, const std::vector<double>& w, const std::vector<float>& x,
+                    int rows, int64_t O, int64_t I) {
+  double num = 0, den = 0;
+  for (int r = 0; r < rows; r++)
+    for (int64_t o = 0; o < O; o++) {
+      double ref = 0;
+      for (int64_t i = 0; i < I; i++) ref += (double)x[(size_t)(r * I + i)] * w[(size_t)(o * I + i)];
+      num += (got[(size_t)(r * O + o)] - ref) * (got[(size_t)(r * O + o)] - ref);
+      den += ref * ref;
+    }
+  return std::sqrt(num / den);
+}
+
+Gemv4Args gemv4_args(const Quant4Tensor& q, const Tensor& x, Tensor& y, int rows) {
+  Gemv4Args a;
+  a.packed = q.packed.data<uint8_t>();
+  a.absmax = absmax4_view(q);
+  a.blocksize = q.blocksize;
+  a.quant_type = q.quant_type;
+  a.x = x.raw();
+  a.out = y.raw();
+  a.out_dtype = y.dtype();
+  a.O = q.shape[0];
+  a.I = q.shape[1];
+  a.rows = rows;
+  return a;
+}
+
+// The fused GEMV against the float64 evaluation. Partial 16-row groups, rows that are not a multiple of the
+// kernel's 128-weight step, runs of several groups per block (O > 16 · SMs), block sizes 32 (two absmax per
+// lane pair) and 64-256, NF4 and FP4, plain and nested absmax, one and two rows of x, each load order: the
+// weights read after the wait for the kernel before and x behind them (I <= 4096), before that wait
+// (weights_static), and x first (I > 4096; 2 x 16416 is more than the kernel's registers hold, so the rest
+// is loaded after).
 TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 4);
@@ -364,41 +408,121 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
     for (float& v : wv) v = nd(g);
     for (float& v : xv) v = bf16_to_f32(f32_to_bf16(nd(g)));
     Quant4Tensor q = quantize_4bit(Tensor::from_f32(wv, {O, I}), c.qt, c.bs, c.dq);
-    const std::vector<float> am = quant4_absmax_f32(q).to_f32_vector();
-    const uint8_t* pk = q.packed.data<uint8_t>();
-    const float* code = code4(c.qt);
-    std::vector<double> wd((size_t)(O * I));
-    for (int64_t e = 0; e < O * I; e++) {
-      const int nib = (e % 2 == 0) ? pk[e / 2] >> 4 : pk[e / 2] & 15;
-      wd[(size_t)e] = (double)bf16_to_f32(f32_to_bf16(code[nib])) * am[(size_t)(e / c.bs)];
-    }
+    const std::vector<double> wd = gemv4_weights(q);
     Quant4Tensor up = quant4_to(q, Device::CUDA);
     Tensor x = Tensor::from_f32(xv, {2, I}).to_dtype(DType::BF16).to(Device::CUDA);
-    for (int rows : {1, 2}) {
-      Tensor y = Tensor::empty({rows, O}, DType::F32, Device::CUDA);
-      Gemv4Args a;
-      a.packed = up.packed.data<uint8_t>();
-      a.absmax = absmax4_view(up);
-      a.blocksize = c.bs;
-      a.quant_type = c.qt;
-      a.x = x.raw();
-      a.out = y.raw();
-      a.out_dtype = DType::F32;
-      a.O = O;
-      a.I = I;
-      a.rows = rows;
-      gemv_4bit_cuda(a, 0);
-      const std::vector<float> got = y.to_f32_vector();
-      double num = 0, den = 0;
-      for (int r = 0; r < rows; r++)
-        for (int64_t o = 0; o < O; o++) {
-          double ref = 0;
-          for (int64_t i = 0; i < I; i++) ref += (double)xv[(size_t)(r * I + i)] * wd[(size_t)(o * I + i)];
-          num += (got[(size_t)(r * O + o)] - ref) * (got[(size_t)(r * O + o)] - ref);
-          den += ref * ref;
-        }
-      EXPECT_LE(std::sqrt(num / den), 1e-5)
-          << "O " << O << " I " << I << " bs " << c.bs << (c.dq ? " dq" : "") << " rows " << rows;
-    }
+    for (int rows : {1, 2})
+      for (bool early : {false, true}) {
+        Tensor y = Tensor::empty({rows, O}, DType::F32, Device::CUDA);
+        Gemv4Args a = gemv4_args(up, x, y, rows);
+        a.weights_static = early;
+        gemv_4bit_cuda(a, 0);
+        EXPECT_LE(gemv_rel_err(y.to_f32_vector(), wd, xv, rows, O, I), 1e-5)
+            << "O " << O << " I " << I << " bs " << c.bs << (c.dq ? " dq" : "") << " rows " << rows
+            << (early ? " weights_static" : "");
+      }
   }
+}
+
+// The GEMV starts while the kernel before it on the stream finishes (programmatic dependent launch) and
+// must still see what that kernel wrote, and not overwrite what it reads. Chains y1 = W1 x, y2 = W2 y1 with
+// x alternating between two vectors and y1 one buffer, all launched back to back with no synchronisation,
+// on a stream and replayed as a CUDA graph: each y2 must be W2 · bf16(W1 x) of its own iteration (a read of
+// the previous y1, or a y1 overwritten by the next iteration, is far off). The first GEMV takes the
+// short-x orders, the second the long-x ones. Then weights written by a quantize kernel just before the
+// GEMV (weights_static false) must be the ones it multiplies.
+TEST(QuantCuda, Gemv4bitSeesWhatTheKernelBeforeWrote) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  auto randv = [&](int64_t n, float scale) {
+    std::vector<float> v((size_t)n);
+    for (float& e : v) e = bf16_to_f32(f32_to_bf16(scale * nd(g)));
+    return v;
+  };
+  auto matvec = [](const std::vector<double>& w, const std::vector<float>& x, int64_t O, int64_t I) {
+    std::vector<float> y((size_t)O);  // bf16(w x), as the first GEMV writes it
+    for (int64_t o = 0; o < O; o++) {
+      double acc = 0;
+      for (int64_t i = 0; i < I; i++) acc += w[(size_t)(o * I + i)] * x[(size_t)i];
+      y[(size_t)o] = bf16_to_f32(f32_to_bf16((float)acc));
+    }
+    return y;
+  };
+  const int64_t I1 = 512, H = 4128, O2 = 300;
+  const int iters = 6;
+  cudaStream_t s;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  for (bool dq : {false, true})
+    for (bool early : {false, true})
+      for (bool graph : {false, true}) {
+        Quant4Tensor q1 =
+            quantize_4bit(Tensor::from_f32(randv(H * I1, 1.0f), {H, I1}), QuantType::NF4, 64, dq);
+        Quant4Tensor q2 =
+            quantize_4bit(Tensor::from_f32(randv(O2 * H, 1.0f), {O2, H}), QuantType::FP4, 64, dq);
+        const std::vector<double> w1 = gemv4_weights(q1), w2 = gemv4_weights(q2);
+        Quant4Tensor g1 = quant4_to(q1, Device::CUDA), g2 = quant4_to(q2, Device::CUDA);
+        const std::vector<float> xv[2] = {randv(I1, 1.0f), randv(I1, 1.0f)};
+        const std::vector<float> y1v[2] = {matvec(w1, xv[0], H, I1), matvec(w1, xv[1], H, I1)};
+        Tensor x[2] = {Tensor::from_f32(xv[0], {1, I1}).to_dtype(DType::BF16).to(Device::CUDA),
+                       Tensor::from_f32(xv[1], {1, I1}).to_dtype(DType::BF16).to(Device::CUDA)};
+        Tensor y1 = Tensor::zeros({1, H}, DType::BF16, Device::CUDA);
+        std::vector<Tensor> y2;
+        for (int it = 0; it < iters; it++) y2.push_back(Tensor::zeros({1, O2}, DType::F32, Device::CUDA));
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        auto run = [&]() {
+          for (int it = 0; it < iters; it++) {
+            Gemv4Args a1 = gemv4_args(g1, x[it % 2], y1, 1), a2 = gemv4_args(g2, y1, y2[(size_t)it], 1);
+            a1.weights_static = a2.weights_static = early;
+            gemv_4bit_cuda(a1, s);
+            gemv_4bit_cuda(a2, s);
+          }
+        };
+        if (graph) {
+          cudaGraph_t gr;
+          cudaGraphExec_t ge;
+          ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+          run();
+          ASSERT_EQ(cudaStreamEndCapture(s, &gr), cudaSuccess);
+          ASSERT_EQ(cudaGraphInstantiate(&ge, gr, 0), cudaSuccess);
+          ASSERT_EQ(cudaGraphLaunch(ge, s), cudaSuccess);
+          ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+          cudaGraphExecDestroy(ge);
+          cudaGraphDestroy(gr);
+        } else {
+          run();
+          ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+        }
+        const std::string what = std::string(dq ? "dq" : "plain") + (early ? " weights_static" : "") +
+                                 (graph ? " graph" : " stream");
+        EXPECT_LE(gemv_rel_err(y1.to_f32_vector(), w1, xv[(iters - 1) % 2], 1, H, I1), 4e-3) << what << " y1";
+        for (int it = 0; it < iters; it++)
+          EXPECT_LE(gemv_rel_err(y2[(size_t)it].to_f32_vector(), w2, y1v[it % 2], 1, O2, H), 2e-3)
+              << what << " y2, iteration " << it;
+      }
+
+  // Weights quantized on the stream just before each GEMV into the same buffers.
+  const int64_t O = 2048, I = 256;
+  const std::vector<float> wa = randv(O * I, 1.0f), wb = randv(O * I, 0.5f), xv = randv(I, 1.0f);
+  const std::vector<double> da = gemv4_weights(
+                                quantize_4bit(Tensor::from_f32(wa, {O, I}), QuantType::NF4, 64)),
+                            db = gemv4_weights(
+                                quantize_4bit(Tensor::from_f32(wb, {O, I}), QuantType::NF4, 64));
+  Tensor w[2] = {Tensor::from_f32(wa, {O, I}).to(Device::CUDA),
+                 Tensor::from_f32(wb, {O, I}).to(Device::CUDA)};
+  Quant4Tensor q = quant4_to(quantize_4bit(Tensor::from_f32(wa, {O, I}), QuantType::NF4, 64), Device::CUDA);
+  Tensor x = Tensor::from_f32(xv, {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
+  std::vector<Tensor> ys;
+  for (int it = 0; it < iters; it++) ys.push_back(Tensor::zeros({1, O}, DType::F32, Device::CUDA));
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  for (int it = 0; it < iters; it++) {
+    quantize_4bit_cuda_raw(w[it % 2].raw(), DType::F32, O * I, 64, QuantType::NF4, q.packed.data<uint8_t>(),
+                           q.absmax.data<float>(), s);
+    gemv_4bit_cuda(gemv4_args(q, x, ys[(size_t)it], 1), s);
+  }
+  ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+  for (int it = 0; it < iters; it++)
+    EXPECT_LE(gemv_rel_err(ys[(size_t)it].to_f32_vector(), it % 2 ? db : da, xv, 1, O, I), 1e-5)
+        << "weights quantized just before, iteration " << it;
+  cudaStreamDestroy(s);
 }
