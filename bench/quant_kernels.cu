@@ -34,10 +34,12 @@ __global__ void spin_kernel(long long cycles) {
   }
 }
 
-// Median of `reps` CUDA-event timings of fn. queued: each timed call is submitted while the GPU still runs
-// a ~300 µs spin, so the time is the call's GPU time alone; otherwise the GPU is idle when the start event
-// is recorded and the time includes the host's submission of the launch (a few µs).
-double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5, bool queued = false) {
+// Median of `reps` CUDA-event timings of fn. With spin > 0 each timed call is submitted while the GPU still
+// runs a spin of that many clocks (600000: ~300 µs), so the time is the call's GPU time alone; otherwise the
+// GPU is idle when the start event is recorded and the time includes the host's submission of the launch (a
+// few µs).
+constexpr long long kQueuedSpin = 600000;
+double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5, long long spin = 0) {
   cudaStream_t s = cuda::stream();
   for (int i = 0; i < warm; i++) fn(i);
   cudaEvent_t a, b;
@@ -45,7 +47,7 @@ double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5
   cudaEventCreate(&b);
   std::vector<double> t;
   for (int i = 0; i < reps; i++) {
-    if (queued) spin_kernel<<<1, 1, 0, s>>>(600000);
+    if (spin > 0) spin_kernel<<<1, 1, 0, s>>>(spin);
     cudaEventRecord(a, s);
     fn(i);
     cudaEventRecord(b, s);
@@ -61,28 +63,12 @@ double median_ms(const std::function<void(int)>& fn, int reps = 30, int warm = 5
 }
 
 // Per-call time of `count` calls submitted back to back on the stream (no graph) behind a spin long enough
-// (~100 us per call) that all of them are queued before the first starts; median of 10 runs.
+// (~100 µs per call) that all of them are queued before the first starts; median of 10 runs.
 double stream_ms(const std::function<void(int)>& fn, int count) {
-  cudaStream_t s = cuda::stream();
-  for (int i = 0; i < count; i++) fn(i);
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<double> t;
-  for (int r = 0; r < 10; r++) {
-    spin_kernel<<<1, 1, 0, s>>>(200000LL * (count + 1));
-    cudaEventRecord(a, s);
+  auto all = [&](int) {
     for (int i = 0; i < count; i++) fn(i);
-    cudaEventRecord(b, s);
-    cudaEventSynchronize(b);
-    float ms = 0;
-    cudaEventElapsedTime(&ms, a, b);
-    t.push_back(ms / count);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
+  };
+  return median_ms(all, 10, 1, 200000LL * (count + 1)) / count;
 }
 
 // Per-call time of `count` calls captured into one CUDA graph on the ops stream and replayed.
@@ -126,7 +112,7 @@ double copy_bandwidth() {
 // fraction of the copy bandwidth for `bytes` moved per call.
 void emit_timings(const char* bench, int64_t O, int64_t I, bool dq, double bytes, double copy_gbs,
                   const std::function<void(int)>& f, int k) {
-  const double ms = median_ms(f), qms = median_ms(f, 30, 5, true), gms = graph_ms(f, k),
+  const double ms = median_ms(f), qms = median_ms(f, 30, 5, kQueuedSpin), gms = graph_ms(f, k),
                sms = stream_ms(f, k);
   auto frac = [&](double t) { return bytes / t / 1e6 / copy_gbs; };
   std::printf(
