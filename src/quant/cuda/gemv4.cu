@@ -36,8 +36,8 @@ namespace {
 
 constexpr int kWarps = 16, kThreads = kWarps * 32;
 // What a block loads first. The kernel is a programmatic dependent launch: its blocks start while the
-// kernel before finishes, build the table, and wait for that kernel before loading x (bench/NOTES.md,
-// session 9, in a CUDA graph: 14336x4096 12.2 us instead of 13.6, 4096x14336 12.8 instead of 13.1).
+// kernel before finishes, build the table, and wait for that kernel before loading x (bench/RESULTS.md,
+// session 9, in a CUDA graph: 14336x4096 12.2 us instead of 13.7, 4096x14336 12.3 instead of 13.2).
 //   kWeightsEarly: the first two steps' weights before the wait (the caller says no kernel that may still
 //                  run writes them), then x.
 //   kWeightsFirst: after the wait the first two steps' weights, then x behind them.
