@@ -12,18 +12,20 @@ import bitsandbytes as bnb
 import bitsandbytes.functional as F
 
 REPS, WARM = 30, 5
+QUEUED_SPIN = 600000  # clocks, ~300 us
 
 
-def median_ms(fn, reps=REPS, warm=WARM, queued=False):
-    """queued: each timed call is submitted while the GPU still runs a ~300 us spin (torch.cuda._sleep),
-    so the time is the call's GPU time alone, without the host's dispatch (as in quant_kernels.cu)."""
+def median_ms(fn, reps=REPS, warm=WARM, spin=0):
+    """spin > 0: each timed call is submitted while the GPU still runs a spin of that many clocks
+    (torch.cuda._sleep; QUEUED_SPIN is ~300 us), so the time is the call's GPU time alone, without the host's
+    dispatch (as in quant_kernels.cu)."""
     for i in range(warm):
         fn(i)
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     t = []
     for i in range(reps):
-        if queued:
-            torch.cuda._sleep(600000)
+        if spin:
+            torch.cuda._sleep(spin)
         a.record()
         fn(i)
         b.record()
@@ -50,26 +52,18 @@ def graph_ms(fn, count):
 def stream_ms(fn, count):
     """Per-call time of `count` calls submitted back to back (no graph) behind a spin long enough (~100 us
     per call) that all of them are queued before the first starts; median of 10 runs."""
-    for i in range(count):
-        fn(i)
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t = []
-    for _ in range(10):
-        torch.cuda._sleep(200000 * (count + 1))
-        a.record()
+    def run_all(_):
         for i in range(count):
             fn(i)
-        b.record()
-        b.synchronize()
-        t.append(a.elapsed_time(b) / count)
-    return statistics.median(t)
+
+    return median_ms(run_all, reps=10, warm=1, spin=200000 * (count + 1)) / count
 
 
 def emit_four(bench, fn, count, nbytes, copy_gbs, **kw):
     """Times fn idle, queued, back to back on the stream and in a CUDA graph of `count` calls and emits the
     four with their fractions of the copy bandwidth (a graph that fails to capture is reported and gives
     nan)."""
-    ms, qms, sms = median_ms(fn), median_ms(fn, queued=True), stream_ms(fn, count)
+    ms, qms, sms = median_ms(fn), median_ms(fn, spin=QUEUED_SPIN), stream_ms(fn, count)
     try:
         gms = graph_ms(fn, count)
     except Exception as e:  # noqa: BLE001 - report and go on
