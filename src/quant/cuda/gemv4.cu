@@ -12,9 +12,14 @@
 // of 8 rows each cover the warp's 16. Each packed byte becomes the (code[hi], code[lo]) bf16 pair the A
 // fragment wants with one PRMT (the byte and the lane form the shared-memory address) and one load from a
 // 256-entry pair table of which every lane has its own bank (conflict-free). step_sum says how the B
-// operand (x) picks each lane's chunk sum out of the products; the lane scales it by the chunk's absmax.
-// Per weight: half a PRMT, half a shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in
-// a scalar loop.
+// operand (x) picks each lane's chunk sum out of the products. When the two chunks of a lane pair (c even,
+// c + 1) always share a quantization block (blocks of 64 weights or more, I % 64 == 0), the pair first
+// adds its chunk sums with one shuffle per two rows (the even lane keeps rows 0 and 1 of its four, the odd
+// lane rows 2 and 3) and each lane loads and applies the absmax of two rows, not four: the absmax loads
+// are half as many (with double quant each is three: the 8-bit code, the nested absmax and the nested
+// code book); in the full bench that took 0.3-0.5 us off the double-quant GEMV at 14336x4096 and
+// 4096x14336, and up to 0.2 off the plain one (bench/NOTES.md, session 10). Per weight: half a PRMT, half a
+// shared load and 1/32 of an MMA, against a PRMT, a lookup and an FFMA in a scalar loop.
 //
 // One block of 16 warps per SM owns a contiguous run of 16-row groups (balanced to one group); each warp
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
@@ -101,34 +106,41 @@ __device__ __forceinline__ int x_stage_offset(int c, int k) {
 }
 
 // One step of one warp: lane (r, c) = (lane / 8, lane % 8) loads chunk c of rows 4j + r, j = 0..3, so each
-// load instruction reads whole 128-byte lines of 4 rows (zeros past a row or the matrix), with the absmax of
-// each chunk (the plain value, or the 8-bit code and the nested absmax).
-template <bool kNested>
+// load instruction reads whole 128-byte lines of 4 rows (zeros past a row or the matrix), with the absmax
+// (the plain value, or the 8-bit code and the nested absmax) of its chunk in each row, or with kPair (the
+// lane pair shares blocks) of its chunk in the two rows it keeps: j = 2 · (c % 2) + jj, jj = 0, 1.
+template <bool kNested, bool kPair>
 struct Step {
+  static constexpr int kScales = kPair ? 2 : 4;
   uint4 w[4];  // rows 4j + r of the warp's 16
-  float a[4];
-  uint32_t c[4];
+  float a[kScales];
+  uint32_t c[kScales];
 
   __device__ __forceinline__ void load(const Gemv4Params& p, int row, int ch) {
     // 32-bit chunk indices: gemv_4bit_cuda checks (O + 16) · I / 32 < 2^31.
     const bool in_row = ch < p.nchunk;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
-      const int r = row + 4 * j, i = r * p.nchunk + ch;
+      const int r = row + 4 * j;
+      w[j] = in_row && r < p.O ? __ldcs(p.packed + r * p.nchunk + ch) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int s = 0; s < kScales; s++) {
+      const int r = row + 4 * (kPair ? 2 * (ch & 1) + s : s);
       const bool in = in_row && r < p.O;
-      w[j] = in ? __ldcs(p.packed + i) : make_uint4(0, 0, 0, 0);
-      const int blk = i >> p.lg_chunks_per_block;
+      const int blk = (r * p.nchunk + ch) >> p.lg_chunks_per_block;
       if (kNested) {
-        c[j] = in ? p.am.qabsmax[blk] : 0;
-        a[j] = in ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
+        c[s] = in ? p.am.qabsmax[blk] : 0;
+        a[s] = in ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
       } else {
-        a[j] = in ? __ldg(p.am.absmax + blk) : 0.0f;
+        a[s] = in ? __ldg(p.am.absmax + blk) : 0.0f;
       }
     }
   }
 };
 
-// acc[n][j] (x row n; row 4j + r) += the lane's chunk of the step times its absmax. ch: the lane's chunk.
+// acc[n][j] (x row n; row 4j + r) += the lane's chunk of the step times its absmax; with kPair acc[n][jj]
+// (row 4 · (2 · (c % 2) + jj) + r) += the lane pair's two chunks times their absmax. ch: the lane's chunk.
 // With g = lane / 4 and q = lane % 4: MMA row m of set P = 0, 1 is row 4 · (2P + m / 8) + m % 8 / 2, and
 // lane 4 · (m % 8) + q holds chunk 4 · (m % 2) + q of it; so rows of both parities share a k slot but not
 // its chunk. The B operand is zero except in column 2q + p, which holds x at chunk 4p + q (fed by lane
@@ -136,10 +148,10 @@ struct Step {
 // other column is a cross term that nothing reads. A second row of x takes a second pair of MMAs on the
 // same lookups.
 // xs: x staged in shared memory (x_stage_offset has the layout).
-template <int NR, bool kNested>
-__device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested>& st, int ch, int lane,
-                                         uint32_t base_lane, const float* ncode, const char* xs,
-                                         float (&acc)[NR][4]) {
+template <int NR, bool kNested, bool kPair>
+__device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested, kPair>& st, int ch,
+                                         int lane, uint32_t base_lane, const float* ncode, const char* xs,
+                                         float (&acc)[NR][Step<kNested, kPair>::kScales]) {
   const int g = lane >> 2, q = lane & 3, par = g & 1;
   const bool has_x = (g >> 1) == q && ch < p.nchunk;
   uint4 xv[NR][4];
@@ -169,19 +181,30 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNeste
         mma_bf16(d[n][s], a0, a1, a2, a3, word_of(xv[n][t >> 1], k0), word_of(xv[n][t >> 1], k0 + 1));
     }
   }
+  auto chunk_sum = [&](int n, int j) {  // the lane's chunk sum of row 4j + r
+    const float* dj = d[n][j >> 1] + 2 * (j & 1);
+    return par ? dj[1] : dj[0];
+  };
 #pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const float a = kNested ? __fadd_rn(__fmul_rn(ncode[st.c[j]], st.a[j]), p.am.offset) : st.a[j];
+  for (int s = 0; s < Step<kNested, kPair>::kScales; s++) {
+    const float a = kNested ? __fadd_rn(__fmul_rn(ncode[st.c[s]], st.a[s]), p.am.offset) : st.a[s];
 #pragma unroll
     for (int n = 0; n < NR; n++) {
-      const float* dj = d[n][j >> 1] + 2 * (j & 1);
-      acc[n][j] = fmaf(par ? dj[1] : dj[0], a, acc[n][j]);
+      if constexpr (kPair) {  // keep rows s and 2 + s (even lane / odd lane), send the other to the partner
+        const bool odd = lane & 1;
+        const float lo = chunk_sum(n, s), hi = chunk_sum(n, 2 + s);
+        const float sum = (odd ? hi : lo) + __shfl_xor_sync(0xffffffffu, odd ? lo : hi, 1);
+        acc[n][s] = fmaf(sum, a, acc[n][s]);
+      } else {
+        acc[n][s] = fmaf(chunk_sum(n, s), a, acc[n][s]);
+      }
     }
   }
 }
 
-template <int NR, bool kNested, Order kOrder>
+template <int NR, bool kNested, Order kOrder, bool kPair>
 __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p) {
+  using StepT = Step<kNested, kPair>;
   constexpr bool kXFirst = kOrder == Order::kXFirst;
   extern __shared__ __align__(16) char smem[];
   const uint32_t sbase = (uint32_t)__cvta_generic_to_shared(smem);
@@ -200,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   const int per = (items + kWarps - 1) / kWarps;
   const int first = warp * per, end = min(items, first + per);
   int lgl = first / p.steps, ls = first % p.steps, cgl = lgl, cs = ls;
-  Step<kNested> s0, s1;
+  StepT s0, s1;
   auto load_first_two = [&]() {
     if (first < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
     if (++ls == p.steps) ls = 0, lgl++;
@@ -249,26 +272,28 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   __syncthreads();
 
   const uint32_t base_lane = (sbase + pad) | (uint32_t)(lane * 4);
-  float acc[NR][4];
+  float acc[NR][StepT::kScales];
 #pragma unroll
   for (int n = 0; n < NR; n++)
 #pragma unroll
-    for (int j = 0; j < 4; j++) acc[n][j] = 0.0f;
-  int cur = -1;         // the group acc belongs to
-  auto flush = [&]() {  // the 8 lanes of row 4j + r hold its partial sums
+    for (int s = 0; s < StepT::kScales; s++) acc[n][s] = 0.0f;
+  int cur = -1;  // the group acc belongs to
+  // The 8 lanes of row 4j + r hold its partial sums; with kPair the 4 lanes of its parity (j / 2 = c % 2).
+  auto flush = [&]() {
 #pragma unroll
     for (int n = 0; n < NR; n++)
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        float v = acc[n][j];
-        v += __shfl_xor_sync(0xffffffffu, v, 1);
+      for (int s = 0; s < StepT::kScales; s++) {
+        float v = acc[n][s];
+        if (!kPair) v += __shfl_xor_sync(0xffffffffu, v, 1);
         v += __shfl_xor_sync(0xffffffffu, v, 2);
         v += __shfl_xor_sync(0xffffffffu, v, 4);
-        if ((lane & 7) == 0) atomicAdd(part + (cur * NR + n) * 16 + 4 * j + (lane >> 3), v);
-        acc[n][j] = 0.0f;
+        const int j = kPair ? 2 * (lane & 1) + s : s;
+        if ((lane & (kPair ? 6 : 7)) == 0) atomicAdd(part + (cur * NR + n) * 16 + 4 * j + (lane >> 3), v);
+        acc[n][s] = 0.0f;
       }
   };
-  auto consume = [&](const Step<kNested>& st) {
+  auto consume = [&](const StepT& st) {
     if (cgl != cur) {
       if (cur >= 0) flush();
       cur = cgl;
@@ -326,29 +351,34 @@ size_t max_dynamic_smem() {
   return (size_t)cached[dev];
 }
 
-template <int NR, bool kNested, Order kOrder>
+template <int NR, bool kNested, Order kOrder, bool kPair>
 void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
+  auto kernel = gemv4_kernel<NR, kNested, kOrder, kPair>;
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
-    cuda_ok(cudaFuncSetAttribute(gemv4_kernel<NR, kNested, kOrder>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+    cuda_ok(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
             "cudaFuncSetAttribute(gemv4_kernel)");
     set = smem;
   }
-  cuda_ok(cuda::launch_pdl(gemv4_kernel<NR, kNested, kOrder>, dim3(blocks), dim3(kThreads), smem, stream, p),
-          "gemv4_kernel launch");
+  cuda_ok(cuda::launch_pdl(kernel, dim3(blocks), dim3(kThreads), smem, stream, p), "gemv4_kernel launch");
 }
 
-template <int NR, bool kNested>
+template <int NR, bool kNested, bool kPair>
 void launch_order(const Gemv4Params& p, Order order, int blocks, size_t smem, cudaStream_t stream) {
   switch (order) {
     case Order::kWeightsEarly:
-      return launch<NR, kNested, Order::kWeightsEarly>(p, blocks, smem, stream);
+      return launch<NR, kNested, Order::kWeightsEarly, kPair>(p, blocks, smem, stream);
     case Order::kWeightsFirst:
-      return launch<NR, kNested, Order::kWeightsFirst>(p, blocks, smem, stream);
+      return launch<NR, kNested, Order::kWeightsFirst, kPair>(p, blocks, smem, stream);
     case Order::kXFirst:
-      return launch<NR, kNested, Order::kXFirst>(p, blocks, smem, stream);
+      return launch<NR, kNested, Order::kXFirst, kPair>(p, blocks, smem, stream);
   }
+}
+
+template <int NR, bool kNested>
+void launch_pair(const Gemv4Params& p, Order order, bool pair, int blocks, size_t smem, cudaStream_t stream) {
+  pair ? launch_order<NR, kNested, true>(p, order, blocks, smem, stream)
+       : launch_order<NR, kNested, false>(p, order, blocks, smem, stream);
 }
 
 }  // namespace
@@ -407,12 +437,15 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
   const Order order = p.I > kXFirstAbove && (nested || !a.weights_static) ? Order::kXFirst
                       : a.weights_static                                  ? Order::kWeightsEarly
                                                                           : Order::kWeightsFirst;
+  // A lane pair's chunks (2k, 2k + 1 of a row) share a block when blocks hold 2 chunks or more and every
+  // row starts on an even chunk.
+  const bool pair = p.lg_chunks_per_block >= 1 && p.nchunk % 2 == 0;
   if (a.rows == 1)
-    nested ? launch_order<1, true>(p, order, blocks, smem, stream)
-           : launch_order<1, false>(p, order, blocks, smem, stream);
+    nested ? launch_pair<1, true>(p, order, pair, blocks, smem, stream)
+           : launch_pair<1, false>(p, order, pair, blocks, smem, stream);
   else
-    nested ? launch_order<2, true>(p, order, blocks, smem, stream)
-           : launch_order<2, false>(p, order, blocks, smem, stream);
+    nested ? launch_pair<2, true>(p, order, pair, blocks, smem, stream)
+           : launch_pair<2, false>(p, order, pair, blocks, smem, stream);
   check_launch("gemv4_kernel");
 }
 

@@ -384,11 +384,13 @@ Gemv4Args gemv4_args(const Quant4Tensor& q, const Tensor& x, Tensor& y, int rows
 }
 
 // The fused GEMV against the float64 evaluation. Partial 16-row groups, rows that are not a multiple of the
-// kernel's 128-weight step, runs of several groups per block (O > 16 · SMs), block sizes 32 (two absmax per
+// kernel's 256-weight step, runs of several groups per block (O > 16 · SMs), block sizes 32 (two absmax per
 // lane pair) and 64-256, NF4 and FP4, plain and nested absmax, one and two rows of x, each load order: the
 // weights read after the wait for the kernel before and x behind them (I <= 4096), before that wait
 // (weights_static), and x first (I > 4096; 2 x 16416 is more than the kernel's registers hold, so the rest
-// is loaded after).
+// is loaded after). Both ways of applying the absmax: per lane (block size 32, or an odd number of 32-weight
+// chunks per row: I = 160, 1056, 4128, 16416, where a lane pair's chunks can straddle a block) and per lane
+// pair (the other cases).
 TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 4);
@@ -401,7 +403,9 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
        {Case{37, 64, 64, false, QuantType::NF4}, Case{37, 4128, 64, true, QuantType::NF4},
         Case{37, 4128, 32, false, QuantType::FP4}, Case{301, 1056, 32, true, QuantType::NF4},
         Case{2200, 384, 128, true, QuantType::NF4}, Case{4100, 160, 256, false, QuantType::FP4},
-        Case{21, 16416, 64, false, QuantType::NF4}}) {
+        Case{21, 16416, 64, false, QuantType::NF4}, Case{301, 1024, 64, true, QuantType::FP4},
+        Case{37, 4160, 64, true, QuantType::NF4}, Case{21, 16448, 64, false, QuantType::NF4},
+        Case{19, 4160, 64, false, QuantType::FP4}}) {
     const int64_t O = c.O, I = c.I;
     std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
     std::normal_distribution<float> nd(0.0f, 1.0f);
