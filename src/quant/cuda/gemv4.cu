@@ -117,13 +117,22 @@ struct Step {
   uint32_t c[kScales];
 
   __device__ __forceinline__ void load(const Gemv4Params& p, int row, int ch) {
+    load_set(p, row, ch, 0);
+    load_set(p, row, ch, 1);
+    load_scales(p, row, ch);
+  }
+  // The packed words of MMA set P: rows 4j + r, j = 2P, 2P + 1.
+  __device__ __forceinline__ void load_set(const Gemv4Params& p, int row, int ch, int P) {
     // 32-bit chunk indices: gemv_4bit_cuda checks (O + 16) · I / 32 < 2^31.
     const bool in_row = ch < p.nchunk;
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 2 * P; j < 2 * P + 2; j++) {
       const int r = row + 4 * j;
       w[j] = in_row && r < p.O ? __ldcs(p.packed + r * p.nchunk + ch) : make_uint4(0, 0, 0, 0);
     }
+  }
+  __device__ __forceinline__ void load_scales(const Gemv4Params& p, int row, int ch) {
+    const bool in_row = ch < p.nchunk;
 #pragma unroll
     for (int s = 0; s < kScales; s++) {
       const int r = row + 4 * (kPair ? 2 * (ch & 1) + s : s);
@@ -147,11 +156,16 @@ struct Step {
 // 4 · (2q + p) + q): result column 2q + p of MMA row m is the lane's chunk sum when p = m % 2, and the
 // other column is a cross term that nothing reads. A second row of x takes a second pair of MMAs on the
 // same lookups.
+// The step's MMA set 0 goes first, then refill_set0() may load new words into st.w[0..1] while set 1 is
+// summed: the registers of half a step are in flight again half a step earlier, so a warp has 2.5 steps
+// of loads in flight instead of 2 at no register cost (bench/NOTES.md, session 10: 0.25-0.45 us at
+// 14336x4096 and 4096x14336). Each set keeps two accumulator chains (even and odd t) so the set's eight
+// MMAs are not one dependent chain.
 // xs: x staged in shared memory (x_stage_offset has the layout).
-template <int NR, bool kNested, bool kPair>
-__device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNested, kPair>& st, int ch,
-                                         int lane, uint32_t base_lane, const float* ncode, const char* xs,
-                                         float (&acc)[NR][Step<kNested, kPair>::kScales]) {
+template <int NR, bool kNested, bool kPair, class Refill>
+__device__ __forceinline__ void step_sum(const Gemv4Params& p, Step<kNested, kPair>& st, Refill refill_set0,
+                                         int ch, int lane, uint32_t base_lane, const float* ncode,
+                                         const char* xs, float (&acc)[NR][Step<kNested, kPair>::kScales]) {
   const int g = lane >> 2, q = lane & 3, par = g & 1;
   const bool has_x = (g >> 1) == q && ch < p.nchunk;
   uint4 xv[NR][4];
@@ -161,26 +175,34 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, const Step<kNeste
     for (int k = 0; k < 4; k++)
       xv[n][k] = has_x ? *reinterpret_cast<const uint4*>(xs + n * x_stage_row(p.I) + x_stage_offset(ch, k))
                        : make_uint4(0, 0, 0, 0);
-  float d[NR][2][4];
+  float d[NR][2][4], d_odd[NR][2][4];  // [x row][set][fragment], for even and odd t
 #pragma unroll
   for (int n = 0; n < NR; n++)
 #pragma unroll
     for (int s = 0; s < 2; s++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) d[n][s][e] = 0.0f;
+      for (int e = 0; e < 4; e++) d[n][s][e] = d_odd[n][s][e] = 0.0f;
 #pragma unroll
-  for (int t = 0; t < 8; t++) {
-    const int k0 = (2 * t) & 3;
+  for (int s = 0; s < 2; s++) {
 #pragma unroll
-    for (int s = 0; s < 2; s++) {
+    for (int t = 0; t < 8; t++) {
+      const int k0 = (2 * t) & 3;
       const uint32_t wa = word_of(st.w[2 * s], t >> 1), wb = word_of(st.w[2 * s + 1], t >> 1);
       const uint32_t a0 = pair_of(wa, base_lane, k0), a1 = pair_of(wb, base_lane, k0),
                      a2 = pair_of(wa, base_lane, k0 + 1), a3 = pair_of(wb, base_lane, k0 + 1);
 #pragma unroll
       for (int n = 0; n < NR; n++)
-        mma_bf16(d[n][s], a0, a1, a2, a3, word_of(xv[n][t >> 1], k0), word_of(xv[n][t >> 1], k0 + 1));
+        mma_bf16(t & 1 ? d_odd[n][s] : d[n][s], a0, a1, a2, a3, word_of(xv[n][t >> 1], k0),
+                 word_of(xv[n][t >> 1], k0 + 1));
     }
+    if (s == 0) refill_set0();
   }
+#pragma unroll
+  for (int n = 0; n < NR; n++)
+#pragma unroll
+    for (int s = 0; s < 2; s++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) d[n][s][e] += d_odd[n][s][e];
   auto chunk_sum = [&](int n, int j) {  // the lane's chunk sum of row 4j + r
     const float* dj = d[n][j >> 1] + 2 * (j & 1);
     return par ? dj[1] : dj[0];
@@ -293,24 +315,29 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
         acc[n][s] = 0.0f;
       }
   };
-  auto consume = [&](const StepT& st) {
+  // Sums st and, when `more`, refills it with the step at the load cursor (its set 0 during the sum).
+  auto consume = [&](StepT& st, bool more) {
     if (cgl != cur) {
       if (cur >= 0) flush();
       cur = cgl;
     }
-    step_sum<NR>(p, st, cs * 8 + ch0, lane, base_lane, ncode, xs, acc);
+    const int row = row0 + lgl * 16, ch = ls * 8 + ch0;
+    step_sum<NR>(
+        p, st,
+        [&]() {
+          if (more) st.load_set(p, row, ch, 0);
+        },
+        cs * 8 + ch0, lane, base_lane, ncode, xs, acc);
+    if (more) st.load_set(p, row, ch, 1), st.load_scales(p, row, ch);
     if (++cs == p.steps) cs = 0, cgl++;
+    if (++ls == p.steps) ls = 0, lgl++;
   };
-  // Two steps rotate by name (copying one would wait for its loads): sum one, then refill it with the
+  // Two steps rotate by name (copying one would wait for its loads): sum one while refilling it with the
   // step after the other.
   for (int i = first; i < end; i += 2) {
-    consume(s0);
-    if (i + 2 < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
-    if (++ls == p.steps) ls = 0, lgl++;
+    consume(s0, i + 2 < end);
     if (i + 1 >= end) break;
-    consume(s1);
-    if (i + 3 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
-    if (++ls == p.steps) ls = 0, lgl++;
+    consume(s1, i + 3 < end);
   }
   if (cur >= 0) flush();
   __syncthreads();
