@@ -13,11 +13,19 @@ F32 [1, T, V]):
   llama_int8        llama, LLM.int8, threshold 6.0
   qwen2_int8        qwen2 (q/k/v biases, tied embeddings), LLM.int8, threshold 1.5 (low, so outlier columns
                     occur in these small models)
+  mistral_nf4_bf16_storage_skip
+                    mistral, NF4 + double quant, compute float32, bnb_4bit_quant_storage bfloat16 (the packed
+                    bytes saved as BF16 [n / 4, 1], as FSDP-QLoRA recipes do) and llm_int8_skip_modules
+                    ["lm_head", "model.layers.1.self_attn", "down_proj"] (a prefix and a suffix key); no
+                    `qtune quantize` check (qtune writes uint8 storage)
 The 4-bit cases use the mistral fixture because every Linear there has in_features a multiple of 64:
 bitsandbytes 0.50.2's native CPU dequantize kernel (libbitsandbytes_cpu, taken when the last dim is even)
 dequantizes wrongly when in_features is not a multiple of the block size (llama's down_proj [64, 160]: 25%
 error vs the source instead of 9%); its generic torch path (_dequantize_4bit_compute) agrees with qtune
 exactly on such shapes, and the stored bytes are right either way.
+
+It also writes skip_modules.json: for a list of llm_int8_skip_modules keys and module names, whether
+transformers' should_convert_module keeps the module dense (qtune's skip_quantization must agree).
 
 With --qtune PATH/TO/qtune the script also checks the other direction: it runs `qtune quantize` on the same
 sources into a temporary folder, loads that in transformers (from_pretrained, no options), and requires its
@@ -50,7 +58,30 @@ CASES = {
                          ["--4bit", "fp4", "--compute-dtype", "bfloat16"]),
     "llama_int8": ("llama", dict(load_in_8bit=True), ["--8bit"]),
     "qwen2_int8": ("qwen2", dict(load_in_8bit=True, llm_int8_threshold=1.5), ["--8bit", "--threshold", "1.5"]),
+    "mistral_nf4_bf16_storage_skip": (
+        "mistral", dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                        bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.bfloat16,
+                        llm_int8_skip_modules=["lm_head", "model.layers.1.self_attn", "down_proj"]),
+        None),
 }
+
+
+SKIP_KEYS = ["lm_head", "layers.1", "model.layers.1", "model.layers.1.self_attn", "model.layers.*.mlp", "mlp.gate",
+             "proj", "down_proj", "mlp", "self_attn", "q_proj|k_proj", r"model\.layers\.1[0-9]", "fc1", "", "head"]
+SKIP_NAMES = ["lm_head", "model.lm_head", "model.layers.1.self_attn.q_proj", "model.layers.11.self_attn.k_proj",
+              "model.layers.1.mlp.gate_proj", "model.layers.0.mlp.down_proj", "model.layers.12.mlp.up_proj",
+              "model.layers.0.self_attn.o_proj", "model.decoder.layers.23.fc1", "model.decoder.layers.2.fc11",
+              "score"]
+
+
+def write_skip_modules(path):
+    from transformers.quantizers.quantizers_utils import should_convert_module
+    cases = [{"keys": [k], "name": n, "skip": not should_convert_module(n, [k])} for k in SKIP_KEYS for n in SKIP_NAMES]
+    cases += [{"keys": ["lm_head", "down_proj"], "name": n, "skip": not should_convert_module(n, ["lm_head", "down_proj"])}
+              for n in SKIP_NAMES]
+    with open(path, "w") as f:  # one case per line
+        f.write("[\n" + ",\n".join(json.dumps(c) for c in cases) + "\n]\n")
+    print(f"skip_modules.json: {len(cases)} cases, {sum(c['skip'] for c in cases)} skipped")
 
 
 def ids_for(model):
@@ -85,6 +116,8 @@ def main():
     a = ap.parse_args()
     torch.manual_seed(0)
     failures = 0
+    if not a.check_only:
+        write_skip_modules(os.path.join(a.out, "skip_modules.json"))
     for name, (src_name, qkw, qtune_args) in CASES.items():
         src = os.path.join(SRC, src_name)
         out = os.path.join(a.out, name)
@@ -101,7 +134,7 @@ def main():
         dense = logits_of(load(src))
         print(f"{name}: saved; quantized vs dense logits rel err {rel(logits, dense):.4f}")
 
-        if a.qtune:
+        if a.qtune and qtune_args is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 qdir = os.path.join(tmp, name)
                 subprocess.run([a.qtune, "quantize", "--model", src, "--out", qdir] + qtune_args, check=True)

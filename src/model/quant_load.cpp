@@ -5,6 +5,7 @@
 #include "io/json_util.h"
 #include "model/quant_linear.h"
 #include "quant/bnb_format.h"
+#include "tokenizer/regex.h"
 
 namespace qtune {
 
@@ -33,6 +34,16 @@ TensorMap entries_4bit(const WeightStore& store, const std::string& W) {
        {"", ".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", kQuantStateNf4, kQuantStateFp4})
     if (store.has(W + suffix)) m[W + suffix] = store.get(W + suffix);
   return m;
+}
+
+// True when W is stored as a bitsandbytes 4-bit weight: U8 packed bytes, or a quant_state entry beside it
+// (a bnb_4bit_quant_storage other than uint8 stores the packed bytes as e.g. BF16).
+bool stored_4bit(const WeightStore& store, const std::string& W, const TensorInfo& info) {
+  if (info.dtype == DType::U8 || store.has(W + kQuantStateNf4) || store.has(W + kQuantStateFp4)) return true;
+  const std::string state_prefix = W + ".quant_state.bitsandbytes__";
+  for (const std::string& n : store.names())
+    if (n.compare(0, state_prefix.size(), state_prefix) == 0) return true;
+  return false;
 }
 
 std::string scb_name(const WeightStore& store, const std::string& name) {
@@ -153,12 +164,14 @@ nlohmann::json quantization_config_json(const LoadOptions& o) {
 
 bool skip_quantization(const LoadOptions& opts, const std::string& name) {
   for (const std::string& k : opts.skip_modules) {
-    if (k.empty()) continue;
-    if (name == k ||
-        (name.size() > k.size() &&
-         name.compare(name.size() - k.size() - 1, std::string::npos, "." + k) == 0) ||
-        name.compare(0, k.size() + 1, k + ".") == 0)
+    if (name.size() >= k.size() && name.compare(name.size() - k.size(), std::string::npos, k) == 0)
       return true;
+    // transformers' should_convert_module: the key as a regex matched from the start of the name, ending at a
+    // module boundary ("layers.1" skips "layers.1.mlp.up_proj", not "layers.11.mlp.up_proj").
+    const Regex re("^(?:" + k + ")(?:(?<=\\.)|(?=\\.|$))", "llm_int8_skip_modules entry \"" + k + "\"");
+    std::vector<std::pair<size_t, size_t>> m;
+    re.find_all(name, m);
+    if (!m.empty()) return true;
   }
   return false;
 }
@@ -168,13 +181,14 @@ std::string check_linear_entries(const WeightStore& store, const std::string& na
   const std::string W = name + ".weight";
   const TensorInfo& info = store.info(W);
   const std::string where = store.file_of(W) + ": " + W;
-  if (is_float(info.dtype)) {
+  const bool q4 = stored_4bit(store, W, info);
+  if (!q4 && is_float(info.dtype)) {
     if (info.shape != shape)
       return W + ": expected " + shape_str(shape) + ", got " + shape_str(info.shape) + " (" +
              dtype_name(info.dtype) + ")";
     return "";
   }
-  if (info.dtype == DType::U8) {
+  if (q4) {
     const bool nf4 = store.has(W + kQuantStateNf4), fp4 = store.has(W + kQuantStateFp4);
     if (!nf4 && !fp4) {
       // An unknown quant type shows as a quant_state entry with another suffix.
@@ -182,8 +196,8 @@ std::string check_linear_entries(const WeightStore& store, const std::string& na
       for (const std::string& n : store.names())
         if (n.compare(0, state_prefix.size(), state_prefix) == 0)
           return where + ": unknown 4-bit quant type in " + n + " (nf4 or fp4)";
-      return where + ": U8 packed 4-bit weight without its quant_state entry (" + W + kQuantStateNf4 +
-             " or " + W + kQuantStateFp4 + ")";
+      return where + ": " + dtype_name(info.dtype) + " packed 4-bit weight without its quant_state entry (" +
+             W + kQuantStateNf4 + " or " + W + kQuantStateFp4 + ")";
     }
     Quant4Tensor q;
     try {
@@ -231,11 +245,11 @@ bool load_quantized_linear(Linear& lin, const WeightStore& store, const LoadOpti
                            std::vector<std::string>* used) {
   const std::string W = lin.name + ".weight";
   const TensorInfo& info = store.info(W);
-  const bool stored_quant = !is_float(info.dtype);
-  if (!stored_quant && (!opts.quantized() || skip_quantization(opts, lin.name))) return false;
+  const bool q4 = stored_4bit(store, W, info);
+  if (!q4 && is_float(info.dtype) && (!opts.quantized() || skip_quantization(opts, lin.name))) return false;
   // On CUDA: stored entries are read (mapped) and copied up; a float weight goes up alone in its file dtype
   // and is quantized there, so host memory holds no more than the mapped files.
-  if (info.dtype == DType::U8) {
+  if (q4) {
     TensorMap m = entries_4bit(store, W);
     lin.q4 = make_quant4_linear(bnb_read_4bit(m, W), opts.compute_dtype);
     if (device != Device::CPU) lin.q4 = quant4_linear_to(*lin.q4, device);

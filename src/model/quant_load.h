@@ -22,7 +22,10 @@ LoadOptions read_quantization_config(const std::string& dir, bool* present);
 LoadOptions resolve_load_options(const std::string& dir, const LoadOptions& requested, bool* prequantized);
 // transformers' BitsAndBytesConfig.to_dict() for opts (the keys and values save_pretrained writes).
 nlohmann::json quantization_config_json(const LoadOptions& opts);
-// True when the Linear `name` (e.g. "lm_head", "model.layers.0.mlp.up_proj") stays dense.
+// True when the Linear `name` (e.g. "lm_head", "model.layers.0.mlp.up_proj") stays dense: as transformers
+// decides, a skip key matches when the name ends with it, or when it matches as a regex from the start of the
+// name up to a module boundary ("model.layers.0" or "model.layers.*.mlp"). Throws ErrorKind::Format naming a
+// key that is not a valid regex.
 bool skip_quantization(const LoadOptions& opts, const std::string& name);
 
 // "bfloat16" / "float16" / "float32" <-> DType (torch names, as config files spell them).

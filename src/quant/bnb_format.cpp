@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -168,6 +169,12 @@ Quant4Tensor bnb_read_4bit(const TensorMap& tensors, const std::string& prefix) 
     q.shape.push_back(d.get<int64_t>());
   }
   q.packed = need(prefix);
+  if (q.packed.dtype() != DType::U8) {
+    // bnb_4bit_quant_storage (e.g. bfloat16 for FSDP) stores the same packed bytes as another dtype,
+    // [bytes / itemsize, 1]; the bytes are what count.
+    auto owner = std::make_shared<Tensor>(q.packed);
+    q.packed = Tensor::borrow(owner->raw(), {(int64_t)owner->nbytes(), 1}, DType::U8, owner->device(), owner);
+  }
   q.absmax = need(prefix + ".absmax");
   const Tensor& qmap = need(prefix + ".quant_map");
   if (qmap.dtype() != DType::F32 || qmap.numel() != 16 ||

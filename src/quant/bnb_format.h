@@ -1,6 +1,7 @@
 // The bitsandbytes / transformers serialization of a 4-bit weight, to and from a name -> Tensor map (what a
 // safetensors file holds). For a weight named P (e.g. "model.layers.0.mlp.down_proj.weight"):
 //   P                                   U8 [(numel + 1) / 2, 1]   packed codes
+//                                       (or those bytes as the bnb_4bit_quant_storage dtype, e.g. BF16)
 //   P.absmax                            F32 [num_blocks] (U8 when nested)
 //   P.quant_map                         F32 [16]                  the NF4 / FP4 code values
 //   P.nested_absmax                     F32 [ceil(num_blocks / 256)]   (nested only)

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "io/json_util.h"
 #include "model/llama_model.h"
 #include "model/quant_linear.h"
 #include "model/quant_load.h"
@@ -37,7 +38,10 @@ struct Case {
 const Case kCases[] = {{"mistral_nf4_dq", "mistral", 1e-5},
                        {"mistral_fp4_bf16", "mistral", 1e-3},
                        {"llama_int8", "llama", 1e-4},
-                       {"qwen2_int8", "qwen2", 1e-4}};
+                       {"qwen2_int8", "qwen2", 1e-4},
+                       // packed bytes stored as BF16 (bnb_4bit_quant_storage); layer 1's attention and every
+                       // down_proj kept dense by llm_int8_skip_modules (a prefix key and a suffix key)
+                       {"mistral_nf4_bf16_storage_skip", "mistral", 1e-5}};
 
 double logits_err(const LlamaModel& m, const std::string& name) {
   Tensor ids = qexpected(name, "ids");      // I32 [1, T]
@@ -51,14 +55,19 @@ TEST(QuantModel, BitsandbytesFoldersLoadWithoutOptionsAndMatchLogits) {
   for (const Case& c : kCases) {
     SCOPED_TRACE(c.name);
     LlamaModel m = LlamaModel::load(qfixture(c.name));
-    const bool is4 = std::string(c.name).find("int8") == std::string::npos;
+    bool present = false;
+    const LoadOptions opts = read_quantization_config(qfixture(c.name), &present);
+    int dense = 0;
     for (const LlamaLayer& L : m.layers())
       for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
-        EXPECT_EQ((bool)l->q4, is4) << l->name;
-        EXPECT_EQ((bool)l->q8, !is4) << l->name;
-        EXPECT_FALSE(l->weight.defined());
+        const bool skip = skip_quantization(opts, l->name);
+        dense += skip;
+        EXPECT_EQ((bool)l->q4, opts.load_in_4bit && !skip) << l->name;
+        EXPECT_EQ((bool)l->q8, opts.load_in_8bit && !skip) << l->name;
+        EXPECT_EQ(l->weight.defined(), skip) << l->name;
       }
-    EXPECT_FALSE(m.lm_head().quantized());  // transformers keeps lm_head dense
+    EXPECT_EQ(dense, opts.skip_modules.size() > 1 ? 6 : 0);  // the skip case: 4 attention + 2 down_proj
+    EXPECT_FALSE(m.lm_head().quantized());                   // transformers keeps lm_head dense
     EXPECT_TRUE(m.unused_tensors().empty()) << m.unused_tensors()[0];
     const double err = logits_err(m, c.name);
     EXPECT_LT(err, c.tol);
@@ -88,6 +97,11 @@ TEST(QuantModel, QtuneQuantizationEqualsBitsandbytesBytes) {
     for (const std::string& n : src.names()) {
       if (n.find("_proj.weight") == std::string::npos) continue;
       const std::string prefix = n.substr(0, n.size() - 7);  // the module name
+      if (skip_quantization(opts, prefix)) {                 // kept dense: the source tensor as it is
+        ASSERT_EQ(bnb.info(n).dtype, DType::F32) << n;
+        EXPECT_EQ(std::memcmp(bnb.get(n).raw(), src.get(n).raw(), src.get(n).nbytes()), 0) << n;
+        continue;
+      }
       std::vector<std::pair<std::string, Tensor>> ours;
       if (opts.load_in_4bit) {
         ours = bnb_4bit_entries(quantize_4bit(src.get(n), opts.quant_type, 64, opts.double_quant), n);
@@ -98,13 +112,17 @@ TEST(QuantModel, QtuneQuantizationEqualsBitsandbytesBytes) {
       for (const auto& kv : ours) {
         ASSERT_TRUE(bnb.has(kv.first)) << kv.first;
         Tensor theirs = bnb.get(kv.first);
-        ASSERT_EQ(theirs.dtype(), kv.second.dtype()) << kv.first;
-        ASSERT_EQ(theirs.shape(), kv.second.shape()) << kv.first;
+        if (kv.first == n && theirs.dtype() == DType::BF16) {  // bnb_4bit_quant_storage: [bytes / 2, 1]
+          ASSERT_EQ(theirs.shape(), (Shape{kv.second.size(0) / 2, 1})) << kv.first;
+        } else {
+          ASSERT_EQ(theirs.dtype(), kv.second.dtype()) << kv.first;
+          ASSERT_EQ(theirs.shape(), kv.second.shape()) << kv.first;
+        }
         EXPECT_EQ(std::memcmp(theirs.raw(), kv.second.raw(), theirs.nbytes()), 0) << kv.first;
         checked++;
       }
     }
-    EXPECT_GE(checked, 14);
+    EXPECT_GE(checked, opts.skip_modules.size() > 1 ? 8 : 14);
   }
 }
 
@@ -130,5 +148,30 @@ TEST(QuantModel, SingleTokenDecodeMatchesFullForward) {
                        : n.find("bf16") != std::string::npos ? 1e-3
                                                              : 1e-5;
     EXPECT_LT(rel_err(got, want), tol);
+  }
+}
+
+// llm_int8_skip_modules / --skip-modules keys decide as transformers' should_convert_module does (the
+// fixture holds its answers: suffix keys, prefix keys at a module boundary, regex keys).
+TEST(QuantModel, SkipModulesMatchTransformers) {
+  const std::string path = qfixture("skip_modules.json");
+  const nlohmann::json cases = nlohmann::json::parse(read_text_file(path, ErrorKind::Io));
+  ASSERT_GE(cases.size(), 100u);
+  for (const auto& c : cases) {
+    LoadOptions opts;
+    opts.skip_modules = c["keys"].get<std::vector<std::string>>();
+    const std::string name = c["name"].get<std::string>();
+    EXPECT_EQ(skip_quantization(opts, name), c["skip"].get<bool>()) << c.dump();
+  }
+}
+
+TEST(QuantModel, SkipModulesBadRegexNamesTheKey) {
+  LoadOptions opts;
+  opts.skip_modules = {"lm_head", "layers.(1"};
+  try {
+    skip_quantization(opts, "model.layers.1.mlp.up_proj");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layers.(1"), std::string::npos) << e.what();
   }
 }

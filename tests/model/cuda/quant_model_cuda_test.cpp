@@ -135,7 +135,8 @@ TEST(QuantModelCuda, BundledModelMatchesTheCpuQuantizedModel) {
 
 TEST(QuantModelCuda, BitsandbytesFoldersLoadOntoCuda) {
   REQUIRE_GPU();
-  for (const char* name : {"mistral_nf4_dq", "mistral_fp4_bf16", "llama_int8"}) {
+  for (const char* name :
+       {"mistral_nf4_dq", "mistral_fp4_bf16", "llama_int8", "mistral_nf4_bf16_storage_skip"}) {
     SCOPED_TRACE(name);
     const std::string dir = std::string(QTUNE_FIXTURES) + "/quant_model/" + name;
     auto f = SafetensorsFile::open(dir + "/logits.safetensors");
