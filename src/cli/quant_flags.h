@@ -22,6 +22,11 @@ struct QuantFlags {
   std::string compute_dtype = "float32";
   float threshold = 6.0f;
   std::string skip_modules = "lm_head";
+  // transformers' rule (should_convert_module), see skip_quantization.
+  static constexpr const char* kSkipModulesHelp =
+      "Comma-separated keys of Linear modules kept dense (default lm_head): a key skips the modules whose "
+      "name ends with it or that it matches as a regex from the start up to a '.' (model.layers.0, "
+      "model.layers.*.mlp)";
 
   // Loading commands (generate, perplexity) take transformers' BitsAndBytesConfig names:
   //   --load-in-4bit [--bnb-4bit-quant-type nf4|fp4] [--bnb-4bit-use-double-quant]
@@ -40,7 +45,7 @@ struct QuantFlags {
     cmd->add_flag("--load-in-8bit", eight_bit,
                   "LLM.int8 quantization of the decoder Linear weights while loading");
     cmd->add_option("--llm-int8-threshold", threshold, "8-bit outlier threshold (default 6.0)");
-    cmd->add_option("--skip-modules", skip_modules, "Comma-separated modules kept dense (default lm_head)");
+    cmd->add_option("--skip-modules", skip_modules, kSkipModulesHelp);
   }
 
   // `qtune quantize`: --4bit nf4|fp4 [--double-quant] [--blocksize N] [--compute-dtype T] | --8bit
@@ -55,7 +60,7 @@ struct QuantFlags {
     cmd->add_option("--compute-dtype", compute_dtype, "4-bit compute dtype: float32, bfloat16 or float16")
         ->check(CLI::IsMember({"float32", "bfloat16", "float16", "f32", "bf16", "f16", "fp16"}));
     cmd->add_option("--threshold", threshold, "8-bit outlier threshold (llm_int8_threshold, default 6.0)");
-    cmd->add_option("--skip-modules", skip_modules, "Comma-separated modules kept dense (default lm_head)");
+    cmd->add_option("--skip-modules", skip_modules, kSkipModulesHelp);
   }
 
   LoadOptions options() const {

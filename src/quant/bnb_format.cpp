@@ -172,6 +172,12 @@ Quant4Tensor bnb_read_4bit(const TensorMap& tensors, const std::string& prefix) 
   if (q.packed.dtype() != DType::U8) {
     // bnb_4bit_quant_storage (e.g. bfloat16 for FSDP) stores the same packed bytes as another dtype,
     // [bytes / itemsize, 1]; the bytes are what count.
+    const int64_t want = (shape_numel(q.shape) + 1) / 2;
+    if ((int64_t)q.packed.nbytes() != want)
+      throw_error(ErrorKind::Format, "bitsandbytes 4-bit weight '", prefix, "': packed data is ",
+                  q.packed.describe(), " (", q.packed.nbytes(), " bytes in bnb_4bit_quant_storage ",
+                  dtype_name(q.packed.dtype()), "), expected ", want, " bytes for shape ",
+                  shape_str(q.shape));
     auto owner = std::make_shared<Tensor>(q.packed);
     q.packed = Tensor::borrow(owner->raw(), {(int64_t)owner->nbytes(), 1}, DType::U8, owner->device(), owner);
   }

@@ -81,6 +81,33 @@ TEST(BnbFormat, ReadDequantizeWriteBack) {
   EXPECT_GE(count, 3);
 }
 
+// bnb_4bit_quant_storage other than uint8 (bfloat16 for FSDP-QLoRA) saves the same bytes as that dtype,
+// [bytes / itemsize, 1]: they read as the U8 packing; a wrong byte count names the storage dtype.
+TEST(BnbFormat, PackedBytesInAnotherStorageDtype) {
+  Fixture fx = load_fixture("format_00.safetensors");  // [64, 96]: 3072 packed bytes
+  const TensorMap good = weight_entries(fx);
+  const Tensor& packed = good.at(kPrefix);
+  const Quant4Tensor want = bnb_read_4bit(good, kPrefix);
+  for (DType storage : {DType::BF16, DType::F16, DType::F32}) {
+    SCOPED_TRACE(dtype_name(storage));
+    const int64_t item = (int64_t)dtype_nbytes(storage, 1);
+    TensorMap m = good;
+    Tensor as = Tensor::empty({packed.numel() / item, 1}, storage);
+    std::memcpy(as.raw(), packed.raw(), packed.nbytes());
+    m[kPrefix] = as;
+    Quant4Tensor q = bnb_read_4bit(m, kPrefix);
+    EXPECT_EQ(q.packed.dtype(), DType::U8);
+    EXPECT_EQ(q.packed.shape(), packed.shape());
+    EXPECT_TRUE(same_bits(dequantize_4bit(q), dequantize_4bit(want)));
+    m[kPrefix] = Tensor::zeros({packed.numel() / item - 1, 1}, storage);
+    EXPECT_NE(error_of([&] { bnb_read_4bit(m, kPrefix); })
+                  .find(std::string("bnb_4bit_quant_storage ") + dtype_name(storage) +
+                        "), expected 3072 bytes for shape [64, 96]"),
+              std::string::npos)
+        << error_of([&] { bnb_read_4bit(m, kPrefix); });
+  }
+}
+
 TEST(BnbFormat, PythonFloatRepr) {
   EXPECT_EQ(python_float_repr(0.127838134765625), "0.127838134765625");
   EXPECT_EQ(python_float_repr(1e-05), "1e-05");
