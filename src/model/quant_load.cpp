@@ -36,14 +36,20 @@ TensorMap entries_4bit(const WeightStore& store, const std::string& W) {
   return m;
 }
 
+// The name of W's quant_state entry (W.quant_state.bitsandbytes__<type>, any type), or "" when it has none.
+std::string quant_state_entry(const WeightStore& store, const std::string& W) {
+  for (const char* s : {kQuantStateNf4, kQuantStateFp4})
+    if (store.has(W + s)) return W + s;
+  const std::string state_prefix = W + ".quant_state.bitsandbytes__";
+  for (const std::string& n : store.names())
+    if (n.compare(0, state_prefix.size(), state_prefix) == 0) return n;
+  return "";
+}
+
 // True when W is stored as a bitsandbytes 4-bit weight: U8 packed bytes, or a quant_state entry beside it
 // (a bnb_4bit_quant_storage other than uint8 stores the packed bytes as e.g. BF16).
 bool stored_4bit(const WeightStore& store, const std::string& W, const TensorInfo& info) {
-  if (info.dtype == DType::U8 || store.has(W + kQuantStateNf4) || store.has(W + kQuantStateFp4)) return true;
-  const std::string state_prefix = W + ".quant_state.bitsandbytes__";
-  for (const std::string& n : store.names())
-    if (n.compare(0, state_prefix.size(), state_prefix) == 0) return true;
-  return false;
+  return info.dtype == DType::U8 || !quant_state_entry(store, W).empty();
 }
 
 std::string scb_name(const WeightStore& store, const std::string& name) {
@@ -189,13 +195,10 @@ std::string check_linear_entries(const WeightStore& store, const std::string& na
     return "";
   }
   if (q4) {
-    const bool nf4 = store.has(W + kQuantStateNf4), fp4 = store.has(W + kQuantStateFp4);
-    if (!nf4 && !fp4) {
+    if (!store.has(W + kQuantStateNf4) && !store.has(W + kQuantStateFp4)) {
       // An unknown quant type shows as a quant_state entry with another suffix.
-      const std::string state_prefix = W + ".quant_state.bitsandbytes__";
-      for (const std::string& n : store.names())
-        if (n.compare(0, state_prefix.size(), state_prefix) == 0)
-          return where + ": unknown 4-bit quant type in " + n + " (nf4 or fp4)";
+      const std::string state = quant_state_entry(store, W);
+      if (!state.empty()) return where + ": unknown 4-bit quant type in " + state + " (nf4 or fp4)";
       return where + ": " + dtype_name(info.dtype) + " packed 4-bit weight without its quant_state entry (" +
              W + kQuantStateNf4 + " or " + W + kQuantStateFp4 + ")";
     }
