@@ -131,6 +131,18 @@ TEST(QuantFolder, BadFilesNameTheFileAndTheTensor) {
   d = broken_copy("mistral_nf4_dq", "qtype", {kW + ".quant_state.bitsandbytes__nf4"},
                   {{kW + ".quant_state.bitsandbytes__int3", state}});
   expect_error([&] { LlamaModel::load(d); }, ErrorKind::Format, {"model.safetensors", kW, "unknown", "int3"});
+  // bnb_4bit_quant_storage bfloat16 (where down_proj stays dense): a wrong byte count, and an unknown quant
+  // type, name the tensor.
+  const std::string kU = "model.layers.0.mlp.up_proj.weight";
+  Tensor ustate =
+      WeightStore::open(qfixture("mistral_nf4_bf16_storage_skip")).get(kU + ".quant_state.bitsandbytes__nf4");
+  d = broken_copy("mistral_nf4_bf16_storage_skip", "bf16packed", {},
+                  {{kU, Tensor::zeros({100, 1}, DType::BF16)}});
+  expect_error([&] { LlamaModel::load(d); }, ErrorKind::Format,
+               {"model.safetensors", kU, "BF16[100, 1]", "bnb_4bit_quant_storage"});
+  d = broken_copy("mistral_nf4_bf16_storage_skip", "bf16qtype", {kU + ".quant_state.bitsandbytes__nf4"},
+                  {{kU + ".quant_state.bitsandbytes__int3", ustate}});
+  expect_error([&] { LlamaModel::load(d); }, ErrorKind::Format, {"model.safetensors", kU, "unknown", "int3"});
   // Block size not a power of two.
   std::string bad = json;
   bad.replace(bad.find("\"blocksize\": 64"), 15, "\"blocksize\": 48");
