@@ -187,7 +187,8 @@ std::string check_linear_entries(const WeightStore& store, const std::string& na
   const std::string W = name + ".weight";
   const TensorInfo& info = store.info(W);
   const std::string where = store.file_of(W) + ": " + W;
-  const bool q4 = stored_4bit(store, W, info);
+  const std::string state = quant_state_entry(store, W);
+  const bool q4 = info.dtype == DType::U8 || !state.empty();
   if (!q4 && is_float(info.dtype)) {
     if (info.shape != shape)
       return W + ": expected " + shape_str(shape) + ", got " + shape_str(info.shape) + " (" +
@@ -195,13 +196,11 @@ std::string check_linear_entries(const WeightStore& store, const std::string& na
     return "";
   }
   if (q4) {
-    if (!store.has(W + kQuantStateNf4) && !store.has(W + kQuantStateFp4)) {
-      // An unknown quant type shows as a quant_state entry with another suffix.
-      const std::string state = quant_state_entry(store, W);
-      if (!state.empty()) return where + ": unknown 4-bit quant type in " + state + " (nf4 or fp4)";
+    if (state.empty())
       return where + ": " + dtype_name(info.dtype) + " packed 4-bit weight without its quant_state entry (" +
              W + kQuantStateNf4 + " or " + W + kQuantStateFp4 + ")";
-    }
+    if (state != W + kQuantStateNf4 && state != W + kQuantStateFp4)  // a quant_state entry of another type
+      return where + ": unknown 4-bit quant type in " + state + " (nf4 or fp4)";
     Quant4Tensor q;
     try {
       q = bnb_read_4bit(entries_4bit(store, W), W);
