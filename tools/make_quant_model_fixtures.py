@@ -18,6 +18,10 @@ F32 [1, T, V]):
                     bytes saved as BF16 [n / 4, 1], as FSDP-QLoRA recipes do) and llm_int8_skip_modules
                     ["lm_head", "model.layers.1.self_attn", "down_proj"] (a prefix and a suffix key); no
                     `qtune quantize` check (qtune writes uint8 storage)
+  mistral_fp4_dq_lm_head
+                    mistral, FP4 + double quant, compute float32, llm_int8_skip_modules ["o_proj"]: a list
+                    given replaces transformers' default (lm_head), so lm_head is quantized and only the
+                    o_proj modules stay dense; config.json keeps the list
 The 4-bit cases use the mistral fixture because every Linear there has in_features a multiple of 64:
 bitsandbytes 0.50.2's native CPU dequantize kernel (libbitsandbytes_cpu, taken when the last dim is even)
 dequantizes wrongly when in_features is not a multiple of the block size (llama's down_proj [64, 160]: 25%
@@ -63,6 +67,10 @@ CASES = {
                         bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.bfloat16,
                         llm_int8_skip_modules=["lm_head", "model.layers.1.self_attn", "down_proj"]),
         None),
+    "mistral_fp4_dq_lm_head": (
+        "mistral", dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True,
+                        bnb_4bit_compute_dtype=torch.float32, llm_int8_skip_modules=["o_proj"]),
+        ["--4bit", "fp4", "--double-quant", "--compute-dtype", "float32", "--skip-modules", "o_proj"]),
 }
 
 

@@ -21,12 +21,14 @@ struct QuantFlags {
   int64_t blocksize = 64;
   std::string compute_dtype = "float32";
   float threshold = 6.0f;
-  std::string skip_modules = "lm_head";
+  std::string skip_modules;                // with --skip-modules; without it transformers' default (lm_head)
+  std::vector<CLI::Option*> skip_options;  // the --skip-modules option of the command that parsed
   // transformers' rule (should_convert_module), see skip_quantization.
   static constexpr const char* kSkipModulesHelp =
-      "Comma-separated keys of Linear modules kept dense (default lm_head): a key skips the modules whose "
-      "name ends with it or that it matches as a regex from the start up to a '.' (model.layers.0, "
-      "model.layers.*.mlp)";
+      "Comma-separated keys of Linear modules kept dense (default lm_head; a list replaces it, so \"\" or a "
+      "list without lm_head quantizes lm_head too): a key skips the modules whose name ends with it or that "
+      "it "
+      "matches as a regex from the start up to a '.' (model.layers.0, model.layers.*.mlp)";
 
   // Loading commands (generate, perplexity) take transformers' BitsAndBytesConfig names:
   //   --load-in-4bit [--bnb-4bit-quant-type nf4|fp4] [--bnb-4bit-use-double-quant]
@@ -45,7 +47,7 @@ struct QuantFlags {
     cmd->add_flag("--load-in-8bit", eight_bit,
                   "LLM.int8 quantization of the decoder Linear weights while loading");
     cmd->add_option("--llm-int8-threshold", threshold, "8-bit outlier threshold (default 6.0)");
-    cmd->add_option("--skip-modules", skip_modules, kSkipModulesHelp);
+    skip_options.push_back(cmd->add_option("--skip-modules", skip_modules, kSkipModulesHelp));
   }
 
   // `qtune quantize`: --4bit nf4|fp4 [--double-quant] [--blocksize N] [--compute-dtype T] | --8bit
@@ -60,7 +62,7 @@ struct QuantFlags {
     cmd->add_option("--compute-dtype", compute_dtype, "4-bit compute dtype: float32, bfloat16 or float16")
         ->check(CLI::IsMember({"float32", "bfloat16", "float16", "f32", "bf16", "f16", "fp16"}));
     cmd->add_option("--threshold", threshold, "8-bit outlier threshold (llm_int8_threshold, default 6.0)");
-    cmd->add_option("--skip-modules", skip_modules, kSkipModulesHelp);
+    skip_options.push_back(cmd->add_option("--skip-modules", skip_modules, kSkipModulesHelp));
   }
 
   LoadOptions options() const {
@@ -80,10 +82,14 @@ struct QuantFlags {
     o.compute_dtype = torch_dtype_from_name(cd, "--compute-dtype");
     if (!(threshold >= 0.0f)) throw_error(ErrorKind::Usage, "--threshold must be >= 0");
     o.llm_int8_threshold = threshold;
-    o.skip_modules.clear();
-    std::stringstream ss(skip_modules);
-    for (std::string m; std::getline(ss, m, ',');)
-      if (!m.empty()) o.skip_modules.push_back(m);
+    bool given = false;
+    for (const CLI::Option* opt : skip_options) given = given || opt->count() > 0;
+    if (given) {
+      o.skip_modules.emplace();
+      std::stringstream ss(skip_modules);
+      for (std::string m; std::getline(ss, m, ',');)
+        if (!m.empty()) o.skip_modules->push_back(m);
+    }
     return o;
   }
 };

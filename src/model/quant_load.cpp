@@ -118,12 +118,12 @@ LoadOptions read_quantization_config(const std::string& dir, bool* present) {
   if (skip != qc.end() && !skip->is_null()) {
     if (!skip->is_array())
       throw_error(ErrorKind::Config, ctx, ": quantization_config.llm_int8_skip_modules must be a list");
-    o.skip_modules.clear();
+    o.skip_modules.emplace();
     for (const auto& s : *skip) {
       if (!s.is_string())
         throw_error(ErrorKind::Config, ctx, ": quantization_config.llm_int8_skip_modules holds a ",
                     json_type_name(s));
-      o.skip_modules.push_back(s.get<std::string>());
+      o.skip_modules->push_back(s.get<std::string>());
     }
   }
   return o;
@@ -157,10 +157,10 @@ nlohmann::json quantization_config_json(const LoadOptions& o) {
   j["bnb_4bit_use_double_quant"] = o.load_in_4bit && o.double_quant;
   j["llm_int8_enable_fp32_cpu_offload"] = false;
   j["llm_int8_has_fp16_weight"] = false;
-  if (o.skip_modules == std::vector<std::string>{"lm_head"})
-    j["llm_int8_skip_modules"] = nullptr;  // transformers' default (the output embeddings)
+  if (o.skip_modules)
+    j["llm_int8_skip_modules"] = *o.skip_modules;
   else
-    j["llm_int8_skip_modules"] = o.skip_modules;
+    j["llm_int8_skip_modules"] = nullptr;  // transformers' default (the output embeddings)
   j["llm_int8_threshold"] = (double)o.llm_int8_threshold;
   j["load_in_4bit"] = o.load_in_4bit;
   j["load_in_8bit"] = o.load_in_8bit;
@@ -169,7 +169,7 @@ nlohmann::json quantization_config_json(const LoadOptions& o) {
 }
 
 bool skip_quantization(const LoadOptions& opts, const std::string& name) {
-  for (const std::string& k : opts.skip_modules) {
+  for (const std::string& k : opts.skip_keys()) {
     if (name.size() >= k.size() && name.compare(name.size() - k.size(), std::string::npos, k) == 0)
       return true;
     // transformers' should_convert_module: the key as a regex matched from the start of the name, ending at a

@@ -5,6 +5,7 @@
 #include <regex>
 
 #include "core/error.h"
+#include "io/hf_config.h"
 #include "io/json_util.h"
 #include "io/model_folder.h"
 #include "io/safetensors.h"
@@ -16,11 +17,17 @@ namespace qtune {
 
 namespace fs = std::filesystem;
 
-bool is_decoder_linear_weight(const std::string& name) {
+namespace {
+
+// The weights of the Linear modules transformers replaces with bitsandbytes layers: the decoder layers'
+// projections, and lm_head unless it is tied to the embeddings (transformers keeps a tied head dense).
+bool is_linear_weight(const std::string& name, bool tied_head) {
   static const std::regex re(
       R"(model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight)");
-  return std::regex_match(name, re);
+  return std::regex_match(name, re) || (name == "lm_head.weight" && !tied_head);
 }
+
+}  // namespace
 
 QuantizeReport quantize_model_folder(const std::string& in, const std::string& out, const LoadOptions& opts,
                                      int64_t max_shard_bytes) {
@@ -33,6 +40,7 @@ QuantizeReport quantize_model_folder(const std::string& in, const std::string& o
   const std::string cfg_path = path_join(in, "config.json");
   nlohmann::json cfg =
       parse_json_text(read_text_file(cfg_path, ErrorKind::Config), cfg_path, ErrorKind::Config);
+  const bool tied_head = load_model_config(in).tie_word_embeddings;
   WeightStore store = WeightStore::open(in);
   if (fs::exists(out) && fs::equivalent(fs::path(in), fs::path(out)))
     throw_error(ErrorKind::Usage, "quantize: --out must differ from --model (", in, ")");
@@ -54,7 +62,7 @@ QuantizeReport quantize_model_folder(const std::string& in, const std::string& o
     Tensor t = store.get(name);  // mapped
     rep.bytes_in += (int64_t)t.nbytes();
     const std::string module = name.size() > 7 ? name.substr(0, name.size() - 7) : name;
-    if (!is_decoder_linear_weight(name) || skip_quantization(opts, module)) {
+    if (!is_linear_weight(name, tied_head) || skip_quantization(opts, module)) {
       add({{name, t}});
       rep.copied_tensors++;
       continue;
@@ -72,7 +80,7 @@ QuantizeReport quantize_model_folder(const std::string& in, const std::string& o
     rep.quantized_tensors++;
   }
   if (rep.quantized_tensors == 0)
-    throw_error(ErrorKind::Usage, in, ": no decoder Linear weight to quantize (all skipped or none found)");
+    throw_error(ErrorKind::Usage, in, ": no Linear weight to quantize (all skipped or none found)");
 
   // Weights: one file, or shards with an index (transformers' names).
   const std::vector<std::vector<size_t>> shards = plan_shards(group_bytes, max_shard_bytes);

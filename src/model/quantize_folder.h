@@ -1,11 +1,12 @@
 // `qtune quantize`: writes a model folder in the layout transformers + bitsandbytes save_pretrained
 // produces for a quantized model, so the folder loads in transformers (from_pretrained, no options) and in
-// qtune (LlamaModel::load, no options). Every decoder Linear weight (q/k/v/o, gate/up/down projections) that
-// is not in opts.skip_modules becomes the bitsandbytes entries (4-bit: packed weight + absmax, quant_map,
-// nested_*, quant_state JSON; 8-bit: I8 weight + SCB + weight_format); every other tensor is copied as is;
-// config.json gains quantization_config (BitsAndBytesConfig.to_dict()); tokenizer and generation files are
-// copied. Weights are read from the mapped input one tensor at a time; output shards follow transformers'
-// 5 GB default (model.safetensors, or model-0000i-of-0000n.safetensors + model.safetensors.index.json).
+// qtune (LlamaModel::load, no options). Every Linear weight (the decoder's q/k/v/o and gate/up/down
+// projections, and an untied lm_head) that opts.skip_keys() does not skip becomes the bitsandbytes entries
+// (4-bit: packed weight + absmax, quant_map, nested_*, quant_state JSON; 8-bit: I8 weight + SCB +
+// weight_format); every other tensor is copied as is; config.json gains quantization_config
+// (BitsAndBytesConfig.to_dict()); tokenizer and generation files are copied. Weights are read from the mapped
+// input one tensor at a time; output shards follow transformers' 5 GB default (model.safetensors, or
+// model-0000i-of-0000n.safetensors + model.safetensors.index.json).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -24,9 +25,5 @@ struct QuantizeReport {
 // folder that is already quantized or options that quantize nothing, ErrorKind::Io for write failures.
 QuantizeReport quantize_model_folder(const std::string& in, const std::string& out, const LoadOptions& opts,
                                      int64_t max_shard_bytes = 5000000000LL);
-
-// True for the HF names of decoder Linear weights: model.layers.<i>.(self_attn.{q,k,v,o}_proj |
-// mlp.{gate,up,down}_proj).weight.
-bool is_decoder_linear_weight(const std::string& name);
 
 }  // namespace qtune

@@ -58,6 +58,21 @@ q_live=$("$qtune" generate --model "$model" --prompt "ROMEO:" --max-new-tokens 1
 q_file=$("$qtune" generate --model "$tmp/q4" --prompt "ROMEO:" --max-new-tokens 12 --temperature 0 --quiet) ||
   fail "generate from the quantized folder"
 [ -n "$q_live" ] && [ "$q_live" = "$q_file" ] || fail "4-bit on load [$q_live] != quantized folder [$q_file]"
+# --skip-modules as transformers' llm_int8_skip_modules: without it config.json says null (the default,
+# lm_head); a list given is written as it is and replaces the default, so lm_head is quantized too.
+grep -q '"llm_int8_skip_modules": null' "$tmp/q4/config.json" || fail "default skip list not written as null"
+"$qtune" quantize --model "$model" --out "$tmp/q4o" --4bit nf4 --skip-modules o_proj >/dev/null ||
+  fail "quantize --skip-modules o_proj"
+tr -d ' \n' <"$tmp/q4o/config.json" | grep -q '"llm_int8_skip_modules":\["o_proj"\]' ||
+  fail "--skip-modules o_proj not in config.json"
+"$qtune" inspect "$tmp/q4o" | grep -q "lm_head.weight.quant_state.bitsandbytes__nf4" ||
+  fail "lm_head not quantized with --skip-modules o_proj"
+"$qtune" inspect "$tmp/q4o" | grep -Eq "layers.0.self_attn.o_proj.weight .*BF16" ||
+  fail "o_proj quantized despite --skip-modules o_proj"
+o_live=$("$qtune" generate --model "$model" --prompt "ROMEO:" --max-new-tokens 12 --temperature 0 --quiet \
+  --load-in-4bit --skip-modules o_proj) || fail "generate --load-in-4bit --skip-modules o_proj"
+o_file=$("$qtune" generate --model "$tmp/q4o" --prompt "ROMEO:" --max-new-tokens 12 --temperature 0 --quiet)
+[ -n "$o_live" ] && [ "$o_live" = "$o_file" ] || fail "skip o_proj: on load [$o_live] != folder [$o_file]"
 
 # Bad input: one clear line, non-zero exit.
 expect_error "missing model folder" "nonexistent" "$qtune" generate --model "$tmp/nonexistent" --prompt hi

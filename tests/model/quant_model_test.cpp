@@ -30,18 +30,21 @@ struct Case {
   const char* name;  // fixture folder
   const char* src;   // tests/fixtures/model source
   double tol;        // relative norm error of the logits vs transformers + bitsandbytes
+  int quantized;     // Linear modules transformers quantized (of 14 in the decoder, and lm_head)
 };
 
 // f32 compute: only summation order differs. bf16 compute: bitsandbytes' torch bf16 matmul rounds
 // differently inside (qtune accumulates in f32, rounding x, W, bias and the result as bf16 would).
 // int8: the int32 products are exact; the f32 rescaling and outlier sums differ in order.
-const Case kCases[] = {{"mistral_nf4_dq", "mistral", 1e-5},
-                       {"mistral_fp4_bf16", "mistral", 1e-3},
-                       {"llama_int8", "llama", 1e-4},
-                       {"qwen2_int8", "qwen2", 1e-4},
+const Case kCases[] = {{"mistral_nf4_dq", "mistral", 1e-5, 14},
+                       {"mistral_fp4_bf16", "mistral", 1e-3, 14},
+                       {"llama_int8", "llama", 1e-4, 14},
+                       {"qwen2_int8", "qwen2", 1e-4, 14},
                        // packed bytes stored as BF16 (bnb_4bit_quant_storage); layer 1's attention and every
                        // down_proj kept dense by llm_int8_skip_modules (a prefix key and a suffix key)
-                       {"mistral_nf4_bf16_storage_skip", "mistral", 1e-5}};
+                       {"mistral_nf4_bf16_storage_skip", "mistral", 1e-5, 8},
+                       // llm_int8_skip_modules ["o_proj"] replaces the default, so lm_head is quantized too
+                       {"mistral_fp4_dq_lm_head", "mistral", 1e-5, 13}};
 
 double logits_err(const LlamaModel& m, const std::string& name) {
   Tensor ids = qexpected(name, "ids");      // I32 [1, T]
@@ -57,17 +60,18 @@ TEST(QuantModel, BitsandbytesFoldersLoadWithoutOptionsAndMatchLogits) {
     LlamaModel m = LlamaModel::load(qfixture(c.name));
     bool present = false;
     const LoadOptions opts = read_quantization_config(qfixture(c.name), &present);
-    int dense = 0;
+    std::vector<const Linear*> linears = {&m.lm_head()};
     for (const LlamaLayer& L : m.layers())
-      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) {
-        const bool skip = skip_quantization(opts, l->name);
-        dense += skip;
-        EXPECT_EQ((bool)l->q4, opts.load_in_4bit && !skip) << l->name;
-        EXPECT_EQ((bool)l->q8, opts.load_in_8bit && !skip) << l->name;
-        EXPECT_EQ(l->weight.defined(), skip) << l->name;
-      }
-    EXPECT_EQ(dense, opts.skip_modules.size() > 1 ? 6 : 0);  // the skip case: 4 attention + 2 down_proj
-    EXPECT_FALSE(m.lm_head().quantized());                   // transformers keeps lm_head dense
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) linears.push_back(l);
+    int quantized = 0;
+    for (const Linear* l : linears) {
+      const bool skip = skip_quantization(opts, l->name);
+      quantized += !skip;
+      EXPECT_EQ((bool)l->q4, opts.load_in_4bit && !skip) << l->name;
+      EXPECT_EQ((bool)l->q8, opts.load_in_8bit && !skip) << l->name;
+      EXPECT_EQ(l->weight.defined(), skip) << l->name;
+    }
+    EXPECT_EQ(quantized, c.quantized);
     EXPECT_TRUE(m.unused_tensors().empty()) << m.unused_tensors()[0];
     const double err = logits_err(m, c.name);
     EXPECT_LT(err, c.tol);
@@ -95,7 +99,7 @@ TEST(QuantModel, QtuneQuantizationEqualsBitsandbytesBytes) {
     WeightStore bnb = WeightStore::open(qfixture(c.name));
     int checked = 0;
     for (const std::string& n : src.names()) {
-      if (n.find("_proj.weight") == std::string::npos) continue;
+      if (n.find("_proj.weight") == std::string::npos && n != "lm_head.weight") continue;
       const std::string prefix = n.substr(0, n.size() - 7);  // the module name
       if (skip_quantization(opts, prefix)) {                 // kept dense: the source tensor as it is
         ASSERT_EQ(bnb.info(n).dtype, DType::F32) << n;
@@ -119,10 +123,10 @@ TEST(QuantModel, QtuneQuantizationEqualsBitsandbytesBytes) {
           ASSERT_EQ(theirs.shape(), kv.second.shape()) << kv.first;
         }
         EXPECT_EQ(std::memcmp(theirs.raw(), kv.second.raw(), theirs.nbytes()), 0) << kv.first;
-        checked++;
       }
+      checked++;
     }
-    EXPECT_GE(checked, opts.skip_modules.size() > 1 ? 8 : 14);
+    EXPECT_EQ(checked, c.quantized);
   }
 }
 

@@ -135,16 +135,26 @@ TEST(QuantModelCuda, BundledModelMatchesTheCpuQuantizedModel) {
 
 TEST(QuantModelCuda, BitsandbytesFoldersLoadOntoCuda) {
   REQUIRE_GPU();
-  for (const char* name :
-       {"mistral_nf4_dq", "mistral_fp4_bf16", "llama_int8", "mistral_nf4_bf16_storage_skip"}) {
+  for (const std::string name : {"mistral_nf4_dq", "mistral_fp4_bf16", "llama_int8",
+                                 "mistral_nf4_bf16_storage_skip", "mistral_fp4_dq_lm_head"}) {
     SCOPED_TRACE(name);
     const std::string dir = std::string(QTUNE_FIXTURES) + "/quant_model/" + name;
     auto f = SafetensorsFile::open(dir + "/logits.safetensors");
     Tensor ids = f->get("ids").clone(), want = f->get("logits").clone();
     LlamaModel m = LlamaModel::load(dir, Device::CUDA);
     EXPECT_TRUE(m.layers()[0].q.quantized());
-    const double err = rel_err(m.forward(ids).to_f32_vector(), want.to_f32_vector());
-    std::printf("[ measured ] %s on cuda: logits vs transformers+bitsandbytes rel err %.3g\n", name, err);
+    EXPECT_EQ(m.lm_head().quantized(), name == "mistral_fp4_dq_lm_head");  // its skip list lacks lm_head
+    const std::vector<float> full = m.forward(ids).to_f32_vector();
+    const double err = rel_err(full, want.to_f32_vector());
+    std::printf("[ measured ] %s on cuda: logits vs transformers+bitsandbytes rel err %.3g\n", name.c_str(),
+                err);
     EXPECT_LE(err, 2e-2);
+    // The last token again through the KV cache: the one-row paths (the 4-bit GEMV, also for lm_head).
+    const int64_t T = ids.size(1), V = m.config().vocab_size;
+    KVCache cache = m.make_cache(1, T);
+    m.forward(ids.reshape({T}).slice0(0, T - 1).reshape({1, T - 1}), cache, 0);
+    const std::vector<float> last =
+        m.forward(ids.reshape({T}).slice0(T - 1, 1).reshape({1, 1}), cache, T - 1).to_f32_vector();
+    EXPECT_LE(rel_err(last, std::vector<float>(full.end() - V, full.end())), 2e-2);
   }
 }
