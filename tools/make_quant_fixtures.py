@@ -17,7 +17,8 @@ Uses the REAL bitsandbytes on the CPU. Which code ran (bitsandbytes 0.50.2, torc
   * int8_vectorwise_quant / int8_mixed_scaled_mm -> "default" backend (pure torch).
 bitsandbytes' CUDA kernels would give different bytes in places (FP4 sign of tiny values and the 0.583333f
 threshold in dQuantizeFP4, binary search instead of the LUT for 8-bit, CUDA torch.mean for the offset), so
-these goldens are CPU goldens; dequantized values agree up to the sign of zero.
+these goldens are CPU goldens; dequantized values agree up to the sign of zero. The CUDA goldens come from
+tools/make_quant_cuda_fixtures.py (run on a GPU) and check quant/bnb_cuda_rules.h.
 Run: python3 tools/make_quant_fixtures.py  (CPU only; writes ~1 MB of small safetensors files).
 """
 import argparse

@@ -11,6 +11,10 @@ namespace qtune {
 
 enum class QuantType { NF4, FP4 };
 
+// Which bitsandbytes backend's quantization rules to reproduce: its CPU (torch) path or its CUDA kernels
+// give different bytes in places (bnb_cuda_rules.h); transformers writes whichever ran.
+enum class BnbBackend { Cpu, Cuda };
+
 const char* quant_type_name(QuantType t);  // "nf4" / "fp4" (the names used in files)
 // Parses "nf4" / "fp4"; throws ErrorKind::Format naming `context` otherwise.
 QuantType quant_type_from_name(const std::string& name, const std::string& context = "");

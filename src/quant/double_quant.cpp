@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "quant/blockwise8.h"
+#include "quant/bnb_cuda_rules.h"
 #include "quant/codebook.h"
 
 namespace qtune {
@@ -77,7 +78,7 @@ float torch_mean_f32(const float* x, int64_t n) {
   return torch_sum_f32(x, n) / (float)n;
 }
 
-NestedAbsmax double_quantize_absmax(const float* absmax, int64_t n) {
+NestedAbsmax double_quantize_absmax(const float* absmax, int64_t n, BnbBackend backend) {
   if (n <= 0) throw_error(ErrorKind::Usage, "double_quantize_absmax: no absmax values");
   static const Quant8Lut lut(create_dynamic_map(true));
   NestedAbsmax r;
@@ -86,8 +87,12 @@ NestedAbsmax double_quantize_absmax(const float* absmax, int64_t n) {
   for (int64_t i = 0; i < n; i++) centered[(size_t)i] = absmax[i] - r.offset;
   r.q.resize((size_t)n);
   r.absmax.resize((size_t)((n + kNestedBlocksize - 1) / kNestedBlocksize));
-  quantize_blockwise_8bit_raw(centered.data(), DType::F32, n, lut, kNestedBlocksize, r.q.data(),
-                              r.absmax.data());
+  if (backend == BnbBackend::Cuda)
+    quantize_8bit_cuda_rules_raw(centered.data(), DType::F32, n, lut.code().data(), kNestedBlocksize,
+                                 r.q.data(), r.absmax.data());
+  else
+    quantize_blockwise_8bit_raw(centered.data(), DType::F32, n, lut, kNestedBlocksize, r.q.data(),
+                                r.absmax.data());
   return r;
 }
 

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "quant/codebook.h"
+
 namespace qtune {
 
 // torch.mean of n f32 values on the CPU, bit for bit: torch's cascade sum (8-lane vectors, 4-way ILP,
@@ -21,8 +23,8 @@ struct NestedAbsmax {
 
 constexpr int64_t kNestedBlocksize = 256;
 
-// n >= 1 absmax values -> 8-bit codes with the signed dynamic map.
-NestedAbsmax double_quantize_absmax(const float* absmax, int64_t n);
+// n >= 1 absmax values -> 8-bit codes with the signed dynamic map, by the backend's 8-bit rules.
+NestedAbsmax double_quantize_absmax(const float* absmax, int64_t n, BnbBackend backend = BnbBackend::Cpu);
 // out[i] = f32(code[q[i]] * nested_absmax[i / 256]) + offset.
 void double_dequantize_absmax(const uint8_t* q, const float* nested_absmax, const float* code, float offset,
                               int64_t n, float* out);

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "quant/bnb_cuda_rules.h"
 #include "quant/double_quant.h"
 #include "quant/float_io.h"
 
@@ -126,7 +127,8 @@ void dequantize_4bit_raw(const uint8_t* packed, const float* absmax, int64_t n, 
   });
 }
 
-Quant4Tensor quantize_4bit(const Tensor& x, QuantType qt, int64_t blocksize, bool double_quant) {
+Quant4Tensor quantize_4bit(const Tensor& x, QuantType qt, int64_t blocksize, bool double_quant,
+                           BnbBackend backend) {
   require_cpu_float(x, "quantize_4bit");
   check_blocksize(blocksize, "quantize_4bit");
   const int64_t n = x.numel();
@@ -138,13 +140,17 @@ Quant4Tensor quantize_4bit(const Tensor& x, QuantType qt, int64_t blocksize, boo
   q.dtype = x.dtype();
   q.packed = Tensor::empty({(n + 1) / 2, 1}, DType::U8);
   Tensor absmax = Tensor::empty({q.num_blocks()}, DType::F32);
-  quantize_4bit_raw(x.raw(), x.dtype(), n, blocksize, qt, q.packed.data<uint8_t>(), absmax.data<float>());
+  if (backend == BnbBackend::Cuda)
+    quantize_4bit_cuda_rules_raw(x.raw(), x.dtype(), n, blocksize, qt, q.packed.data<uint8_t>(),
+                                 absmax.data<float>());
+  else
+    quantize_4bit_raw(x.raw(), x.dtype(), n, blocksize, qt, q.packed.data<uint8_t>(), absmax.data<float>());
   if (!double_quant) {
     q.absmax = absmax;
     return q;
   }
   const int64_t nb = q.num_blocks();
-  NestedAbsmax nested = double_quantize_absmax(absmax.data<float>(), nb);
+  NestedAbsmax nested = double_quantize_absmax(absmax.data<float>(), nb, backend);
   q.nested = true;
   q.offset = nested.offset;
   q.nested_blocksize = kNestedBlocksize;

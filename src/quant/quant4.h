@@ -8,11 +8,9 @@
 // full block stores absmax 0 and codes of 0. Dequantization is f32(code[q] * absmax), rounded to the
 // output dtype (nearest even).
 //
-// For the CUDA port: bitsandbytes' CUDA kernels differ from this (its CPU/torch behaviour) in three places:
-// dQuantizeFP4 takes the sign bit from x < 0 (a tiny positive value gets code 0, a tiny negative one code 8;
-// here it is the reverse) and uses the truncated threshold 0.583333f between 0.5 and 2/3; dQuantizeNF4's
-// thresholds are double-precision midpoints rounded to f32 (may differ by an ulp from the f32 midpoints);
-// the partial last block is scaled like the others. Dequantized values agree except for the sign of zero.
+// bitsandbytes' CUDA kernels give other bytes in places (the sign of zero in FP4, thresholds off by an ulp,
+// the partial and all-zero blocks, the 8-bit search of double quant): BnbBackend::Cuda reproduces those
+// (bnb_cuda_rules.h). Dequantized values agree except for the sign of zero and ulp-near-threshold codes.
 //
 // Double quantization (bitsandbytes compress_statistics=True) stores the absmax as 8-bit: offset =
 // mean(absmax) (torch's f32 mean), absmax - offset quantized with the signed dynamic map in blocks of 256
@@ -43,8 +41,10 @@ struct Quant4Tensor {
   int64_t num_blocks() const { return (numel() + blocksize - 1) / blocksize; }
 };
 
-// Quantizes a CPU tensor (F32, BF16 or F16, any shape). blocksize: a power of two in [32, 4096].
-Quant4Tensor quantize_4bit(const Tensor& x, QuantType qt, int64_t blocksize = 64, bool double_quant = false);
+// Quantizes a CPU tensor (F32, BF16 or F16, any shape). blocksize: a power of two in [32, 4096]. backend:
+// whose bytes to reproduce, bitsandbytes' CPU path (the rules above) or its CUDA kernels (bnb_cuda_rules.h).
+Quant4Tensor quantize_4bit(const Tensor& x, QuantType qt, int64_t blocksize = 64, bool double_quant = false,
+                           BnbBackend backend = BnbBackend::Cpu);
 // Dequantizes to the original shape, in the original dtype or in `out_dtype` (F32, BF16, F16).
 Tensor dequantize_4bit(const Quant4Tensor& q);
 Tensor dequantize_4bit(const Quant4Tensor& q, DType out_dtype);

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "fixture.h"
+#include "quant/bnb_cuda_rules.h"
 #include "quant/codebook.h"
 #include "quant/double_quant.h"
 
@@ -67,6 +68,47 @@ TEST(Blockwise8, GoldensAreBitExact) {
     EXPECT_TRUE(same_bits(dequantize_blockwise_8bit(golden, code, DType::F16), fx.at("dq_f16")));
   }
   EXPECT_GE(count, 5);
+}
+
+// bitsandbytes' CUDA kernel (goldens cuda_q8_*, made on a GPU by tools/make_quant_cuda_fixtures.py): its
+// binary search, reproduced by quantize_8bit_cuda_rules_raw; the absmax byte for byte, and a code may differ
+// only where bitsandbytes' approximate reciprocal (one ulp) moves the scaled value to the next code.
+TEST(Blockwise8, CudaBackendMatchesGoldens) {
+  int count = 0;
+  int64_t codes = 0, moved = 0, unexplained = 0;
+  for (int i = 0;; i++) {
+    char name[40];
+    std::snprintf(name, sizeof(name), "cuda_q8_%02d.safetensors", i);
+    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
+    SCOPED_TRACE(name);
+    count++;
+    Fixture fx = load_fixture(name);
+    const int64_t bs = std::stoll(fx.meta.at("blocksize"));
+    const std::vector<float> code = create_dynamic_map(true);
+    ASSERT_TRUE(same_bits(Tensor::from_f32(code, {256}), fx.at("code")));
+    const Tensor& x = fx.at("input");
+    Tensor q = Tensor::empty(x.shape(), DType::U8);
+    Tensor absmax = Tensor::empty({(x.numel() + bs - 1) / bs}, DType::F32);
+    quantize_8bit_cuda_rules_raw(x.raw(), x.dtype(), x.numel(), code.data(), bs, q.data<uint8_t>(),
+                                 absmax.data<float>());
+    EXPECT_TRUE(same_bits(absmax, fx.at("absmax"))) << "absmax";
+    const std::vector<float> xv = x.to_dtype(DType::F32).to_f32_vector(), am = absmax.to_f32_vector();
+    const uint8_t *ours = q.data<uint8_t>(), *theirs = fx.at("q").data<uint8_t>();
+    for (int64_t k = 0; k < x.numel(); k++) {
+      codes++;
+      if (ours[k] == theirs[k]) continue;
+      const float inv = 1.0f / am[(size_t)(k / bs)];
+      const bool ulp =
+          theirs[k] == bnb_cuda_code8(code.data(), xv[(size_t)k] * std::nextafter(inv, 0.0f)) ||
+          theirs[k] == bnb_cuda_code8(code.data(), xv[(size_t)k] * std::nextafter(inv, INFINITY));
+      ulp ? moved++ : unexplained++;
+    }
+  }
+  std::printf("[ measured ] %lld codes, %lld moved by the approximate reciprocal\n", (long long)codes,
+              (long long)moved);
+  EXPECT_GE(count, 5);
+  EXPECT_EQ(unexplained, 0);
+  EXPECT_LE(moved * 10000, codes);
 }
 
 // The LUT picks the nearest code except within one LUT cell (2/65535) of a code midpoint, and is never
