@@ -25,6 +25,11 @@ constexpr float kFp4Thresholds[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.291
                                      0.4166667f,  0.583333f,  0.8333333f};
 constexpr uint8_t kFp4Magnitude[8] = {0b000, 0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011};
 
+// Fast math's flush to zero: a subnormal becomes a zero of its sign.
+float ftz(float v) {
+  return std::fabs(v) < FLT_MIN ? std::copysign(0.0f, v) : v;
+}
+
 uint8_t nf4_code(float v) {
   uint8_t c = 0;
   for (float t : kNf4Thresholds) c += v > t;
@@ -63,17 +68,17 @@ uint8_t code8(const float* code, float x) {
   return (uint8_t)(x < (lower + val) * 0.5f ? lower_pivot : pivot);
 }
 
-// The block's absmax as the CUDA kernel reduces it: fmaxf from -FLT_MAX over |x| (NaN ignored), the zero
-// padding of a partial block included.
+// The block's absmax as the CUDA kernel reduces it: fmaxf from -FLT_MAX over ftz(|x|) (NaN ignored), the
+// zero padding of a partial block included.
 template <class Io>
 float block_absmax(const typename Io::T* xb, int64_t len, int64_t blocksize) {
   float a = len < blocksize ? 0.0f : -FLT_MAX;
-  for (int64_t i = 0; i < len; i++) a = std::fmax(a, std::fabs(Io::load(xb[i])));
+  for (int64_t i = 0; i < len; i++) a = std::fmax(a, ftz(std::fabs(Io::load(xb[i]))));
   return a;
 }
 
 // Per block (in parallel): its absmax as the CUDA kernel reduces it, stored, then body(load, start, len, inv)
-// with inv = 1 / absmax and load(i) the i-th value as f32.
+// with inv = bnb_cuda_reciprocal(absmax) and load(i) the i-th value as f32.
 template <class Body>
 void for_each_block(const void* x, DType dtype, int64_t n, int64_t blocksize, float* absmax, const char* what,
                     Body&& body) {
@@ -87,7 +92,7 @@ void for_each_block(const void* x, DType dtype, int64_t n, int64_t blocksize, fl
       const int64_t start = b * blocksize, len = std::min(n, start + blocksize) - start;
       const float a = block_absmax<Io>(xs + start, len, blocksize);
       absmax[b] = a;
-      body(load, start, len, 1.0f / a);
+      body(load, start, len, bnb_cuda_reciprocal(a));
     }
   });
 }
@@ -100,6 +105,12 @@ uint8_t bnb_cuda_code4(QuantType qt, float v) {
 uint8_t bnb_cuda_code8(const float* code, float v) {
   return code8(code, v);
 }
+float bnb_cuda_scaled(float x, float inv) {
+  return ftz(ftz(x) * inv);
+}
+float bnb_cuda_reciprocal(float absmax) {
+  return ftz(1.0f / absmax);
+}
 
 void quantize_4bit_cuda_rules_raw(const void* x, DType dtype, int64_t n, int64_t blocksize, QuantType qt,
                                   uint8_t* packed, float* absmax) {
@@ -107,8 +118,8 @@ void quantize_4bit_cuda_rules_raw(const void* x, DType dtype, int64_t n, int64_t
   for_each_block(
       x, dtype, n, blocksize, absmax, "quantize_4bit", [&](auto load, int64_t start, int64_t len, float inv) {
         for (int64_t i = 0; i < len; i += 2) {
-          const float v0 = load(start + i) * inv;
-          const float v1 = (i + 1 < len ? load(start + i + 1) : 0.0f) * inv;  // the padding loads 0
+          const float v0 = bnb_cuda_scaled(load(start + i), inv);
+          const float v1 = bnb_cuda_scaled(i + 1 < len ? load(start + i + 1) : 0.0f, inv);  // padding: 0
           packed[(start + i) / 2] = (uint8_t)(bnb_cuda_code4(qt, v0) << 4 | bnb_cuda_code4(qt, v1));
         }
       });
@@ -119,7 +130,8 @@ void quantize_8bit_cuda_rules_raw(const void* x, DType dtype, int64_t n, const f
   check_blocksize(blocksize, "quantize_blockwise_8bit");
   for_each_block(x, dtype, n, blocksize, absmax, "quantize_blockwise_8bit",
                  [&](auto load, int64_t start, int64_t len, float inv) {
-                   for (int64_t i = 0; i < len; i++) q[start + i] = code8(code, load(start + i) * inv);
+                   for (int64_t i = 0; i < len; i++)
+                     q[start + i] = code8(code, bnb_cuda_scaled(load(start + i), inv));
                  });
 }
 

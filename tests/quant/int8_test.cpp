@@ -89,6 +89,50 @@ TEST(Int8, GoldensAreBitExact) {
 
 // bitsandbytes' test_matmullt setup: x ~ N(0, 1) with 1/8 of the columns set to 6 (outliers at threshold 6),
 // w Xavier-uniform, a bias; fresh random inputs against float64.
+// bitsandbytes' CUDA kernel (goldens cuda_int8_*, made on a GPU by tools/make_quant_cuda_fixtures.py) scales
+// a row by 127 times the GPU's approximate reciprocal of its absmax (`__fdividef` under fast math), where the
+// CPU path takes (1 / absmax) · 127. Same absmax, same outlier columns (zeroed in every row); a code differs
+// only by one, where a reciprocal one ulp away moves the product across a half. The CUDA kernels match these
+// files exactly (quant_cuda_test).
+TEST(Int8, CudaGoldensDifferFromTheCpuOnlyByTheReciprocal) {
+  int files = 0;
+  int64_t codes = 0, moved = 0, unexplained = 0;
+  for (int i = 0;; i++) {
+    char name[40];
+    std::snprintf(name, sizeof(name), "cuda_int8_%02d.safetensors", i);
+    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
+    SCOPED_TRACE(name);
+    files++;
+    Fixture fx = load_fixture(name);
+    const float threshold = std::stof(fx.meta.at("threshold"));
+    const Tensor& x = fx.at("input");
+    Int8Rowwise r = int8_vectorwise_quant(x, threshold);
+    EXPECT_TRUE(same_bits(r.scale, fx.at("scale"))) << "scale";
+    const std::vector<int64_t> cols(fx.at("outlier_cols").data<int64_t>(),
+                                    fx.at("outlier_cols").data<int64_t>() + fx.at("outlier_cols").numel());
+    EXPECT_EQ(r.outlier_cols, cols);
+    const int64_t rows = x.size(0), k = x.size(1);
+    const std::vector<float> xv = x.to_f32_vector(), sv = r.scale.to_f32_vector();
+    const int8_t *ours = r.q.data<int8_t>(), *theirs = fx.at("q").data<int8_t>();
+    for (int64_t e = 0; e < rows * k; e++) {
+      codes++;
+      if (ours[e] == theirs[e]) continue;
+      const float inv = 1.0f / sv[(size_t)(e / k)];
+      auto code = [&](float rcp) { return (int)std::nearbyint(xv[(size_t)e] * (127.0f * rcp)); };
+      const bool ulp =
+          theirs[e] == code(std::nextafter(inv, 0.0f)) || theirs[e] == code(std::nextafter(inv, INFINITY));
+      ulp ? moved++ : unexplained++;
+    }
+  }
+  std::printf(
+      "[ measured ] bitsandbytes CUDA int8 goldens: %d files, %lld codes, %lld differ from the CPU path\n",
+      files, (long long)codes, (long long)moved);
+  EXPECT_GE(files, 5);
+  EXPECT_EQ(unexplained, 0);
+  EXPECT_GE(moved, 1);  // the goldens hold cases where the two paths part
+  EXPECT_LE(moved * 10000, codes);
+}
+
 TEST(Int8, LinearMatchesFloat64WithBitsandbytesTolerance) {
   std::mt19937 rng(21);
   std::normal_distribution<float> nd(0.0f, 1.0f);
