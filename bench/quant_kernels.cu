@@ -209,11 +209,11 @@ void bench_int8(std::mt19937& g) {
            acc = Tensor::zeros({N, O}, DType::I32, Device::CUDA);
     const double ms_quant = median_ms([&](int) {
       int8_quant_rows_cuda(x.raw(), DType::BF16, N, K, 6.0f, true, qa.data<int8_t>(), sa.data<float>(),
-                           flags.data<uint8_t>(), s);
+                           flags.data<uint8_t>(), s, BnbBackend::Cpu);
     });
     const double ms_quant0 = median_ms([&](int) {
       int8_quant_rows_cuda(x.raw(), DType::BF16, N, K, 0.0f, true, qa.data<int8_t>(), sa.data<float>(),
-                           nullptr, s);
+                           nullptr, s, BnbBackend::Cpu);
     });
     const double ms_gemm = median_ms([&](int) {
       int8_gemm_cuda(acc.data<int32_t>(), qa.data<int8_t>(), q8->w.q.data<int8_t>(), N, K, O);

@@ -32,9 +32,62 @@
 
 namespace qtune {
 
-// The code of one scaled value v = x / absmax: 4-bit (NF4 / FP4) and 8-bit (code: 256 ascending values).
-uint8_t bnb_cuda_code4(QuantType qt, float v);
-uint8_t bnb_cuda_code8(const float* code, float v);
+#ifdef __CUDACC__
+#define QT_BNB_HD __host__ __device__
+#define QT_BNB_UNROLL _Pragma("unroll")
+#else
+#define QT_BNB_HD
+#define QT_BNB_UNROLL
+#endif
+
+// The code of one scaled value v = x / absmax (already flushed), shared by the host model and the kernels:
+// 4-bit (NF4 / FP4) and 8-bit (code: 256 ascending values).
+QT_BNB_HD inline uint8_t bnb_cuda_code4(QuantType qt, float v) {
+  if (qt == QuantType::NF4) {  // dQuantizeNF4's decision tree as a count of the thresholds below v
+    constexpr float t[15] = {-0.8480964004993439f,   -0.6106329262256622f,  -0.4599952697753906f,
+                             -0.33967943489551544f,  -0.23460740596055984f, -0.13791173323988914f,
+                             -0.045525018125772476f, 0.03979014977812767f,  0.1202552504837513f,
+                             0.2035212516784668f,    0.2920137718319893f,   0.3893125355243683f,
+                             0.5016634166240692f,    0.6427869200706482f,   0.8614784181118011f};
+    int c = 0;
+QT_BNB_UNROLL
+    for (int i = 0; i < 15; i++) c += v > t[i];
+    return (uint8_t)c;
+  }
+  // dQuantizeFP4: the sign from v < 0, the magnitude slot from 7 thresholds; slots 0..7 hold the magnitude
+  // codes 0, 1, 6, 7, 4, 5, 2, 3 (slot ^ ((slot & 2) << 1)).
+  constexpr float t[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f,
+                          0.4166667f,  0.583333f,  0.8333333f};
+  const float m = v < 0.0f ? -v : v;
+  int slot = 0;
+QT_BNB_UNROLL
+  for (int i = 0; i < 7; i++) slot += m > t[i];
+  return (uint8_t)((v < 0.0f ? 8 : 0) + (slot ^ ((slot & 2) << 1)));
+}
+
+// dQuantize<0>: seven halving steps from entry 127 keep the last entries below (lower) and above (upper) v,
+// bounded by -1 and 1 (by the end entries when a side never moved); then v goes to the final pivot or, past
+// the f32 midpoint between the pivot and that bracket, to the bracket.
+QT_BNB_HD inline uint8_t bnb_cuda_code8(const float* code, float v) {
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = -1.0f, upper = 1.0f, val = code[pivot];
+  for (int i = 64; i > 0; i >>= 1) {
+    if (v > val) {
+      lower_pivot = pivot;
+      lower = val;
+      pivot += i;
+    } else {
+      upper_pivot = pivot;
+      upper = val;
+      pivot -= i;
+    }
+    val = code[pivot];
+  }
+  if (upper_pivot == 255) upper = code[upper_pivot];
+  if (lower_pivot == 0) lower = code[lower_pivot];
+  if (v > val) return (uint8_t)(v > (upper + val) * 0.5f ? upper_pivot : pivot);
+  return (uint8_t)(v < (lower + val) * 0.5f ? lower_pivot : pivot);
+}
 // The scaled value of x in a block whose reciprocal absmax is inv, and that reciprocal (correctly rounded
 // here, approximate on the GPU), with bitsandbytes' flush to zero.
 float bnb_cuda_scaled(float x, float inv);

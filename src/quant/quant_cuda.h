@@ -2,10 +2,12 @@
 // absmax), 8-bit dynamic blockwise quantize and dequantize, the fused 4-bit GEMV, and the LLM.int8 pieces
 // (row-wise int8 quantization with outlier columns, the rescaling epilogue, a small-batch int8 GEMV).
 //
-// Quantize / dequantize equal the CPU functions of quant4.h and blockwise8.h bit for bit: the same f32
-// operations in the same order (__fmul_rn / __fadd_rn / __fdiv_rn, never contracted), the same tie and NaN
-// rules, the same nibble order. Double quantization of the absmax runs on the host (torch's exact mean,
-// double_quant.h) on the copied absmax, which is 1/64 of the data or less.
+// Quantization writes what bitsandbytes' CUDA kernels write, bit for bit, as the CPU functions of quant4.h,
+// blockwise8.h and int8.h write what its CPU path writes (the two differ in places; bnb_cuda_rules.h says
+// where): fast-math flush to zero, the GPU's approximate reciprocal, its 4-bit thresholds and 8-bit search.
+// Double quant's offset is torch's CUDA mean, reproduced on the host from the copied absmax (1/64 of the
+// data or less). Dequantization equals the CPU functions bit for bit: the same f32 operations in the same
+// order (__fmul_rn / __fadd_rn, never contracted), the same nibble order.
 //
 // Raw functions take device pointers and a stream; the Tensor-level ones use the legacy default stream
 // (which orders with the blocking stream of ops/cuda). Declared only in CUDA builds.
@@ -56,10 +58,11 @@ Quant4Tensor quant4_to(const Quant4Tensor& q, Device device);
 
 // ---- 8-bit dynamic blockwise -----------------------------------------------------------------------
 
-// code: device F32 [256] sorted (the dynamic map); the CPU Quant8Lut's 65536-entry table is evaluated
-// on the fly (a binary search over the code midpoints gives the same entry).
+// code: device F32 [256] sorted (the dynamic map). Quantizes x - offset (f32, exact) with bitsandbytes' CUDA
+// rules.
 void quantize_blockwise_8bit_cuda_raw(const void* x, DType dtype, int64_t n, const float* code,
-                                      int64_t blocksize, uint8_t* q, float* absmax, cudaStream_t stream);
+                                      int64_t blocksize, uint8_t* q, float* absmax, cudaStream_t stream,
+                                      float offset = 0.0f);
 void dequantize_blockwise_8bit_cuda_raw(const uint8_t* q, const float* absmax, const float* code, int64_t n,
                                         int64_t blocksize, DType out_dtype, void* out, cudaStream_t stream);
 // Tensor-level: x on the GPU; the result's tensors on the GPU.
@@ -97,12 +100,17 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
 
 // Row-wise int8 quantization of x [rows, cols] (F32/BF16/F16), values first rounded to f16 when
 // round_f16: scale[r] = max |x| over the row's elements below threshold (all of them when threshold is 0),
-// q = round_half_even(x · ((1 / scale) · 127)) clamped to ±127, 0 when scale is 0. With threshold > 0,
+// q = round_half_even(x · s) clamped to ±127, 0 when scale is 0. scale_rule picks s: BnbBackend::Cuda
+// 127 · rcp(scale) with rcp the GPU's approximate reciprocal, as bitsandbytes' kInt8VectorQuant
+// (`__fdividef(127, absmax)` under fast math; for stored weights, which then equal what transformers writes
+// on a GPU); BnbBackend::Cpu (1 / scale) · 127, as its CPU path and int8.h (for activations, so the GPU
+// forward equals the CPU forward). The two part in about one code in 10^5. With threshold > 0,
 // col_flags[c] is set to 1 for every column holding an |x| >= threshold (col_flags zeroed by the caller,
 // or left zeroed by int8_outliers_cuda's clear_done).
 // Elements of such columns still get a q value (the epilogues subtract their product again).
 void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols, float threshold,
-                          bool round_f16, int8_t* q, float* scale, uint8_t* col_flags, cudaStream_t stream);
+                          bool round_f16, int8_t* q, float* scale, uint8_t* col_flags, cudaStream_t stream,
+                          BnbBackend scale_rule);
 // out[r, c] = out_dtype(((float)q[r0 + r, c] · scale[r0 + r]) · (1/127)) for r < rows: the dequantized
 // int8 weight rows (int8_vectorwise_dequant's arithmetic).
 void int8_dequantize_rows_cuda_raw(const int8_t* q, const float* scale, int64_t r0, int64_t rows,

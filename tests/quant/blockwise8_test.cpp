@@ -76,7 +76,7 @@ TEST(Blockwise8, GoldensAreBitExact) {
 // only where bitsandbytes' approximate reciprocal (one ulp) moves the scaled value to the next code.
 TEST(Blockwise8, CudaBackendMatchesGoldens) {
   int count = 0;
-  int64_t codes = 0, moved = 0, unexplained = 0;
+  qtune_test::CodeDiff d;
   for (int i = 0;; i++) {
     char name[40];
     std::snprintf(name, sizeof(name), "cuda_q8_%02d.safetensors", i);
@@ -94,24 +94,19 @@ TEST(Blockwise8, CudaBackendMatchesGoldens) {
                                  absmax.data<float>());
     EXPECT_TRUE(same_bits(absmax, fx.at("absmax"))) << "absmax";
     const std::vector<float> xv = x.to_dtype(DType::F32).to_f32_vector(), am = absmax.to_f32_vector();
-    const uint8_t *ours = q.data<uint8_t>(), *theirs = fx.at("q").data<uint8_t>();
-    for (int64_t k = 0; k < x.numel(); k++) {
-      codes++;
-      if (ours[k] == theirs[k]) continue;
-      const float inv = bnb_cuda_reciprocal(am[(size_t)(k / bs)]);
-      const bool ulp =
-          theirs[k] ==
-              bnb_cuda_code8(code.data(), bnb_cuda_scaled(xv[(size_t)k], std::nextafter(inv, 0.0f))) ||
-          theirs[k] ==
-              bnb_cuda_code8(code.data(), bnb_cuda_scaled(xv[(size_t)k], std::nextafter(inv, INFINITY)));
-      ulp ? moved++ : unexplained++;
-    }
+    qtune_test::count_code_diffs(
+        x.numel(), q.data<uint8_t>(), fx.at("q").data<uint8_t>(),
+        [&](int64_t k) { return bnb_cuda_reciprocal(am[(size_t)(k / bs)]); },
+        [&](int64_t k, float inv) {
+          return bnb_cuda_code8(code.data(), bnb_cuda_scaled(xv[(size_t)k], inv));
+        },
+        d);
   }
-  std::printf("[ measured ] %lld codes, %lld moved by the approximate reciprocal\n", (long long)codes,
-              (long long)moved);
+  std::printf("[ measured ] %lld codes, %lld moved by the approximate reciprocal\n", (long long)d.codes,
+              (long long)d.moved);
   EXPECT_GE(count, 8);
-  EXPECT_EQ(unexplained, 0);
-  EXPECT_LE(moved * 10000, codes);
+  EXPECT_EQ(d.unexplained, 0);
+  EXPECT_LE(d.moved * 10000, d.codes);
 }
 
 // The LUT picks the nearest code except within one LUT cell (2/65535) of a code midpoint, and is never

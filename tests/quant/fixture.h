@@ -3,6 +3,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -56,6 +57,31 @@ inline Fixture load_fixture(const std::string& name) {
     fx.tensors[it.key()] = t;
   }
   return fx;
+}
+
+// Codes made by bitsandbytes' CUDA rules on two sides that differ only in the reciprocal of the block's (or
+// row's) absmax: the GPU's approximate reciprocal against a correctly rounded one, at most one ulp apart.
+// A code that differs is `moved` when the reciprocal one ulp up or down gives theirs, else `unexplained`.
+// inv_of(i): our reciprocal for value i; code_at(i, inv): the code value i takes with reciprocal inv.
+struct CodeDiff {
+  int64_t codes = 0, moved = 0, unexplained = 0;
+  void add(const CodeDiff& o) {
+    codes += o.codes;
+    moved += o.moved;
+    unexplained += o.unexplained;
+  }
+};
+template <class Code, class InvOf, class CodeAt>
+void count_code_diffs(int64_t n, const Code* ours, const Code* theirs, InvOf&& inv_of, CodeAt&& code_at,
+                      CodeDiff& d) {
+  for (int64_t i = 0; i < n; i++) {
+    d.codes++;
+    if (ours[i] == theirs[i]) continue;
+    const float inv = inv_of(i);
+    const bool ulp = theirs[i] == (Code)code_at(i, std::nextafter(inv, 0.0f)) ||
+                     theirs[i] == (Code)code_at(i, std::nextafter(inv, INFINITY));
+    ulp ? d.moved++ : d.unexplained++;
+  }
 }
 
 // Same dtype, shape and bytes; on failure reports the first differing element.

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <random>
 
+#include "bnb_cuda_check.h"
 #include "core/error.h"
 #include "fixture.h"
 
@@ -96,7 +97,7 @@ TEST(Int8, GoldensAreBitExact) {
 // files exactly (quant_cuda_test).
 TEST(Int8, CudaGoldensDifferFromTheCpuOnlyByTheReciprocal) {
   int files = 0;
-  int64_t codes = 0, moved = 0, unexplained = 0;
+  qtune_test::CodeDiff d;
   for (int i = 0;; i++) {
     char name[40];
     std::snprintf(name, sizeof(name), "cuda_int8_%02d.safetensors", i);
@@ -111,26 +112,15 @@ TEST(Int8, CudaGoldensDifferFromTheCpuOnlyByTheReciprocal) {
     const std::vector<int64_t> cols(fx.at("outlier_cols").data<int64_t>(),
                                     fx.at("outlier_cols").data<int64_t>() + fx.at("outlier_cols").numel());
     EXPECT_EQ(r.outlier_cols, cols);
-    const int64_t rows = x.size(0), k = x.size(1);
-    const std::vector<float> xv = x.to_f32_vector(), sv = r.scale.to_f32_vector();
-    const int8_t *ours = r.q.data<int8_t>(), *theirs = fx.at("q").data<int8_t>();
-    for (int64_t e = 0; e < rows * k; e++) {
-      codes++;
-      if (ours[e] == theirs[e]) continue;
-      const float inv = 1.0f / sv[(size_t)(e / k)];
-      auto code = [&](float rcp) { return (int)std::nearbyint(xv[(size_t)e] * (127.0f * rcp)); };
-      const bool ulp =
-          theirs[e] == code(std::nextafter(inv, 0.0f)) || theirs[e] == code(std::nextafter(inv, INFINITY));
-      ulp ? moved++ : unexplained++;
-    }
+    d.add(qtune_test::int8_code_diffs(x, r, fx.at("q")));
   }
   std::printf(
       "[ measured ] bitsandbytes CUDA int8 goldens: %d files, %lld codes, %lld differ from the CPU path\n",
-      files, (long long)codes, (long long)moved);
+      files, (long long)d.codes, (long long)d.moved);
   EXPECT_GE(files, 5);
-  EXPECT_EQ(unexplained, 0);
-  EXPECT_GE(moved, 1);  // the goldens hold cases where the two paths part
-  EXPECT_LE(moved * 10000, codes);
+  EXPECT_EQ(d.unexplained, 0);
+  EXPECT_GE(d.moved, 1);  // the goldens hold cases where the two paths part
+  EXPECT_LE(d.moved * 10000, d.codes);
 }
 
 TEST(Int8, LinearMatchesFloat64WithBitsandbytesTolerance) {

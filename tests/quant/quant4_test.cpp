@@ -9,6 +9,7 @@
 #include <fstream>
 #include <random>
 
+#include "bnb_cuda_check.h"
 #include "core/error.h"
 #include "fixture.h"
 #include "quant/bnb_cuda_rules.h"
@@ -201,47 +202,11 @@ TEST(Quant4, Errors) {
 // quant's 8-bit search and torch's CUDA mean). One known gap (bnb_cuda_rules.h) is measured, not hidden: a
 // code may differ only where bitsandbytes' approximate reciprocal (1 ulp off) moves the scaled value across
 // a threshold, at most 1 in 10^4 codes. (The CUDA kernels match these files exactly: quant_cuda_test.)
-namespace {
-
-// Codes of n scaled values x[i] * inv: a golden code that differs from ours must be the code x[i] gets
-// with inv one ulp up or down.
-template <class Code>
-int64_t count_reciprocal_moves(const std::vector<float>& x, const std::vector<float>& absmax, int64_t bs,
-                               const std::vector<uint8_t>& ours, const std::vector<uint8_t>& golden,
-                               Code&& code, int64_t* unexplained) {
-  int64_t moved = 0;
-  for (size_t i = 0; i < x.size(); i++) {
-    if (ours[i] == golden[i]) continue;
-    const float inv = bnb_cuda_reciprocal(absmax[i / (size_t)bs]);
-    const bool ulp = golden[i] == code(bnb_cuda_scaled(x[i], std::nextafter(inv, 0.0f))) ||
-                     golden[i] == code(bnb_cuda_scaled(x[i], std::nextafter(inv, INFINITY)));
-    ulp ? moved++ : (*unexplained)++;
-  }
-  return moved;
-}
-
-std::vector<uint8_t> nibbles(const Tensor& packed, int64_t n) {
-  std::vector<uint8_t> c((size_t)n);
-  const uint8_t* p = packed.data<uint8_t>();
-  for (int64_t i = 0; i < n; i++) c[(size_t)i] = (i & 1) ? (p[i / 2] & 0x0F) : (p[i / 2] >> 4);
-  return c;
-}
-
-std::vector<float> f32_values(const Tensor& t) {
-  return t.to_dtype(DType::F32).to_f32_vector();
-}
-
-std::vector<uint8_t> bytes(const Tensor& t) {
-  const uint8_t* p = static_cast<const uint8_t*>(t.raw());
-  return std::vector<uint8_t>(p, p + t.nbytes());
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST(Quant4, CudaBackendMatchesGoldens) {
   int files = 0, cpu_differs = 0, dq_files = 0;
-  int64_t codes = 0, moved = 0, unexplained = 0;
-  const std::vector<float> dyn = create_dynamic_map(true);
+  qtune_test::CodeDiff d;
   for (int i = 0;; i++) {
     char name[40];
     std::snprintf(name, sizeof(name), "cuda_q4_%02d.safetensors", i);
@@ -253,43 +218,28 @@ TEST(Quant4, CudaBackendMatchesGoldens) {
     const int64_t bs = std::stoll(fx.meta.at("blocksize"));
     const bool dq = fx.meta.at("double_quant") == "1";
     const Tensor& x = fx.at("input");
-    const int64_t n = x.numel();
-    Quant4Tensor plain = quantize_4bit(x, qt, bs, false, BnbBackend::Cuda);
-    const std::vector<float> absmax = plain.absmax.to_f32_vector();
-    if (!dq) EXPECT_TRUE(same_bits(plain.absmax, fx.at("absmax"))) << "absmax";
-    codes += n;
-    moved += count_reciprocal_moves(
-        f32_values(x), absmax, bs, nibbles(plain.packed, n), nibbles(fx.at("packed"), n),
-        [&](float v) { return bnb_cuda_code4(qt, v); }, &unexplained);
+    const Quant4Tensor q = quantize_4bit(x, qt, bs, dq, BnbBackend::Cuda);
+    Quant4Tensor golden = q;  // the file's bytes in place of ours
+    golden.packed = fx.at("packed");
     if (dq) {
       dq_files++;
-      Quant4Tensor q = quantize_4bit(x, qt, bs, true, BnbBackend::Cuda);
-      const float offset = fx.at("offset").data<float>()[0];
-      EXPECT_EQ(std::memcmp(&q.offset, &offset, 4), 0) << "offset " << q.offset << " vs " << offset;
-      // The 8-bit nested step: absmax - offset in blocks of 256.
-      std::vector<float> centered(absmax.size());
-      for (size_t k = 0; k < absmax.size(); k++) centered[k] = absmax[k] - offset;
-      const int64_t nb = (int64_t)centered.size();
-      std::vector<uint8_t> qa((size_t)nb);
-      std::vector<float> nested((size_t)((nb + 255) / 256));
-      quantize_8bit_cuda_rules_raw(centered.data(), DType::F32, nb, dyn.data(), 256, qa.data(),
-                                   nested.data());
-      EXPECT_TRUE(same_bits(Tensor::from_f32(nested, {(int64_t)nested.size()}), fx.at("nested_absmax")));
+      golden.absmax = fx.at("absmax_u8");
+      EXPECT_EQ(std::memcmp(&q.offset, fx.at("offset").data<float>(), 4), 0) << "offset " << q.offset;
+      EXPECT_TRUE(same_bits(q.nested_absmax, fx.at("nested_absmax"))) << "nested absmax";
       EXPECT_TRUE(same_bits(q.nested_code, fx.at("nested_code"))) << "nested code book";
-      codes += nb;
-      moved += count_reciprocal_moves(
-          centered, nested, 256, qa, bytes(fx.at("absmax_u8")),
-          [&](float v) { return bnb_cuda_code8(dyn.data(), v); }, &unexplained);
+    } else {
+      EXPECT_TRUE(same_bits(q.absmax, fx.at("absmax"))) << "absmax";
     }
+    qtune_test::count_quant4_diffs(x, golden, qt, bs, d);
     Quant4Tensor cpu = quantize_4bit(x, qt, bs, dq);
     cpu_differs += !same_bits(cpu.packed, quantize_4bit(x, qt, bs, dq, BnbBackend::Cuda).packed);
   }
   std::printf(
       "[ measured ] bitsandbytes CUDA goldens: %d files, %lld codes, %lld differ (each by bitsandbytes' "
       "approximate reciprocal), %d double-quant offsets\n",
-      files, (long long)codes, (long long)moved, dq_files);
+      files, (long long)d.codes, (long long)d.moved, dq_files);
   EXPECT_GE(files, 24);
-  EXPECT_EQ(unexplained, 0) << "codes that differ for another reason";
-  EXPECT_LE(moved * 10000, codes);
+  EXPECT_EQ(d.unexplained, 0) << "codes that differ for another reason";
+  EXPECT_LE(d.moved * 10000, d.codes);
   EXPECT_GE(cpu_differs, 4);  // the inputs hold cases where the two backends part
 }

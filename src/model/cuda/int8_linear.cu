@@ -147,9 +147,9 @@ std::shared_ptr<const Int8Linear> quantize_linear_8bit_cuda(const Tensor& w, flo
   auto l = std::make_shared<Int8Linear>();
   l->w.q = Tensor::empty({O, I}, DType::I8, Device::CUDA);
   l->w.scale = Tensor::empty({O}, DType::F32, Device::CUDA);
-  // bitsandbytes' Int8Params: an f16 copy of the weight, row-wise, no outliers.
+  // bitsandbytes' Int8Params on a GPU: an f16 copy of the weight, row-wise, no outliers, its CUDA scale.
   int8_quant_rows_cuda(w.raw(), w.dtype(), O, I, 0.0f, true, l->w.q.data<int8_t>(), l->w.scale.data<float>(),
-                       nullptr, cuda::stream());
+                       nullptr, cuda::stream(), BnbBackend::Cuda);
   l->threshold = threshold;
   return l;
 }
@@ -219,7 +219,7 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   // would leave them set for the next forward.
   const bool fork = plan && thr > 0.0f;
   const SideStream* side = fork ? &side_stream() : nullptr;
-  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, flags, s);
+  int8_quant_rows_cuda(x.raw(), x.dtype(), N, K, thr, true, qa, sa, flags, s, BnbBackend::Cpu);
   if (fork) QT_CUDA_CHECK(cudaEventRecord(side->fork, s));
   if (plan) int8_gemm_run(*plan, acc, qa, w.w.q.data<int8_t>());
 

@@ -1,10 +1,10 @@
-// 8-bit dynamic blockwise quantize / dequantize on the GPU, bit-exact with blockwise8.cpp (rules in
-// blockwise8.h). The CPU looks codes up in a 65536-entry table indexed by the scaled value; entry i is the
-// number of code midpoints below -1 + 2i/65535. Here the index is computed with the same f32 steps and
-// the entry by a binary search over the 255 midpoints in shared memory, which gives the same count.
-// quantize: one warp per block (warp max, then codes); dequantize: one thread per element.
+// 8-bit dynamic blockwise quantize / dequantize on the GPU. quantize writes what bitsandbytes' CUDA kernel
+// writes, bit for bit (rules in bnb_cuda_rules.h: its 8-bit search, not the CPU path's nearest code), one
+// warp per block; dequantize equals blockwise8.cpp's, one thread per element.
+#include <cfloat>
 #include <type_traits>
 
+#include "quant/bnb_cuda_rules.h"
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -15,43 +15,27 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// The CPU's Quant8Lut::lookup: clamp, bin index with separate f32 roundings, #midpoints < the bin value.
-__device__ __forceinline__ uint8_t lookup8(const float* mids, float v) {
-  v = cpu_min(cpu_max(v, -1.0f), 1.0f);
-  float t = __fmul_rn(__fadd_rn(v, 1.0f), 0.5f);
-  t = __fadd_rn(__fmul_rn(t, 65535.0f), 0.5f);
-  const int i = (int)t;  // truncation, as the CPU's (uint16_t) cast; t in [0.5, 65535.5]
-  const float val = __fadd_rn(-1.0f, __fdiv_rn(__fmul_rn(2.0f, (float)i), 65535.0f));
-  int lo = 0, hi = 255;
-  while (lo < hi) {  // first midpoint >= val
-    const int mid = (lo + hi) >> 1;
-    if (mids[mid] < val)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  return (uint8_t)lo;
-}
-
+// One warp per block, bitsandbytes' CUDA rules (bnb_cuda_rules.h) on v = x - offset (an exact f32
+// subtraction, as torch computes absmax - offset before bitsandbytes' kernel): absmax = max ftz(|v|) from
+// -FLT_MAX (0 for a partial block), inv = the approximate reciprocal, then its 8-bit search per value.
 template <class T>
-__global__ void quantize8_kernel(const T* __restrict__ x, int64_t n, int64_t bs,
+__global__ void quantize8_kernel(const T* __restrict__ x, float offset, int64_t n, int64_t bs,
                                  const float* __restrict__ code, uint8_t* __restrict__ q,
                                  float* __restrict__ absmax) {
-  __shared__ float mids[255];
-  for (int j = threadIdx.x; j < 255; j += blockDim.x)
-    mids[j] = __fmul_rn(0.5f, __fadd_rn(code[j], code[j + 1]));
+  __shared__ float c[256];
+  for (int j = threadIdx.x; j < 256; j += blockDim.x) c[j] = code[j];
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int64_t nb = (n + bs - 1) / bs, nwarps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  auto value = [&](int64_t i) { return __fsub_rn(load_f32(x[i]), offset); };
   for (int64_t b = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < nb; b += nwarps) {
     const int64_t start = b * bs, end = min(n, start + bs);
-    float a = 0.0f;
-    for (int64_t i = start + lane; i < end; i += 32) a = cpu_max(a, fabsf(load_f32(x[i])));  // NaN ignored
-    for (int o = 16; o > 0; o >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, o));
+    float a = end - start < bs ? 0.0f : -FLT_MAX;
+    for (int64_t i = start + lane; i < end; i += 32) a = bnb_absmax_step(a, value(i));  // NaN ignored
+    for (int o = 16; o > 0; o >>= 1) a = bnb_absmax_step(a, __shfl_xor_sync(0xffffffffu, a, o));
     if (lane == 0) absmax[b] = a;
-    const float inv = __fdiv_rn(1.0f, a);
-    for (int64_t i = start + lane; i < end; i += 32)
-      q[i] = a == 0.0f ? (uint8_t)0 : lookup8(mids, __fmul_rn(load_f32(x[i]), inv));
+    const float inv = bnb_reciprocal(a);
+    for (int64_t i = start + lane; i < end; i += 32) q[i] = bnb_cuda_code8(c, bnb_scaled(value(i), inv));
   }
 }
 
@@ -92,14 +76,15 @@ Tensor upload_code(const std::vector<float>& code, const char* what) {
 }  // namespace
 
 void quantize_blockwise_8bit_cuda_raw(const void* x, DType dtype, int64_t n, const float* code,
-                                      int64_t blocksize, uint8_t* q, float* absmax, cudaStream_t stream) {
+                                      int64_t blocksize, uint8_t* q, float* absmax, cudaStream_t stream,
+                                      float offset) {
   check_blocksize(blocksize, "quantize_blockwise_8bit_cuda");
   if (n <= 0) return;
   const int64_t nb = (n + blocksize - 1) / blocksize;
   const int blocks = grid_blocks(nb * 32, kThreads);
   QT_QUANT_DISPATCH(dtype, "quantize_blockwise_8bit_cuda", T, {
     quantize8_kernel<T>
-        <<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), n, blocksize, code, q, absmax);
+        <<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), offset, n, blocksize, code, q, absmax);
   });
   check_launch("quantize8_kernel");
 }

@@ -107,6 +107,12 @@ __device__ __forceinline__ __half2 as_half2(uint32_t w) {
   return *reinterpret_cast<const __half2*>(&w);
 }
 
+// 127 / absmax as bitsandbytes' CUDA kernel (cuda_scale: the approximate reciprocal) or its CPU path
+// ((1 / absmax) · 127) computes it.
+__device__ __forceinline__ float row_scale(float a, bool cuda_scale) {
+  return cuda_scale ? bnb_int8_scale(a) : __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
+}
+
 // The code byte of t (|t| <= 127.5 or clamped): round half to even through the 1.5 · 2^23 addition.
 __device__ __forceinline__ uint32_t code_bits(float t) {
   return __float_as_uint(__fadd_rn(t, 12582912.0f));
@@ -115,7 +121,8 @@ __device__ __forceinline__ uint32_t code_bits(float t) {
 template <class T>
 __global__ void __launch_bounds__(kWarpThreads)
     quant_rows_warp_kernel(const T* __restrict__ x, int64_t rows, int64_t cols, float thr, int wpr,
-                           int8_t* __restrict__ q, float* __restrict__ scale, uint8_t* __restrict__ flags) {
+                           int8_t* __restrict__ q, float* __restrict__ scale, uint8_t* __restrict__ flags,
+                           bool cuda_scale) {
   __shared__ uint32_t s_out[kWarpMaxCols / 32];  // bit c: column c holds an outlier in one of the rows
   __shared__ float s_max[kWarpThreads / 32];     // per warp: its part's max
   __shared__ bool s_exact[kWarpThreads / 32];    // per warp: no NaN in its part
@@ -194,7 +201,7 @@ __global__ void __launch_bounds__(kWarpThreads)
     }
     exact = exact && a > 0.0f && a != INFINITY;
     if (active && lane == 0 && c0 == 0) scale[row] = a;
-    const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
+    const float s = row_scale(a, cuda_scale);
 #pragma unroll
     for (int k = 0; k < kWarpHeld; k++) {
       const int c = c0 + (k * 32 + lane) * 8;
@@ -237,7 +244,7 @@ __global__ void __launch_bounds__(kWarpThreads)
 template <class T>
 __global__ void quant_rows_kernel(const T* __restrict__ x, int64_t cols, float thr, bool round_f16,
                                   int8_t* __restrict__ q, float* __restrict__ scale,
-                                  uint8_t* __restrict__ flags, bool vec) {
+                                  uint8_t* __restrict__ flags, bool vec, bool cuda_scale) {
   __shared__ float smem[32];
   const T* xr = x + (int64_t)blockIdx.x * cols;
   int8_t* qr = q + (int64_t)blockIdx.x * cols;
@@ -285,7 +292,7 @@ __global__ void quant_rows_kernel(const T* __restrict__ x, int64_t cols, float t
   }
   a = block_max(a, smem);
   if (threadIdx.x == 0) scale[blockIdx.x] = a;
-  const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
+  const float s = row_scale(a, cuda_scale);
   auto code = [&](float v) {
     const int r = a == 0.0f ? 0 : __float2int_rn(__fmul_rn(v, s));  // round half to even
     return (int8_t)max(-127, min(127, r));
@@ -689,7 +696,9 @@ void int8_dequantize_rows_cuda_raw(const int8_t* q, const float* scale, int64_t 
 }
 
 void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols, float threshold,
-                          bool round_f16, int8_t* q, float* scale, uint8_t* col_flags, cudaStream_t stream) {
+                          bool round_f16, int8_t* q, float* scale, uint8_t* col_flags, cudaStream_t stream,
+                          BnbBackend scale_rule) {
+  const bool cuda_scale = scale_rule == BnbBackend::Cuda;
   if (rows <= 0 || cols <= 0) return;
   if (rows > 0x7fffffff) throw_error(ErrorKind::Usage, "int8_quant_rows_cuda: too many rows (", rows, ")");
   if (threshold > 0.0f && !col_flags)
@@ -701,15 +710,15 @@ void int8_quant_rows_cuda(const void* x, DType dtype, int64_t rows, int64_t cols
     const int per_block = kWarpThreads / 32 / wpr;                          // rows per block
     const unsigned blocks = (unsigned)((rows + per_block - 1) / per_block);
     QT_QUANT_DISPATCH(dtype, "int8_quant_rows_cuda", T, {
-      quant_rows_warp_kernel<T><<<blocks, kWarpThreads, 0, stream>>>(static_cast<const T*>(x), rows, cols,
-                                                                     threshold, wpr, q, scale, col_flags);
+      quant_rows_warp_kernel<T><<<blocks, kWarpThreads, 0, stream>>>(
+          static_cast<const T*>(x), rows, cols, threshold, wpr, q, scale, col_flags, cuda_scale);
     });
     check_launch("quant_rows_warp_kernel");
     return;
   }
   QT_QUANT_DISPATCH(dtype, "int8_quant_rows_cuda", T, {
     quant_rows_kernel<T><<<(int)rows, kThreads, 0, stream>>>(static_cast<const T*>(x), cols, threshold,
-                                                             round_f16, q, scale, col_flags, vec);
+                                                             round_f16, q, scale, col_flags, vec, cuda_scale);
   });
   check_launch("quant_rows_kernel");
 }

@@ -1,15 +1,17 @@
-// 4-bit NF4 / FP4 blockwise quantize and dequantize on the GPU, bit-exact with quant4.cpp (rules in
-// quant4.h). quantize: one warp per block: the block's absmax (warp max), then each lane packs pairs of
-// elements
-//   (element 2i in the high nibble), code = order[#midpoints < v] after the same scaling and clamping.
-// dequantize: code[q] · absmax (f32), optional rounding steps, the output dtype. Aligned ranges: each lane
+// 4-bit NF4 / FP4 blockwise quantize and dequantize on the GPU. quantize writes what bitsandbytes' CUDA
+// kernels write, bit for bit (rules in bnb_cuda_rules.h; tests against its goldens in quant_cuda_test), as
+// the CPU functions of quant4.h write what its CPU path writes. dequantize equals quant4.cpp's bit for bit:
+// code[q] · absmax (f32), optional rounding steps, the output dtype. dequantize: code[q] · absmax (f32),
+// optional rounding steps, the output dtype. Aligned ranges: each lane
 //   turns one 32-bit word of codes (8 elements, inside one block) into one 16-byte store of bf16/f16, so a
 //   warp's loads and stores are both contiguous; eight words per lane in flight. Other ranges and the tail:
 //   one thread per 32 elements, element by element. (A first version with one thread per 32 elements and
 //   four 16-byte stores each reached 37-45% of copy bandwidth: a warp's stores were 64 bytes apart.)
 #include <algorithm>
+#include <cfloat>
 #include <cstring>
 
+#include "quant/bnb_cuda_rules.h"
 #include "quant/cuda/quant_device.cuh"
 #include "quant/double_quant.h"
 
@@ -19,46 +21,31 @@ using namespace quant_cuda;
 
 namespace {
 
-constexpr float kTinyAbsmax = 1e-38f;  // the partial last block's divisor floor (quant4.cpp)
 constexpr int kThreads = 256;
 
-__device__ __forceinline__ uint8_t find_code(const Code4& cs, const uint8_t* order, float v) {
-  v = cpu_min(cpu_max(v, -1.0f), 1.0f);
-  int count = 0;
-#pragma unroll
-  for (int i = 0; i < 15; i++) count += cs.mids[i] < v;  // a tie (v == midpoint) stays below
-  return order[count];
-}
-
+// One warp per quantization block, bitsandbytes' CUDA rules (bnb_cuda_rules.h): absmax = max ftz(|x|) from
+// -FLT_MAX (0 for a partial block, whose zero padding counts), inv = the approximate reciprocal, then each
+// lane packs pairs of elements (element 2i in the high nibble; an odd count pads with the code of 0 · inv).
 template <class T>
-__global__ void quantize4_kernel(const T* __restrict__ x, int64_t n, int64_t bs, Code4 cs,
+__global__ void quantize4_kernel(const T* __restrict__ x, int64_t n, int64_t bs, QuantType qt,
                                  uint8_t* __restrict__ packed, float* __restrict__ absmax) {
-  __shared__ uint8_t order[16];
-  if (threadIdx.x < 16) order[threadIdx.x] = cs.order[threadIdx.x];
-  __syncthreads();
   const int lane = threadIdx.x & 31;
-  const int64_t nb = (n + bs - 1) / bs, full = n / bs;
+  const int64_t nb = (n + bs - 1) / bs;
   const int64_t nwarps = ((int64_t)gridDim.x * blockDim.x) >> 5;
   for (int64_t b = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < nb; b += nwarps) {
     const int64_t start = b * bs, len = min(n, start + bs) - start;
     const T* xb = x + start;
-    float a = 0.0f;
-    for (int64_t i = lane; i < len; i += 32) a = cpu_max(a, fabsf(load_f32(xb[i])));  // NaN ignored
-    for (int o = 16; o > 0; o >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, o));
-    const bool partial = b >= full;
-    const float denom = cpu_max(a, kTinyAbsmax), inv = __fdiv_rn(1.0f, denom);
-    if (lane == 0) absmax[b] = partial ? denom : a;
+    float a = len < bs ? 0.0f : -FLT_MAX;
+    for (int64_t i = lane; i < len; i += 32) a = bnb_absmax_step(a, load_f32(xb[i]));  // NaN ignored
+    for (int o = 16; o > 0; o >>= 1) a = bnb_absmax_step(a, __shfl_xor_sync(0xffffffffu, a, o));
+    if (lane == 0) absmax[b] = a;
+    const float inv = bnb_reciprocal(a);
     const int64_t npairs = (len + 1) / 2;
     for (int64_t p = lane; p < npairs; p += 32) {
       const int64_t i0 = 2 * p, i1 = i0 + 1;
-      float v0 = load_f32(xb[i0]);
-      v0 = partial ? __fdiv_rn(v0, denom) : __fmul_rn(v0, inv);
-      float v1 = 0.0f;  // an odd count pads with the code of 0
-      if (i1 < len) {
-        v1 = load_f32(xb[i1]);
-        v1 = partial ? __fdiv_rn(v1, denom) : __fmul_rn(v1, inv);
-      }
-      packed[start / 2 + p] = (uint8_t)((find_code(cs, order, v0) << 4) | find_code(cs, order, v1));
+      const float v0 = bnb_scaled(load_f32(xb[i0]), inv);
+      const float v1 = bnb_scaled(i1 < len ? load_f32(xb[i1]) : 0.0f, inv);
+      packed[start / 2 + p] = (uint8_t)((bnb_cuda_code4(qt, v0) << 4) | bnb_cuda_code4(qt, v1));
     }
   }
 }
@@ -227,12 +214,11 @@ void quantize_4bit_cuda_raw(const void* x, DType dtype, int64_t n, int64_t block
                             uint8_t* packed, float* absmax, cudaStream_t stream) {
   check_blocksize(blocksize, "quantize_4bit_cuda");
   if (n <= 0) return;
-  const Code4 cs = make_code4(qt);
   const int64_t nb = (n + blocksize - 1) / blocksize;
   const int blocks = grid_blocks(nb * 32, kThreads);
   QT_QUANT_DISPATCH(dtype, "quantize_4bit_cuda", T, {
     quantize4_kernel<T>
-        <<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), n, blocksize, cs, packed, absmax);
+        <<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(x), n, blocksize, qt, packed, absmax);
   });
   check_launch("quantize4_kernel");
 }
@@ -298,17 +284,20 @@ Quant4Tensor quantize_4bit_cuda(const Tensor& x, QuantType qt, int64_t blocksize
     q.absmax = absmax;
     return q;
   }
-  // The nested statistics on the host: torch's f32 mean must be reproduced to the last bit.
+  // Double quant as bitsandbytes on CUDA: the offset is torch's CUDA mean (reproduced on the host from the
+  // copied absmax, for this device's SM count), then absmax - offset in 8-bit blocks of 256 on the GPU.
   Tensor host = absmax.to(Device::CPU);
-  NestedAbsmax nested = double_quantize_absmax(host.data<float>(), nb);
+  int sms = 0, threads = 0;
+  device_sm_shape(&sms, &threads);
   q.nested = true;
-  q.offset = nested.offset;
+  q.offset = torch_cuda_mean_f32(host.data<float>(), nb, sms, threads);
   q.nested_blocksize = kNestedBlocksize;
-  Tensor qa = Tensor::empty({nb}, DType::U8);
-  std::memcpy(qa.raw(), nested.q.data(), (size_t)nb);
-  q.absmax = qa.to(Device::CUDA);
-  q.nested_absmax = Tensor::from_f32(nested.absmax, {(int64_t)nested.absmax.size()}).to(Device::CUDA);
   q.nested_code = Tensor::from_f32(create_dynamic_map(true), {256}).to(Device::CUDA);
+  q.absmax = Tensor::empty({nb}, DType::U8, Device::CUDA);
+  q.nested_absmax = Tensor::empty({(nb + kNestedBlocksize - 1) / kNestedBlocksize}, DType::F32, Device::CUDA);
+  quantize_blockwise_8bit_cuda_raw(absmax.raw(), DType::F32, nb, q.nested_code.data<float>(),
+                                   kNestedBlocksize, q.absmax.data<uint8_t>(), q.nested_absmax.data<float>(),
+                                   0, q.offset);
   return q;
 }
 

@@ -1,6 +1,5 @@
 // Host side of quant_device.cuh: the 4-bit code book argument, rounding kinds, grid sizes, launch checks.
 #include <algorithm>
-#include <numeric>
 
 #include "quant/cuda/quant_device.cuh"
 
@@ -9,15 +8,7 @@ namespace quant_cuda {
 
 Code4 make_code4(QuantType qt) {
   Code4 c;
-  const float* v = code4(qt);
-  int idx[16];
-  std::iota(idx, idx + 16, 0);
-  std::stable_sort(idx, idx + 16, [&](int a, int b) { return v[a] < v[b]; });  // FP4's zeros keep 0, 8
-  for (int i = 0; i < 16; i++) {
-    c.code[i] = v[i];
-    c.order[i] = (uint8_t)idx[i];
-  }
-  for (int i = 0; i < 15; i++) c.mids[i] = (v[idx[i]] + v[idx[i + 1]]) / 2.0f;
+  std::copy(code4(qt), code4(qt) + 16, c.code);
   return c;
 }
 
@@ -46,6 +37,16 @@ void check_launch(const char* kernel) {
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     throw_error(ErrorKind::Cuda, "CUDA kernel ", kernel, " failed to launch: ", cudaGetErrorString(e));
+}
+
+void device_sm_shape(int* sms, int* threads_per_sm) {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, dev);
+  if (e != cudaSuccess)
+    throw_error(ErrorKind::Cuda, "reading the GPU's SM count failed: ", cudaGetErrorString(e));
 }
 
 }  // namespace quant_cuda

@@ -1,5 +1,5 @@
-// Device helpers shared by the quant/ kernels: the 4-bit code book as a kernel argument (with the sorted
-// midpoints quantization searches), f32 rounding to bf16 / f16 as the CPU's round_to does, the absmax of a
+// Device helpers shared by the quant/ kernels: the 4-bit code book as a kernel argument, bitsandbytes'
+// fast-math steps of quantization, f32 rounding to bf16 / f16 as the CPU's round_to does, the absmax of a
 // block from either absmax form, and a grid size for grid-stride loops. Internal to quant/cuda.
 #pragma once
 #include <cuda_bf16.h>
@@ -15,12 +15,9 @@
 namespace qtune {
 namespace quant_cuda {
 
-// The 16 code values (index = nibble), and for quantization the 15 f32 midpoints between neighbours in
-// sorted order and the code index of each sorted slot (as quant4.cpp's Code4Search builds them).
+// The 16 code values (index = nibble).
 struct Code4 {
   float code[16];
-  float mids[15];
-  uint8_t order[16];
 };
 Code4 make_code4(QuantType qt);
 
@@ -74,10 +71,37 @@ __device__ __forceinline__ float cpu_min(float a, float b) {
   return (b < a) ? b : a;
 }
 
+// bitsandbytes' CUDA arithmetic (fast math, bnb_cuda_rules.h): subnormal inputs and results flushed to zero,
+// the approximate reciprocal. The absmax step max(a, |x|), the reciprocal, the scaling x · inv.
+__device__ __forceinline__ float bnb_absmax_step(float a, float x) {
+  float r;
+  asm("max.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(fabsf(x)));
+  return r;
+}
+__device__ __forceinline__ float bnb_reciprocal(float a) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+  return r;
+}
+__device__ __forceinline__ float bnb_scaled(float x, float inv) {
+  float r;
+  asm("mul.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(inv));
+  return r;
+}
+
+// LLM.int8's row scale 127 / absmax as bitsandbytes' kInt8VectorQuant computes it (`__fdividef` under fast
+// math: 127 times the approximate reciprocal).
+__device__ __forceinline__ float bnb_int8_scale(float absmax) {
+  return bnb_scaled(127.0f, bnb_reciprocal(absmax));
+}
+
 // Blocks for a grid-stride loop over `work` items with `threads` per block (at most 16 blocks per SM).
 int grid_blocks(int64_t work, int threads);
 
 void check_launch(const char* kernel);
+// The current device's multiProcessorCount and maxThreadsPerMultiProcessor (which set torch's reduction
+// layout, torch_cuda_mean_f32).
+void device_sm_shape(int* sms, int* threads_per_sm);
 
 }  // namespace quant_cuda
 }  // namespace qtune

@@ -1,9 +1,10 @@
 // Quantized models on CUDA: the bundled model (models/qtune-tiny-8m) loaded with load_in_4bit (NF4 + double
 // quant, FP4) and load_in_8bit onto the GPU against the same options on the CPU: storage quantized on the
-// GPU equals the CPU's byte for byte, logits agree within the bf16 tolerance of the dense CUDA model
-// (2e-2, llama_cuda_test.cpp), and greedy text matches token for token except at a near tie (the first
-// differing step must have a CPU top-2 margin within twice the largest |GPU − CPU| logit there). Folders
-// saved by transformers + bitsandbytes load onto CUDA and give bitsandbytes' logits within 2e-2.
+// GPU is what bitsandbytes' CUDA kernels write (the CPU's is what its CPU path writes), logits agree within
+// the bf16 tolerance of the dense CUDA model (2e-2, llama_cuda_test.cpp), and greedy text matches token for
+// token except at a near tie (the first differing step must have a CPU top-2 margin within twice the largest
+// |GPU − CPU| logit there). Folders saved by transformers + bitsandbytes load onto CUDA and give
+// bitsandbytes' logits within 2e-2.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,11 +14,15 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../../quant/bnb_cuda_check.h"
 #include "../model_test_util.h"
 #include "core/allocator.h"
+#include "io/safetensors.h"
 #include "model/generate.h"
 #include "model/llama_model.h"
 #include "model/quant_linear.h"
+#include "quant/int8.h"
+#include "quant/quant4.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace qtune;
@@ -83,33 +88,47 @@ TEST(QuantModelCuda, BundledModelMatchesTheCpuQuantizedModel) {
     SCOPED_TRACE(opt.name);
     LlamaModel cpu = LlamaModel::load(bundled_dir(), Device::CPU, opt.o);
     LlamaModel gpu = LlamaModel::load(bundled_dir(), Device::CUDA, opt.o);
-    // Storage quantized on the GPU while loading equals the CPU's.
-    int layers_equal = 0, layers = 0;
-    for (size_t l = 0; l < cpu.layers().size(); l++) {
-      const LlamaLayer &a = cpu.layers()[l], &b = gpu.layers()[l];
-      const Linear* la[7] = {&a.q, &a.k, &a.v, &a.o, &a.gate, &a.up, &a.down};
-      const Linear* lb[7] = {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down};
-      for (int i = 0; i < 7; i++) {
+    // Storage quantized on the GPU while loading is what bitsandbytes' CUDA kernels write: the host model of
+    // their rules on the same file tensor (quantize_4bit with BnbBackend::Cuda; for int8 the CPU path, whose
+    // scale differs only in the reciprocal) gives the same absmax / scales and the same codes, but where the
+    // GPU's approximate reciprocal moves one, each checked (bf16 weights put many values exactly on FP4's
+    // thresholds, so up to ~3 in 10^4 move here).
+    const WeightStore store = WeightStore::open(bundled_dir());
+    qtune_test::CodeDiff d;
+    int layers = 0;
+    for (size_t l = 0; l < gpu.layers().size(); l++) {
+      const LlamaLayer& b = gpu.layers()[l];
+      for (const Linear* lin : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) {
         layers++;
-        bool eq;
+        const Tensor w = store.get(lin->name + ".weight");
         if (opt.o.load_in_4bit) {
-          ASSERT_TRUE(lb[i]->q4 && lb[i]->q4->on_cuda()) << lb[i]->name;
-          eq = same_bytes(lb[i]->q4->q.packed, la[i]->q4->q.packed) &&
-               same_bytes(lb[i]->q4->q.absmax, la[i]->q4->q.absmax);
+          ASSERT_TRUE(lin->q4 && lin->q4->on_cuda()) << lin->name;
+          const Quant4Tensor want =
+              quantize_4bit(w, opt.o.quant_type, opt.o.blocksize, opt.o.double_quant, BnbBackend::Cuda);
+          const Quant4Tensor& got = lin->q4->q;
+          if (got.nested) {
+            EXPECT_TRUE(same_bytes(got.nested_absmax, want.nested_absmax)) << lin->name;
+            EXPECT_EQ(got.offset, want.offset) << lin->name;
+          } else {
+            EXPECT_TRUE(same_bytes(got.absmax, want.absmax)) << lin->name;
+          }
+          qtune_test::count_quant4_diffs(w, got, opt.o.quant_type, opt.o.blocksize, d);
         } else {
-          ASSERT_TRUE(lb[i]->q8 && lb[i]->q8->on_cuda()) << lb[i]->name;
-          eq = same_bytes(lb[i]->q8->w.q, la[i]->q8->w.q) &&
-               same_bytes(lb[i]->q8->w.scale, la[i]->q8->w.scale);
+          ASSERT_TRUE(lin->q8 && lin->q8->on_cuda()) << lin->name;
+          const Tensor w16 = w.to_dtype(DType::F16);
+          const Int8Rowwise want = int8_vectorwise_quant(w16, 0.0f);
+          EXPECT_TRUE(same_bytes(lin->q8->w.scale, want.scale)) << lin->name;
+          d.add(qtune_test::int8_code_diffs(w16, want, lin->q8->w.q));
         }
-        layers_equal += eq;
-        EXPECT_TRUE(eq) << lb[i]->name;
       }
     }
+    EXPECT_EQ(d.unexplained, 0);
+    EXPECT_LE(d.moved * 100, d.codes);
     const double err = rel_err(gpu.forward(ids).to_f32_vector(), cpu.forward(ids).to_f32_vector());
     std::printf(
-        "[ measured ] bundled %s: %d of %d Linear weights byte-identical; logits cuda vs cpu quantized "
-        "rel err %.3g (dense bf16 cuda vs f32 cpu: %.3g)\n",
-        opt.name, layers_equal, layers, err, dense_err);
+        "[ measured ] bundled %s: %d Linear weights, %lld of %lld codes moved by the GPU's reciprocal; "
+        "logits cuda vs cpu quantized rel err %.3g (dense bf16 cuda vs f32 cpu: %.3g)\n",
+        opt.name, layers, (long long)d.moved, (long long)d.codes, err, dense_err);
     EXPECT_LE(err, 2e-2);
 
     GenerateOptions g;
