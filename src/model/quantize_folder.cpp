@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "io/hf_config.h"
 #include "io/json_util.h"
@@ -30,9 +31,11 @@ bool is_linear_weight(const std::string& name, bool tied_head) {
 }  // namespace
 
 QuantizeReport quantize_model_folder(const std::string& in, const std::string& out, const LoadOptions& opts,
-                                     int64_t max_shard_bytes) {
+                                     Device device, int64_t max_shard_bytes) {
   if (opts.load_in_4bit == opts.load_in_8bit)
     throw_error(ErrorKind::Usage, "quantize: choose exactly one of 4-bit and 8-bit");
+  if (device == Device::CUDA && !cuda_available())
+    throw_error(ErrorKind::Unsupported, "quantize --device cuda: no usable GPU (run `qtune env` for details)");
   bool prequantized = false;
   read_quantization_config(in, &prequantized);
   if (prequantized)
@@ -70,10 +73,14 @@ QuantizeReport quantize_model_folder(const std::string& in, const std::string& o
     if (t.ndim() != 2 || (t.dtype() != DType::F32 && t.dtype() != DType::BF16 && t.dtype() != DType::F16))
       throw_error(ErrorKind::Format, store.file_of(name), ": ", name, ": expected a 2-D float weight, got ",
                   t.describe());
+    // On the GPU the weight goes up alone and its quantized entries come back (the Linear layers'
+    // quantizers, which follow bitsandbytes' CUDA kernels there).
+    const Tensor w = device == Device::CUDA ? t.to(Device::CUDA) : t;
     if (opts.load_in_4bit) {
-      add(bnb_4bit_entries(quantize_4bit(t, opts.quant_type, opts.blocksize, opts.double_quant), name));
+      auto l = quantize_linear_4bit(w, opts.quant_type, opts.blocksize, opts.double_quant, opts.compute_dtype);
+      add(bnb_4bit_entries(quant4_linear_to(*l, Device::CPU)->q, name));
     } else {
-      auto l = quantize_linear_8bit(t, opts.llm_int8_threshold);
+      auto l = int8_linear_to(*quantize_linear_8bit(w, opts.llm_int8_threshold), Device::CPU);
       Tensor fmt = Tensor::zeros({}, DType::U8);  // weight_format: 0 = row-major
       add({{name, l->w.q}, {module + ".SCB", l->w.scale}, {module + ".weight_format", fmt}});
     }

@@ -73,6 +73,13 @@ o_live=$("$qtune" generate --model "$model" --prompt "ROMEO:" --max-new-tokens 1
   --load-in-4bit --skip-modules o_proj) || fail "generate --load-in-4bit --skip-modules o_proj"
 o_file=$("$qtune" generate --model "$tmp/q4o" --prompt "ROMEO:" --max-new-tokens 12 --temperature 0 --quiet)
 [ -n "$o_live" ] && [ "$o_live" = "$o_file" ] || fail "skip o_proj: on load [$o_live] != folder [$o_file]"
+# --device cuda writes bitsandbytes' GPU bytes; without a usable GPU it is a clear error (the GPU path is
+# tested in tests/model/cuda/quant_model_cuda_test.cpp).
+if ! "$qtune" env 2>/dev/null | grep -q "^GPU 0:"; then
+  expect_error "quantize --device cuda without a GPU" "no usable GPU" \
+    "$qtune" quantize --model "$model" --out "$tmp/qg" --4bit fp4 --device cuda
+fi
+expect_error "quantize bad device" "device" "$qtune" quantize --model "$model" --out "$tmp/qg" --4bit fp4 --device tpu
 
 # Bad input: one clear line, non-zero exit.
 expect_error "missing model folder" "nonexistent" "$qtune" generate --model "$tmp/nonexistent" --prompt hi

@@ -99,7 +99,7 @@ TEST(QuantFolder, ShardsWithAnIndexAndCopiesTokenizerFiles) {
   const std::string out = temp_dir("qf_shards");
   LoadOptions o;
   o.load_in_4bit = true;
-  QuantizeReport r = quantize_model_folder(src, out, o, /*max_shard_bytes=*/100000);
+  QuantizeReport r = quantize_model_folder(src, out, o, Device::CPU, /*max_shard_bytes=*/100000);
   EXPECT_GT(r.shards, 1);
   EXPECT_TRUE(fs::exists(out + "/model.safetensors.index.json"));
   EXPECT_TRUE(fs::exists(out + "/model-00001-of-0000" + std::to_string(r.shards) + ".safetensors"));

@@ -21,6 +21,7 @@
 #include "model/generate.h"
 #include "model/llama_model.h"
 #include "model/quant_linear.h"
+#include "model/quantize_folder.h"
 #include "quant/int8.h"
 #include "quant/quant4.h"
 #include "tokenizer/tokenizer.h"
@@ -175,5 +176,51 @@ TEST(QuantModelCuda, BitsandbytesFoldersLoadOntoCuda) {
     const std::vector<float> last =
         m.forward(ids.reshape({T}).slice0(T - 1, 1).reshape({1, 1}), cache, T - 1).to_f32_vector();
     EXPECT_LE(rel_err(last, std::vector<float>(full.end() - V, full.end())), 2e-2);
+  }
+}
+
+// `qtune quantize --device cuda` (quantize_model_folder on the GPU) writes the bytes that loading with the
+// same options on the GPU quantizes: bitsandbytes' GPU bytes, which differ from the CPU folder's.
+TEST(QuantModelCuda, QuantizeOnCudaWritesWhatTheGpuLoadQuantizes) {
+  REQUIRE_GPU();
+  if (!std::filesystem::exists(bundled_dir() + "/config.json")) GTEST_SKIP() << "no bundled model";
+  for (const Opt& opt : options()) {
+    SCOPED_TRACE(opt.name);
+    const std::string dir = temp_dir(std::string("qcuda_") + (opt.o.load_in_4bit ? "q4" : "q8")),
+                      cpu_dir = dir + "_cpu";
+    quantize_model_folder(bundled_dir(), dir, opt.o, Device::CUDA);
+    quantize_model_folder(bundled_dir(), cpu_dir, opt.o, Device::CPU);
+    const LlamaModel live = LlamaModel::load(bundled_dir(), Device::CUDA, opt.o);
+    const LlamaModel file = LlamaModel::load(dir, Device::CPU),
+                     cpu_file = LlamaModel::load(cpu_dir, Device::CPU);
+    int equal = 0, differ_from_cpu = 0, n = 0;
+    for (size_t l = 0; l < live.layers().size(); l++) {
+      const LlamaLayer &a = live.layers()[l], &b = file.layers()[l], &c = cpu_file.layers()[l];
+      const Linear* la[7] = {&a.q, &a.k, &a.v, &a.o, &a.gate, &a.up, &a.down};
+      const Linear* lb[7] = {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down};
+      const Linear* lc[7] = {&c.q, &c.k, &c.v, &c.o, &c.gate, &c.up, &c.down};
+      for (int i = 0; i < 7; i++) {
+        n++;
+        bool eq, cpu_eq;
+        if (opt.o.load_in_4bit) {
+          const Quant4Tensor &g = la[i]->q4->q, &f = lb[i]->q4->q, &h = lc[i]->q4->q;
+          eq = same_bytes(g.packed, f.packed) && same_bytes(g.absmax, f.absmax) && g.offset == f.offset &&
+               (!g.nested || same_bytes(g.nested_absmax, f.nested_absmax));
+          cpu_eq = same_bytes(f.packed, h.packed) && same_bytes(f.absmax, h.absmax);
+        } else {
+          eq = same_bytes(la[i]->q8->w.q, lb[i]->q8->w.q) &&
+               same_bytes(la[i]->q8->w.scale, lb[i]->q8->w.scale);
+          cpu_eq = same_bytes(lb[i]->q8->w.q, lc[i]->q8->w.q);
+        }
+        EXPECT_TRUE(eq) << la[i]->name;
+        equal += eq;
+        differ_from_cpu += !cpu_eq;
+      }
+    }
+    std::printf(
+        "[ measured ] quantize --device cuda, %s: %d of %d Linear weights equal the GPU load's, %d differ "
+        "from the CPU folder's\n",
+        opt.name, equal, n, differ_from_cpu);
+    EXPECT_GT(differ_from_cpu, 0);  // the two backends part on this model
   }
 }
