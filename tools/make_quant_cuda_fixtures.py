@@ -4,7 +4,8 @@ CUDA kernels write for 4-bit (NF4 / FP4, plain and double-quant absmax) and 8-bi
 quantization. They differ from its CPU path in places (quant/bnb_cuda_rules.h), so transformers on a GPU
 writes other bytes than on the CPU; qtune's BnbBackend::Cuda must reproduce these files bit for bit.
 
-Also cuda_int8_*.safetensors (int8_vectorwise_quant on CUDA: weights without a threshold, activations with
+Also cuda_dequantized.safetensors (its CUDA dequantize of the smaller q4 / q8 files, key q4_NN / q8_NN, in the
+input's dtype), cuda_int8_*.safetensors (int8_vectorwise_quant on CUDA: weights without a threshold, activations with
 one) and torch_cuda_mean.json (torch.mean of f32 values on CUDA, the double-quant offset, for sizes that take
 each of torch's reduction layouts; the values come from a hash of the index that the C++ test recomputes).
 
@@ -28,9 +29,12 @@ import bitsandbytes.functional as F
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
 
-def make_input(n, bs, dtype, seed, qt, subnormal=False):
+def make_input(n, bs, dtype, seed, qt, subnormal=False, tiny=False):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, generator=g) * float(torch.empty(1).uniform_(0.02, 3.0, generator=g))
+    r = torch.randn(n, generator=g)
+    scale = float(torch.empty(1).uniform_(0.02, 3.0, generator=g))
+    # tiny: absmax near 5e-38, so code · absmax is subnormal for the small codes (CUDA's dequantize flushes it)
+    x = r * (2e-38 if tiny else scale)
     nb = (n + bs - 1) // bs
     if subnormal and nb > 8:  # where flush-to-zero shows: subnormal inputs, and subnormal x / absmax
         x[5 * bs:6 * bs] = torch.randn(bs, generator=g) * 1e-39                        # all subnormal
@@ -40,8 +44,8 @@ def make_input(n, bs, dtype, seed, qt, subnormal=False):
         x[8 * bs:8 * bs + 4] = torch.tensor([1e-39, -1e-39, 5e-39, -5e-39])  # beside normal values
     if nb > 3:
         x[bs:2 * bs] = 0.0                                        # an all-zero block
-        tiny = torch.tensor([1e-30, -1e-30, 0.0, -0.0, 1e-4, -1e-4])
-        x[2 * bs:2 * bs + 6] = tiny * x[2 * bs:3 * bs].abs().max()  # near zero, both signs
+        small = torch.tensor([1e-30, -1e-30, 0.0, -0.0, 1e-4, -1e-4])
+        x[2 * bs:2 * bs + 6] = small * x[2 * bs:3 * bs].abs().max()  # near zero, both signs
     if nb > 4 and qt is not None:  # the CPU path's midpoints of a block whose absmax is 1
         code = F.get_4bit_type(qt, device="cpu").float().sort().values
         mids = (code[1:] + code[:-1]) / 2
@@ -76,10 +80,13 @@ def main():
         (999, 64, "f32", "nf4", True), (66000, 64, "bf16", "fp4", True), (33, 32, "bf16", "nf4", False),
         (30000, 64, "f16", "fp4", False), (50000, 64, "f32", "nf4", True),
         (20000, 64, "f32", "fp4", True), (20000, 64, "bf16", "fp4", False), (9000, 128, "f32", "nf4", True),
-        (9000, 64, "bf16", "nf4", False)]
+        (9000, 64, "bf16", "nf4", False), (4096, 64, "f32", "nf4", False), (4096, 64, "f32", "fp4", True)]
+    dequantized = {}  # bitsandbytes' CUDA dequantize of the smaller files, into the input's dtype
     for i, (n, bs, dt, qt, dq) in enumerate(cases4):
-        x = make_input(n, bs, dt, 100 + i, qt, subnormal=i >= 20)
+        x = make_input(n, bs, dt, 100 + i, qt, subnormal=20 <= i < 24, tiny=i >= 24)
         packed, st = F.quantize_4bit(x.cuda(), blocksize=bs, quant_type=qt, compress_statistics=dq)
+        if n <= 30000:
+            dequantized[f"q4_{i:02d}"] = F.dequantize_4bit(packed, st).cpu()
         t = {"input": x, "packed": packed.cpu()}
         if dq:
             t.update(absmax_u8=st.absmax.cpu(), nested_absmax=st.state2.absmax.cpu(),
@@ -95,10 +102,14 @@ def main():
     for i, (n, bs, dt) in enumerate(cases8):
         x = make_input(n, bs, dt, 500 + i, None, subnormal=i >= 6)
         q, st = F.quantize_blockwise(x.cuda(), blocksize=bs)
+        if n <= 30000:
+            dequantized[f"q8_{i:02d}"] = F.dequantize_blockwise(q, st).cpu()
         save_file({"input": x.contiguous(), "q": q.cpu().contiguous(), "absmax": st.absmax.cpu().contiguous(),
                    "code": st.code.cpu().contiguous()},
                   os.path.join(a.out, f"cuda_q8_{i:02d}.safetensors"),
                   metadata={"kind": "q8", "backend": "cuda", "blocksize": str(bs), "dtype": dt})
+    save_file({k: v.contiguous() for k, v in dequantized.items()}, os.path.join(a.out, "cuda_dequantized.safetensors"),
+              metadata={"kind": "dequantize", "backend": "cuda"})
     cases_int8 = [(64, 4096, 0.0), (33, 1000, 0.0), (5, 12288, 0.0), (48, 2048, 6.0), (9, 4104, 6.0)]
     for i, (rows, cols, thr) in enumerate(cases_int8):
         g = torch.Generator().manual_seed(700 + i)

@@ -6,8 +6,9 @@
 // blockwise8.h and int8.h write what its CPU path writes (the two differ in places; bnb_cuda_rules.h says
 // where): fast-math flush to zero, the GPU's approximate reciprocal, its 4-bit thresholds and 8-bit search.
 // Double quant's offset is torch's CUDA mean, reproduced on the host from the copied absmax (1/64 of the
-// data or less). Dequantization equals the CPU functions bit for bit: the same f32 operations in the same
-// order (__fmul_rn / __fadd_rn, never contracted), the same nibble order.
+// data or less). Dequantization is bitsandbytes' CUDA arithmetic too, which is the CPU functions' (the same f32
+// operations in the same order, never contracted, the same nibble order) except that a subnormal product
+// is flushed to zero.
 //
 // Raw functions take device pointers and a stream; the Tensor-level ones use the legacy default stream
 // (which orders with the blocking stream of ops/cuda). Declared only in CUDA builds.

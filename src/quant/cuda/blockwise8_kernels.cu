@@ -1,6 +1,7 @@
 // 8-bit dynamic blockwise quantize / dequantize on the GPU. quantize writes what bitsandbytes' CUDA kernel
 // writes, bit for bit (rules in bnb_cuda_rules.h: its 8-bit search, not the CPU path's nearest code), one
-// warp per block; dequantize equals blockwise8.cpp's, one thread per element.
+// warp per block; dequantize as its CUDA kernel (a subnormal product flushed to zero; otherwise equal to
+// blockwise8.cpp's), one thread per element.
 #include <cfloat>
 #include <type_traits>
 
@@ -48,7 +49,7 @@ __global__ void dequantize8_kernel(const uint8_t* __restrict__ q, const float* _
   __syncthreads();
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x) {
-    const float v = __fmul_rn(c[q[i]], absmax[i >> lg_bs]);
+    const float v = bnb_scaled(c[q[i]], absmax[i >> lg_bs]);  // flush to zero as bitsandbytes
     if constexpr (sizeof(TO) == 4)
       out[i] = v;
     else if constexpr (std::is_same<TO, __half>::value)

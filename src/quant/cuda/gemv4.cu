@@ -209,7 +209,7 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, Step<kNested, kPa
   };
 #pragma unroll
   for (int s = 0; s < Step<kNested, kPair>::kScales; s++) {
-    const float a = kNested ? __fadd_rn(__fmul_rn(ncode[st.c[s]], st.a[s]), p.am.offset) : st.a[s];
+    const float a = kNested ? __fadd_rn(bnb_scaled(ncode[st.c[s]], st.a[s]), p.am.offset) : st.a[s];
 #pragma unroll
     for (int n = 0; n < NR; n++) {
       if constexpr (kPair) {  // keep rows s and 2 + s (even lane / odd lane), send the other to the partner

@@ -1,7 +1,8 @@
 // 4-bit NF4 / FP4 blockwise quantize and dequantize on the GPU. quantize writes what bitsandbytes' CUDA
 // kernels write, bit for bit (rules in bnb_cuda_rules.h; tests against its goldens in quant_cuda_test), as
-// the CPU functions of quant4.h write what its CPU path writes. dequantize equals quant4.cpp's bit for bit:
-// code[q] · absmax (f32), optional rounding steps, the output dtype. dequantize: code[q] · absmax (f32),
+// the CPU functions of quant4.h write what its CPU path writes. dequantize: code[q] · absmax (f32), optional
+// rounding steps, the output dtype, as bitsandbytes' CUDA kernel (its fast math flushes a subnormal product
+// to zero; otherwise equal to quant4.cpp's, bit for bit). dequantize: code[q] · absmax (f32),
 // optional rounding steps, the output dtype. Aligned ranges: each lane
 //   turns one 32-bit word of codes (8 elements, inside one block) into one 16-byte store of bf16/f16, so a
 //   warp's loads and stores are both contiguous; eight words per lane in flight. Other ranges and the tail:
@@ -92,7 +93,7 @@ __global__ void dequantize4_kernel(const uint8_t* __restrict__ packed, Absmax4Vi
   const int64_t e_end = e0 + count, c_first = e0 >> 5, c_last = (e_end - 1) >> 5;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   auto value = [&](int nib, float s) {
-    float v = __fmul_rn(code[nib], s);
+    float v = bnb_scaled(code[nib], s);
     return round_step(r2, round_step(r1, v));
   };
   for (int64_t k = c_first + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k <= c_last; k += stride) {
@@ -150,14 +151,15 @@ __global__ void dequantize4_vec_kernel(const uint32_t* __restrict__ words, Absma
     for (int k = 0; k < kWordsPerLane; k++) {
       const int64_t u = base + 32 * k + lane;
       if (u >= nwords) break;
-      const float s = am.absmax ? a[k] : __fadd_rn(__fmul_rn(ncode[qa[k]], a[k]), am.offset);
+      const float s = am.absmax ? a[k] : __fadd_rn(bnb_scaled(ncode[qa[k]], a[k]), am.offset);
       const uint32_t hi = (w[k] >> 2) & 0x3C3C3C3Cu, lo = (w[k] << 2) & 0x3C3C3C3Cu;
       float v[8];
 #pragma unroll
       for (int b = 0; b < 4; b++) {
-        v[2 * b] = __fmul_rn(*reinterpret_cast<const float*>(code_bytes + __byte_perm(hi, 0, 0x4440 | b)), s);
+        v[2 * b] =
+            bnb_scaled(*reinterpret_cast<const float*>(code_bytes + __byte_perm(hi, 0, 0x4440 | b)), s);
         v[2 * b + 1] =
-            __fmul_rn(*reinterpret_cast<const float*>(code_bytes + __byte_perm(lo, 0, 0x4440 | b)), s);
+            bnb_scaled(*reinterpret_cast<const float*>(code_bytes + __byte_perm(lo, 0, 0x4440 | b)), s);
       }
       if (kChain)
 #pragma unroll

@@ -9,6 +9,7 @@ namespace quant_cuda {
 Code4 make_code4(QuantType qt) {
   Code4 c;
   std::copy(code4(qt), code4(qt) + 16, c.code);
+  if (qt == QuantType::FP4) c.code[8] = -0.0f;  // bitsandbytes' CUDA dequantize: sign bit times 0 (CPU: +0)
   return c;
 }
 

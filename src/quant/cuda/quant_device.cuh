@@ -15,7 +15,7 @@
 namespace qtune {
 namespace quant_cuda {
 
-// The 16 code values (index = nibble).
+// The 16 code values (index = nibble) as bitsandbytes' CUDA dequantize has them: FP4's code 8 is -0.
 struct Code4 {
   float code[16];
 };
@@ -57,22 +57,9 @@ __device__ __forceinline__ void store_kind(void* p, int64_t i, int kind, float v
     static_cast<float*>(p)[i] = v;
 }
 
-// absmax of block blk; ncode: the nested code book in shared memory (nested form only).
-__device__ __forceinline__ float block_absmax(const Absmax4View& am, int64_t blk, const float* ncode) {
-  if (am.absmax) return am.absmax[blk];
-  return __fadd_rn(__fmul_rn(ncode[am.qabsmax[blk]], am.nested_absmax[blk >> 8]), am.offset);
-}
-
-// std::max / std::min as the CPU code evaluates them ((a < b) ? b : a), NaN handling included.
-__device__ __forceinline__ float cpu_max(float a, float b) {
-  return (a < b) ? b : a;
-}
-__device__ __forceinline__ float cpu_min(float a, float b) {
-  return (b < a) ? b : a;
-}
-
 // bitsandbytes' CUDA arithmetic (fast math, bnb_cuda_rules.h): subnormal inputs and results flushed to zero,
-// the approximate reciprocal. The absmax step max(a, |x|), the reciprocal, the scaling x · inv.
+// the approximate reciprocal. The absmax step max(a, |x|), the reciprocal, a product (x · inv, code ·
+// absmax).
 __device__ __forceinline__ float bnb_absmax_step(float a, float x) {
   float r;
   asm("max.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(fabsf(x)));
@@ -93,6 +80,21 @@ __device__ __forceinline__ float bnb_scaled(float x, float inv) {
 // math: 127 times the approximate reciprocal).
 __device__ __forceinline__ float bnb_int8_scale(float absmax) {
   return bnb_scaled(127.0f, bnb_reciprocal(absmax));
+}
+
+// absmax of block blk; ncode: the nested code book in shared memory (nested form only). The product as
+// bitsandbytes' CUDA dequantize_blockwise computes it (flushed to zero when subnormal), then the offset.
+__device__ __forceinline__ float block_absmax(const Absmax4View& am, int64_t blk, const float* ncode) {
+  if (am.absmax) return am.absmax[blk];
+  return __fadd_rn(bnb_scaled(ncode[am.qabsmax[blk]], am.nested_absmax[blk >> 8]), am.offset);
+}
+
+// std::max / std::min as the CPU code evaluates them ((a < b) ? b : a), NaN handling included.
+__device__ __forceinline__ float cpu_max(float a, float b) {
+  return (a < b) ? b : a;
+}
+__device__ __forceinline__ float cpu_min(float a, float b) {
+  return (b < a) ? b : a;
 }
 
 // Blocks for a grid-stride loop over `work` items with `threads` per block (at most 16 blocks per SM).
