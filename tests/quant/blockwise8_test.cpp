@@ -47,14 +47,7 @@ TEST(CodeBooks, MatchBitsandbytes) {
 }
 
 TEST(Blockwise8, GoldensAreBitExact) {
-  int count = 0;
-  for (int i = 0;; i++) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "q8_%02d.safetensors", i);
-    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
-    SCOPED_TRACE(name);
-    count++;
-    Fixture fx = load_fixture(name);
+  const int count = qtune_test::for_each_fixture("q8", [&](const Fixture& fx) {
     const int64_t bs = std::stoll(fx.meta.at("blocksize"));
     const bool sg = fx.meta.at("signed") == "1";
     const std::vector<float> code = create_dynamic_map(sg);
@@ -67,7 +60,7 @@ TEST(Blockwise8, GoldensAreBitExact) {
     EXPECT_TRUE(same_bits(dequantize_blockwise_8bit(golden, code, DType::F32), fx.at("dq_f32")));
     EXPECT_TRUE(same_bits(dequantize_blockwise_8bit(golden, code, DType::BF16), fx.at("dq_bf16")));
     EXPECT_TRUE(same_bits(dequantize_blockwise_8bit(golden, code, DType::F16), fx.at("dq_f16")));
-  }
+  });
   EXPECT_GE(count, 5);
 }
 
@@ -75,15 +68,8 @@ TEST(Blockwise8, GoldensAreBitExact) {
 // binary search, reproduced by quantize_8bit_cuda_rules_raw; the absmax byte for byte, and a code may differ
 // only where bitsandbytes' approximate reciprocal (one ulp) moves the scaled value to the next code.
 TEST(Blockwise8, CudaBackendMatchesGoldens) {
-  int count = 0;
   qtune_test::CodeDiff d;
-  for (int i = 0;; i++) {
-    char name[40];
-    std::snprintf(name, sizeof(name), "cuda_q8_%02d.safetensors", i);
-    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
-    SCOPED_TRACE(name);
-    count++;
-    Fixture fx = load_fixture(name);
+  const int count = qtune_test::for_each_fixture("cuda_q8", [&](const Fixture& fx) {
     const int64_t bs = std::stoll(fx.meta.at("blocksize"));
     const std::vector<float> code = create_dynamic_map(true);
     ASSERT_TRUE(same_bits(Tensor::from_f32(code, {256}), fx.at("code")));
@@ -101,7 +87,7 @@ TEST(Blockwise8, CudaBackendMatchesGoldens) {
           return bnb_cuda_code8(code.data(), bnb_cuda_scaled(xv[(size_t)k], inv));
         },
         d);
-  }
+  });
   std::printf("[ measured ] %lld codes, %lld moved by the approximate reciprocal\n", (long long)d.codes,
               (long long)d.moved);
   EXPECT_GE(count, 8);

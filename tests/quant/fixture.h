@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -57,6 +58,22 @@ inline Fixture load_fixture(const std::string& name) {
     fx.tensors[it.key()] = t;
   }
   return fx;
+}
+
+// Runs body(fixture) on PREFIX_00.safetensors, PREFIX_01.safetensors, ... up to the first missing number,
+// each under a SCOPED_TRACE of its name; returns how many there were.
+template <class Body>
+int for_each_fixture(const std::string& prefix, Body&& body) {
+  int n = 0;
+  for (;; n++) {
+    char num[16];
+    std::snprintf(num, sizeof(num), "_%02d.safetensors", n);
+    const std::string name = prefix + num;
+    if (!std::ifstream(quant_fixture_path(name))) break;
+    SCOPED_TRACE(name);
+    body(static_cast<const Fixture&>(load_fixture(name)));
+  }
+  return n;
 }
 
 // Codes made by bitsandbytes' CUDA rules on two sides that differ only in the reciprocal of the block's (or

@@ -61,14 +61,7 @@ std::string error_of(F&& f) {
 }  // namespace
 
 TEST(Int8, GoldensAreBitExact) {
-  int count = 0;
-  for (int i = 0;; i++) {
-    char name[32];
-    std::snprintf(name, sizeof(name), "int8_%02d.safetensors", i);
-    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
-    SCOPED_TRACE(name);
-    count++;
-    Fixture fx = load_fixture(name);
+  const int count = qtune_test::for_each_fixture("int8", [&](const Fixture& fx) {
     const float threshold = std::stof(fx.meta.at("threshold"));
     Int8Rowwise a = int8_vectorwise_quant(fx.at("a"), threshold);
     EXPECT_TRUE(same_bits(a.q, fx.at("ca")));
@@ -84,7 +77,7 @@ TEST(Int8, GoldensAreBitExact) {
     Tensor y = int8_linear(fx.at("a"), w, threshold, fx.at("bias"));
     std::vector<double> yb = as_f64(fx.at("out")), ym = as_f64(y);
     EXPECT_LE(not_close_fraction(ym, yb, 0.01, 0.01), 0.0) << "vs bitsandbytes output";
-  }
+  });
   EXPECT_GE(count, 3);
 }
 
@@ -96,15 +89,8 @@ TEST(Int8, GoldensAreBitExact) {
 // only by one, where a reciprocal one ulp away moves the product across a half. The CUDA kernels match these
 // files exactly (quant_cuda_test).
 TEST(Int8, CudaGoldensDifferFromTheCpuOnlyByTheReciprocal) {
-  int files = 0;
   qtune_test::CodeDiff d;
-  for (int i = 0;; i++) {
-    char name[40];
-    std::snprintf(name, sizeof(name), "cuda_int8_%02d.safetensors", i);
-    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
-    SCOPED_TRACE(name);
-    files++;
-    Fixture fx = load_fixture(name);
+  const int files = qtune_test::for_each_fixture("cuda_int8", [&](const Fixture& fx) {
     const float threshold = std::stof(fx.meta.at("threshold"));
     const Tensor& x = fx.at("input");
     Int8Rowwise r = int8_vectorwise_quant(x, threshold);
@@ -113,7 +99,7 @@ TEST(Int8, CudaGoldensDifferFromTheCpuOnlyByTheReciprocal) {
                                     fx.at("outlier_cols").data<int64_t>() + fx.at("outlier_cols").numel());
     EXPECT_EQ(r.outlier_cols, cols);
     d.add(qtune_test::int8_code_diffs(x, r, fx.at("q")));
-  }
+  });
   std::printf(
       "[ measured ] bitsandbytes CUDA int8 goldens: %d files, %lld codes, %lld differ from the CPU path\n",
       files, (long long)d.codes, (long long)d.moved);

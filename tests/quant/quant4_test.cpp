@@ -255,15 +255,9 @@ TEST(Quant4, CpuDequantizeOfCudaGoldensDiffersOnlyInZerosAndSubnormals) {
 }
 
 TEST(Quant4, CudaBackendMatchesGoldens) {
-  int files = 0, cpu_differs = 0, dq_files = 0;
+  int cpu_differs = 0, dq_files = 0;
   qtune_test::CodeDiff d;
-  for (int i = 0;; i++) {
-    char name[40];
-    std::snprintf(name, sizeof(name), "cuda_q4_%02d.safetensors", i);
-    if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
-    SCOPED_TRACE(name);
-    files++;
-    Fixture fx = load_fixture(name);
+  const int files = qtune_test::for_each_fixture("cuda_q4", [&](const Fixture& fx) {
     const QuantType qt = quant_type_from_name(fx.meta.at("quant_type"));
     const int64_t bs = std::stoll(fx.meta.at("blocksize"));
     const bool dq = fx.meta.at("double_quant") == "1";
@@ -283,7 +277,7 @@ TEST(Quant4, CudaBackendMatchesGoldens) {
     qtune_test::count_quant4_diffs(x, golden, qt, bs, d);
     Quant4Tensor cpu = quantize_4bit(x, qt, bs, dq);
     cpu_differs += !same_bits(cpu.packed, quantize_4bit(x, qt, bs, dq, BnbBackend::Cuda).packed);
-  }
+  });
   std::printf(
       "[ measured ] bitsandbytes CUDA goldens: %d files, %lld codes, %lld differ (each by bitsandbytes' "
       "approximate reciprocal), %d double-quant offsets\n",

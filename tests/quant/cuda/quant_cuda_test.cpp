@@ -151,19 +151,7 @@ TEST(QuantCuda, Quantize4bitFollowsBitsandbytesCudaRulesOn24RandomTensors) {
 // row quantization (weights without a threshold, activations with one), every byte.
 TEST(QuantCuda, QuantizeMatchesBitsandbytesCudaGoldens) {
   REQUIRE_GPU();
-  auto each = [](const char* prefix, auto&& body) {
-    int files = 0;
-    for (int i = 0;; i++) {
-      char name[40];
-      std::snprintf(name, sizeof(name), "%s_%02d.safetensors", prefix, i);
-      if (!std::ifstream(qtune_test::quant_fixture_path(name))) break;
-      SCOPED_TRACE(name);
-      body(qtune_test::load_fixture(name));
-      files++;
-    }
-    return files;
-  };
-  const int q4 = each("cuda_q4", [](const qtune_test::Fixture& fx) {
+  const int q4 = qtune_test::for_each_fixture("cuda_q4", [](const qtune_test::Fixture& fx) {
     const QuantType qt = quant_type_from_name(fx.meta.at("quant_type"));
     const int64_t bs = std::stoll(fx.meta.at("blocksize"));
     const bool dq = fx.meta.at("double_quant") == "1";
@@ -180,14 +168,14 @@ TEST(QuantCuda, QuantizeMatchesBitsandbytesCudaGoldens) {
     EXPECT_TRUE(qtune_test::same_bits(q.nested_code.to(Device::CPU), fx.at("nested_code")));
     EXPECT_EQ(std::memcmp(&q.offset, fx.at("offset").data<float>(), 4), 0) << "offset";
   });
-  const int q8 = each("cuda_q8", [](const qtune_test::Fixture& fx) {
+  const int q8 = qtune_test::for_each_fixture("cuda_q8", [](const qtune_test::Fixture& fx) {
     const int64_t bs = std::stoll(fx.meta.at("blocksize"));
     Blockwise8 b =
         quantize_blockwise_8bit_cuda(fx.at("input").to(Device::CUDA), create_dynamic_map(true), bs);
     EXPECT_TRUE(qtune_test::same_bits(b.q.to(Device::CPU), fx.at("q"))) << "codes";
     EXPECT_TRUE(qtune_test::same_bits(b.absmax.to(Device::CPU), fx.at("absmax"))) << "absmax";
   });
-  const int i8 = each("cuda_int8", [](const qtune_test::Fixture& fx) {
+  const int i8 = qtune_test::for_each_fixture("cuda_int8", [](const qtune_test::Fixture& fx) {
     const Tensor& x = fx.at("input");
     const int64_t rows = x.size(0), cols = x.size(1);
     const float thr = std::stof(fx.meta.at("threshold"));
