@@ -33,7 +33,7 @@ __global__ void quantize8_kernel(const T* __restrict__ x, float offset, int64_t 
     const int64_t start = b * bs, end = min(n, start + bs);
     float a = end - start < bs ? 0.0f : -FLT_MAX;
     for (int64_t i = start + lane; i < end; i += 32) a = bnb_absmax_step(a, value(i));  // NaN ignored
-    for (int o = 16; o > 0; o >>= 1) a = bnb_absmax_step(a, __shfl_xor_sync(0xffffffffu, a, o));
+    for (int o = 16; o > 0; o >>= 1) a = bnb_max(a, __shfl_xor_sync(0xffffffffu, a, o));
     if (lane == 0) absmax[b] = a;
     const float inv = bnb_reciprocal(a);
     for (int64_t i = start + lane; i < end; i += 32) q[i] = bnb_cuda_code8(c, bnb_scaled(value(i), inv));

@@ -38,7 +38,7 @@ __global__ void quantize4_kernel(const T* __restrict__ x, int64_t n, int64_t bs,
     const T* xb = x + start;
     float a = len < bs ? 0.0f : -FLT_MAX;
     for (int64_t i = lane; i < len; i += 32) a = bnb_absmax_step(a, load_f32(xb[i]));  // NaN ignored
-    for (int o = 16; o > 0; o >>= 1) a = bnb_absmax_step(a, __shfl_xor_sync(0xffffffffu, a, o));
+    for (int o = 16; o > 0; o >>= 1) a = bnb_max(a, __shfl_xor_sync(0xffffffffu, a, o));
     if (lane == 0) absmax[b] = a;
     const float inv = bnb_reciprocal(a);
     const int64_t npairs = (len + 1) / 2;

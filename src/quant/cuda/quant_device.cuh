@@ -60,10 +60,13 @@ __device__ __forceinline__ void store_kind(void* p, int64_t i, int kind, float v
 // bitsandbytes' CUDA arithmetic (fast math, bnb_cuda_rules.h): subnormal inputs and results flushed to zero,
 // the approximate reciprocal. The absmax step max(a, |x|), the reciprocal, a product (x · inv, code ·
 // absmax).
-__device__ __forceinline__ float bnb_absmax_step(float a, float x) {
+__device__ __forceinline__ float bnb_max(float a, float b) {  // NaN ignored
   float r;
-  asm("max.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(fabsf(x)));
+  asm("max.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
   return r;
+}
+__device__ __forceinline__ float bnb_absmax_step(float a, float x) {
+  return bnb_max(a, fabsf(x));
 }
 __device__ __forceinline__ float bnb_reciprocal(float a) {
   float r;

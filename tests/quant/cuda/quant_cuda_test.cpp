@@ -239,6 +239,28 @@ TEST(QuantCuda, DequantizeMatchesBitsandbytesCudaGoldens) {
   EXPECT_GE(checked, 15);
 }
 
+// A full block whose NaNs fill some lanes' whole share: those lanes' partial absmax stays -FLT_MAX, which
+// the warp's max must not turn into +FLT_MAX (bitsandbytes' block reduce keeps the largest |x|).
+TEST(QuantCuda, NanLanesKeepTheBlockAbsmax) {
+  REQUIRE_GPU();
+  std::vector<float> v(128);
+  for (size_t i = 0; i < v.size(); i++) v[i] = 0.01f * (float)((int)i - 60);
+  for (size_t i : {0, 32, 5, 37, 64, 96}) v[i] = NAN;  // lanes 0 and 5 of block 0, lane 0 of block 1
+  Tensor x = Tensor::from_f32(v, {128});
+  const Quant4Tensor got = quantize_4bit_cuda(x.to(Device::CUDA), QuantType::NF4, 64);
+  const Quant4Tensor want = quantize_4bit(x, QuantType::NF4, 64, false, BnbBackend::Cuda);
+  expect_same_bytes(got.absmax, want.absmax, "4-bit absmax");
+  expect_same_bytes(got.packed, want.packed, "4-bit codes");
+  const std::vector<float> code = create_dynamic_map(true);
+  const Blockwise8 b = quantize_blockwise_8bit_cuda(x.to(Device::CUDA), code, 64);
+  Tensor q = Tensor::empty({128}, DType::U8), am = Tensor::empty({2}, DType::F32);
+  quantize_8bit_cuda_rules_raw(x.raw(), DType::F32, 128, code.data(), 64, q.data<uint8_t>(),
+                               am.data<float>());
+  expect_same_bytes(b.absmax, am, "8-bit absmax");
+  expect_same_bytes(b.q, q, "8-bit codes");
+  EXPECT_EQ(am.data<float>()[0], std::fabs(v[1]));  // the largest finite |x| of block 0
+}
+
 TEST(QuantCuda, Dequantize4bitRangesAndRoundingStepsEqualCpu) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 1);
