@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "model/quant_linear.h"
 #include "ops/ops.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "ops/cuda/cuda_graph.h"
@@ -14,8 +15,17 @@ namespace qtune {
 
 namespace {
 
+// Dense without a bias: q/k/v and gate/up of such Linears share one GEMV launch.
 [[maybe_unused]] bool plain(const Linear& lin) {  // unused without CUDA
   return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
+}
+
+// What the step can run through Linear::forward: dense (with or without a bias) or 4-bit on the GPU (the
+// fused 4-bit GEMV). Neither allocates nor synchronises at one token, so both sit in the graph. LLM.int8
+// (a buffer per call) and adapters keep LlamaModel::forward's path.
+[[maybe_unused]] bool runnable(const Linear& lin) {
+  if (lin.adapter || lin.q8) return false;
+  return lin.q4 ? lin.q4->on_cuda() : lin.weight.defined();
 }
 
 }  // namespace
@@ -35,11 +45,11 @@ bool DecodeStep::supported(const LlamaModel& model, const KVCache& cache) {
     return false;
   if (model.activation_dtype() != DType::BF16 || model.config().head_dim % 2 != 0) return false;
   if (model.device_map().split()) return false;  // CPU-offloaded modules: LlamaModel::forward's path
-  if (!plain(model.lm_head())) return false;
+  if (!runnable(model.lm_head())) return false;
   for (const LlamaLayer& L : model.layers()) {
     if (L.attn_adapter) return false;
     for (const Linear* lin : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
-      if (!plain(*lin)) return false;
+      if (!runnable(*lin)) return false;
   }
   return true;
 #else
@@ -53,7 +63,8 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
     : model_(model), cache_(cache), use_graph_(use_graph), fuse_add_norm_(fuse_add_norm) {
   if (!supported(model, cache))
     throw_error(ErrorKind::Unsupported,
-                "DecodeStep: needs a CUDA model with dense Linears and a batch-1 cache");
+                "DecodeStep: needs a CUDA model with dense or 4-bit Linears (no LLM.int8, adapter or CPU "
+                "offload) and a batch-1 cache");
   const ModelConfig& c = model.config();
   const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, D = c.head_dim;
@@ -107,24 +118,34 @@ void DecodeStep::launch_step() {
       rmsnorm_forward(h, x_, w, eps);
     }
   };
+  // Linears sharing the input h: one fused GEMV when all are plain, else one forward each.
+  auto shared_input = [&](const std::vector<Tensor*>& outs, const std::vector<const Linear*>& lins) {
+    if (std::all_of(lins.begin(), lins.end(), [](const Linear* l) { return plain(*l); })) {
+      std::vector<const Tensor*> ws;
+      for (const Linear* l : lins) ws.push_back(&l->weight);
+      linear_forward_multi(outs, h_, ws);
+    } else {
+      for (size_t j = 0; j < lins.size(); j++) lins[j]->forward(*outs[j], h_);
+    }
+  };
   rmsnorm_forward(h_, x_, layers[0].input_norm, eps);  // x_ holds the token's embedding (run())
   for (int l = 0; l < c.num_hidden_layers; l++) {
     const LlamaLayer& L = layers[l];
     Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
-    linear_forward_multi({&q_, &k_, &v_}, h_, {&L.q.weight, &L.k.weight, &L.v.weight});
+    shared_input({&q_, &k_, &v_}, {&L.q, &L.k, &L.v});
     cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
     cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
-    linear_forward(proj_, att_, L.o.weight);
+    L.o.forward(proj_, att_);
     add_norm(h_, L.post_norm);
-    linear_forward_multi({&g_, &u_}, h_, {&L.gate.weight, &L.up.weight});
+    shared_input({&g_, &u_}, {&L.gate, &L.up});
     swiglu_forward(a_, g_, u_);
-    linear_forward(proj_, a_, L.down.weight);
+    L.down.forward(proj_, a_);
     if (l + 1 < c.num_hidden_layers)
       add_norm(h_, layers[l + 1].input_norm);
     else
       add_norm(hn_, model_.final_norm());
   }
-  linear_forward(logits_, hn_, model_.lm_head().weight);
+  model_.lm_head().forward(logits_, hn_);
 #endif
 }
 

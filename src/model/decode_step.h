@@ -4,6 +4,8 @@
 // GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA graph and replayed
 // at every position. The first step runs eagerly (it also loads the kernels); the second captures.
 // Each residual add shares its launch with the RMSNorm after it (add_rmsnorm): 10 launches per layer.
+// Linears with a bias (Qwen2's q/k/v) or a 4-bit weight (the fused 4-bit GEMV, quant/quant_cuda.h) run
+// through Linear::forward, one launch each instead of the shared q/k/v and gate/up GEMV.
 // Graph and eager steps launch the same kernels with the same arguments: their logits are identical.
 //
 //   if (DecodeStep::supported(model, cache)) {
@@ -23,8 +25,8 @@ namespace qtune {
 
 class DecodeStep {
  public:
-  // True for a CUDA model with a batch-1 cache whose decoder and lm_head Linears are all dense (no
-  // quantized weight, bias or adapter, no AttentionAdapter: those keep LlamaModel::forward's path), all on
+  // True for a CUDA model with a batch-1 cache whose decoder and lm_head Linears are all dense or 4-bit
+  // (no LLM.int8 weight, no adapter, no AttentionAdapter: those keep LlamaModel::forward's path), all on
   // the GPU (no module offloaded to the CPU by a device map).
   static bool supported(const LlamaModel& model, const KVCache& cache);
 

@@ -68,7 +68,7 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& pro
   auto t1 = clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   int64_t pos = P;
-  // Batch-1 CUDA decode with dense weights: persistent buffers and one CUDA graph per step.
+  // Batch-1 CUDA decode with dense or 4-bit weights: persistent buffers and one CUDA graph per step.
   std::unique_ptr<DecodeStep> step;
   if (!env_off("QTUNE_DECODE_STEP") && DecodeStep::supported(model, cache))
     step = std::make_unique<DecodeStep>(model, cache, !env_off("QTUNE_DECODE_GRAPH"),
