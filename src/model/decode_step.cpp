@@ -15,11 +15,6 @@ namespace qtune {
 
 namespace {
 
-// Dense without a bias: q/k/v and gate/up of such Linears share one GEMV launch.
-[[maybe_unused]] bool plain(const Linear& lin) {  // unused without CUDA
-  return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
-}
-
 // What the step can run through Linear::forward: dense (with or without a bias) or 4-bit on the GPU (the
 // fused 4-bit GEMV). Neither allocates nor synchronises at one token, so both sit in the graph. LLM.int8
 // (a buffer per call) and adapters keep LlamaModel::forward's path.
@@ -118,26 +113,16 @@ void DecodeStep::launch_step() {
       rmsnorm_forward(h, x_, w, eps);
     }
   };
-  // Linears sharing the input h: one fused GEMV when all are plain, else one forward each.
-  auto shared_input = [&](const std::vector<Tensor*>& outs, const std::vector<const Linear*>& lins) {
-    if (std::all_of(lins.begin(), lins.end(), [](const Linear* l) { return plain(*l); })) {
-      std::vector<const Tensor*> ws;
-      for (const Linear* l : lins) ws.push_back(&l->weight);
-      linear_forward_multi(outs, h_, ws);
-    } else {
-      for (size_t j = 0; j < lins.size(); j++) lins[j]->forward(*outs[j], h_);
-    }
-  };
   rmsnorm_forward(h_, x_, layers[0].input_norm, eps);  // x_ holds the token's embedding (run())
   for (int l = 0; l < c.num_hidden_layers; l++) {
     const LlamaLayer& L = layers[l];
     Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
-    shared_input({&q_, &k_, &v_}, {&L.q, &L.k, &L.v});
+    linear_forward_shared({&q_, &k_, &v_}, h_, {&L.q, &L.k, &L.v});
     cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
     cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
     L.o.forward(proj_, att_);
     add_norm(h_, L.post_norm);
-    shared_input({&g_, &u_}, {&L.gate, &L.up});
+    linear_forward_shared({&g_, &u_}, h_, {&L.gate, &L.up});
     swiglu_forward(a_, g_, u_);
     L.down.forward(proj_, a_);
     if (l + 1 < c.num_hidden_layers)

@@ -4,8 +4,9 @@
 // GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA graph and replayed
 // at every position. The first step runs eagerly (it also loads the kernels); the second captures.
 // Each residual add shares its launch with the RMSNorm after it (add_rmsnorm): 10 launches per layer.
-// Linears with a bias (Qwen2's q/k/v) or a 4-bit weight (the fused 4-bit GEMV, quant/quant_cuda.h) run
-// through Linear::forward, one launch each instead of the shared q/k/v and gate/up GEMV.
+// Linears with a bias (Qwen2's q/k/v) or a 4-bit weight run too: q/k/v and gate/up through
+// linear_forward_shared (one fused 4-bit GEMV launch for each group when all are 4-bit), the rest through
+// Linear::forward.
 // Graph and eager steps launch the same kernels with the same arguments: their logits are identical.
 //
 //   if (DecodeStep::supported(model, cache)) {

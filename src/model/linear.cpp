@@ -1,8 +1,13 @@
 // Linear::forward: the dense product through ops/matmul.h (see linear.h for the extension points).
 #include "model/linear.h"
 
+#include <algorithm>
+
 #include "model/quant_linear.h"
 #include "ops/matmul.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "model/cuda/quant_linear_cuda.h"
+#endif
 
 namespace qtune {
 
@@ -29,6 +34,30 @@ void Linear::forward_base(Tensor& out, const Tensor& x) const {
     int8_linear_forward(out, x, *q8, bias.defined() ? &bias : nullptr);
   else
     linear_forward(out, x, weight, bias.defined() ? &bias : nullptr);
+}
+
+void linear_forward_shared(const std::vector<Tensor*>& outs, const Tensor& x,
+                           const std::vector<const Linear*>& lins) {
+  if (std::all_of(lins.begin(), lins.end(), [](const Linear* l) { return l->plain(); })) {
+    std::vector<const Tensor*> ws;
+    for (const Linear* l : lins) ws.push_back(&l->weight);
+    linear_forward_multi(outs, x, ws);
+    return;
+  }
+#ifdef QTUNE_HAVE_CUDA
+  if (x.is_cuda() && std::all_of(lins.begin(), lins.end(),
+                                 [](const Linear* l) { return l->q4 && !l->adapter && l->q4->on_cuda(); })) {
+    std::vector<const Quant4Linear*> ws;
+    std::vector<const Tensor*> biases;
+    for (const Linear* l : lins) {
+      ws.push_back(l->q4.get());
+      biases.push_back(l->bias.defined() ? &l->bias : nullptr);
+    }
+    quant4_linear_forward_multi_cuda(outs, x, ws, biases);
+    return;
+  }
+#endif
+  for (size_t j = 0; j < lins.size(); j++) lins[j]->forward(*outs[j], x);
 }
 
 }  // namespace qtune

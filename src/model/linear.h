@@ -6,6 +6,7 @@
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -41,6 +42,14 @@ struct Linear {
   void forward(Tensor& out, const Tensor& x) const;
   // The base product alone, out = x·Wᵀ (+ b): no adapter (for adapters' backward recomputes).
   void forward_base(Tensor& out, const Tensor& x) const;
+  // Dense, without bias or adapter.
+  bool plain() const { return !quantized() && !adapter && !bias.defined() && weight.defined(); }
 };
+
+// outs[j] = lins[j].forward(x) for Linears that share their input (q/k/v, gate/up). At decode on the GPU
+// it is one launch when all are plain (ops/matmul.h linear_forward_multi) or all 4-bit without adapters
+// (quant/quant_cuda.h gemv_4bit_cuda_parts); otherwise, and always on the CPU, one forward each.
+void linear_forward_shared(const std::vector<Tensor*>& outs, const Tensor& x,
+                           const std::vector<const Linear*>& lins);
 
 }  // namespace qtune

@@ -14,10 +14,6 @@ namespace qtune {
 namespace {
 
 // A dense weight with no bias and no adapter: its product can share a launch with its siblings'.
-bool plain_linear(const Linear& lin) {
-  return !lin.quantized() && !lin.adapter && !lin.bias.defined() && lin.weight.defined();
-}
-
 DType act_dtype_of(Device d) {
   return d == Device::CPU ? DType::F32 : DType::BF16;
 }
@@ -162,19 +158,11 @@ Tensor LlamaModel::forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cach
     Work& w = work_on(L.device);
     Tensor q_heads = w.q.reshape({N, Hq, D});
     Tensor q4 = w.q.reshape({B, T, Hq, D}), att4 = w.att.reshape({B, T, Hq, D});
-    const bool fuse_qkv = plain_linear(L.q) && plain_linear(L.k) && plain_linear(L.v);
-    const bool fuse_gate_up = plain_linear(L.gate) && plain_linear(L.up);
     Tensor kl = direct ? cache.k_rows(l, start_pos, T) : w.k;  // [N, Hkv·D]
     Tensor vl = direct ? cache.v_rows(l, start_pos, T) : w.v;  // [N, Hkv·D]
     Tensor k_heads = kl.reshape({N, Hkv, D});
     rmsnorm_forward(w.h, x, L.input_norm, eps);
-    if (fuse_qkv) {  // one GEMV launch at decode (see ops/matmul.h)
-      linear_forward_multi({&w.q, &kl, &vl}, w.h, {&L.q.weight, &L.k.weight, &L.v.weight});
-    } else {
-      L.q.forward(w.q, w.h);
-      L.k.forward(kl, w.h);
-      L.v.forward(vl, w.h);
-    }
+    linear_forward_shared({&w.q, &kl, &vl}, w.h, {&L.q, &L.k, &L.v});  // one launch at decode
     rope_forward(q_heads, w.pos, w.inv_freq);
     rope_forward(k_heads, w.pos, w.inv_freq);
     if (!direct) cache.write(l, w.k, w.v, start_pos, T);
@@ -184,12 +172,7 @@ Tensor LlamaModel::forward_hidden(Tensor& x, int64_t B, int64_t T, KVCache& cach
     add_inplace(x, w.proj);
 
     rmsnorm_forward(w.h, x, L.post_norm, eps);
-    if (fuse_gate_up) {
-      linear_forward_multi({&w.g, &w.u}, w.h, {&L.gate.weight, &L.up.weight});
-    } else {
-      L.gate.forward(w.g, w.h);
-      L.up.forward(w.u, w.h);
-    }
+    linear_forward_shared({&w.g, &w.u}, w.h, {&L.gate, &L.up});
     swiglu_forward(w.a, w.g, w.u);
     L.down.forward(w.proj, w.a);
     add_inplace(x, w.proj);

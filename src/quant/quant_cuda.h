@@ -6,8 +6,8 @@
 // blockwise8.h and int8.h write what its CPU path writes (the two differ in places; bnb_cuda_rules.h says
 // where): fast-math flush to zero, the GPU's approximate reciprocal, its 4-bit thresholds and 8-bit search.
 // Double quant's offset is torch's CUDA mean, reproduced on the host from the copied absmax (1/64 of the
-// data or less). Dequantization is bitsandbytes' CUDA arithmetic too, which is the CPU functions' (the same f32
-// operations in the same order, never contracted, the same nibble order) except that a subnormal product
+// data or less). Dequantization is bitsandbytes' CUDA arithmetic too, which is the CPU functions' (the same
+// f32 operations in the same order, never contracted, the same nibble order) except that a subnormal product
 // is flushed to zero.
 //
 // Raw functions take device pointers and a stream; the Tensor-level ones use the legacy default stream
@@ -96,6 +96,12 @@ struct Gemv4Args {
 // True when the GEMV handles the weight: I % 32 == 0 and a 16-byte aligned packed pointer.
 bool gemv_4bit_supported(int64_t I, const void* packed);
 void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
+// Up to 3 weights that share x (q/k/v, gate/up) in one launch, each with its own packed weight, absmax,
+// out, bias and O: the same values as one gemv_4bit_cuda per weight, in a launch that fills the GPU
+// (k_proj alone, 1024 rows, gives work to 64 of an H200's 132 SMs). The weights must share x, I, rows,
+// block size, quant type, out dtype, weights_static and the absmax form (plain or nested); Usage
+// otherwise.
+void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stream);
 
 // ---- LLM.int8 ----------------------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 // 4-bit Linear on the GPU (model/quant_linear.h): quantizing a GPU weight, the forward (fused GEMV for a few
 // rows, otherwise dequantize into a reused BF16 buffer + the cuBLASLt GEMM of ops/cuda/linear.cu), and the
 // dequantized rows the trainer's backward multiplies with.
+#include <algorithm>
 #include <mutex>
+#include <vector>
 
 #include "core/error.h"
 #include "model/cuda/quant_linear_cuda.h"
@@ -74,6 +76,63 @@ void quant4_dequantize_rows_cuda(Tensor& out, const Quant4Linear& w, int64_t o0,
                            w.compute_dtype);
 }
 
+namespace {
+
+// The GEMV's arguments for w, or false when the GEMV does not take it (then the dequantize + GEMM path).
+bool gemv_args(Gemv4Args* a, const Tensor& out, const Tensor& x, const Quant4Linear& w, const Tensor* bias) {
+  const int64_t O = w.q.shape[0], I = w.q.shape[1];
+  if (x.numel() / I > kGemvMaxRows || !gemv_4bit_supported(I, w.q.packed.raw()) || !aligned16(x.raw()))
+    return false;
+  a->packed = w.q.packed.data<uint8_t>();
+  a->absmax = absmax4_view(w.q);
+  a->blocksize = w.q.blocksize;
+  a->quant_type = w.q.quant_type;
+  a->out_dtype = out.dtype();
+  a->bias = bias ? bias->raw() : nullptr;
+  a->bias_dtype = bias ? bias->dtype() : DType::BF16;
+  a->O = O;
+  a->I = I;
+  a->weights_static = true;  // quantized at load: no kernel of a forward writes them
+  return true;
+}
+
+// The launches for rows [0, N) of x in pairs, for weights that take the GEMV with the same layout.
+void gemv_rows(std::vector<Gemv4Args> parts, const std::vector<Tensor*>& outs, const Tensor& x, int64_t N) {
+  const size_t x_row = dtype_nbytes(x.dtype(), x.size(-1));
+  for (int64_t n0 = 0; n0 < N; n0 += 2) {
+    for (size_t j = 0; j < parts.size(); j++) {
+      parts[j].rows = (int)std::min<int64_t>(2, N - n0);
+      parts[j].x = static_cast<const char*>(x.raw()) + n0 * x_row;
+      parts[j].out = static_cast<char*>(outs[j]->raw()) + n0 * dtype_nbytes(outs[j]->dtype(), parts[j].O);
+    }
+    gemv_4bit_cuda_parts(parts, cuda::stream());
+  }
+}
+
+}  // namespace
+
+void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tensor& x,
+                                      const std::vector<const Quant4Linear*>& ws,
+                                      const std::vector<const Tensor*>& biases) {
+  std::vector<Gemv4Args> parts(ws.size());
+  bool one_launch = ws.size() <= 3;
+  for (size_t j = 0; j < ws.size() && one_launch; j++) {
+    const Quant4Linear& w = *ws[j];
+    if (!w.on_cuda()) break;  // the forward below names the error
+    check_forward("quant4_linear_forward", *outs[j], x, w.q.shape[0], w.q.shape[1], biases[j]);
+    one_launch = gemv_args(&parts[j], *outs[j], x, w, biases[j]) && parts[j].I == parts[0].I &&
+                 parts[j].blocksize == parts[0].blocksize && parts[j].quant_type == parts[0].quant_type &&
+                 parts[j].out_dtype == parts[0].out_dtype &&
+                 (parts[j].absmax.absmax == nullptr) == (parts[0].absmax.absmax == nullptr);
+  }
+  if (one_launch && !ws.empty() && ws.back()->on_cuda()) {
+    const int64_t N = x.numel() / parts[0].I;
+    if (N > 0) gemv_rows(parts, outs, x, N);
+    return;
+  }
+  for (size_t j = 0; j < ws.size(); j++) quant4_linear_forward_cuda(*outs[j], x, *ws[j], biases[j]);
+}
+
 void quant4_linear_forward_cuda(Tensor& out, const Tensor& x, const Quant4Linear& w, const Tensor* bias) {
   const char* op = "quant4_linear_forward";
   const int64_t O = w.q.shape[0], I = w.q.shape[1];
@@ -84,25 +143,9 @@ void quant4_linear_forward_cuda(Tensor& out, const Tensor& x, const Quant4Linear
   check_forward(op, out, x, O, I, bias);
   const int64_t N = x.numel() / I;
   if (N == 0 || O == 0) return;
-  if (N <= kGemvMaxRows && gemv_4bit_supported(I, w.q.packed.raw()) && aligned16(x.raw())) {
-    Gemv4Args a;
-    a.packed = w.q.packed.data<uint8_t>();
-    a.absmax = absmax4_view(w.q);
-    a.blocksize = w.q.blocksize;
-    a.quant_type = w.q.quant_type;
-    a.out_dtype = out.dtype();
-    a.bias = bias ? bias->raw() : nullptr;
-    a.bias_dtype = bias ? bias->dtype() : DType::BF16;
-    a.O = O;
-    a.I = I;
-    a.weights_static = true;  // quantized at load: no kernel of a forward writes them
-    const size_t out_row = dtype_nbytes(out.dtype(), O), x_row = dtype_nbytes(x.dtype(), I);
-    for (int64_t n0 = 0; n0 < N; n0 += 2) {
-      a.rows = (int)std::min<int64_t>(2, N - n0);
-      a.x = static_cast<const char*>(x.raw()) + n0 * x_row;
-      a.out = static_cast<char*>(out.raw()) + n0 * out_row;
-      gemv_4bit_cuda(a, cuda::stream());
-    }
+  Gemv4Args a;
+  if (gemv_args(&a, out, x, w, bias)) {
+    gemv_rows({a}, {&out}, x, N);
     return;
   }
   Tensor wd = dequant_buffer(O, I);  // [O, I] BF16

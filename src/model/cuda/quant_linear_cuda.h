@@ -3,12 +3,16 @@
 #pragma once
 #ifdef QTUNE_HAVE_CUDA
 #include <memory>
+#include <vector>
 
 #include "model/quant_linear.h"
 
 namespace qtune {
 
 void quant4_linear_forward_cuda(Tensor& out, const Tensor& x, const Quant4Linear& w, const Tensor* bias);
+void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tensor& x,
+                                      const std::vector<const Quant4Linear*>& ws,
+                                      const std::vector<const Tensor*>& biases);
 void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias);
 
 // w: GPU F32/BF16/F16 [O, I]; the storage equals quantize_linear_4bit / _8bit of the same values on the CPU.

@@ -30,6 +30,8 @@
 // overlaps with the kernel before when the weights may be read early). The weights enter as bf16(code) (the
 // absmax multiplies the f32 partial sums), so each weight carries one bf16 rounding, as in the dequantize +
 // GEMM path.
+#include <vector>
+
 #include "core/cuda_pdl.cuh"
 #include "quant/cuda/quant_device.cuh"
 
@@ -60,20 +62,41 @@ constexpr int kXFirstAbove = 4096;
 // PRMT forms a lookup's whole address: the byte as bits 8..15, 4 · lane as bits 0..7, the base above.
 constexpr int kTableBytes = 256 * 256, kTableAlign = 65536;
 
-struct Gemv4Params {
+// One launch may cover up to kMaxParts weights that share x (q/k/v, gate/up): their 16-row groups are
+// numbered one after the other, and each step looks up the part its group belongs to. The part's fields are
+// picked by index with selects (pick), so the parameters are never indexed dynamically (that would copy
+// them to local memory).
+constexpr int kMaxParts = 3;
+
+struct Gemv4Part {
   const uint4* packed;  // [O, nchunk] chunks of 32 codes
   Absmax4View am;
+  void* out;         // [NR, O]
+  const void* bias;  // [O] or null
+  int bias_kind;
+  int O;
+  int group0;  // its first group in the launch's numbering
+};
+
+struct Gemv4Params {
+  Gemv4Part part[kMaxParts];
+  int parts;
   int lg_chunks_per_block;  // log2(blocksize / 32)
   float code[16];
   const __nv_bfloat16* x;  // [NR, I]
-  void* out;               // [NR, O]
-  const void* bias;        // [O] or null
-  int out_kind, bias_kind;
-  int O, I, nchunk;
+  int out_kind;
+  int I, nchunk;
   int steps;             // per row: ceil(nchunk / 8)
-  int groups;            // ceil(O / 16)
+  int groups;            // all parts' ceil(O / 16)
   int groups_per_block;  // the block's run of 16-row groups
 };
+
+#define QT_PICK(p, j, field) ((j) == 0 ? (p).part[0].field : (j) == 1 ? (p).part[1].field : (p).part[2].field)
+
+// The part that group G belongs to.
+__device__ __forceinline__ int part_of(const Gemv4Params& p, int G) {
+  return (p.parts > 1 && G >= p.part[1].group0) + (p.parts > 2 && G >= p.part[2].group0);
+}
 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -116,33 +139,37 @@ struct Step {
   float a[kScales];
   uint32_t c[kScales];
 
-  __device__ __forceinline__ void load(const Gemv4Params& p, int row, int ch) {
-    load_set(p, row, ch, 0);
-    load_set(p, row, ch, 1);
-    load_scales(p, row, ch);
+  // part: the weight; row: the lane's first row in it.
+  __device__ __forceinline__ void load(const Gemv4Params& p, int part, int row, int ch) {
+    load_set(p, part, row, ch, 0);
+    load_set(p, part, row, ch, 1);
+    load_scales(p, part, row, ch);
   }
   // The packed words of MMA set P: rows 4j + r, j = 2P, 2P + 1.
-  __device__ __forceinline__ void load_set(const Gemv4Params& p, int row, int ch, int P) {
+  __device__ __forceinline__ void load_set(const Gemv4Params& p, int part, int row, int ch, int P) {
     // 32-bit chunk indices: gemv_4bit_cuda checks (O + 16) · I / 32 < 2^31.
     const bool in_row = ch < p.nchunk;
+    const uint4* packed = QT_PICK(p, part, packed);
+    const int O = QT_PICK(p, part, O);
 #pragma unroll
     for (int j = 2 * P; j < 2 * P + 2; j++) {
       const int r = row + 4 * j;
-      w[j] = in_row && r < p.O ? __ldcs(p.packed + r * p.nchunk + ch) : make_uint4(0, 0, 0, 0);
+      w[j] = in_row && r < O ? __ldcs(packed + r * p.nchunk + ch) : make_uint4(0, 0, 0, 0);
     }
   }
-  __device__ __forceinline__ void load_scales(const Gemv4Params& p, int row, int ch) {
+  __device__ __forceinline__ void load_scales(const Gemv4Params& p, int part, int row, int ch) {
     const bool in_row = ch < p.nchunk;
+    const int O = QT_PICK(p, part, O);
 #pragma unroll
     for (int s = 0; s < kScales; s++) {
       const int r = row + 4 * (kPair ? 2 * (ch & 1) + s : s);
-      const bool in = in_row && r < p.O;
+      const bool in = in_row && r < O;
       const int blk = (r * p.nchunk + ch) >> p.lg_chunks_per_block;
       if (kNested) {
-        c[s] = in ? p.am.qabsmax[blk] : 0;
-        a[s] = in ? __ldg(p.am.nested_absmax + (blk >> 8)) : 0.0f;
+        c[s] = in ? QT_PICK(p, part, am.qabsmax)[blk] : 0;
+        a[s] = in ? __ldg(QT_PICK(p, part, am.nested_absmax) + (blk >> 8)) : 0.0f;
       } else {
-        a[s] = in ? __ldg(p.am.absmax + blk) : 0.0f;
+        a[s] = in ? __ldg(QT_PICK(p, part, am.absmax) + blk) : 0.0f;
       }
     }
   }
@@ -161,11 +188,13 @@ struct Step {
 // of loads in flight instead of 2 at no register cost (bench/NOTES.md, session 10: 0.25-0.45 us at
 // 14336x4096 and 4096x14336). Each set keeps two accumulator chains (even and odd t) so the set's eight
 // MMAs are not one dependent chain.
-// xs: x staged in shared memory (x_stage_offset has the layout).
+// xs: x staged in shared memory (x_stage_offset has the layout); part: the step's weight (its nested code
+// book is ncode[256 · part ...]).
 template <int NR, bool kNested, bool kPair, class Refill>
-__device__ __forceinline__ void step_sum(const Gemv4Params& p, Step<kNested, kPair>& st, Refill refill_set0,
-                                         int ch, int lane, uint32_t base_lane, const float* ncode,
-                                         const char* xs, float (&acc)[NR][Step<kNested, kPair>::kScales]) {
+__device__ __forceinline__ void step_sum(const Gemv4Params& p, int part, Step<kNested, kPair>& st,
+                                         Refill refill_set0, int ch, int lane, uint32_t base_lane,
+                                         const float* ncode, const char* xs,
+                                         float (&acc)[NR][Step<kNested, kPair>::kScales]) {
   const int g = lane >> 2, q = lane & 3, par = g & 1;
   const bool has_x = (g >> 1) == q && ch < p.nchunk;
   uint4 xv[NR][4];
@@ -207,9 +236,11 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, Step<kNested, kPa
     const float* dj = d[n][j >> 1] + 2 * (j & 1);
     return par ? dj[1] : dj[0];
   };
+  const float* nc = ncode + 256 * part;
+  const float offset = kNested ? QT_PICK(p, part, am.offset) : 0.0f;
 #pragma unroll
   for (int s = 0; s < Step<kNested, kPair>::kScales; s++) {
-    const float a = kNested ? __fadd_rn(bnb_scaled(ncode[st.c[s]], st.a[s]), p.am.offset) : st.a[s];
+    const float a = kNested ? __fadd_rn(bnb_scaled(nc[st.c[s]], st.a[s]), offset) : st.a[s];
 #pragma unroll
     for (int n = 0; n < NR; n++) {
       if constexpr (kPair) {  // keep rows s and 2 + s (even lane / odd lane), send the other to the partner
@@ -233,23 +264,30 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   const uint32_t pad = (0u - sbase) & 0xFFFFu;  // to the next shared address with zero low 16 bits
   char* tab = smem + pad;
   float* ncode = reinterpret_cast<float*>(tab + kTableBytes);
-  float* part = ncode + 256;  // [groups_per_block][NR][16] row sums
+  float* part = ncode + 256 * kMaxParts;  // [groups_per_block][NR][16] row sums
   char* xs = reinterpret_cast<char*>(part + p.groups_per_block * NR * 16);  // [NR] x rows, x_stage_offset
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g0 = blockIdx.x * p.groups_per_block;
   const int ng = min(p.groups_per_block, p.groups - g0);
   const int items = ng * p.steps;
-  const int row0 = g0 * 16 + (lane >> 3), ch0 = lane & 7;
+  const int lrow = lane >> 3, ch0 = lane & 7;
+  // The part of the block's group gl, and the lane's first row of that group within the part.
+  auto part_at = [&](int gl) { return part_of(p, g0 + gl); };
+  auto row_at = [&](int gl, int j) { return (g0 + gl - QT_PICK(p, j, group0)) * 16 + lrow; };
 
   // This warp's run of the block's steps (group-major): load cursor (lgl, ls), sum cursor (cgl, cs).
   const int per = (items + kWarps - 1) / kWarps;
   const int first = warp * per, end = min(items, first + per);
   int lgl = first / p.steps, ls = first % p.steps, cgl = lgl, cs = ls;
   StepT s0, s1;
+  auto load_at_cursor = [&](StepT& st) {
+    const int j = part_at(lgl);
+    st.load(p, j, row_at(lgl, j), ls * 8 + ch0);
+  };
   auto load_first_two = [&]() {
-    if (first < end) s0.load(p, row0 + lgl * 16, ls * 8 + ch0);
+    if (first < end) load_at_cursor(s0);
     if (++ls == p.steps) ls = 0, lgl++;
-    if (first + 1 < end) s1.load(p, row0 + lgl * 16, ls * 8 + ch0);
+    if (first + 1 < end) load_at_cursor(s1);
     if (++ls == p.steps) ls = 0, lgl++;
   };
   const int pieces = p.I / 8;  // 16-byte pieces per x row
@@ -282,8 +320,9 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
       xr[u] = i < NR * pieces ? __ldg(reinterpret_cast<const uint4*>(p.x) + i) : make_uint4(0, 0, 0, 0);
     }
   }
-  if (kNested)  // the nested code book
-    for (int i = threadIdx.x; i < 256; i += kThreads) ncode[i] = p.am.nested_code[i];
+  if (kNested)  // the nested code books
+    for (int i = threadIdx.x; i < 256 * p.parts; i += kThreads)
+      ncode[i] = QT_PICK(p, i >> 8, am.nested_code)[i & 255];
   if constexpr (kXFirst) {
 #pragma unroll
     for (int u = 0; u < kXRegs; u++) stage_x(threadIdx.x + u * kThreads, xr[u]);
@@ -321,14 +360,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
       if (cur >= 0) flush();
       cur = cgl;
     }
-    const int row = row0 + lgl * 16, ch = ls * 8 + ch0;
+    const int lj = part_at(lgl), row = row_at(lgl, lj), ch = ls * 8 + ch0;
     step_sum<NR>(
-        p, st,
+        p, part_at(cgl), st,
         [&]() {
-          if (more) st.load_set(p, row, ch, 0);
+          if (more) st.load_set(p, lj, row, ch, 0);
         },
         cs * 8 + ch0, lane, base_lane, ncode, xs, acc);
-    if (more) st.load_set(p, row, ch, 1), st.load_scales(p, row, ch);
+    if (more) st.load_set(p, lj, row, ch, 1), st.load_scales(p, lj, row, ch);
     if (++cs == p.steps) cs = 0, cgl++;
     if (++ls == p.steps) ls = 0, lgl++;
   };
@@ -343,10 +382,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   __syncthreads();
   for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) {
     const int gl = i / (NR * 16), n = (i / 16) % NR, r = i % 16;
-    const int o = (g0 + gl) * 16 + r;
-    if (o < p.O) {
-      const float y = p.bias ? part[i] + load_kind(p.bias, o, p.bias_kind) : part[i];
-      store_kind(p.out, (int64_t)n * p.O + o, p.out_kind, y);
+    const int j = part_at(gl), o = (g0 + gl - QT_PICK(p, j, group0)) * 16 + r, O = QT_PICK(p, j, O);
+    if (o < O) {
+      const void* bias = QT_PICK(p, j, bias);
+      const float y = bias ? part[i] + load_kind(bias, o, QT_PICK(p, j, bias_kind)) : part[i];
+      store_kind(QT_PICK(p, j, out), (int64_t)n * O + o, p.out_kind, y);
     }
   }
 }
@@ -362,7 +402,7 @@ bool aligned16(const void* p) {
 // Dynamic shared memory: the table's alignment slack, the table, the nested code book, the row sums of a
 // run of gpb groups, the x stage.
 size_t gemv_smem(int gpb, int rows, int I) {
-  return (size_t)kTableAlign + kTableBytes + 1024 + (size_t)gpb * rows * 16 * 4 +
+  return (size_t)kTableAlign + kTableBytes + kMaxParts * 1024 + (size_t)gpb * rows * 16 * 4 +
          (size_t)rows * x_stage_row(I);
 }
 
@@ -416,41 +456,66 @@ bool gemv_4bit_supported(int64_t I, const void* packed) {
 }
 
 void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
-  if (!gemv_4bit_supported(a.I, a.packed) || !aligned16(a.x))
-    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: needs I % 32 == 0 (got ", a.I,
-                ") and 16-byte aligned packed weights and x");
+  gemv_4bit_cuda_parts({a}, stream);
+}
+
+void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stream) {
+  if (parts.empty() || (int)parts.size() > kMaxParts)
+    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: 1 to ", kMaxParts, " weights per launch, got ",
+                parts.size());
+  const Gemv4Args& a = parts[0];
+  for (const Gemv4Args& b : parts) {
+    if (!gemv_4bit_supported(b.I, b.packed) || !aligned16(b.x))
+      throw_error(ErrorKind::Usage, "gemv_4bit_cuda: needs I % 32 == 0 (got ", b.I,
+                  ") and 16-byte aligned packed weights and x");
+    if (b.x != a.x || b.I != a.I || b.rows != a.rows || b.blocksize != a.blocksize ||
+        b.quant_type != a.quant_type || b.out_dtype != a.out_dtype || b.weights_static != a.weights_static ||
+        (b.absmax.absmax == nullptr) != (a.absmax.absmax == nullptr))
+      throw_error(ErrorKind::Usage,
+                  "gemv_4bit_cuda: the weights of one launch must share x, I, rows, block size, quant type, "
+                  "output dtype, weights_static and the absmax form (plain or nested)");
+    if (b.O <= 0 || (b.O + 16) * (b.I / 32) >= ((int64_t)1 << 31))
+      throw_error(ErrorKind::Usage, "gemv_4bit_cuda: unsupported size O = ", b.O, ", I = ", b.I,
+                  " (needs (O + 16) · I / 32 < 2^31)");
+  }
   if (a.rows < 1 || a.rows > 2)
     throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows must be 1 or 2, got ", a.rows);
-  if (a.O <= 0 || (a.O + 16) * (a.I / 32) >= ((int64_t)1 << 31))
-    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: unsupported size O = ", a.O, ", I = ", a.I,
-                " (needs (O + 16) · I / 32 < 2^31)");
   check_blocksize(a.blocksize, "gemv_4bit_cuda");
   if (a.rows == 2 && gemv_smem(1, 2, (int)a.I) > max_dynamic_smem()) {  // two x rows do not fit: one each
-    Gemv4Args one = a;
-    one.rows = 1;
-    gemv_4bit_cuda(one, stream);
-    one.x = static_cast<const __nv_bfloat16*>(a.x) + a.I;
-    one.out = static_cast<char*>(a.out) + dtype_nbytes(a.out_dtype, a.O);
-    gemv_4bit_cuda(one, stream);
+    std::vector<Gemv4Args> one = parts;
+    for (Gemv4Args& b : one) b.rows = 1;
+    gemv_4bit_cuda_parts(one, stream);
+    for (Gemv4Args& b : one) {
+      b.x = static_cast<const __nv_bfloat16*>(b.x) + b.I;
+      b.out = static_cast<char*>(b.out) + dtype_nbytes(b.out_dtype, b.O);
+    }
+    gemv_4bit_cuda_parts(one, stream);
     return;
   }
-  Gemv4Params p;
-  p.packed = reinterpret_cast<const uint4*>(a.packed);
-  p.am = a.absmax;
+  Gemv4Params p = {};
+  p.parts = (int)parts.size();
+  p.groups = 0;
+  for (int j = 0; j < p.parts; j++) {
+    const Gemv4Args& b = parts[j];
+    Gemv4Part& w = p.part[j];
+    w.packed = reinterpret_cast<const uint4*>(b.packed);
+    w.am = b.absmax;
+    w.out = b.out;
+    w.bias = b.bias;
+    w.bias_kind = b.bias ? float_kind(b.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
+    w.O = (int)b.O;
+    w.group0 = p.groups;
+    p.groups += (w.O + 15) / 16;
+  }
   p.lg_chunks_per_block = 0;
   while ((int64_t(32) << p.lg_chunks_per_block) < a.blocksize) p.lg_chunks_per_block++;
   const float* c = code4(a.quant_type);
   for (int i = 0; i < 16; i++) p.code[i] = c[i];
   p.x = static_cast<const __nv_bfloat16*>(a.x);
-  p.out = a.out;
-  p.bias = a.bias;
   p.out_kind = float_kind(a.out_dtype, "gemv_4bit_cuda (out)");
-  p.bias_kind = a.bias ? float_kind(a.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
-  p.O = (int)a.O;
   p.I = (int)a.I;
   p.nchunk = p.I / 32;
   p.steps = (p.nchunk + 7) / 8;
-  p.groups = (p.O + 15) / 16;
   int dev = 0, sms = 0;
   cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
   cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
@@ -460,7 +525,7 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
     p.groups_per_block--;
   const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
   const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I);
-  const bool nested = p.am.absmax == nullptr;
+  const bool nested = a.absmax.absmax == nullptr;
   const Order order = p.I > kXFirstAbove && (nested || !a.weights_static) ? Order::kXFirst
                       : a.weights_static                                  ? Order::kWeightsEarly
                                                                           : Order::kWeightsFirst;

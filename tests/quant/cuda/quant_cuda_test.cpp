@@ -593,6 +593,74 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   }
 }
 
+// Several weights sharing x in one launch (q/k/v, gate/up) give exactly what one launch per weight gives:
+// parts of different heights (partial groups, a part of one group), block runs that span two parts
+// (O = 4096 + 1024 + 1024 at I = 512: 384 groups, three per block), each part's own bias dtype or none,
+// plain and nested absmax, NF4 and FP4, one and two rows, each load order; then the misuses.
+TEST(QuantCuda, Gemv4bitPartsEqualOneLaunchPerWeight) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 6);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  struct Case {
+    std::vector<int64_t> Os;
+    int64_t I;
+    bool dq;
+    QuantType qt;
+  };
+  for (const Case& c :
+       {Case{{37, 16, 301}, 1024, true, QuantType::NF4}, Case{{37, 16, 301}, 1024, false, QuantType::FP4},
+        Case{{4096, 1024, 1024}, 512, true, QuantType::NF4}, Case{{2200, 2200}, 384, false, QuantType::NF4},
+        Case{{37, 21}, 4160, true, QuantType::NF4}, Case{{19, 40}, 4160, false, QuantType::FP4}}) {
+    const int64_t I = c.I;
+    std::vector<float> xv((size_t)(2 * I));
+    for (float& v : xv) v = bf16_to_f32(f32_to_bf16(nd(g)));
+    Tensor x = Tensor::from_f32(xv, {2, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    std::vector<Quant4Tensor> qs;
+    std::vector<Tensor> biases;
+    for (size_t j = 0; j < c.Os.size(); j++) {
+      const int64_t O = c.Os[j];
+      std::vector<float> wv((size_t)(O * I)), bv((size_t)O);
+      for (float& v : wv) v = nd(g);
+      for (float& v : bv) v = nd(g);
+      qs.push_back(quant4_to(quantize_4bit(Tensor::from_f32(wv, {O, I}), c.qt, 64, c.dq), Device::CUDA));
+      const DType bt = j == 0 ? DType::BF16 : DType::F32;  // the last part has none
+      biases.push_back(j + 1 < c.Os.size() ? Tensor::from_f32(bv, {O}).to_dtype(bt).to(Device::CUDA)
+                                           : Tensor());
+    }
+    for (int rows : {1, 2})
+      for (bool early : {false, true}) {
+        std::vector<Tensor> one, fused;
+        std::vector<Gemv4Args> parts;
+        for (size_t j = 0; j < qs.size(); j++) {
+          one.push_back(Tensor::empty({rows, c.Os[j]}, DType::BF16, Device::CUDA));
+          fused.push_back(Tensor::empty({rows, c.Os[j]}, DType::BF16, Device::CUDA));
+          Gemv4Args a = gemv4_args(qs[j], x, one.back(), rows);
+          a.weights_static = early;
+          if (biases[j].defined()) a.bias = biases[j].raw(), a.bias_dtype = biases[j].dtype();
+          gemv_4bit_cuda(a, 0);
+          a.out = fused.back().raw();
+          parts.push_back(a);
+        }
+        gemv_4bit_cuda_parts(parts, 0);
+        for (size_t j = 0; j < qs.size(); j++) {
+          std::vector<uint8_t> want = qtune_test::bytes_of(one[j]), got = qtune_test::bytes_of(fused[j]);
+          EXPECT_EQ(got, want) << "part " << j << " of " << qs.size() << ", O " << c.Os[j] << " I " << I
+                               << (c.dq ? " dq" : "") << " rows " << rows << (early ? " weights_static" : "");
+        }
+      }
+    Tensor y0 = Tensor::empty({1, c.Os[0]}, DType::BF16, Device::CUDA);
+    Gemv4Args a = gemv4_args(qs[0], x, y0, 1);
+    Gemv4Args other_x = a;
+    other_x.x = static_cast<const char*>(x.raw()) + 2 * I;
+    EXPECT_THROW(gemv_4bit_cuda_parts({a, other_x}, 0), Error);
+    Gemv4Args other_form = a;
+    other_form.absmax.absmax = c.dq ? reinterpret_cast<const float*>(qs[0].packed.raw()) : nullptr;
+    EXPECT_THROW(gemv_4bit_cuda_parts({a, other_form}, 0), Error);
+    EXPECT_THROW(gemv_4bit_cuda_parts({a, a, a, a}, 0), Error);
+    EXPECT_THROW(gemv_4bit_cuda_parts({}, 0), Error);
+  }
+}
+
 // The GEMV starts while the kernel before it on the stream finishes (programmatic dependent launch) and
 // must still see what that kernel wrote, and not overwrite what it reads. Chains y1 = W1 x, y2 = W2 y1 with
 // x alternating between two vectors and y1 one buffer, all launched back to back with no synchronisation,
