@@ -64,8 +64,10 @@ constexpr int kTableBytes = 256 * 256, kTableAlign = 65536;
 
 // One launch may cover up to kMaxParts weights that share x (q/k/v, gate/up): their 16-row groups are
 // numbered one after the other, and each step looks up the part its group belongs to. The part's fields are
-// picked by index with selects (pick), so the parameters are never indexed dynamically (that would copy
-// them to local memory).
+// picked by index with selects (QT_PICK), so the parameters are never indexed dynamically (that would copy
+// them to local memory). Those lookups cost 0.5-2.4 us at 14336x4096 and 4096x14336 when every launch pays
+// them, and a parameter block sized for three parts 0.1-0.15 us per launch, so one weight (P = 1) is a
+// kernel of its own whose parameters hold one part, the constant 0.
 constexpr int kMaxParts = 3;
 
 struct Gemv4Part {
@@ -78,8 +80,9 @@ struct Gemv4Part {
   int group0;  // its first group in the launch's numbering
 };
 
+template <int P>  // parts the parameters hold: 1 or kMaxParts
 struct Gemv4Params {
-  Gemv4Part part[kMaxParts];
+  Gemv4Part part[P];
   int parts;
   int lg_chunks_per_block;  // log2(blocksize / 32)
   float code[16];
@@ -91,10 +94,21 @@ struct Gemv4Params {
   int groups_per_block;  // the block's run of 16-row groups
 };
 
-#define QT_PICK(p, j, field) ((j) == 0 ? (p).part[0].field : (j) == 1 ? (p).part[1].field : (p).part[2].field)
+template <int P, class F>
+__device__ __forceinline__ auto pick_part(const Gemv4Params<P>& p, int j, F field) {
+  if constexpr (P == 1) {
+    return field(p.part[0]);
+  } else {
+    static_assert(P == 3, "pick_part: 1 or 3 parts");
+    return j == 0 ? field(p.part[0]) : j == 1 ? field(p.part[1]) : field(p.part[2]);
+  }
+}
+#define QT_PICK(p, j, field) pick_part(p, j, [](const Gemv4Part& w_) { return w_.field; })
 
 // The part that group G belongs to.
-__device__ __forceinline__ int part_of(const Gemv4Params& p, int G) {
+template <int P>
+__device__ __forceinline__ int part_of(const Gemv4Params<P>& p, int G) {
+  if constexpr (P == 1) return 0;
   return (p.parts > 1 && G >= p.part[1].group0) + (p.parts > 2 && G >= p.part[2].group0);
 }
 
@@ -140,13 +154,15 @@ struct Step {
   uint32_t c[kScales];
 
   // part: the weight; row: the lane's first row in it.
-  __device__ __forceinline__ void load(const Gemv4Params& p, int part, int row, int ch) {
+  template <class Params>
+  __device__ __forceinline__ void load(const Params& p, int part, int row, int ch) {
     load_set(p, part, row, ch, 0);
     load_set(p, part, row, ch, 1);
     load_scales(p, part, row, ch);
   }
   // The packed words of MMA set P: rows 4j + r, j = 2P, 2P + 1.
-  __device__ __forceinline__ void load_set(const Gemv4Params& p, int part, int row, int ch, int P) {
+  template <class Params>
+  __device__ __forceinline__ void load_set(const Params& p, int part, int row, int ch, int P) {
     // 32-bit chunk indices: gemv_4bit_cuda checks (O + 16) · I / 32 < 2^31.
     const bool in_row = ch < p.nchunk;
     const uint4* packed = QT_PICK(p, part, packed);
@@ -157,7 +173,8 @@ struct Step {
       w[j] = in_row && r < O ? __ldcs(packed + r * p.nchunk + ch) : make_uint4(0, 0, 0, 0);
     }
   }
-  __device__ __forceinline__ void load_scales(const Gemv4Params& p, int part, int row, int ch) {
+  template <class Params>
+  __device__ __forceinline__ void load_scales(const Params& p, int part, int row, int ch) {
     const bool in_row = ch < p.nchunk;
     const int O = QT_PICK(p, part, O);
 #pragma unroll
@@ -190,8 +207,8 @@ struct Step {
 // MMAs are not one dependent chain.
 // xs: x staged in shared memory (x_stage_offset has the layout); part: the step's weight (its nested code
 // book is ncode[256 · part ...]).
-template <int NR, bool kNested, bool kPair, class Refill>
-__device__ __forceinline__ void step_sum(const Gemv4Params& p, int part, Step<kNested, kPair>& st,
+template <int NR, bool kNested, bool kPair, class Params, class Refill>
+__device__ __forceinline__ void step_sum(const Params& p, int part, Step<kNested, kPair>& st,
                                          Refill refill_set0, int ch, int lane, uint32_t base_lane,
                                          const float* ncode, const char* xs,
                                          float (&acc)[NR][Step<kNested, kPair>::kScales]) {
@@ -255,8 +272,9 @@ __device__ __forceinline__ void step_sum(const Gemv4Params& p, int part, Step<kN
   }
 }
 
-template <int NR, bool kNested, Order kOrder, bool kPair>
-__global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p) {
+template <int NR, bool kNested, Order kOrder, bool kPair, int P>
+__global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P> p) {
+  constexpr bool kMulti = P > 1;
   using StepT = Step<kNested, kPair>;
   constexpr bool kXFirst = kOrder == Order::kXFirst;
   extern __shared__ __align__(16) char smem[];
@@ -264,7 +282,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   const uint32_t pad = (0u - sbase) & 0xFFFFu;  // to the next shared address with zero low 16 bits
   char* tab = smem + pad;
   float* ncode = reinterpret_cast<float*>(tab + kTableBytes);
-  float* part = ncode + 256 * kMaxParts;  // [groups_per_block][NR][16] row sums
+  float* part = ncode + 256 * (kMulti ? kMaxParts : 1);  // [groups_per_block][NR][16] row sums
   char* xs = reinterpret_cast<char*>(part + p.groups_per_block * NR * 16);  // [NR] x rows, x_stage_offset
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g0 = blockIdx.x * p.groups_per_block;
@@ -272,8 +290,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   const int items = ng * p.steps;
   const int lrow = lane >> 3, ch0 = lane & 7;
   // The part of the block's group gl, and the lane's first row of that group within the part.
-  auto part_at = [&](int gl) { return part_of(p, g0 + gl); };
-  auto row_at = [&](int gl, int j) { return (g0 + gl - QT_PICK(p, j, group0)) * 16 + lrow; };
+  auto part_at = [&](int gl) { return kMulti ? part_of(p, g0 + gl) : 0; };
+  const int row0 = g0 * 16 + lrow;
+  auto row_at = [&](int gl, int j) {
+    return kMulti ? (g0 + gl - QT_PICK(p, j, group0)) * 16 + lrow : row0 + gl * 16;
+  };
 
   // This warp's run of the block's steps (group-major): load cursor (lgl, ls), sum cursor (cgl, cs).
   const int per = (items + kWarps - 1) / kWarps;
@@ -321,8 +342,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
     }
   }
   if (kNested)  // the nested code books
-    for (int i = threadIdx.x; i < 256 * p.parts; i += kThreads)
-      ncode[i] = QT_PICK(p, i >> 8, am.nested_code)[i & 255];
+    for (int i = threadIdx.x; i < 256 * (kMulti ? p.parts : 1); i += kThreads)
+      ncode[i] = kMulti ? QT_PICK(p, i >> 8, am.nested_code)[i & 255] : p.part[0].am.nested_code[i];
   if constexpr (kXFirst) {
 #pragma unroll
     for (int u = 0; u < kXRegs; u++) stage_x(threadIdx.x + u * kThreads, xr[u]);
@@ -382,7 +403,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params p)
   __syncthreads();
   for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) {
     const int gl = i / (NR * 16), n = (i / 16) % NR, r = i % 16;
-    const int j = part_at(gl), o = (g0 + gl - QT_PICK(p, j, group0)) * 16 + r, O = QT_PICK(p, j, O);
+    const int j = part_at(gl), O = QT_PICK(p, j, O);
+    const int o = (kMulti ? row_at(gl, j) - lrow : (g0 + gl) * 16) + r;
     if (o < O) {
       const void* bias = QT_PICK(p, j, bias);
       const float y = bias ? part[i] + load_kind(bias, o, QT_PICK(p, j, bias_kind)) : part[i];
@@ -401,8 +423,8 @@ bool aligned16(const void* p) {
 
 // Dynamic shared memory: the table's alignment slack, the table, the nested code book, the row sums of a
 // run of gpb groups, the x stage.
-size_t gemv_smem(int gpb, int rows, int I) {
-  return (size_t)kTableAlign + kTableBytes + kMaxParts * 1024 + (size_t)gpb * rows * 16 * 4 +
+size_t gemv_smem(int gpb, int rows, int I, bool multi = false) {
+  return (size_t)kTableAlign + kTableBytes + (multi ? kMaxParts : 1) * 1024 + (size_t)gpb * rows * 16 * 4 +
          (size_t)rows * x_stage_row(I);
 }
 
@@ -418,9 +440,9 @@ size_t max_dynamic_smem() {
   return (size_t)cached[dev];
 }
 
-template <int NR, bool kNested, Order kOrder, bool kPair>
-void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) {
-  auto kernel = gemv4_kernel<NR, kNested, kOrder, kPair>;
+template <int NR, bool kNested, Order kOrder, bool kPair, int P>
+void launch(const Gemv4Params<P>& p, int blocks, size_t smem, cudaStream_t stream) {
+  auto kernel = gemv4_kernel<NR, kNested, kOrder, kPair, P>;
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
     cuda_ok(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
@@ -430,8 +452,8 @@ void launch(const Gemv4Params& p, int blocks, size_t smem, cudaStream_t stream) 
   cuda_ok(cuda::launch_pdl(kernel, dim3(blocks), dim3(kThreads), smem, stream, p), "gemv4_kernel launch");
 }
 
-template <int NR, bool kNested, bool kPair>
-void launch_order(const Gemv4Params& p, Order order, int blocks, size_t smem, cudaStream_t stream) {
+template <int NR, bool kNested, bool kPair, int P>
+void launch_order(const Gemv4Params<P>& p, Order order, int blocks, size_t smem, cudaStream_t stream) {
   switch (order) {
     case Order::kWeightsEarly:
       return launch<NR, kNested, Order::kWeightsEarly, kPair>(p, blocks, smem, stream);
@@ -442,10 +464,66 @@ void launch_order(const Gemv4Params& p, Order order, int blocks, size_t smem, cu
   }
 }
 
-template <int NR, bool kNested>
-void launch_pair(const Gemv4Params& p, Order order, bool pair, int blocks, size_t smem, cudaStream_t stream) {
-  pair ? launch_order<NR, kNested, true>(p, order, blocks, smem, stream)
-       : launch_order<NR, kNested, false>(p, order, blocks, smem, stream);
+// Several parts in one launch only with kPair (gemv_4bit_cuda_parts launches them one by one otherwise).
+template <int NR, bool kNested, int P>
+void launch_pair(const Gemv4Params<P>& p, Order order, bool pair, int blocks, size_t smem,
+                 cudaStream_t stream) {
+  if constexpr (P > 1)
+    launch_order<NR, kNested, true>(p, order, blocks, smem, stream);
+  else
+    pair ? launch_order<NR, kNested, true>(p, order, blocks, smem, stream)
+         : launch_order<NR, kNested, false>(p, order, blocks, smem, stream);
+}
+
+// The launch for parts that share x and layout (checked by gemv_4bit_cuda_parts), in a kernel whose
+// parameters hold P parts.
+template <int P>
+void launch_parts(const std::vector<Gemv4Args>& parts, bool pair, cudaStream_t stream) {
+  const Gemv4Args& a = parts[0];
+  Gemv4Params<P> p = {};
+  p.parts = (int)parts.size();
+  p.groups = 0;
+  for (int j = 0; j < p.parts; j++) {
+    const Gemv4Args& b = parts[j];
+    Gemv4Part& w = p.part[j];
+    w.packed = reinterpret_cast<const uint4*>(b.packed);
+    w.am = b.absmax;
+    w.out = b.out;
+    w.bias = b.bias;
+    w.bias_kind = b.bias ? float_kind(b.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
+    w.O = (int)b.O;
+    w.group0 = p.groups;
+    p.groups += (w.O + 15) / 16;
+  }
+  p.lg_chunks_per_block = 0;
+  while ((int64_t(32) << p.lg_chunks_per_block) < a.blocksize) p.lg_chunks_per_block++;
+  const float* c = code4(a.quant_type);
+  for (int i = 0; i < 16; i++) p.code[i] = c[i];
+  p.x = static_cast<const __nv_bfloat16*>(a.x);
+  p.out_kind = float_kind(a.out_dtype, "gemv_4bit_cuda (out)");
+  p.I = (int)a.I;
+  p.nchunk = p.I / 32;
+  p.steps = (p.nchunk + 7) / 8;
+  int dev = 0, sms = 0;
+  cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
+  cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
+  // One block per SM, each a run of whole groups; the runs differ by at most one group.
+  p.groups_per_block = (p.groups + sms - 1) / sms;
+  const bool multi = p.parts > 1;
+  while (p.groups_per_block > 1 && gemv_smem(p.groups_per_block, a.rows, p.I, multi) > max_dynamic_smem())
+    p.groups_per_block--;
+  const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
+  const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I, multi);
+  const bool nested = a.absmax.absmax == nullptr;
+  const Order order = p.I > kXFirstAbove && (nested || !a.weights_static) ? Order::kXFirst
+                      : a.weights_static                                  ? Order::kWeightsEarly
+                                                                          : Order::kWeightsFirst;
+  if (a.rows == 1)
+    nested ? launch_pair<1, true>(p, order, pair, blocks, smem, stream)
+           : launch_pair<1, false>(p, order, pair, blocks, smem, stream);
+  else
+    nested ? launch_pair<2, true>(p, order, pair, blocks, smem, stream)
+           : launch_pair<2, false>(p, order, pair, blocks, smem, stream);
 }
 
 }  // namespace
@@ -481,7 +559,8 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
   if (a.rows < 1 || a.rows > 2)
     throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows must be 1 or 2, got ", a.rows);
   check_blocksize(a.blocksize, "gemv_4bit_cuda");
-  if (a.rows == 2 && gemv_smem(1, 2, (int)a.I) > max_dynamic_smem()) {  // two x rows do not fit: one each
+  // Two x rows that do not fit in shared memory: one launch each.
+  if (a.rows == 2 && gemv_smem(1, 2, (int)a.I, parts.size() > 1) > max_dynamic_smem()) {
     std::vector<Gemv4Args> one = parts;
     for (Gemv4Args& b : one) b.rows = 1;
     gemv_4bit_cuda_parts(one, stream);
@@ -492,52 +571,14 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
     gemv_4bit_cuda_parts(one, stream);
     return;
   }
-  Gemv4Params p = {};
-  p.parts = (int)parts.size();
-  p.groups = 0;
-  for (int j = 0; j < p.parts; j++) {
-    const Gemv4Args& b = parts[j];
-    Gemv4Part& w = p.part[j];
-    w.packed = reinterpret_cast<const uint4*>(b.packed);
-    w.am = b.absmax;
-    w.out = b.out;
-    w.bias = b.bias;
-    w.bias_kind = b.bias ? float_kind(b.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
-    w.O = (int)b.O;
-    w.group0 = p.groups;
-    p.groups += (w.O + 15) / 16;
+  // A lane pair's chunks (2k, 2k + 1 of a row) share a block when blocks hold 2 chunks (64 weights) or more
+  // and every row starts on an even chunk.
+  const bool pair = a.blocksize >= 64 && (a.I / 32) % 2 == 0;
+  if (parts.size() > 1 && !pair) {
+    for (const Gemv4Args& b : parts) gemv_4bit_cuda_parts({b}, stream);
+    return;
   }
-  p.lg_chunks_per_block = 0;
-  while ((int64_t(32) << p.lg_chunks_per_block) < a.blocksize) p.lg_chunks_per_block++;
-  const float* c = code4(a.quant_type);
-  for (int i = 0; i < 16; i++) p.code[i] = c[i];
-  p.x = static_cast<const __nv_bfloat16*>(a.x);
-  p.out_kind = float_kind(a.out_dtype, "gemv_4bit_cuda (out)");
-  p.I = (int)a.I;
-  p.nchunk = p.I / 32;
-  p.steps = (p.nchunk + 7) / 8;
-  int dev = 0, sms = 0;
-  cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
-  cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  // One block per SM, each a run of whole groups; the runs differ by at most one group.
-  p.groups_per_block = (p.groups + sms - 1) / sms;
-  while (p.groups_per_block > 1 && gemv_smem(p.groups_per_block, a.rows, p.I) > max_dynamic_smem())
-    p.groups_per_block--;
-  const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
-  const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I);
-  const bool nested = a.absmax.absmax == nullptr;
-  const Order order = p.I > kXFirstAbove && (nested || !a.weights_static) ? Order::kXFirst
-                      : a.weights_static                                  ? Order::kWeightsEarly
-                                                                          : Order::kWeightsFirst;
-  // A lane pair's chunks (2k, 2k + 1 of a row) share a block when blocks hold 2 chunks or more and every
-  // row starts on an even chunk.
-  const bool pair = p.lg_chunks_per_block >= 1 && p.nchunk % 2 == 0;
-  if (a.rows == 1)
-    nested ? launch_pair<1, true>(p, order, pair, blocks, smem, stream)
-           : launch_pair<1, false>(p, order, pair, blocks, smem, stream);
-  else
-    nested ? launch_pair<2, true>(p, order, pair, blocks, smem, stream)
-           : launch_pair<2, false>(p, order, pair, blocks, smem, stream);
+  parts.size() > 1 ? launch_parts<kMaxParts>(parts, pair, stream) : launch_parts<1>(parts, pair, stream);
   check_launch("gemv4_kernel");
 }
 

@@ -596,21 +596,26 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
 // Several weights sharing x in one launch (q/k/v, gate/up) give exactly what one launch per weight gives:
 // parts of different heights (partial groups, a part of one group), block runs that span two parts
 // (O = 4096 + 1024 + 1024 at I = 512: 384 groups, three per block), each part's own bias dtype or none,
-// plain and nested absmax, NF4 and FP4, one and two rows, each load order; then the misuses.
+// plain and nested absmax, NF4 and FP4, one and two rows, each load order, and the layouts the one-launch
+// kernel leaves to a launch per weight (an odd number of 32-weight chunks per row, block size 32); then the
+// misuses.
 TEST(QuantCuda, Gemv4bitPartsEqualOneLaunchPerWeight) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 6);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   struct Case {
     std::vector<int64_t> Os;
-    int64_t I;
+    int64_t I, bs;
     bool dq;
     QuantType qt;
   };
   for (const Case& c :
-       {Case{{37, 16, 301}, 1024, true, QuantType::NF4}, Case{{37, 16, 301}, 1024, false, QuantType::FP4},
-        Case{{4096, 1024, 1024}, 512, true, QuantType::NF4}, Case{{2200, 2200}, 384, false, QuantType::NF4},
-        Case{{37, 21}, 4160, true, QuantType::NF4}, Case{{19, 40}, 4160, false, QuantType::FP4}}) {
+       {Case{{37, 16, 301}, 1024, 64, true, QuantType::NF4},
+        Case{{37, 16, 301}, 1024, 64, false, QuantType::FP4},
+        Case{{4096, 1024, 1024}, 512, 64, true, QuantType::NF4},
+        Case{{2200, 2200}, 384, 64, false, QuantType::NF4}, Case{{37, 21}, 4160, 64, true, QuantType::NF4},
+        Case{{19, 40}, 4160, 64, false, QuantType::FP4}, Case{{37, 21}, 1056, 64, true, QuantType::NF4},
+        Case{{37, 21}, 1024, 32, false, QuantType::NF4}}) {
     const int64_t I = c.I;
     std::vector<float> xv((size_t)(2 * I));
     for (float& v : xv) v = bf16_to_f32(f32_to_bf16(nd(g)));
@@ -622,7 +627,7 @@ TEST(QuantCuda, Gemv4bitPartsEqualOneLaunchPerWeight) {
       std::vector<float> wv((size_t)(O * I)), bv((size_t)O);
       for (float& v : wv) v = nd(g);
       for (float& v : bv) v = nd(g);
-      qs.push_back(quant4_to(quantize_4bit(Tensor::from_f32(wv, {O, I}), c.qt, 64, c.dq), Device::CUDA));
+      qs.push_back(quant4_to(quantize_4bit(Tensor::from_f32(wv, {O, I}), c.qt, c.bs, c.dq), Device::CUDA));
       const DType bt = j == 0 ? DType::BF16 : DType::F32;  // the last part has none
       biases.push_back(j + 1 < c.Os.size() ? Tensor::from_f32(bv, {O}).to_dtype(bt).to(Device::CUDA)
                                            : Tensor());
