@@ -13,7 +13,6 @@ namespace qtune {
 
 namespace {
 
-// A dense weight with no bias and no adapter: its product can share a launch with its siblings'.
 DType act_dtype_of(Device d) {
   return d == Device::CPU ? DType::F32 : DType::BF16;
 }

@@ -114,18 +114,21 @@ void gemv_rows(std::vector<Gemv4Args> parts, const std::vector<Tensor*>& outs, c
 void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tensor& x,
                                       const std::vector<const Quant4Linear*>& ws,
                                       const std::vector<const Tensor*>& biases) {
+  // One launch when every weight is on the GPU and takes the GEMV with the first one's layout; otherwise
+  // one forward each (which also names a weight left on the CPU).
   std::vector<Gemv4Args> parts(ws.size());
-  bool one_launch = ws.size() <= 3;
+  bool one_launch = !ws.empty() && ws.size() <= 3;
   for (size_t j = 0; j < ws.size() && one_launch; j++) {
     const Quant4Linear& w = *ws[j];
-    if (!w.on_cuda()) break;  // the forward below names the error
+    one_launch = w.on_cuda();
+    if (!one_launch) break;
     check_forward("quant4_linear_forward", *outs[j], x, w.q.shape[0], w.q.shape[1], biases[j]);
     one_launch = gemv_args(&parts[j], *outs[j], x, w, biases[j]) && parts[j].I == parts[0].I &&
                  parts[j].blocksize == parts[0].blocksize && parts[j].quant_type == parts[0].quant_type &&
                  parts[j].out_dtype == parts[0].out_dtype &&
                  (parts[j].absmax.absmax == nullptr) == (parts[0].absmax.absmax == nullptr);
   }
-  if (one_launch && !ws.empty() && ws.back()->on_cuda()) {
+  if (one_launch) {
     const int64_t N = x.numel() / parts[0].I;
     if (N > 0) gemv_rows(parts, outs, x, N);
     return;
