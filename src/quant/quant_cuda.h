@@ -97,7 +97,9 @@ struct Gemv4Args {
 bool gemv_4bit_supported(int64_t I, const void* packed);
 void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
 // Up to 3 weights that share x (q/k/v, gate/up) in one launch, each with its own packed weight, absmax,
-// out, bias and O: the same values as one gemv_4bit_cuda per weight, in a launch that fills the GPU
+// out, bias and O: the values of one gemv_4bit_cuda per weight (bit for bit where a row's 256-weight steps
+// fall to the warps the same way in both; otherwise its partial sums may be added in other groupings), in
+// a launch that fills the GPU
 // (k_proj alone, 1024 rows, gives work to 64 of an H200's 132 SMs). The weights must share x, I, rows,
 // block size, quant type, out dtype, weights_static and the absmax form (plain or nested); Usage
 // otherwise.

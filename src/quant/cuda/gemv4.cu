@@ -23,7 +23,8 @@
 //
 // One block of 16 warps per SM owns a contiguous run of 16-row groups (balanced to one group); each warp
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
-// one. Partial row sums meet in shared memory; the block writes its rows last. The L1 data pipe (the
+// one. Each warp keeps its partial row sums in shared memory; the block adds them in warp order (so the
+// result does not depend on timing) and writes its rows last. The L1 data pipe (the
 // lookups, then the loads) is the busiest unit; bench/NOTES.md has the profiles and what the rest of the
 // time is (mostly the start: the wait for x, which returns only after the weight loads issued before it, so
 // for long x the kernel loads x first; and the first DRAM round trip, which a programmatic dependent launch
@@ -282,8 +283,12 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
   const uint32_t pad = (0u - sbase) & 0xFFFFu;  // to the next shared address with zero low 16 bits
   char* tab = smem + pad;
   float* ncode = reinterpret_cast<float*>(tab + kTableBytes);
-  float* part = ncode + 256 * (kMulti ? kMaxParts : 1);  // [groups_per_block][NR][16] row sums
-  char* xs = reinterpret_cast<char*>(part + p.groups_per_block * NR * 16);  // [NR] x rows, x_stage_offset
+  // Row sums [kWarps][groups_per_block][NR][16]: each warp its own, added in warp order at the end, so the
+  // result does not depend on which warp finishes first (shared atomics did: 1-ulp differences between
+  // launches).
+  float* part = ncode + 256 * (kMulti ? kMaxParts : 1);
+  const int part_stride = p.groups_per_block * NR * 16;             // one warp's sums
+  char* xs = reinterpret_cast<char*>(part + kWarps * part_stride);  // [NR] x rows, x_stage_offset
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g0 = blockIdx.x * p.groups_per_block;
   const int ng = min(p.groups_per_block, p.groups - g0);
@@ -329,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
                        ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(p.code[b & 15])) << 16);
     reinterpret_cast<uint4*>(tab + b * 256)[i & 7] = make_uint4(v, v, v, v);
   }
-  for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) part[i] = 0.0f;
+  for (int i = threadIdx.x; i < kWarps * part_stride; i += kThreads) part[i] = 0.0f;
   cuda::pdl_wait();
 
   if constexpr (kOrder == Order::kWeightsFirst) load_first_two();
@@ -371,7 +376,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
         v += __shfl_xor_sync(0xffffffffu, v, 2);
         v += __shfl_xor_sync(0xffffffffu, v, 4);
         const int j = kPair ? 2 * (lane & 1) + s : s;
-        if ((lane & (kPair ? 6 : 7)) == 0) atomicAdd(part + (cur * NR + n) * 16 + 4 * j + (lane >> 3), v);
+        if ((lane & (kPair ? 6 : 7)) == 0)
+          part[warp * part_stride + (cur * NR + n) * 16 + 4 * j + (lane >> 3)] += v;
         acc[n][s] = 0.0f;
       }
   };
@@ -406,8 +412,11 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
     const int j = part_at(gl), O = QT_PICK(p, j, O);
     const int o = (kMulti ? row_at(gl, j) - lrow : (g0 + gl) * 16) + r;
     if (o < O) {
+      float sum = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) sum += part[w * part_stride + i];
       const void* bias = QT_PICK(p, j, bias);
-      const float y = bias ? part[i] + load_kind(bias, o, QT_PICK(p, j, bias_kind)) : part[i];
+      const float y = bias ? sum + load_kind(bias, o, QT_PICK(p, j, bias_kind)) : sum;
       store_kind(QT_PICK(p, j, out), (int64_t)n * O + o, p.out_kind, y);
     }
   }
@@ -421,11 +430,11 @@ bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
-// Dynamic shared memory: the table's alignment slack, the table, the nested code book, the row sums of a
-// run of gpb groups, the x stage.
+// Dynamic shared memory: the table's alignment slack, the table, the nested code books, each warp's row
+// sums of a run of gpb groups, the x stage.
 size_t gemv_smem(int gpb, int rows, int I, bool multi = false) {
-  return (size_t)kTableAlign + kTableBytes + (multi ? kMaxParts : 1) * 1024 + (size_t)gpb * rows * 16 * 4 +
-         (size_t)rows * x_stage_row(I);
+  return (size_t)kTableAlign + kTableBytes + (multi ? kMaxParts : 1) * 1024 +
+         (size_t)kWarps * gpb * rows * 16 * 4 + (size_t)rows * x_stage_row(I);
 }
 
 // The device's opt-in shared memory per block (the current device; cached per device).

@@ -593,6 +593,37 @@ TEST(QuantCuda, Gemv4bitMatchesFloat64) {
   }
 }
 
+// The row sums of a block's warps are added in warp order, so repeated launches give the same bits whatever
+// order the warps finish in: here 9 warps share each row (I = 4160, 17 steps), the load order changes
+// between launches (weights read before or after the wait), and every launch must equal the first.
+TEST(QuantCuda, Gemv4bitIsDeterministic) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 7);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t O = 37, I = 4160;
+  for (bool dq : {false, true}) {
+    std::vector<float> wv((size_t)(O * I)), xv((size_t)(2 * I));
+    for (float& v : wv) v = nd(g);
+    for (float& v : xv) v = nd(g);
+    Quant4Tensor q =
+        quant4_to(quantize_4bit(Tensor::from_f32(wv, {O, I}), QuantType::NF4, 64, dq), Device::CUDA);
+    Tensor x = Tensor::from_f32(xv, {2, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    Tensor y = Tensor::empty({2, O}, DType::F32, Device::CUDA);
+    std::vector<uint8_t> first;
+    int differ = 0;
+    for (int k = 0; k < 24; k++) {
+      Gemv4Args a = gemv4_args(q, x, y, 1 + k % 2);
+      a.weights_static = (k / 2) % 2 == 0;
+      gemv_4bit_cuda(a, 0);
+      std::vector<uint8_t> b = qtune_test::bytes_of(y);
+      b.resize((size_t)(O * 4));  // the first row: every launch writes it
+      if (k == 0) first = b;
+      differ += b != first;
+    }
+    EXPECT_EQ(differ, 0) << (dq ? "dq" : "plain");
+  }
+}
+
 // Several weights sharing x in one launch (q/k/v, gate/up) give exactly what one launch per weight gives:
 // parts of different heights (partial groups, a part of one group), block runs that span two parts
 // (O = 4096 + 1024 + 1024 at I = 512: 384 groups, three per block), each part's own bias dtype or none,
