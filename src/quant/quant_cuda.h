@@ -103,6 +103,7 @@ void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
 // (k_proj alone, 1024 rows, gives work to 64 of an H200's 132 SMs). The weights must share x, I, rows,
 // block size, quant type, out dtype, weights_static and the absmax form (plain or nested); Usage
 // otherwise.
+constexpr int kGemv4MaxParts = 3;  // weights per gemv_4bit_cuda_parts launch
 void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stream);
 
 // ---- LLM.int8 ----------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Te
   // One launch when every weight is on the GPU and takes the GEMV with the first one's layout; otherwise
   // one forward each (which also names a weight left on the CPU).
   std::vector<Gemv4Args> parts(ws.size());
-  bool one_launch = !ws.empty() && ws.size() <= 3;
+  bool one_launch = !ws.empty() && ws.size() <= (size_t)kGemv4MaxParts;
   for (size_t j = 0; j < ws.size() && one_launch; j++) {
     const Quant4Linear& w = *ws[j];
     one_launch = w.on_cuda();

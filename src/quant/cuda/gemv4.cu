@@ -69,7 +69,7 @@ constexpr int kTableBytes = 256 * 256, kTableAlign = 65536;
 // them to local memory). Those lookups cost 0.5-2.4 us at 14336x4096 and 4096x14336 when every launch pays
 // them, and a parameter block sized for three parts 0.1-0.15 us per launch, so one weight (P = 1) is a
 // kernel of its own whose parameters hold one part, the constant 0.
-constexpr int kMaxParts = 3;
+constexpr int kMaxParts = kGemv4MaxParts;
 
 struct Gemv4Part {
   const uint4* packed;  // [O, nchunk] chunks of 32 codes
