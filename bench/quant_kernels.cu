@@ -3,6 +3,7 @@
 // Linear forward against fp16 / bf16 cuBLASLt, on Llama-3-8B shapes. One JSON line per measurement
 // (impl "qtune"), CUDA-event medians; weights rotate over enough copies that the L2 never holds them.
 // Bytes: dequantize = packed + absmax (+ nested) read + bf16 written; GEMV = packed + absmax + x + out.
+// The GEMV lines are followed by a bare read of as many bytes, the ceiling of a kernel that only reads them.
 // LLM.int8: the forward standalone and per call in a CUDA graph of 4, threshold 6 and 0, and its parts
 // (GEMM, row quantization, outlier listing and gathering, epilogue) standalone. `quant_kernels int8` runs
 // only the LLM.int8 lines, `quant_kernels gemv` only the GEMV lines.
@@ -145,6 +146,34 @@ void bench_dequant(double copy_gbs, std::mt19937& g) {
     }
 }
 
+// A bare read of n 16-byte pieces (grid-stride, 64 warps per SM, streaming loads, nothing written): what a
+// kernel that only reads the GEMV's bytes reaches in each of the four timings.
+__global__ void read_only_kernel(const uint4* p, size_t n, uint32_t* sink) {
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x9e3779b9u) *sink = acc;  // keeps the loads; practically never true
+}
+
+void bench_read_ceiling(double copy_gbs, int64_t O, int64_t I, double bytes) {
+  const int k = copies_for(bytes);
+  const size_t pieces = (size_t)(bytes / 16), stride = (pieces * 16 + 255) / 256 * 256;
+  char* buf = static_cast<char*>(device_malloc(stride * k));
+  QT_CUDA_CHECK(cudaMemset(buf, 1, stride * k));
+  uint32_t* sink = static_cast<uint32_t*>(device_malloc(4));
+  int sms = 0;
+  QT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  auto f = [&](int i) {
+    read_only_kernel<<<sms * 4, 512, 0, cuda::stream()>>>(
+        reinterpret_cast<const uint4*>(buf + stride * (i % k)), pieces, sink);
+  };
+  emit_timings("read_gemv_bytes", O, I, false, pieces * 16.0, copy_gbs, f, k);
+  device_free(sink);
+  device_free(buf);
+}
+
 void bench_gemv(double copy_gbs, std::mt19937& g) {
   for (auto shape : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}})
     for (bool dq : {false, true}) {
@@ -171,6 +200,7 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
         };
         emit_timings("gemv_nf4", O, I, dq, bytes, copy_gbs, f, k);
       }
+      if (!dq) bench_read_ceiling(copy_gbs, O, I, bytes);
     }
 }
 

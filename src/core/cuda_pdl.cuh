@@ -3,6 +3,9 @@
 // before it) may write, and write nothing they read; after pdl_wait() that kernel is complete and its
 // writes are visible. pdl_trigger() lets the next such kernel start launching once every block of this
 // one has called it or exited. Both are no-ops for kernels launched the ordinary way.
+// The small kernels of a decode step (norms, elementwise, RoPE + KV write, split attention) call
+// pdl_trigger() then pdl_wait() first: all they gain is that their launch and block start overlap the
+// tail of the kernel before, which at batch 1 is a large part of their time.
 #pragma once
 #include <cuda_runtime.h>
 

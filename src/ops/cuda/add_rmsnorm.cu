@@ -15,7 +15,8 @@ namespace {
 template <class T, class TW>
 __global__ void add_rmsnorm_kernel(T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
                                    const TW* __restrict__ w, int C, float eps, bool packed) {
-  pdl_trigger();                         // a following GEMV may start launching (it waits before loads)
+  pdl_trigger();  // a following GEMV may start launching (it waits before loads)
+  pdl_wait();
   T* row = x + (int64_t)blockIdx.x * C;  // [C]
   const T* yrow = y + (int64_t)blockIdx.x * C;
   T* orow = out + (int64_t)blockIdx.x * C;
@@ -73,8 +74,8 @@ void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, 
   const bool packed = packs_of_8(C, {&weight}) && packs_of_8(x.numel(), {&x, &y, &out});
   QT_DISPATCH_FLOAT(x.dtype(), op, T, {
     QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {
-      add_rmsnorm_kernel<T, TW><<<N, threads, 0, stream()>>>(x.data<T>(), y.data<T>(), out.data<T>(),
-                                                             weight.data<TW>(), (int)C, eps, packed);
+      QT_CUDA_CHECK(launch_pdl(add_rmsnorm_kernel<T, TW>, dim3(N), dim3(threads), 0, stream(), x.data<T>(),
+                               y.data<T>(), out.data<T>(), weight.data<TW>(), (int)C, eps, packed));
     });
   });
   QT_CUDA_CHECK_LAUNCH("add_rmsnorm_kernel");

@@ -80,6 +80,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   float* red_s = k_s;                            // [4, R, D] after the last tile
 
   pdl_trigger();
+  pdl_wait();
   if (pos_dev) {  // device-held position: the same split of keys as the host computes from kv_len
     q_offset = *pos_dev;
     kv_len = q_offset + T;
@@ -260,6 +261,7 @@ __global__ void attention_combine_kernel(TO* __restrict__ out, const float* __re
                                          const float* __restrict__ part_ml, int nsplit, int rows, int T,
                                          int Hq, int Hkv, int D) {
   pdl_trigger();
+  pdl_wait();
   int row = blockIdx.x;
   int G = Hq / Hkv, GT = G * T;
   int bh = row / GT, rr = row % GT;
@@ -330,13 +332,13 @@ void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Ten
   }
   float scale_log2 = kLog2e / std::sqrt((float)D);
   dim3 grid(base_blocks, nsplit);
-  kernel<<<grid, kSplitThreads, smem, ctx.stream>>>(
-      out.data<TO>(), part_o, part_ml, q.data<TI>(), k.data<TI>(), v.data<TI>(), a.T, a.Hq, a.Hkv, a.Smax,
-      a.q_offset, a.kv_len, groups, chunk, scale_log2, a.pos_dev);
+  QT_CUDA_CHECK(launch_pdl(kernel, grid, dim3(kSplitThreads), smem, ctx.stream, out.data<TO>(), part_o,
+                           part_ml, q.data<TI>(), k.data<TI>(), v.data<TI>(), a.T, a.Hq, a.Hkv, a.Smax,
+                           a.q_offset, a.kv_len, groups, chunk, scale_log2, a.pos_dev));
   QT_CUDA_CHECK_LAUNCH("attention_split_kernel");
   if (nsplit > 1) {
-    attention_combine_kernel<TO><<<rows, std::min(D, 128), 0, ctx.stream>>>(
-        out.data<TO>(), part_o, part_ml, nsplit, rows, a.T, a.Hq, a.Hkv, D);
+    QT_CUDA_CHECK(launch_pdl(attention_combine_kernel<TO>, dim3(rows), dim3(std::min(D, 128)), 0, ctx.stream,
+                             out.data<TO>(), part_o, part_ml, nsplit, rows, a.T, a.Hq, a.Hkv, D));
     QT_CUDA_CHECK_LAUNCH("attention_combine_kernel");
   }
 }

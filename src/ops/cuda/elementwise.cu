@@ -23,6 +23,7 @@ template <class TI, class TO>
 __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate, const TI* __restrict__ up,
                               int64_t n, bool packed) {
   pdl_trigger();
+  pdl_wait();
   const int64_t start = blockIdx.x * (int64_t)blockDim.x + threadIdx.x,
                 stride = (int64_t)gridDim.x * blockDim.x;
   if (packed) {
@@ -47,6 +48,7 @@ __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate,
 template <class TX, class TY>
 __global__ void add_kernel(TX* __restrict__ x, const TY* __restrict__ y, int64_t n, bool packed) {
   pdl_trigger();
+  pdl_wait();
   const int64_t start = blockIdx.x * (int64_t)blockDim.x + threadIdx.x,
                 stride = (int64_t)gridDim.x * blockDim.x;
   if (packed) {
@@ -112,8 +114,8 @@ void swiglu_forward(Tensor& out, const Tensor& gate, const Tensor& up) {
   const bool packed = packs_of_8(n, {&out, &gate, &up});
   QT_DISPATCH_FLOAT(gate.dtype(), op, TI, {
     QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
-      swiglu_kernel<TI, TO><<<grid_for(packed ? n / 8 : n, 256), 256, 0, stream()>>>(
-          out.data<TO>(), gate.data<TI>(), up.data<TI>(), n, packed);
+      QT_CUDA_CHECK(launch_pdl(swiglu_kernel<TI, TO>, dim3(grid_for(packed ? n / 8 : n, 256)), dim3(256), 0,
+                               stream(), out.data<TO>(), gate.data<TI>(), up.data<TI>(), n, packed));
     });
   });
   QT_CUDA_CHECK_LAUNCH("swiglu_kernel");
@@ -131,8 +133,8 @@ void add_inplace(Tensor& x, const Tensor& y) {
   const bool packed = packs_of_8(n, {&x, &y});
   QT_DISPATCH_FLOAT(x.dtype(), op, TX, {
     QT_DISPATCH_FLOAT(y.dtype(), op, TY, {
-      add_kernel<TX, TY>
-          <<<grid_for(packed ? n / 8 : n, 256), 256, 0, stream()>>>(x.data<TX>(), y.data<TY>(), n, packed);
+      QT_CUDA_CHECK(launch_pdl(add_kernel<TX, TY>, dim3(grid_for(packed ? n / 8 : n, 256)), dim3(256), 0,
+                               stream(), x.data<TX>(), y.data<TY>(), n, packed));
     });
   });
   QT_CUDA_CHECK_LAUNCH("add_kernel");

@@ -16,7 +16,8 @@ namespace {
 template <class TX, class TW, class TO>
 __global__ void rmsnorm_kernel(TO* __restrict__ out, const TX* __restrict__ x, const TW* __restrict__ w,
                                int C, float eps, bool packed) {
-  pdl_trigger();                                // a following GEMV may start loading its weights
+  pdl_trigger();  // a following GEMV may start loading its weights
+  pdl_wait();
   const TX* row = x + (int64_t)blockIdx.x * C;  // [C]
   TO* orow = out + (int64_t)blockIdx.x * C;     // [C]
   float ss = 0.0f;
@@ -67,8 +68,8 @@ void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float e
   QT_DISPATCH_FLOAT(x.dtype(), op, TX, {
     QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {
       QT_DISPATCH_FLOAT(out.dtype(), op, TO, {
-        rmsnorm_kernel<TX, TW, TO><<<N, threads, 0, stream()>>>(out.data<TO>(), x.data<TX>(),
-                                                                weight.data<TW>(), (int)C, eps, packed);
+        QT_CUDA_CHECK(launch_pdl(rmsnorm_kernel<TX, TW, TO>, dim3(N), dim3(threads), 0, stream(),
+                                 out.data<TO>(), x.data<TX>(), weight.data<TW>(), (int)C, eps, packed));
       });
     });
   });

@@ -18,6 +18,7 @@ __global__ void rope_kv_write_kernel(T* __restrict__ q, const T* __restrict__ k_
                                      const float* __restrict__ inv_freq, int Hq, int Hkv, int D) {
   extern __shared__ float cs[];  // [2, D/2]: cos then sin
   pdl_trigger();                 // a following GEMV may start launching (it waits before its loads)
+  pdl_wait();
   const int half = D / 2;
   const int p = *pos_dev;
   const float pos = (float)p;
@@ -84,9 +85,9 @@ void rope_kv_write_at(Tensor& q, const Tensor& k_new, const Tensor& v_new, Tenso
   const int Hq = checked_int(q.numel() / D, op);
   size_t smem = (size_t)D * sizeof(float);
   QT_DISPATCH_FLOAT(q.dtype(), op, T, {
-    rope_kv_write_kernel<T><<<1, 512, smem, stream()>>>(
-        q.data<T>(), k_new.data<T>(), v_new.data<T>(), k_cache.data<T>(), v_cache.data<T>(),
-        pos.data<int32_t>(), inv_freq.data<float>(), Hq, Hkv, D);
+    QT_CUDA_CHECK(launch_pdl(rope_kv_write_kernel<T>, dim3(1), dim3(512), smem, stream(), q.data<T>(),
+                             k_new.data<T>(), v_new.data<T>(), k_cache.data<T>(), v_cache.data<T>(),
+                             pos.data<int32_t>(), inv_freq.data<float>(), Hq, Hkv, D));
   });
   QT_CUDA_CHECK_LAUNCH("rope_kv_write_kernel");
 }
