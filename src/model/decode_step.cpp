@@ -7,6 +7,7 @@
 #include "model/quant_linear.h"
 #include "ops/ops.h"
 #ifdef QTUNE_HAVE_CUDA
+#include "model/cuda/quant_linear_cuda.h"
 #include "ops/cuda/cuda_graph.h"
 #include "ops/cuda/cuda_ops.h"
 #endif
@@ -69,6 +70,18 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
   ids_ = io_.slice0(0, 1).reshape({1, 1});  // [1, 1]
   pos_ = io_.slice0(1, 1);                  // [1]
   x_ = Tensor::empty({1, C}, act, dev);     // residual stream
+#ifdef QTUNE_HAVE_CUDA
+  // The residual add and RMSNorm inside the 4-bit GEMV after them, when every q/k/v and gate/up weight
+  // takes that path with its norm.
+  norm_in_gemv_ = fuse_add_norm;
+  for (const LlamaLayer& L : model.layers()) {
+    for (const Linear* lin : {&L.q, &L.k, &L.v})
+      norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.input_norm);
+    for (const Linear* lin : {&L.gate, &L.up})
+      norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.post_norm);
+  }
+  if (norm_in_gemv_) x2_ = Tensor::empty({1, C}, act, dev);  // the residual alternates with x_
+#endif
   h_ = Tensor::empty({1, C}, act, dev);
   q_ = Tensor::empty({1, Hq * D}, act, dev);
   k_ = Tensor::empty({1, Hkv * D}, act, dev);
@@ -113,6 +126,10 @@ void DecodeStep::launch_step() {
       rmsnorm_forward(h, x_, w, eps);
     }
   };
+  if (norm_in_gemv_) {
+    launch_step_norm_in_gemv();
+    return;
+  }
   rmsnorm_forward(h_, x_, layers[0].input_norm, eps);  // x_ holds the token's embedding (run())
   for (int l = 0; l < c.num_hidden_layers; l++) {
     const LlamaLayer& L = layers[l];
@@ -130,6 +147,47 @@ void DecodeStep::launch_step() {
     else
       add_norm(hn_, model_.final_norm());
   }
+  model_.lm_head().forward(logits_, hn_);
+#endif
+}
+
+// launch_step with each residual add and RMSNorm inside the 4-bit GEMV that reads the norm: the GEMV's
+// block 0 writes the new residual to the other buffer, as every block reads the current one.
+void DecodeStep::launch_step_norm_in_gemv() {
+#ifdef QTUNE_HAVE_CUDA
+  const ModelConfig& c = model_.config();
+  const int64_t Hq = c.num_attention_heads, D = c.head_dim;
+  const float eps = (float)c.rms_norm_eps;
+  Tensor q3 = q_.reshape({1, Hq, D}), q4 = q_.reshape({1, 1, Hq, D}), att4 = att_.reshape({1, 1, Hq, D});
+  Tensor *res = &x_, *next = &x2_;  // the residual, and where the next add writes it
+  // outs = lins(rmsnorm(res + add) · w); the sum becomes the residual (none added: res stays).
+  auto norm_linears = [&](const std::vector<Tensor*>& outs, const Tensor* add, const Tensor& w,
+                          const std::vector<const Linear*>& lins) {
+    std::vector<const Quant4Linear*> ws;
+    std::vector<const Tensor*> biases;
+    for (const Linear* l : lins) {
+      ws.push_back(l->q4.get());
+      biases.push_back(l->bias.defined() ? &l->bias : nullptr);
+    }
+    if (!quant4_linear_forward_norm_cuda(outs, *res, add, w, eps, add ? next : nullptr, ws, biases))
+      throw_error(ErrorKind::Internal,
+                  "DecodeStep: the 4-bit GEMV refused the residual norm it was chosen for");
+    if (add) std::swap(res, next);
+  };
+  const std::vector<LlamaLayer>& layers = model_.layers();
+  for (int l = 0; l < c.num_hidden_layers; l++) {
+    const LlamaLayer& L = layers[l];
+    Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
+    // Layer 0 normalizes the token's embedding (run() put it in x_); later layers add the down projection.
+    norm_linears({&q_, &k_, &v_}, l == 0 ? nullptr : &proj_, L.input_norm, {&L.q, &L.k, &L.v});
+    cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
+    cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
+    L.o.forward(proj_, att_);
+    norm_linears({&g_, &u_}, &proj_, L.post_norm, {&L.gate, &L.up});
+    swiglu_forward(a_, g_, u_);
+    L.down.forward(proj_, a_);
+  }
+  cuda::add_rmsnorm(*res, proj_, hn_, model_.final_norm(), eps);
   model_.lm_head().forward(logits_, hn_);
 #endif
 }

@@ -3,7 +3,9 @@
 // norm, fused q/k/v GEMV, RoPE + cache write, split-K attention, o GEMV, residual, norm, fused gate/up
 // GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA graph and replayed
 // at every position. The first step runs eagerly (it also loads the kernels); the second captures.
-// Each residual add shares its launch with the RMSNorm after it (add_rmsnorm): 10 launches per layer.
+// Each residual add shares its launch with the RMSNorm after it: with 4-bit q/k/v and gate/up weights both
+// run inside the fused 4-bit GEMV that reads the norm's output (8 launches per layer; the residual then
+// alternates between two buffers), otherwise in add_rmsnorm (10 launches per layer).
 // Linears with a bias (Qwen2's q/k/v) or a 4-bit weight run too: q/k/v and gate/up through
 // linear_forward_shared (one fused 4-bit GEMV launch for each group when all are 4-bit), the rest through
 // Linear::forward.
@@ -32,7 +34,8 @@ class DecodeStep {
   static bool supported(const LlamaModel& model, const KVCache& cache);
 
   // model and cache must outlive the step. use_graph false: always eager launches (for tests).
-  // fuse_add_norm false: separate residual-add and RMSNorm launches (for A/B measurements; same logits).
+  // fuse_add_norm false: separate residual-add and RMSNorm launches (for A/B measurements and tests; the
+  // same logits).
   DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph = true, bool fuse_add_norm = true);
   ~DecodeStep();
   DecodeStep(const DecodeStep&) = delete;
@@ -47,16 +50,18 @@ class DecodeStep {
 
  private:
   void launch_step();  // queues the whole step (eagerly, or into a capture)
+  void launch_step_norm_in_gemv();
 
   const LlamaModel& model_;
   KVCache& cache_;
   bool use_graph_, fuse_add_norm_;
+  bool norm_in_gemv_ = false;  // the adds and norms run inside the 4-bit GEMVs (fuse_add_norm, all 4-bit)
   int runs_ = 0;
   std::string err_;
   int32_t host_io_[2] = {0, 0};
   Tensor io_;  // I32 [2] on the GPU: token, position
   Tensor ids_, pos_;
-  Tensor x_, h_, q_, k_, v_, att_, proj_, g_, u_, a_, hn_, logits_, ws_;
+  Tensor x_, x2_, h_, q_, k_, v_, att_, proj_, g_, u_, a_, hn_, logits_, ws_;
   struct Graph;
   std::unique_ptr<Graph> graph_;
 };

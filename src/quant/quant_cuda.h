@@ -81,7 +81,15 @@ struct Gemv4Args {
   int64_t blocksize = 64;
   QuantType quant_type = QuantType::NF4;
   const void* x = nullptr;  // BF16 [rows, I]
-  void* out = nullptr;      // out_dtype [rows, O]
+  // The input's residual add and RMSNorm (decode, one row): when norm_w (BF16 [I]) is set, the GEMV's input
+  // is rmsnorm(r) · norm_w with r = x + x_add (x alone when x_add is null), computed and rounded as
+  // add_rmsnorm / rmsnorm_forward do (the same bits), and block 0 writes r to res_out (BF16 [I], apart from
+  // x and x_add) when it is set. All 16-byte aligned; every weight of a launch shares them.
+  const void* x_add = nullptr;
+  const void* norm_w = nullptr;
+  float norm_eps = 0.0f;
+  void* res_out = nullptr;
+  void* out = nullptr;  // out_dtype [rows, O]
   DType out_dtype = DType::BF16;
   const void* bias = nullptr;  // bias_dtype [O] or null
   DType bias_dtype = DType::BF16;

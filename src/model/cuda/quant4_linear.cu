@@ -96,6 +96,12 @@ bool gemv_args(Gemv4Args* a, const Tensor& out, const Tensor& x, const Quant4Lin
   return true;
 }
 
+// Whether parts[j] can share one launch with parts[0] (gemv_4bit_cuda_parts' conditions).
+bool same_layout(const Gemv4Args& a, const Gemv4Args& b) {
+  return b.I == a.I && b.blocksize == a.blocksize && b.quant_type == a.quant_type &&
+         b.out_dtype == a.out_dtype && (b.absmax.absmax == nullptr) == (a.absmax.absmax == nullptr);
+}
+
 // The launches for rows [0, N) of x in pairs, for weights that take the GEMV with the same layout.
 void gemv_rows(std::vector<Gemv4Args> parts, const std::vector<Tensor*>& outs, const Tensor& x, int64_t N) {
   const size_t x_row = dtype_nbytes(x.dtype(), x.size(-1));
@@ -123,10 +129,7 @@ void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Te
     one_launch = w.on_cuda();
     if (!one_launch) break;
     check_forward("quant4_linear_forward", *outs[j], x, w.q.shape[0], w.q.shape[1], biases[j]);
-    one_launch = gemv_args(&parts[j], *outs[j], x, w, biases[j]) && parts[j].I == parts[0].I &&
-                 parts[j].blocksize == parts[0].blocksize && parts[j].quant_type == parts[0].quant_type &&
-                 parts[j].out_dtype == parts[0].out_dtype &&
-                 (parts[j].absmax.absmax == nullptr) == (parts[0].absmax.absmax == nullptr);
+    one_launch = gemv_args(&parts[j], *outs[j], x, w, biases[j]) && same_layout(parts[0], parts[j]);
   }
   if (one_launch) {
     const int64_t N = x.numel() / parts[0].I;
@@ -134,6 +137,48 @@ void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Te
     return;
   }
   for (size_t j = 0; j < ws.size(); j++) quant4_linear_forward_cuda(*outs[j], x, *ws[j], biases[j]);
+}
+
+bool quant4_gemv_norm_ok(const Quant4Linear& w, const Tensor& norm_w) {
+  const int64_t I = w.q.shape[1];
+  return w.on_cuda() && gemv_4bit_supported(I, w.q.packed.raw()) && norm_w.is_cuda() &&
+         norm_w.dtype() == DType::BF16 && norm_w.numel() == I && aligned16(norm_w.raw());
+}
+
+bool quant4_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Tensor& x, const Tensor* x_add,
+                                     const Tensor& norm_w, float eps, Tensor* res_out,
+                                     const std::vector<const Quant4Linear*>& ws,
+                                     const std::vector<const Tensor*>& biases) {
+  if (ws.empty()) return false;
+  const int64_t I = ws[0]->q.shape[1];
+  auto row_ok = [&](const Tensor* t) {
+    return !t || (t->is_cuda() && t->dtype() == DType::BF16 && t->numel() == I && aligned16(t->raw()));
+  };
+  if (!row_ok(&x) || !row_ok(x_add) || !row_ok(res_out) ||
+      (res_out && (res_out->raw() == x.raw() || (x_add && res_out->raw() == x_add->raw()))))
+    return false;
+  std::vector<Gemv4Args> parts(ws.size());
+  bool one_launch = ws.size() <= (size_t)kGemv4MaxParts;
+  for (size_t j = 0; j < ws.size(); j++) {
+    const Quant4Linear& w = *ws[j];
+    if (w.q.shape[1] != I || !quant4_gemv_norm_ok(w, norm_w)) return false;
+    check_forward("quant4_linear_forward_norm", *outs[j], x, w.q.shape[0], I, biases[j]);
+    if (!gemv_args(&parts[j], *outs[j], x, w, biases[j])) return false;
+    Gemv4Args& a = parts[j];
+    a.x = x.raw();
+    a.out = outs[j]->raw();
+    a.x_add = x_add ? x_add->raw() : nullptr;
+    a.norm_w = norm_w.raw();
+    a.norm_eps = eps;
+    a.res_out = res_out ? res_out->raw() : nullptr;
+    one_launch = one_launch && same_layout(parts[0], a);
+  }
+  // Otherwise one launch per weight, each with the norm (block 0 of each writes the same residual).
+  if (one_launch)
+    gemv_4bit_cuda_parts(parts, cuda::stream());
+  else
+    for (const Gemv4Args& a : parts) gemv_4bit_cuda(a, cuda::stream());
+  return true;
 }
 
 void quant4_linear_forward_cuda(Tensor& out, const Tensor& x, const Quant4Linear& w, const Tensor* bias) {

@@ -70,7 +70,7 @@ void add_rmsnorm(Tensor& x, const Tensor& y, Tensor& out, const Tensor& weight, 
   if (C == 0) return;
   const int N = checked_int(x.numel() / C, op);
   if (N == 0) return;
-  const int threads = C >= 4096 ? 512 : (C >= 1024 ? 256 : 128);  // as rmsnorm_forward
+  const int threads = rmsnorm_threads(C);  // as rmsnorm_forward
   const bool packed = packs_of_8(C, {&weight}) && packs_of_8(x.numel(), {&x, &y, &out});
   QT_DISPATCH_FLOAT(x.dtype(), op, T, {
     QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {

@@ -10,6 +10,7 @@
 
 #include "core/cuda_pdl.cuh"
 #include "core/error.h"
+#include "core/row_norm.cuh"
 #include "core/tensor.h"
 
 namespace qtune {
@@ -93,28 +94,9 @@ inline bool packs_of_8(int64_t n, std::initializer_list<const Tensor*> ts) {
   return ok;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-// RMSNorm's 1/sqrt(mean(x²) + eps) for one row spread over the block: ss is this thread's partial sum of
-// squares; every thread gets the result. Needs blockDim.x a multiple of 32 and <= 1024.
-__device__ __forceinline__ float block_rstd(float ss, int C, float eps) {
-  __shared__ float partial[32];
-  __shared__ float rstd_s;
-  ss = warp_sum(ss);
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    int nw = blockDim.x / 32;
-    float v = lane < nw ? partial[lane] : 0.0f;
-    v = warp_sum(v);
-    if (lane == 0) rstd_s = rsqrtf(v / (float)C + eps);
-  }
-  __syncthreads();
-  return rstd_s;
-}
+// warp_sum and block_rstd live in core/row_norm.cuh (the 4-bit GEMV's fused norm shares them).
+using ::qtune::block_rstd;
+using ::qtune::warp_sum;
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;

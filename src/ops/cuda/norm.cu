@@ -63,7 +63,7 @@ void rmsnorm_forward(Tensor& out, const Tensor& x, const Tensor& weight, float e
   if (C == 0) return;
   int N = checked_int(x.numel() / C, op);
   if (N == 0) return;
-  int threads = C >= 4096 ? 512 : (C >= 1024 ? 256 : 128);
+  int threads = rmsnorm_threads(C);
   const bool packed = packs_of_8(C, {&weight}) && packs_of_8(x.numel(), {&x, &out});
   QT_DISPATCH_FLOAT(x.dtype(), op, TX, {
     QT_DISPATCH_FLOAT(weight.dtype(), op, TW, {

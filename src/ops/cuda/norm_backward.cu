@@ -137,7 +137,7 @@ void rmsnorm_backward(Tensor& dx, Tensor* dweight, const Tensor& dout, const Ten
   int N = checked_int(x.numel() / C, op);
   checked_int(C, op);
   if (N == 0) return;
-  int threads = C >= 4096 ? 512 : (C >= 1024 ? 256 : 128);
+  int threads = rmsnorm_threads(C);
   int G = (int)std::min<int64_t>(N, (int64_t)context().num_sms * (2048 / threads));
   Tensor part;  // [G, C]
   if (dweight) part = Tensor::empty({G, C}, DType::F32, Device::CUDA);

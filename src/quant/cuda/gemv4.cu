@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "core/cuda_pdl.cuh"
+#include "core/row_norm.cuh"
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -88,6 +89,10 @@ struct Gemv4Params {
   int lg_chunks_per_block;  // log2(blocksize / 32)
   float code[16];
   const __nv_bfloat16* x;  // [NR, I]
+  // kNorm (NR = 1): the input is rmsnorm(x + x_add) · norm_w; block 0 writes x + x_add to res_out.
+  const __nv_bfloat16 *x_add, *norm_w;
+  __nv_bfloat16* res_out;
+  float norm_eps;
   int out_kind;
   int I, nchunk;
   int steps;             // per row: ceil(nchunk / 8)
@@ -130,6 +135,43 @@ __device__ __forceinline__ uint32_t pair_of(uint32_t w, uint32_t base_lane, int 
   uint32_t v;
   asm("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(__byte_perm(w, base_lane, 0x7604 | (k << 4))));
   return v;
+}
+
+// kNorm's passes over 8 bf16 (one 16-byte piece), with add_rmsnorm's arithmetic: r = bf16(x + a) and its
+// sum of squares (one multiply-add per element, in order), then bf16(r · rstd · w).
+__device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& a) {
+  uint4 r;
+  const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162*>(&x),
+                       *ah = reinterpret_cast<const __nv_bfloat162*>(&a);
+  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(ah[j]);
+    rh[j] = __floats2bfloat162_rn(u.x + v.x, u.y + v.y);
+  }
+  return r;
+}
+__device__ __forceinline__ float sum_squares_bf16x8(const uint4& x, float ss) {
+  const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 u = __bfloat1622float2(xh[j]);
+    ss += u.x * u.x;
+    ss += u.y * u.y;
+  }
+  return ss;
+}
+__device__ __forceinline__ uint4 scale_bf16x8(const uint4& x, float rstd, const uint4& w) {
+  uint4 r;
+  const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162*>(&x),
+                       *wh = reinterpret_cast<const __nv_bfloat162*>(&w);
+  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(wh[j]);
+    rh[j] = __floats2bfloat162_rn(u.x * rstd * v.x, u.y * rstd * v.y);
+  }
+  return r;
 }
 
 // x is staged in shared memory once per block (x rows 2I + 64 bytes apart); within a chunk the 16-byte
@@ -273,8 +315,10 @@ __device__ __forceinline__ void step_sum(const Params& p, int part, Step<kNested
   }
 }
 
-template <int NR, bool kNested, Order kOrder, bool kPair, int P>
+// kNorm (NR = 1): the staged input is rmsnorm(x + x_add) · norm_w (Gemv4Args::norm_w).
+template <int NR, bool kNested, Order kOrder, bool kPair, int P, bool kNorm>
 __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P> p) {
+  static_assert(!kNorm || NR == 1, "gemv4_kernel: the fused norm takes one row");
   constexpr bool kMulti = P > 1;
   using StepT = Step<kNested, kPair>;
   constexpr bool kXFirst = kOrder == Order::kXFirst;
@@ -339,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
 
   if constexpr (kOrder == Order::kWeightsFirst) load_first_two();
   uint4 xr[kXFirst ? kXRegs : 1];
-  if constexpr (kXFirst) {
+  if constexpr (kXFirst && !kNorm) {
 #pragma unroll
     for (int u = 0; u < kXRegs; u++) {
       const int i = threadIdx.x + u * kThreads;
@@ -349,12 +393,35 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
   if (kNested)  // the nested code books
     for (int i = threadIdx.x; i < 256 * (kMulti ? p.parts : 1); i += kThreads)
       ncode[i] = kMulti ? QT_PICK(p, i >> 8, am.nested_code)[i & 255] : p.part[0].am.nested_code[i];
-  if constexpr (kXFirst) {
+  if constexpr (kNorm) {
+    // add_rmsnorm's order: thread t takes the pieces t, t + Tn, ... of the row. First r = x + x_add into the
+    // stage (and res_out) with its sum of squares, then the block's 1/rms, then each piece scaled in place.
+    const int Tn = rmsnorm_threads(p.I);
+    const bool mine = (int)threadIdx.x < Tn;
+    const uint4* x4 = reinterpret_cast<const uint4*>(p.x);
+    const uint4* a4 = reinterpret_cast<const uint4*>(p.x_add);
+    float ss = 0.0f;
+    for (int i = threadIdx.x; mine && i < pieces; i += Tn) {
+      uint4 r = __ldg(x4 + i);
+      if (a4) r = add_bf16x8(r, __ldg(a4 + i));
+      if (p.res_out && blockIdx.x == 0) reinterpret_cast<uint4*>(p.res_out)[i] = r;
+      ss = sum_squares_bf16x8(r, ss);
+      stage_x(i, r);
+    }
+    const float rstd = block_rstd(ss, p.I, p.norm_eps);
+    const uint4* w4 = reinterpret_cast<const uint4*>(p.norm_w);
+    for (int i = threadIdx.x; mine && i < pieces; i += Tn) {
+      uint4* slot = reinterpret_cast<uint4*>(xs + x_stage_offset(i >> 2, i & 3));
+      *slot = scale_bf16x8(*slot, rstd, __ldg(w4 + i));
+    }
+  } else {
+    if constexpr (kXFirst) {
 #pragma unroll
-    for (int u = 0; u < kXRegs; u++) stage_x(threadIdx.x + u * kThreads, xr[u]);
+      for (int u = 0; u < kXRegs; u++) stage_x(threadIdx.x + u * kThreads, xr[u]);
+    }
+    for (int i = threadIdx.x + (kXFirst ? kXRegs * kThreads : 0); i < NR * pieces; i += kThreads)
+      stage_x(i, __ldg(reinterpret_cast<const uint4*>(p.x) + i));  // the x rows are contiguous
   }
-  for (int i = threadIdx.x + (kXFirst ? kXRegs * kThreads : 0); i < NR * pieces; i += kThreads)
-    stage_x(i, __ldg(reinterpret_cast<const uint4*>(p.x) + i));  // the x rows are contiguous
   if constexpr (kXFirst) load_first_two();
   __syncthreads();
 
@@ -437,7 +504,8 @@ size_t gemv_smem(int gpb, int rows, int I, bool multi = false) {
          (size_t)kWarps * gpb * rows * 16 * 4 + (size_t)rows * x_stage_row(I);
 }
 
-// The device's opt-in shared memory per block (the current device; cached per device).
+// The dynamic shared memory a block may ask for: the device's opt-in per block (the current device; cached
+// per device) less 256 bytes for the fused norm's static reduction slots (core/row_norm.cuh).
 size_t max_dynamic_smem() {
   static int cached[64] = {};
   int dev = 0;
@@ -446,12 +514,12 @@ size_t max_dynamic_smem() {
   if (!cached[dev])
     cuda_ok(cudaDeviceGetAttribute(&cached[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
             "cudaDeviceGetAttribute");
-  return (size_t)cached[dev];
+  return (size_t)cached[dev] - 256;
 }
 
-template <int NR, bool kNested, Order kOrder, bool kPair, int P>
+template <int NR, bool kNested, Order kOrder, bool kPair, int P, bool kNorm>
 void launch(const Gemv4Params<P>& p, int blocks, size_t smem, cudaStream_t stream) {
-  auto kernel = gemv4_kernel<NR, kNested, kOrder, kPair, P>;
+  auto kernel = gemv4_kernel<NR, kNested, kOrder, kPair, P, kNorm>;
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
     cuda_ok(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
@@ -461,27 +529,27 @@ void launch(const Gemv4Params<P>& p, int blocks, size_t smem, cudaStream_t strea
   cuda_ok(cuda::launch_pdl(kernel, dim3(blocks), dim3(kThreads), smem, stream, p), "gemv4_kernel launch");
 }
 
-template <int NR, bool kNested, bool kPair, int P>
+template <int NR, bool kNested, bool kPair, int P, bool kNorm>
 void launch_order(const Gemv4Params<P>& p, Order order, int blocks, size_t smem, cudaStream_t stream) {
   switch (order) {
     case Order::kWeightsEarly:
-      return launch<NR, kNested, Order::kWeightsEarly, kPair>(p, blocks, smem, stream);
+      return launch<NR, kNested, Order::kWeightsEarly, kPair, P, kNorm>(p, blocks, smem, stream);
     case Order::kWeightsFirst:
-      return launch<NR, kNested, Order::kWeightsFirst, kPair>(p, blocks, smem, stream);
+      return launch<NR, kNested, Order::kWeightsFirst, kPair, P, kNorm>(p, blocks, smem, stream);
     case Order::kXFirst:
-      return launch<NR, kNested, Order::kXFirst, kPair>(p, blocks, smem, stream);
+      return launch<NR, kNested, Order::kXFirst, kPair, P, kNorm>(p, blocks, smem, stream);
   }
 }
 
 // Several parts in one launch only with kPair (gemv_4bit_cuda_parts launches them one by one otherwise).
-template <int NR, bool kNested, int P>
+template <int NR, bool kNested, int P, bool kNorm = false>
 void launch_pair(const Gemv4Params<P>& p, Order order, bool pair, int blocks, size_t smem,
                  cudaStream_t stream) {
   if constexpr (P > 1)
-    launch_order<NR, kNested, true>(p, order, blocks, smem, stream);
+    launch_order<NR, kNested, true, P, kNorm>(p, order, blocks, smem, stream);
   else
-    pair ? launch_order<NR, kNested, true>(p, order, blocks, smem, stream)
-         : launch_order<NR, kNested, false>(p, order, blocks, smem, stream);
+    pair ? launch_order<NR, kNested, true, P, kNorm>(p, order, blocks, smem, stream)
+         : launch_order<NR, kNested, false, P, kNorm>(p, order, blocks, smem, stream);
 }
 
 // The launch for parts that share x and layout (checked by gemv_4bit_cuda_parts), in a kernel whose
@@ -509,6 +577,10 @@ void launch_parts(const std::vector<Gemv4Args>& parts, bool pair, cudaStream_t s
   const float* c = code4(a.quant_type);
   for (int i = 0; i < 16; i++) p.code[i] = c[i];
   p.x = static_cast<const __nv_bfloat16*>(a.x);
+  p.x_add = static_cast<const __nv_bfloat16*>(a.x_add);
+  p.norm_w = static_cast<const __nv_bfloat16*>(a.norm_w);
+  p.res_out = static_cast<__nv_bfloat16*>(a.res_out);
+  p.norm_eps = a.norm_eps;
   p.out_kind = float_kind(a.out_dtype, "gemv_4bit_cuda (out)");
   p.I = (int)a.I;
   p.nchunk = p.I / 32;
@@ -527,7 +599,10 @@ void launch_parts(const std::vector<Gemv4Args>& parts, bool pair, cudaStream_t s
   const Order order = p.I > kXFirstAbove && (nested || !a.weights_static) ? Order::kXFirst
                       : a.weights_static                                  ? Order::kWeightsEarly
                                                                           : Order::kWeightsFirst;
-  if (a.rows == 1)
+  if (a.norm_w)  // one row (checked by gemv_4bit_cuda_parts)
+    nested ? launch_pair<1, true, P, true>(p, order, pair, blocks, smem, stream)
+           : launch_pair<1, false, P, true>(p, order, pair, blocks, smem, stream);
+  else if (a.rows == 1)
     nested ? launch_pair<1, true>(p, order, pair, blocks, smem, stream)
            : launch_pair<1, false>(p, order, pair, blocks, smem, stream);
   else
@@ -555,7 +630,8 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
     if (!gemv_4bit_supported(b.I, b.packed) || !aligned16(b.x))
       throw_error(ErrorKind::Usage, "gemv_4bit_cuda: needs I % 32 == 0 (got ", b.I,
                   ") and 16-byte aligned packed weights and x");
-    if (b.x != a.x || b.I != a.I || b.rows != a.rows || b.blocksize != a.blocksize ||
+    if (b.x != a.x || b.x_add != a.x_add || b.norm_w != a.norm_w || b.norm_eps != a.norm_eps ||
+        b.res_out != a.res_out || b.I != a.I || b.rows != a.rows || b.blocksize != a.blocksize ||
         b.quant_type != a.quant_type || b.out_dtype != a.out_dtype || b.weights_static != a.weights_static ||
         (b.absmax.absmax == nullptr) != (a.absmax.absmax == nullptr))
       throw_error(ErrorKind::Usage,
@@ -567,6 +643,15 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
   }
   if (a.rows < 1 || a.rows > 2)
     throw_error(ErrorKind::Usage, "gemv_4bit_cuda: rows must be 1 or 2, got ", a.rows);
+  if (!a.norm_w && (a.x_add || a.res_out))
+    throw_error(ErrorKind::Usage, "gemv_4bit_cuda: x_add and res_out belong to the fused norm (norm_w)");
+  if (a.norm_w && (a.rows != 1 || !aligned16(a.norm_w) || (a.x_add && !aligned16(a.x_add)) ||
+                   (a.res_out && (!aligned16(a.res_out) || a.res_out == a.x || a.res_out == a.x_add))))
+    throw_error(
+        ErrorKind::Usage,
+        "gemv_4bit_cuda: the fused norm needs one row, 16-byte aligned norm_w, x_add and res_out, and "
+        "res_out apart from x and x_add (got ",
+        a.rows, " rows)");
   check_blocksize(a.blocksize, "gemv_4bit_cuda");
   // Two x rows that do not fit in shared memory: one launch each.
   if (a.rows == 2 && gemv_smem(1, 2, (int)a.I, parts.size() > 1) > max_dynamic_smem()) {

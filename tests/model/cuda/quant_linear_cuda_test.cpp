@@ -6,7 +6,10 @@
 //   longer than 4096): the same f32 value as the CPU forward, so the bf16 outputs agree with the CPU's
 //   rounded to bf16;
 // - quant4 / int8_dequantize_rows_cuda equal the CPU's dense weights rounded to bf16, bit for bit;
-// - GPU quantization inside quantize_linear_* writes what bitsandbytes' CUDA kernels write.
+// - GPU quantization inside quantize_linear_* writes what bitsandbytes' CUDA kernels write;
+// - the residual add and RMSNorm inside the 4-bit GEMV equal add_rmsnorm then the forward bit for bit.
+#include "model/cuda/quant_linear_cuda.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -21,6 +24,7 @@
 #include "model/quant_linear.h"
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/cuda_graph.h"
+#include "ops/cuda/cuda_ops.h"
 
 using namespace qtune;
 using namespace qtune_test;
@@ -306,4 +310,79 @@ TEST(QuantLinearCuda, MixedDevicesAreErrors) {
   auto gpu = quant4_linear_to(*cpu, Device::CUDA);
   Tensor x = Tensor::zeros({1, 64}, DType::F32), y = Tensor::empty({1, 32}, DType::F32);
   expect_error([&] { quant4_linear_forward(y, x, *gpu, nullptr); }, ErrorKind::Usage, {"GPU"});
+}
+
+// A decoder block's first 4-bit Linears with the residual add and RMSNorm inside their GEMV launch
+// (quant4_linear_forward_norm_cuda) against add_rmsnorm (or rmsnorm_forward) then the shared-input forward:
+// the same bits in every output and in the written residual. Rows of 4096 (512 norm threads, one piece
+// each), 2048 (256 threads) and 320 (128 threads, most idle); with and without the add; parts that share a
+// launch and parts that do not (another block size).
+TEST(QuantLinearCuda, NormInsideTheGemvEqualsAddRmsnormThenForward) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 13);
+  struct Case {
+    int64_t I;
+    std::vector<int64_t> Os;
+    std::vector<int64_t> bss;
+    bool add, bias;
+  };
+  for (const Case& c :
+       {Case{4096, {512, 128, 128}, {64, 64, 64}, true, false}, Case{4096, {300, 77}, {64, 64}, false, true},
+        Case{2048, {96, 40}, {64, 32}, true, true}, Case{320, {64}, {64}, true, false}})
+    for (bool dq : {false, true}) {
+      SCOPED_TRACE("I=" + std::to_string(c.I) + " parts " + std::to_string(c.Os.size()) +
+                   (c.add ? " add" : "") + (dq ? " dq" : ""));
+      const int64_t I = c.I;
+      std::vector<std::shared_ptr<const Quant4Linear>> qs;
+      std::vector<const Quant4Linear*> ws;
+      std::vector<Tensor> biases, want, got;
+      std::vector<const Tensor*> bptr;
+      std::vector<Tensor*> want_p, got_p;
+      for (size_t j = 0; j < c.Os.size(); j++) {
+        const int64_t O = c.Os[j];
+        qs.push_back(
+            quant4_linear_to(*quantize_linear_4bit(Tensor::from_f32(randn_bf16(g, O * I, 0.05f), {O, I}),
+                                                   QuantType::NF4, c.bss[j], dq, DType::BF16),
+                             Device::CUDA));
+        ws.push_back(qs.back().get());
+        biases.push_back(
+            c.bias ? Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA)
+                   : Tensor());
+        want.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
+        got.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
+      }
+      for (size_t j = 0; j < c.Os.size(); j++) {
+        bptr.push_back(c.bias ? &biases[j] : nullptr);
+        want_p.push_back(&want[j]);
+        got_p.push_back(&got[j]);
+      }
+      auto row = [&](float scale) {
+        return Tensor::from_f32(randn_bf16(g, I, scale), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
+      };
+      Tensor x = row(2.0f), y = row(1.0f), w = row(0.3f).reshape({I});
+      Tensor res = Tensor::zeros({1, I}, DType::BF16, Device::CUDA);
+      const float eps = 1e-5f;
+      // a copy of x for the reference, which adds in place
+      Tensor xs = Tensor::from_f32(x.to_f32_vector(), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
+      const std::vector<uint8_t> x_before = bytes_of(x);
+      ASSERT_TRUE(quant4_linear_forward_norm_cuda(got_p, x, c.add ? &y : nullptr, w, eps,
+                                                  c.add ? &res : nullptr, ws, bptr));
+      Tensor h = Tensor::empty({1, I}, DType::BF16, Device::CUDA);
+      if (c.add)
+        cuda::add_rmsnorm(xs, y, h, w, eps);
+      else
+        cuda::rmsnorm_forward(h, xs, w, eps);
+      quant4_linear_forward_multi_cuda(want_p, h, ws, bptr);
+      for (size_t j = 0; j < c.Os.size(); j++) EXPECT_EQ(bytes_of(got[j]), bytes_of(want[j])) << "part " << j;
+      if (c.add) EXPECT_EQ(bytes_of(res), bytes_of(xs));
+      EXPECT_EQ(bytes_of(x), x_before) << "x must not change";
+    }
+  // Refused (nothing queued) when the residual would be written over an input.
+  auto q = quant4_linear_to(*quantize_linear_4bit(Tensor::from_f32(randn_bf16(g, 64 * 256), {64, 256}),
+                                                  QuantType::NF4, 64, false, DType::BF16),
+                            Device::CUDA);
+  Tensor x = Tensor::zeros({1, 256}, DType::BF16, Device::CUDA),
+         w = Tensor::zeros({256}, DType::BF16, Device::CUDA);
+  Tensor y = Tensor::empty({1, 64}, DType::BF16, Device::CUDA);
+  EXPECT_FALSE(quant4_linear_forward_norm_cuda({&y}, x, &x, w, 1e-5f, &x, {q.get()}, {nullptr}));
 }
