@@ -46,7 +46,8 @@ StepStats run_steps(const LlamaModel& m, const std::vector<int32_t>& ids, int64_
           c_split = m.make_cache(1, max_seq), c_fwd = m.make_cache(1, max_seq);
   EXPECT_TRUE(DecodeStep::supported(m, c_graph)) << what;
   for (KVCache* c : {&c_eager, &c_graph, &c_fwd, &c_split}) prefill(m, ids, P, *c);
-  // split: residual add and RMSNorm as two launches instead of add_rmsnorm (equal bit for bit)
+  // split: residual add and RMSNorm as two launches instead of add_rmsnorm, or (4-bit) instead of inside the
+  // GEMV that reads the norm: equal bit for bit
   DecodeStep eager(m, c_eager, false), graph(m, c_graph, true), split(m, c_split, false, false);
   StepStats st;
   std::vector<float> fwd;
