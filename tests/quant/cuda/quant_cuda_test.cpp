@@ -694,6 +694,19 @@ TEST(QuantCuda, Gemv4bitPartsEqualOneLaunchPerWeight) {
     EXPECT_THROW(gemv_4bit_cuda_parts({a, other_form}, 0), Error);
     EXPECT_THROW(gemv_4bit_cuda_parts({a, a, a, a}, 0), Error);
     EXPECT_THROW(gemv_4bit_cuda_parts({}, 0), Error);
+    // The fused norm's misuses: an add or a residual output without the norm, two rows, the residual
+    // written over x, and weights of one launch that disagree on it.
+    Gemv4Args norm = a;
+    norm.norm_w = x.raw();
+    Gemv4Args add_only = a, two_rows = norm, over_x = norm, other_norm = norm;
+    add_only.x_add = x.raw();
+    two_rows.rows = 2;
+    over_x.res_out = const_cast<void*>(a.x);
+    other_norm.norm_eps = 1e-3f;
+    EXPECT_THROW(gemv_4bit_cuda(add_only, 0), Error);
+    EXPECT_THROW(gemv_4bit_cuda(two_rows, 0), Error);
+    EXPECT_THROW(gemv_4bit_cuda(over_x, 0), Error);
+    EXPECT_THROW(gemv_4bit_cuda_parts({norm, other_norm}, 0), Error);
   }
 }
 
