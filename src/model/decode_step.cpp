@@ -117,77 +117,52 @@ void DecodeStep::launch_step() {
   const float eps = (float)c.rms_norm_eps;
   Tensor q3 = q_.reshape({1, Hq, D}), q4 = q_.reshape({1, 1, Hq, D}), att4 = att_.reshape({1, 1, Hq, D});
   const std::vector<LlamaLayer>& layers = model_.layers();
-  // x += proj, then h = rmsnorm(x) * w: one launch (add_rmsnorm) or two.
-  auto add_norm = [&](Tensor& h, const Tensor& w) {
-    if (fuse_add_norm_) {
-      cuda::add_rmsnorm(x_, proj_, h, w, eps);
+  Tensor *res = &x_, *next = &x2_;  // the residual, and where a GEMV-fused add writes the next one
+  // With add, the residual += proj_; then h = rmsnorm(residual) · w: one launch (add_rmsnorm) or two.
+  auto add_norm = [&](Tensor& h, bool add, const Tensor& w) {
+    if (!add) {
+      rmsnorm_forward(h, *res, w, eps);
+    } else if (fuse_add_norm_) {
+      cuda::add_rmsnorm(*res, proj_, h, w, eps);
     } else {
-      add_inplace(x_, proj_);
-      rmsnorm_forward(h, x_, w, eps);
+      add_inplace(*res, proj_);
+      rmsnorm_forward(h, *res, w, eps);
     }
   };
-  if (norm_in_gemv_) {
-    launch_step_norm_in_gemv();
-    return;
-  }
-  rmsnorm_forward(h_, x_, layers[0].input_norm, eps);  // x_ holds the token's embedding (run())
-  for (int l = 0; l < c.num_hidden_layers; l++) {
-    const LlamaLayer& L = layers[l];
-    Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
-    linear_forward_shared({&q_, &k_, &v_}, h_, {&L.q, &L.k, &L.v});
-    cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
-    cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
-    L.o.forward(proj_, att_);
-    add_norm(h_, L.post_norm);
-    linear_forward_shared({&g_, &u_}, h_, {&L.gate, &L.up});
-    swiglu_forward(a_, g_, u_);
-    L.down.forward(proj_, a_);
-    if (l + 1 < c.num_hidden_layers)
-      add_norm(h_, layers[l + 1].input_norm);
-    else
-      add_norm(hn_, model_.final_norm());
-  }
-  model_.lm_head().forward(logits_, hn_);
-#endif
-}
-
-// launch_step with each residual add and RMSNorm inside the 4-bit GEMV that reads the norm: the GEMV's
-// block 0 writes the new residual to the other buffer, as every block reads the current one.
-void DecodeStep::launch_step_norm_in_gemv() {
-#ifdef QTUNE_HAVE_CUDA
-  const ModelConfig& c = model_.config();
-  const int64_t Hq = c.num_attention_heads, D = c.head_dim;
-  const float eps = (float)c.rms_norm_eps;
-  Tensor q3 = q_.reshape({1, Hq, D}), q4 = q_.reshape({1, 1, Hq, D}), att4 = att_.reshape({1, 1, Hq, D});
-  Tensor *res = &x_, *next = &x2_;  // the residual, and where the next add writes it
-  // outs = lins(rmsnorm(res + add) · w); the sum becomes the residual (none added: res stays).
-  auto norm_linears = [&](const std::vector<Tensor*>& outs, const Tensor* add, const Tensor& w,
+  // outs = lins(h) for that h. With norm_in_gemv_ the add and the norm run inside the 4-bit GEMV's launch:
+  // its block 0 writes the new residual to the other buffer, as every block reads the current one.
+  auto norm_linears = [&](const std::vector<Tensor*>& outs, bool add, const Tensor& w,
                           const std::vector<const Linear*>& lins) {
+    if (!norm_in_gemv_) {
+      add_norm(h_, add, w);
+      linear_forward_shared(outs, h_, lins);
+      return;
+    }
     std::vector<const Quant4Linear*> ws;
     std::vector<const Tensor*> biases;
     for (const Linear* l : lins) {
       ws.push_back(l->q4.get());
       biases.push_back(l->bias.defined() ? &l->bias : nullptr);
     }
-    if (!quant4_linear_forward_norm_cuda(outs, *res, add, w, eps, add ? next : nullptr, ws, biases))
+    if (!quant4_linear_forward_norm_cuda(outs, *res, add ? &proj_ : nullptr, w, eps, add ? next : nullptr, ws,
+                                         biases))
       throw_error(ErrorKind::Internal,
                   "DecodeStep: the 4-bit GEMV refused the residual norm it was chosen for");
     if (add) std::swap(res, next);
   };
-  const std::vector<LlamaLayer>& layers = model_.layers();
   for (int l = 0; l < c.num_hidden_layers; l++) {
     const LlamaLayer& L = layers[l];
     Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
     // Layer 0 normalizes the token's embedding (run() put it in x_); later layers add the down projection.
-    norm_linears({&q_, &k_, &v_}, l == 0 ? nullptr : &proj_, L.input_norm, {&L.q, &L.k, &L.v});
+    norm_linears({&q_, &k_, &v_}, l > 0, L.input_norm, {&L.q, &L.k, &L.v});
     cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
     cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
     L.o.forward(proj_, att_);
-    norm_linears({&g_, &u_}, &proj_, L.post_norm, {&L.gate, &L.up});
+    norm_linears({&g_, &u_}, true, L.post_norm, {&L.gate, &L.up});
     swiglu_forward(a_, g_, u_);
     L.down.forward(proj_, a_);
   }
-  cuda::add_rmsnorm(*res, proj_, hn_, model_.final_norm(), eps);
+  add_norm(hn_, true, model_.final_norm());
   model_.lm_head().forward(logits_, hn_);
 #endif
 }

@@ -50,7 +50,6 @@ class DecodeStep {
 
  private:
   void launch_step();  // queues the whole step (eagerly, or into a capture)
-  void launch_step_norm_in_gemv();
 
   const LlamaModel& model_;
   KVCache& cache_;
