@@ -115,7 +115,7 @@ void DecodeStep::launch_step() {
   const ModelConfig& c = model_.config();
   const int64_t Hq = c.num_attention_heads, D = c.head_dim;
   const float eps = (float)c.rms_norm_eps;
-  Tensor q3 = q_.reshape({1, Hq, D}), q4 = q_.reshape({1, 1, Hq, D}), att4 = att_.reshape({1, 1, Hq, D});
+  Tensor q4 = q_.reshape({1, 1, Hq, D}), att4 = att_.reshape({1, 1, Hq, D});
   const std::vector<LlamaLayer>& layers = model_.layers();
   Tensor *res = &x_, *next = &x2_;  // the residual, and where a GEMV-fused add writes the next one
   // With add, the residual += proj_; then h = rmsnorm(residual) · w: one launch (add_rmsnorm) or two.
@@ -155,8 +155,7 @@ void DecodeStep::launch_step() {
     Tensor kc = cache_.k(l), vc = cache_.v(l);  // [1, Smax, Hkv, D]
     // Layer 0 normalizes the token's embedding (run() put it in x_); later layers add the down projection.
     norm_linears({&q_, &k_, &v_}, l > 0, L.input_norm, {&L.q, &L.k, &L.v});
-    cuda::rope_kv_write_at(q3, k_, v_, kc, vc, pos_, model_.inv_freq());
-    cuda::attention_forward_at(att4, q4, kc, vc, pos_, ws_);
+    cuda::attention_rope_forward_at(att4, q4, &k_, &v_, kc, vc, pos_, &model_.inv_freq(), ws_);  // + RoPE
     L.o.forward(proj_, att_);
     norm_linears({&g_, &u_}, true, L.post_norm, {&L.gate, &L.up});
     swiglu_forward(a_, g_, u_);

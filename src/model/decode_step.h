@@ -1,11 +1,11 @@
 // DecodeStep: the batch-1, one-token decode step of a LlamaModel on CUDA, with every buffer allocated
 // once and the token's position read by the kernels from device memory, so the whole step (32 layers of
-// norm, fused q/k/v GEMV, RoPE + cache write, split-K attention, o GEMV, residual, norm, fused gate/up
-// GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA graph and replayed
-// at every position. The first step runs eagerly (it also loads the kernels); the second captures.
-// Each residual add shares its launch with the RMSNorm after it: with 4-bit q/k/v and gate/up weights both
-// run inside the fused 4-bit GEMV that reads the norm's output (8 launches per layer; the residual then
-// alternates between two buffers), otherwise in add_rmsnorm (10 launches per layer).
+// norm, fused q/k/v GEMV, split-K attention with the RoPE and the cache write folded in, o GEMV, residual,
+// norm, fused gate/up GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA
+// graph and replayed at every position. The first step runs eagerly (it also loads the kernels); the
+// second captures. Each residual add shares its launch with the RMSNorm after it: with 4-bit q/k/v and
+// gate/up weights both run inside the fused 4-bit GEMV that reads the norm's output (7 launches per layer;
+// the residual then alternates between two buffers), otherwise in add_rmsnorm (9 launches per layer).
 // Linears with a bias (Qwen2's q/k/v) or a 4-bit weight run too: q/k/v and gate/up through
 // linear_forward_shared (one fused 4-bit GEMV launch for each group when all are 4-bit), the rest through
 // Linear::forward.

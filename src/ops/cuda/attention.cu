@@ -127,8 +127,33 @@ int64_t attention_at_workspace_floats(const Tensor& q, const Tensor& k) {
 
 void attention_forward_at(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos,
                           Tensor& workspace) {
-  const char* op = "attention_forward_at";
+  // without k_new nothing is written to the caches
+  attention_rope_forward_at(out, q, nullptr, nullptr, const_cast<Tensor&>(k), const_cast<Tensor&>(v), pos,
+                            nullptr, workspace);
+}
+
+void attention_rope_forward_at(Tensor& out, const Tensor& q, const Tensor* k_new, const Tensor* v_new,
+                               Tensor& k, Tensor& v, const Tensor& pos, const Tensor* inv_freq,
+                               Tensor& workspace) {
+  const char* op = k_new ? "attention_rope_forward_at" : "attention_forward_at";
   AttnDims a = dims_at(op, out, q, k, v);
+  if (k_new) {
+    if (!v_new || !inv_freq) throw_error(ErrorKind::Usage, op, ": k_new needs v_new and inv_freq");
+    require_cuda(*k_new, op, "k_new");
+    require_cuda(*v_new, op, "v_new");
+    require_cuda(*inv_freq, op, "inv_freq");
+    require_dtype(*inv_freq, op, "inv_freq", DType::F32);
+    const int64_t row = (int64_t)a.Hkv * a.D;
+    if (a.B != 1 || a.D % 2 != 0 || k_new->numel() != row || v_new->numel() != row ||
+        k_new->dtype() != q.dtype() || v_new->dtype() != q.dtype() || inv_freq->numel() != a.D / 2)
+      throw_error(ErrorKind::Shape, op,
+                  ": need batch 1, an even head dim, k_new and v_new of Hkv · D = ", row,
+                  " values in q's dtype and inv_freq of D / 2; got q ", q.describe(), ", k_new ",
+                  k_new->describe(), ", v_new ", v_new->describe(), ", inv_freq ", inv_freq->describe());
+    a.k_new = k_new->raw();
+    a.v_new = v_new->raw();
+    a.inv_freq = inv_freq->data<float>();
+  }
   require_cuda(pos, op, "pos");
   require_dtype(pos, op, "pos", DType::I32);
   require_cuda(workspace, op, "workspace");

@@ -56,7 +56,8 @@ __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(TO* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
                            const TI* __restrict__ q, const TI* __restrict__ k, const TI* __restrict__ v,
                            int T, int Hq, int Hkv, int Smax, int q_offset, int kv_len, int groups, int chunk,
-                           float scale_log2, const int* __restrict__ pos_dev) {
+                           float scale_log2, const int* __restrict__ pos_dev, const TI* __restrict__ k_new,
+                           const TI* __restrict__ v_new, const float* __restrict__ inv_freq) {
   constexpr int BK = kSplitKeys;
   constexpr int VEC = 16 / sizeof(TI);                           // elements per 16-byte load
   constexpr int NVT = BK * D / VEC;                              // 16-byte loads per tile, K and V each
@@ -91,13 +92,32 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int b = bh / Hkv, hkv = bh % Hkv;
   const int split = blockIdx.y;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  // RoPE folded in (k_new set): the cos and sin of the position's angles, in k_s until the first tile, with
+  // rope_forward's arithmetic (full-range sincosf of pos · inv_freq, one rounding to TI per value).
+  constexpr int half = D / 2;
+  float* cs = k_s;  // [D]: cos, then sin
+  if (k_new) {
+    for (int i = tid; i < half; i += kSplitThreads) {
+      float s, c;
+      sincosf((float)q_offset * inv_freq[i], &s, &c);
+      cs[i] = c;
+      cs[half + i] = s;
+    }
+    __syncthreads();
+  }
+  auto rotated = [&](const TI* x, int d) {  // element d of the rotated head x
+    const int i = d % half;
+    const float c = cs[i], s = cs[half + i], x1 = to_f32(x[i]), x2 = to_f32(x[i + half]);
+    return from_f32<TI>(d < half ? x1 * c - x2 * s : x2 * c + x1 * s);
+  };
 
   for (int e = tid; e < R * D; e += kSplitThreads) {
     int r = e / D, d = e % D, rr = rg * R + r;
     float val = 0.0f;
     if (rr < GT) {
       int t = rr / G, h = hkv * G + rr % G;
-      val = to_f32(q[(((int64_t)b * T + t) * Hq + h) * D + d]) * scale_log2;
+      const TI* qh = q + (((int64_t)b * T + t) * Hq + h) * D;
+      val = to_f32(k_new ? rotated(qh, d) : qh[d]) * scale_log2;
     }
     q_s[e] = val;
   }
@@ -113,6 +133,17 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t kv_stride = (int64_t)Hkv * D;
   const TI* kb = k + ((int64_t)b * Smax * Hkv + hkv) * D;
   const TI* vb = v + ((int64_t)b * Smax * Hkv + hkv) * D;
+  // RoPE folded in: the block whose slice holds the position (the only one that reads that row) writes it
+  // first; the caches are this launch's to write.
+  if (k_new && s_begin <= q_offset && q_offset < s_end) {
+    TI* kd = const_cast<TI*>(kb) + (int64_t)q_offset * kv_stride;
+    TI* vd = const_cast<TI*>(vb) + (int64_t)q_offset * kv_stride;
+    for (int d = tid; d < D; d += kSplitThreads) {
+      kd[d] = rotated(k_new + (int64_t)hkv * D, d);
+      vd[d] = v_new[(int64_t)hkv * D + d];
+    }
+    __syncthreads();  // the row is written before this block's loads read it
+  }
   float acc[NC][R][4];  // this warp's keys: rows r, dims chunk * 128 + lane * 4 + i
 #pragma unroll
   for (int c = 0; c < NC; c++)
@@ -126,8 +157,9 @@ __global__ void __launch_bounds__(kSplitThreads)
       int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
       kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
       if (idx < NVT && s0 + j < s_end) {
-        kr[i] = *reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vd * VEC);
-        vr[i] = *reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vd * VEC);
+        // L2 loads (not the read-only path): with RoPE folded in, this block may have just written a row
+        kr[i] = __ldcg(reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vd * VEC));
+        vr[i] = __ldcg(reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vd * VEC));
       }
     }
   };
@@ -334,7 +366,8 @@ void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Ten
   dim3 grid(base_blocks, nsplit);
   QT_CUDA_CHECK(launch_pdl(kernel, grid, dim3(kSplitThreads), smem, ctx.stream, out.data<TO>(), part_o,
                            part_ml, q.data<TI>(), k.data<TI>(), v.data<TI>(), a.T, a.Hq, a.Hkv, a.Smax,
-                           a.q_offset, a.kv_len, groups, chunk, scale_log2, a.pos_dev));
+                           a.q_offset, a.kv_len, groups, chunk, scale_log2, a.pos_dev,
+                           static_cast<const TI*>(a.k_new), static_cast<const TI*>(a.v_new), a.inv_freq));
   QT_CUDA_CHECK_LAUNCH("attention_split_kernel");
   if (nsplit > 1) {
     QT_CUDA_CHECK(launch_pdl(attention_combine_kernel<TO>, dim3(rows), dim3(std::min(D, 128)), 0, ctx.stream,

@@ -12,6 +12,12 @@ struct AttnDims {
   // read by the kernel; the slice count depends on Smax alone and the partials live in `workspace`.
   const int* pos_dev = nullptr;
   float* workspace = nullptr;
+  // RoPE folded in (attention_rope_forward_at; device position, B = T = 1): q is rotated as the kernel
+  // reads it, and the block whose slice holds the position writes k_new rotated and v_new ([Hkv, D]) to the
+  // caches' row first.
+  const void* k_new = nullptr;
+  const void* v_new = nullptr;
+  const float* inv_freq = nullptr;
 };
 
 constexpr float kLog2e = 1.4426950408889634f;

@@ -59,12 +59,13 @@ void attention_forward_split(Tensor& out, const Tensor& q, const Tensor& k, cons
 int64_t attention_at_workspace_floats(const Tensor& q, const Tensor& k);
 void attention_forward_at(Tensor& out, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos,
                           Tensor& workspace);
-// Batch 1, one token at the device-held position p = pos[0]: RoPE (as rope_forward) on q [1, Hq, D] in
-// place and on k_new [1, Hkv, D] into cache row p of k_cache [1, Smax, Hkv, D]; v_new [1, Hkv, D] copied
-// to row p of v_cache. One launch for what is otherwise two RoPE launches and the cache writes.
-void rope_kv_write_at(Tensor& q, const Tensor& k_new, const Tensor& v_new, Tensor& k_cache, Tensor& v_cache,
-                      const Tensor& pos, const Tensor& inv_freq);
-
+// attention_forward_at with rope_kv_write_at folded in (batch 1): q is rotated as the kernel reads it (q
+// itself is left as it is), and k_new rotated and v_new (each [1, Hkv · D]) are written to row pos of the
+// caches k, v by the block that reads that row. The same bits as rope_forward on q and k_new, the row
+// written, then attention_forward_at. k_new null: attention_forward_at.
+void attention_rope_forward_at(Tensor& out, const Tensor& q, const Tensor* k_new, const Tensor* v_new,
+                               Tensor& k, Tensor& v, const Tensor& pos, const Tensor* inv_freq,
+                               Tensor& workspace);
 // Training attention (ops/attention.h): whole sequences, causal, GQA; seq_ids I32 [B, T] (optional, on
 // the device) confines each query to its own packed example. q [B, T, Hq, D]; k, v [B, T, Hkv, D] (one
 // float dtype, D <= 256); out BF16/F32/F16, lse F32 [B, T, Hq] (natural log). bf16 q/k/v with D

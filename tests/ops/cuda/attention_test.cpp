@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "cuda_test_util.h"
+#include "ops/cuda/cuda_graph.h"
 #include "ops/cuda/cuda_ops.h"
 
 namespace qtune {
@@ -160,6 +161,65 @@ TEST(CudaAttention, MatchesCpuOp) {
   double diff = rel_err(out.to_f32_vector(), cpu_out.to_f32_vector());
   std::printf("  attention vs CPU op (bf16 P on the tensor cores): rel diff %.3e\n", diff);
   EXPECT_LE(diff, 1e-2);
+}
+
+// attention_rope_forward_at (decode at a device-held position, RoPE and the cache write folded in) against
+// rope_forward on q and the new k, the row copied into the caches, then attention_forward_at: the same bits
+// in the output and in both caches. Positions in the first slice, at a slice boundary and deep in a long
+// cache (angles of thousands of radians); GQA and MHA; head dims 64 and 128; bf16 and f32.
+TEST(CudaAttention, RopeFoldedIntoDecodeAtEqualsRopeThenAttention) {
+  QT_REQUIRE_GPU();
+  Rng rng;
+  struct Case {
+    int64_t Hq, Hkv, D, Smax, pos;
+    DType dt;
+  };
+  for (const Case& c : {Case{32, 8, 128, 1024, 5, DType::BF16}, Case{32, 8, 128, 1024, 511, DType::BF16},
+                        Case{14, 2, 64, 9000, 8999, DType::BF16}, Case{8, 8, 64, 300, 257, DType::BF16},
+                        Case{8, 2, 64, 700, 600, DType::F32}}) {
+    SCOPED_TRACE("H" + std::to_string(c.Hq) + "/" + std::to_string(c.Hkv) + " D" + std::to_string(c.D) +
+                 " Smax " + std::to_string(c.Smax) + " pos " + std::to_string(c.pos) + " " +
+                 dtype_name(c.dt));
+    const int64_t Hq = c.Hq, Hkv = c.Hkv, D = c.D, S = c.Smax, row = Hkv * D;
+    std::vector<float> inv((size_t)(D / 2));
+    for (int64_t i = 0; i < D / 2; i++) inv[(size_t)i] = (float)std::pow(500000.0, -2.0 * i / D);
+    Tensor inv_freq = Tensor::from_f32(inv, {D / 2}).to(Device::CUDA);
+    Tensor pos = device_i32({(int32_t)c.pos}, {1});
+    const std::vector<float> qv = randn_bf16(rng, Hq * D), kn = randn_bf16(rng, row),
+                             vn = randn_bf16(rng, row), kc = randn_bf16(rng, S * row),
+                             vc = randn_bf16(rng, S * row);
+    Tensor q = to_device(qv, {1, 1, Hq, D}, c.dt), k_new = to_device(kn, {1, row}, c.dt),
+           v_new = to_device(vn, {1, row}, c.dt);
+    Tensor k1 = to_device(kc, {1, S, Hkv, D}, c.dt), v1 = to_device(vc, {1, S, Hkv, D}, c.dt);
+    Tensor k2 = to_device(kc, {1, S, Hkv, D}, c.dt), v2 = to_device(vc, {1, S, Hkv, D}, c.dt);
+    Tensor ws = Tensor::empty({std::max<int64_t>(cuda::attention_at_workspace_floats(q, k1), 1)}, DType::F32,
+                              Device::CUDA);
+    Tensor got = Tensor::empty({1, 1, Hq, D}, c.dt, Device::CUDA),
+           want = Tensor::empty({1, 1, Hq, D}, c.dt, Device::CUDA);
+    cuda::attention_rope_forward_at(got, q, &k_new, &v_new, k1, v1, pos, &inv_freq, ws);
+    // The reference: RoPE on copies of q and k_new, the row written, attention at the position.
+    Tensor qr = to_device(qv, {1, Hq, D}, c.dt), kr = to_device(kn, {1, Hkv, D}, c.dt);
+    cuda::rope_forward(qr, pos, inv_freq);
+    cuda::rope_forward(kr, pos, inv_freq);
+    const size_t rb = dtype_nbytes(c.dt, row);
+    cuda::copy_device_async(static_cast<char*>(k2.raw()) + c.pos * rb, kr.raw(), rb);
+    cuda::copy_device_async(static_cast<char*>(v2.raw()) + c.pos * rb, v_new.raw(), rb);
+    cuda::attention_forward_at(want, qr.reshape({1, 1, Hq, D}), k2, v2, pos, ws);
+    EXPECT_EQ(got.to_f32_vector(), want.to_f32_vector());
+    EXPECT_EQ(k1.to_f32_vector(), k2.to_f32_vector());
+    EXPECT_EQ(v1.to_f32_vector(), v2.to_f32_vector());
+    EXPECT_EQ(q.to_f32_vector(), to_device(qv, {1, 1, Hq, D}, c.dt).to_f32_vector()) << "q must stay";
+  }
+  Tensor q = Tensor::zeros({1, 1, 4, 64}, DType::BF16, Device::CUDA),
+         k = Tensor::zeros({1, 8, 2, 64}, DType::BF16, Device::CUDA);
+  Tensor v = k, out = Tensor::empty({1, 1, 4, 64}, DType::BF16, Device::CUDA), pos = device_i32({3}, {1});
+  Tensor inv = Tensor::zeros({32}, DType::F32, Device::CUDA),
+         ws = Tensor::empty({4096}, DType::F32, Device::CUDA);
+  Tensor short_k = Tensor::zeros({1, 64}, DType::BF16, Device::CUDA);
+  expect_error([&] { cuda::attention_rope_forward_at(out, q, &short_k, &short_k, k, v, pos, &inv, ws); },
+               ErrorKind::Shape, {"k_new", "Hkv · D = 128"});
+  expect_error([&] { cuda::attention_rope_forward_at(out, q, &short_k, nullptr, k, v, pos, &inv, ws); },
+               ErrorKind::Usage, {"v_new"});
 }
 
 TEST(CudaAttention, BadArgumentsThrow) {
