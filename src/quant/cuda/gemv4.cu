@@ -139,15 +139,17 @@ __device__ __forceinline__ uint32_t pair_of(uint32_t w, uint32_t base_lane, int 
 
 // kNorm's passes over 8 bf16 (one 16-byte piece), with add_rmsnorm's arithmetic: r = bf16(x + a) and its
 // sum of squares (one multiply-add per element, in order), then bf16(r · rstd · w).
-__device__ __forceinline__ uint4 add_bf16x8(const uint4& x, const uint4& a) {
+// Element-wise f(x, y) in f32 over two pieces, each result rounded to bf16.
+template <class F>
+__device__ __forceinline__ uint4 zip_bf16x8(const uint4& x, const uint4& y, F f) {
   uint4 r;
   const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162*>(&x),
-                       *ah = reinterpret_cast<const __nv_bfloat162*>(&a);
+                       *yh = reinterpret_cast<const __nv_bfloat162*>(&y);
   __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
 #pragma unroll
   for (int j = 0; j < 4; j++) {
-    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(ah[j]);
-    rh[j] = __floats2bfloat162_rn(u.x + v.x, u.y + v.y);
+    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(yh[j]);
+    rh[j] = __floats2bfloat162_rn(f(u.x, v.x), f(u.y, v.y));
   }
   return r;
 }
@@ -160,18 +162,6 @@ __device__ __forceinline__ float sum_squares_bf16x8(const uint4& x, float ss) {
     ss += u.y * u.y;
   }
   return ss;
-}
-__device__ __forceinline__ uint4 scale_bf16x8(const uint4& x, float rstd, const uint4& w) {
-  uint4 r;
-  const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162*>(&x),
-                       *wh = reinterpret_cast<const __nv_bfloat162*>(&w);
-  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(wh[j]);
-    rh[j] = __floats2bfloat162_rn(u.x * rstd * v.x, u.y * rstd * v.y);
-  }
-  return r;
 }
 
 // x is staged in shared memory once per block (x rows 2I + 64 bytes apart); within a chunk the 16-byte
@@ -403,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
     float ss = 0.0f;
     for (int i = threadIdx.x; mine && i < pieces; i += Tn) {
       uint4 r = __ldg(x4 + i);
-      if (a4) r = add_bf16x8(r, __ldg(a4 + i));
+      if (a4) r = zip_bf16x8(r, __ldg(a4 + i), [](float u, float v) { return u + v; });
       if (p.res_out && blockIdx.x == 0) reinterpret_cast<uint4*>(p.res_out)[i] = r;
       ss = sum_squares_bf16x8(r, ss);
       stage_x(i, r);
@@ -412,7 +402,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
     const uint4* w4 = reinterpret_cast<const uint4*>(p.norm_w);
     for (int i = threadIdx.x; mine && i < pieces; i += Tn) {
       uint4* slot = reinterpret_cast<uint4*>(xs + x_stage_offset(i >> 2, i & 3));
-      *slot = scale_bf16x8(*slot, rstd, __ldg(w4 + i));
+      *slot = zip_bf16x8(*slot, __ldg(w4 + i), [rstd](float u, float w) { return u * rstd * w; });
     }
   } else {
     if constexpr (kXFirst) {
