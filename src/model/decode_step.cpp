@@ -80,6 +80,9 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
     for (const Linear* lin : {&L.gate, &L.up})
       norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.post_norm);
   }
+  glu_in_gemv_ = norm_in_gemv_;
+  for (const LlamaLayer& L : model.layers())
+    glu_in_gemv_ = glu_in_gemv_ && quant4_gemv_glu_ok(*L.gate.q4, *L.up.q4);
   if (norm_in_gemv_) x2_ = Tensor::empty({1, C}, act, dev);  // the residual alternates with x_
 #endif
   h_ = Tensor::empty({1, C}, act, dev);
@@ -130,9 +133,10 @@ void DecodeStep::launch_step() {
     }
   };
   // outs = lins(h) for that h. With norm_in_gemv_ the add and the norm run inside the 4-bit GEMV's launch:
-  // its block 0 writes the new residual to the other buffer, as every block reads the current one.
+  // its block 0 writes the new residual to the other buffer, as every block reads the current one. glu:
+  // also silu(outs[0]) · outs[1] into it, in the same launch.
   auto norm_linears = [&](const std::vector<Tensor*>& outs, bool add, const Tensor& w,
-                          const std::vector<const Linear*>& lins) {
+                          const std::vector<const Linear*>& lins, Tensor* glu = nullptr) {
     if (!norm_in_gemv_) {
       add_norm(h_, add, w);
       linear_forward_shared(outs, h_, lins);
@@ -145,7 +149,7 @@ void DecodeStep::launch_step() {
       biases.push_back(l->bias.defined() ? &l->bias : nullptr);
     }
     if (!quant4_linear_forward_norm_cuda(outs, *res, add ? &proj_ : nullptr, w, eps, add ? next : nullptr, ws,
-                                         biases))
+                                         biases, glu))
       throw_error(ErrorKind::Internal,
                   "DecodeStep: the 4-bit GEMV refused the residual norm it was chosen for");
     if (add) std::swap(res, next);
@@ -157,8 +161,8 @@ void DecodeStep::launch_step() {
     norm_linears({&q_, &k_, &v_}, l > 0, L.input_norm, {&L.q, &L.k, &L.v});
     cuda::attention_rope_forward_at(att4, q4, &k_, &v_, kc, vc, pos_, &model_.inv_freq(), ws_);  // + RoPE
     L.o.forward(proj_, att_);
-    norm_linears({&g_, &u_}, true, L.post_norm, {&L.gate, &L.up});
-    swiglu_forward(a_, g_, u_);
+    norm_linears({&g_, &u_}, true, L.post_norm, {&L.gate, &L.up}, glu_in_gemv_ ? &a_ : nullptr);
+    if (!glu_in_gemv_) swiglu_forward(a_, g_, u_);
     L.down.forward(proj_, a_);
   }
   add_norm(hn_, true, model_.final_norm());

@@ -34,8 +34,8 @@ class DecodeStep {
   static bool supported(const LlamaModel& model, const KVCache& cache);
 
   // model and cache must outlive the step. use_graph false: always eager launches (for tests).
-  // fuse_add_norm false: separate residual-add and RMSNorm launches (for A/B measurements and tests; the
-  // same logits).
+  // fuse_add_norm false: separate residual-add, RMSNorm and SwiGLU launches (for A/B measurements and
+  // tests; the same logits).
   DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph = true, bool fuse_add_norm = true);
   ~DecodeStep();
   DecodeStep(const DecodeStep&) = delete;
@@ -55,6 +55,7 @@ class DecodeStep {
   KVCache& cache_;
   bool use_graph_, fuse_add_norm_;
   bool norm_in_gemv_ = false;  // the adds and norms run inside the 4-bit GEMVs (fuse_add_norm, all 4-bit)
+  bool glu_in_gemv_ = false;   // and the SwiGLU inside the gate/up GEMV (norm_in_gemv_, gate and up alike)
   int runs_ = 0;
   std::string err_;
   int32_t host_io_[2] = {0, 0};

@@ -91,6 +91,10 @@ struct Gemv4Args {
   void* res_out = nullptr;
   void* out = nullptr;  // out_dtype [rows, O]
   DType out_dtype = DType::BF16;
+  // SwiGLU applied to the outputs (decode's gate/up): with exactly two weights of equal O in one
+  // gemv_4bit_cuda_parts launch (gate, then up) and BF16 outs, glu_out (BF16 [rows, O]) gets
+  // silu(out0) · out1, bit for bit swiglu_forward of the two outs. Every weight of the launch names it.
+  void* glu_out = nullptr;
   const void* bias = nullptr;  // bias_dtype [O] or null
   DType bias_dtype = DType::BF16;
   int64_t O = 0, I = 0;
@@ -104,9 +108,13 @@ struct Gemv4Args {
 // True when the GEMV handles the weight: I % 32 == 0 and a 16-byte aligned packed pointer.
 bool gemv_4bit_supported(int64_t I, const void* packed);
 void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream);
+// True when two weights [O, I] with this block size can share a launch with glu_out at `rows` rows of x
+// (block size >= 64, I % 64 == 0, and the shared memory of that layout).
+bool gemv_4bit_glu_supported(int64_t I, int64_t blocksize, int rows);
 // Up to 3 weights that share x (q/k/v, gate/up) in one launch, each with its own packed weight, absmax,
 // out, bias and O: the values of one gemv_4bit_cuda per weight (bit for bit where a row's 256-weight steps
-// fall to the warps the same way in both; otherwise its partial sums may be added in other groupings), in
+// fall to the warps the same way in both; otherwise its partial sums may be added in other groupings; two
+// weights of equal O take their 16-row groups in turns, so that a block holds the same rows of both), in
 // a launch that fills the GPU
 // (k_proj alone, 1024 rows, gives work to 64 of an H200's 132 SMs). The weights must share x, I, rows,
 // block size, quant type, out dtype, weights_static and the absmax form (plain or nested); Usage

@@ -145,11 +145,26 @@ bool quant4_gemv_norm_ok(const Quant4Linear& w, const Tensor& norm_w) {
          norm_w.dtype() == DType::BF16 && norm_w.numel() == I && aligned16(norm_w.raw());
 }
 
+bool quant4_gemv_glu_ok(const Quant4Linear& gate, const Quant4Linear& up) {
+  const Quant4Tensor &g = gate.q, &u = up.q;
+  return gate.on_cuda() && up.on_cuda() && g.shape == u.shape && g.blocksize == u.blocksize &&
+         g.quant_type == u.quant_type && g.nested == u.nested && g.dtype == u.dtype &&
+         gemv_4bit_supported(g.shape[1], g.packed.raw()) && gemv_4bit_supported(u.shape[1], u.packed.raw()) &&
+         gemv_4bit_glu_supported(g.shape[1], g.blocksize, 1);
+}
+
 bool quant4_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Tensor& x, const Tensor* x_add,
                                      const Tensor& norm_w, float eps, Tensor* res_out,
                                      const std::vector<const Quant4Linear*>& ws,
-                                     const std::vector<const Tensor*>& biases) {
+                                     const std::vector<const Tensor*>& biases, Tensor* glu_out) {
   if (ws.empty()) return false;
+  if (glu_out) {
+    const int64_t O = ws[0]->q.shape[0];
+    if (ws.size() != 2 || !quant4_gemv_glu_ok(*ws[0], *ws[1]) || !glu_out->is_cuda() ||
+        glu_out->dtype() != DType::BF16 || glu_out->numel() != O || outs[0]->dtype() != DType::BF16 ||
+        outs[1]->dtype() != DType::BF16)
+      return false;
+  }
   const int64_t I = ws[0]->q.shape[1];
   auto row_ok = [&](const Tensor* t) {
     return !t || (t->is_cuda() && t->dtype() == DType::BF16 && t->numel() == I && aligned16(t->raw()));
@@ -171,8 +186,10 @@ bool quant4_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Ten
     a.norm_w = norm_w.raw();
     a.norm_eps = eps;
     a.res_out = res_out ? res_out->raw() : nullptr;
+    a.glu_out = glu_out ? glu_out->raw() : nullptr;
     one_launch = one_launch && same_layout(parts[0], a);
   }
+  if (glu_out && !one_launch) return false;
   // Otherwise one launch per weight, each with the norm (block 0 of each writes the same residual).
   if (one_launch)
     gemv_4bit_cuda_parts(parts, cuda::stream());

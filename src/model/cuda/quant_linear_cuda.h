@@ -16,13 +16,16 @@ void quant4_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Te
 // A decoder block's first Linears at one token, with the residual add and RMSNorm before them in the same
 // launch: outs[j] = rmsnorm(r) · norm_w · Wjᵀ (+ bias j), r = x + x_add (x alone when x_add is null), and
 // r written to res_out when set (apart from x and x_add). Bit for bit add_rmsnorm (or rmsnorm_forward)
-// then quant4_linear_forward_multi_cuda. x, x_add, res_out: BF16 [1, I]; norm_w BF16 [I]. False, with
-// nothing queued, when the 4-bit GEMV does not take it; quant4_gemv_norm_ok says so for one weight.
+// then quant4_linear_forward_multi_cuda. x, x_add, res_out: BF16 [1, I]; norm_w BF16 [I]. With glu_out
+// (BF16 [1, O]; ws = gate, up with quant4_gemv_glu_ok) the same launch also writes silu(outs[0]) ·
+// outs[1], bit for bit swiglu_forward of the BF16 outs. False, with nothing queued, when the 4-bit GEMV
+// does not take it; quant4_gemv_norm_ok says so for one weight.
 bool quant4_gemv_norm_ok(const Quant4Linear& w, const Tensor& norm_w);
+bool quant4_gemv_glu_ok(const Quant4Linear& gate, const Quant4Linear& up);
 bool quant4_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Tensor& x, const Tensor* x_add,
                                      const Tensor& norm_w, float eps, Tensor* res_out,
                                      const std::vector<const Quant4Linear*>& ws,
-                                     const std::vector<const Tensor*>& biases);
+                                     const std::vector<const Tensor*>& biases, Tensor* glu_out = nullptr);
 void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias);
 
 // w: GPU F32/BF16/F16 [O, I]; the storage equals quantize_linear_4bit / _8bit of the same values on the CPU.

@@ -2,6 +2,7 @@
 // the embedding gather. Math in f32, one rounding on the store. Grid-stride loops over packs of eight
 // elements (16-byte accesses) when the sizes and pointers allow it, else over elements.
 #include "core/allocator.h"
+#include "core/silu_mul.cuh"
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/device_util.cuh"
@@ -17,7 +18,7 @@ int grid_for(int64_t n, int threads) {
   return (int)(b < cap ? (b > 0 ? b : 1) : cap);
 }
 
-// out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
+// out[i] = silu(gate[i]) * up[i] (core/silu_mul.cuh).
 // packed: eight elements per step (packs_of_8), else one.
 template <class TI, class TO>
 __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate, const TI* __restrict__ up,
@@ -32,7 +33,7 @@ __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate,
       load8(gate + i, g);
       load8(up + i, u);
 #pragma unroll
-      for (int j = 0; j < 8; j++) g[j] = g[j] / (1.0f + __expf(-g[j])) * u[j];
+      for (int j = 0; j < 8; j++) g[j] = silu_mul(g[j], u[j]);
       store8(out + i, g);
     }
     return;
@@ -40,7 +41,7 @@ __global__ void swiglu_kernel(TO* __restrict__ out, const TI* __restrict__ gate,
   for (int64_t i = start; i < n; i += stride) {
     float g = to_f32(gate[i]);
     float u = to_f32(up[i]);
-    out[i] = from_f32<TO>(g / (1.0f + __expf(-g)) * u);
+    out[i] = from_f32<TO>(silu_mul(g, u));
   }
 }
 

@@ -24,7 +24,9 @@
 // One block of 16 warps per SM owns a contiguous run of 16-row groups (balanced to one group); each warp
 // takes a contiguous run of the block's steps, with the next step's packed words in flight while it sums
 // one. Each warp keeps its partial row sums in shared memory; the block adds them in warp order (so the
-// result does not depend on timing) and writes its rows last. The L1 data pipe (the
+// result does not depend on timing) and writes its rows last; for decode's gate/up (two weights whose
+// groups alternate, Gemv4Args::glu_out) it also writes silu(gate) · up of the rounded rows, the swiglu
+// launch after it saved (bench/NOTES.md, session 16). The L1 data pipe (the
 // lookups, then the loads) is the busiest unit; bench/NOTES.md has the profiles and what the rest of the
 // time is (mostly the start: the wait for x, which returns only after the weight loads issued before it, so
 // for long x the kernel loads x first; and the first DRAM round trip, which a programmatic dependent launch
@@ -35,6 +37,7 @@
 
 #include "core/cuda_pdl.cuh"
 #include "core/row_norm.cuh"
+#include "core/silu_mul.cuh"
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -69,7 +72,9 @@ constexpr int kTableBytes = 256 * 256, kTableAlign = 65536;
 // picked by index with selects (QT_PICK), so the parameters are never indexed dynamically (that would copy
 // them to local memory). Those lookups cost 0.5-2.4 us at 14336x4096 and 4096x14336 when every launch pays
 // them, and a parameter block sized for three parts 0.1-0.15 us per launch, so one weight (P = 1) is a
-// kernel of its own whose parameters hold one part, the constant 0.
+// kernel of its own whose parameters hold one part, the constant 0. Two weights of equal O (P = 2: gate
+// and up) take their groups in turns, group G being group G / 2 of part G % 2, so a block holds the same
+// rows of both and can apply the SwiGLU to them (Gemv4Args::glu_out).
 constexpr int kMaxParts = kGemv4MaxParts;
 
 struct Gemv4Part {
@@ -82,7 +87,7 @@ struct Gemv4Part {
   int group0;  // its first group in the launch's numbering
 };
 
-template <int P>  // parts the parameters hold: 1 or kMaxParts
+template <int P>  // parts the parameters hold: 1, 2 (in turns) or kMaxParts (one after the other)
 struct Gemv4Params {
   Gemv4Part part[P];
   int parts;
@@ -94,6 +99,7 @@ struct Gemv4Params {
   __nv_bfloat16* res_out;
   float norm_eps;
   int out_kind;
+  __nv_bfloat16* glu_out;  // P = 2: silu(out0) · out1, [NR, O]
   int I, nchunk;
   int steps;             // per row: ceil(nchunk / 8)
   int groups;            // all parts' ceil(O / 16)
@@ -104,8 +110,10 @@ template <int P, class F>
 __device__ __forceinline__ auto pick_part(const Gemv4Params<P>& p, int j, F field) {
   if constexpr (P == 1) {
     return field(p.part[0]);
+  } else if constexpr (P == 2) {
+    return j == 0 ? field(p.part[0]) : field(p.part[1]);
   } else {
-    static_assert(P == 3, "pick_part: 1 or 3 parts");
+    static_assert(P == 3, "pick_part: 1, 2 or 3 parts");
     return j == 0 ? field(p.part[0]) : j == 1 ? field(p.part[1]) : field(p.part[2]);
   }
 }
@@ -115,6 +123,7 @@ __device__ __forceinline__ auto pick_part(const Gemv4Params<P>& p, int j, F fiel
 template <int P>
 __device__ __forceinline__ int part_of(const Gemv4Params<P>& p, int G) {
   if constexpr (P == 1) return 0;
+  if constexpr (P == 2) return G & 1;
   return (p.parts > 1 && G >= p.part[1].group0) + (p.parts > 2 && G >= p.part[2].group0);
 }
 
@@ -332,6 +341,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
   auto part_at = [&](int gl) { return kMulti ? part_of(p, g0 + gl) : 0; };
   const int row0 = g0 * 16 + lrow;
   auto row_at = [&](int gl, int j) {
+    if constexpr (P == 2) return ((g0 + gl) >> 1) * 16 + lrow;
     return kMulti ? (g0 + gl - QT_PICK(p, j, group0)) * 16 + lrow : row0 + gl * 16;
   };
 
@@ -464,18 +474,37 @@ __global__ void __launch_bounds__(kThreads, 1) gemv4_kernel(const Gemv4Params<P>
   }
   if (cur >= 0) flush();
   __syncthreads();
+  // The row's sum over the warps' slots in warp order, plus its bias.
+  auto row_sum = [&](int i, int j, int o) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) sum += part[w * part_stride + i];
+    const void* bias = QT_PICK(p, j, bias);
+    return bias ? sum + load_kind(bias, o, QT_PICK(p, j, bias_kind)) : sum;
+  };
+  if constexpr (P == 2) {
+    if (p.glu_out) {  // groups 2k (gate) and 2k + 1 (up) hold the same rows (g0 is even)
+      const int O = p.part[0].O;
+      for (int i = threadIdx.x; i < ng / 2 * NR * 16; i += kThreads) {
+        const int k = i / (NR * 16), n = (i / 16) % NR, r = i % 16;
+        const int o = ((g0 >> 1) + k) * 16 + r, ig = (2 * k * NR + n) * 16 + r;
+        if (o < O) {
+          const __nv_bfloat16 g = __float2bfloat16_rn(row_sum(ig, 0, o)),
+                              u = __float2bfloat16_rn(row_sum(ig + NR * 16, 1, o));
+          reinterpret_cast<__nv_bfloat16*>(p.part[0].out)[(int64_t)n * O + o] = g;
+          reinterpret_cast<__nv_bfloat16*>(p.part[1].out)[(int64_t)n * O + o] = u;
+          p.glu_out[(int64_t)n * O + o] =
+              __float2bfloat16_rn(silu_mul(__bfloat162float(g), __bfloat162float(u)));
+        }
+      }
+      return;
+    }
+  }
   for (int i = threadIdx.x; i < ng * NR * 16; i += kThreads) {
     const int gl = i / (NR * 16), n = (i / 16) % NR, r = i % 16;
     const int j = part_at(gl), O = QT_PICK(p, j, O);
     const int o = (kMulti ? row_at(gl, j) - lrow : (g0 + gl) * 16) + r;
-    if (o < O) {
-      float sum = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; w++) sum += part[w * part_stride + i];
-      const void* bias = QT_PICK(p, j, bias);
-      const float y = bias ? sum + load_kind(bias, o, QT_PICK(p, j, bias_kind)) : sum;
-      store_kind(QT_PICK(p, j, out), (int64_t)n * O + o, p.out_kind, y);
-    }
+    if (o < O) store_kind(QT_PICK(p, j, out), (int64_t)n * O + o, p.out_kind, row_sum(i, j, o));
   }
 }
 
@@ -559,9 +588,10 @@ void launch_parts(const std::vector<Gemv4Args>& parts, bool pair, cudaStream_t s
     w.bias = b.bias;
     w.bias_kind = b.bias ? float_kind(b.bias_dtype, "gemv_4bit_cuda (bias)") : 0;
     w.O = (int)b.O;
-    w.group0 = p.groups;
+    w.group0 = p.groups;  // unused with P = 2 (groups in turns)
     p.groups += (w.O + 15) / 16;
   }
+  p.glu_out = static_cast<__nv_bfloat16*>(a.glu_out);
   p.lg_chunks_per_block = 0;
   while ((int64_t(32) << p.lg_chunks_per_block) < a.blocksize) p.lg_chunks_per_block++;
   const float* c = code4(a.quant_type);
@@ -578,11 +608,14 @@ void launch_parts(const std::vector<Gemv4Args>& parts, bool pair, cudaStream_t s
   int dev = 0, sms = 0;
   cuda_ok(cudaGetDevice(&dev), "cudaGetDevice");
   cuda_ok(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "cudaDeviceGetAttribute");
-  // One block per SM, each a run of whole groups; the runs differ by at most one group.
+  // One block per SM, each a run of whole groups; the runs differ by at most one group (with P = 2 an even
+  // number, so that a block holds both parts of its rows).
+  const int step = P == 2 ? 2 : 1;
   p.groups_per_block = (p.groups + sms - 1) / sms;
+  p.groups_per_block += p.groups_per_block % step;
   const bool multi = p.parts > 1;
-  while (p.groups_per_block > 1 && gemv_smem(p.groups_per_block, a.rows, p.I, multi) > max_dynamic_smem())
-    p.groups_per_block--;
+  while (p.groups_per_block > step && gemv_smem(p.groups_per_block, a.rows, p.I, multi) > max_dynamic_smem())
+    p.groups_per_block -= step;
   const int blocks = (p.groups + p.groups_per_block - 1) / p.groups_per_block;
   const size_t smem = gemv_smem(p.groups_per_block, a.rows, p.I, multi);
   const bool nested = a.absmax.absmax == nullptr;
@@ -607,6 +640,11 @@ bool gemv_4bit_supported(int64_t I, const void* packed) {
          gemv_smem(1, 1, (int)I) <= max_dynamic_smem();
 }
 
+bool gemv_4bit_glu_supported(int64_t I, int64_t blocksize, int rows) {
+  return I > 0 && I % 64 == 0 && I <= (1 << 24) && blocksize >= 64 && rows >= 1 && rows <= 2 &&
+         gemv_smem(2, rows, (int)I, true) <= max_dynamic_smem();
+}
+
 void gemv_4bit_cuda(const Gemv4Args& a, cudaStream_t stream) {
   gemv_4bit_cuda_parts({a}, stream);
 }
@@ -621,12 +659,12 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
       throw_error(ErrorKind::Usage, "gemv_4bit_cuda: needs I % 32 == 0 (got ", b.I,
                   ") and 16-byte aligned packed weights and x");
     if (b.x != a.x || b.x_add != a.x_add || b.norm_w != a.norm_w || b.norm_eps != a.norm_eps ||
-        b.res_out != a.res_out || b.I != a.I || b.rows != a.rows || b.blocksize != a.blocksize ||
-        b.quant_type != a.quant_type || b.out_dtype != a.out_dtype || b.weights_static != a.weights_static ||
-        (b.absmax.absmax == nullptr) != (a.absmax.absmax == nullptr))
+        b.res_out != a.res_out || b.glu_out != a.glu_out || b.I != a.I || b.rows != a.rows ||
+        b.blocksize != a.blocksize || b.quant_type != a.quant_type || b.out_dtype != a.out_dtype ||
+        b.weights_static != a.weights_static || (b.absmax.absmax == nullptr) != (a.absmax.absmax == nullptr))
       throw_error(ErrorKind::Usage,
                   "gemv_4bit_cuda: the weights of one launch must share x, I, rows, block size, quant type, "
-                  "output dtype, weights_static and the absmax form (plain or nested)");
+                  "output dtype, weights_static, glu_out and the absmax form (plain or nested)");
     if (b.O <= 0 || (b.O + 16) * (b.I / 32) >= ((int64_t)1 << 31))
       throw_error(ErrorKind::Usage, "gemv_4bit_cuda: unsupported size O = ", b.O, ", I = ", b.I,
                   " (needs (O + 16) · I / 32 < 2^31)");
@@ -643,6 +681,17 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
         "res_out apart from x and x_add (got ",
         a.rows, " rows)");
   check_blocksize(a.blocksize, "gemv_4bit_cuda");
+  // A lane pair's chunks (2k, 2k + 1 of a row) share a block when blocks hold 2 chunks (64 weights) or more
+  // and every row starts on an even chunk.
+  const bool pair = a.blocksize >= 64 && (a.I / 32) % 2 == 0;
+  // Two weights of equal O take their groups in turns (the layout glu_out needs).
+  const bool in_turns =
+      parts.size() == 2 && parts[1].O == a.O && pair && gemv_4bit_glu_supported(a.I, a.blocksize, a.rows);
+  if (a.glu_out && (!in_turns || a.out_dtype != DType::BF16 || !a.out || !parts[1].out))
+    throw_error(ErrorKind::Usage,
+                "gemv_4bit_cuda: glu_out needs two weights of equal O (gate, up) with BF16 outs, block size "
+                ">= 64 and I % 64 == 0 (got ",
+                parts.size(), " weights, I = ", a.I, ", block size ", a.blocksize, ")");
   // Two x rows that do not fit in shared memory: one launch each.
   if (a.rows == 2 && gemv_smem(1, 2, (int)a.I, parts.size() > 1) > max_dynamic_smem()) {
     std::vector<Gemv4Args> one = parts;
@@ -651,18 +700,19 @@ void gemv_4bit_cuda_parts(const std::vector<Gemv4Args>& parts, cudaStream_t stre
     for (Gemv4Args& b : one) {
       b.x = static_cast<const __nv_bfloat16*>(b.x) + b.I;
       b.out = static_cast<char*>(b.out) + dtype_nbytes(b.out_dtype, b.O);
+      if (b.glu_out) b.glu_out = static_cast<__nv_bfloat16*>(b.glu_out) + b.O;
     }
     gemv_4bit_cuda_parts(one, stream);
     return;
   }
-  // A lane pair's chunks (2k, 2k + 1 of a row) share a block when blocks hold 2 chunks (64 weights) or more
-  // and every row starts on an even chunk.
-  const bool pair = a.blocksize >= 64 && (a.I / 32) % 2 == 0;
   if (parts.size() > 1 && !pair) {
     for (const Gemv4Args& b : parts) gemv_4bit_cuda_parts({b}, stream);
     return;
   }
-  parts.size() > 1 ? launch_parts<kMaxParts>(parts, pair, stream) : launch_parts<1>(parts, pair, stream);
+  if (in_turns)
+    launch_parts<2>(parts, pair, stream);
+  else
+    parts.size() > 1 ? launch_parts<kMaxParts>(parts, pair, stream) : launch_parts<1>(parts, pair, stream);
   check_launch("gemv4_kernel");
 }
 

@@ -7,7 +7,8 @@
 //   rounded to bf16;
 // - quant4 / int8_dequantize_rows_cuda equal the CPU's dense weights rounded to bf16, bit for bit;
 // - GPU quantization inside quantize_linear_* writes what bitsandbytes' CUDA kernels write;
-// - the residual add and RMSNorm inside the 4-bit GEMV equal add_rmsnorm then the forward bit for bit.
+// - the residual add and RMSNorm inside the 4-bit GEMV equal add_rmsnorm then the forward bit for bit, and
+//   so does the SwiGLU of gate/up inside it (swiglu_forward of the two outputs).
 #include "model/cuda/quant_linear_cuda.h"
 
 #include <gtest/gtest.h>
@@ -25,6 +26,7 @@
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/cuda_graph.h"
 #include "ops/cuda/cuda_ops.h"
+#include "quant/quant_cuda.h"
 
 using namespace qtune;
 using namespace qtune_test;
@@ -385,4 +387,105 @@ TEST(QuantLinearCuda, NormInsideTheGemvEqualsAddRmsnormThenForward) {
          w = Tensor::zeros({256}, DType::BF16, Device::CUDA);
   Tensor y = Tensor::empty({1, 64}, DType::BF16, Device::CUDA);
   EXPECT_FALSE(quant4_linear_forward_norm_cuda({&y}, x, &x, w, 1e-5f, &x, {q.get()}, {nullptr}));
+}
+
+// gate and up in one launch with the SwiGLU applied to their rows: the outputs equal the launch without it
+// and swiglu_forward of them bit for bit, through the fused norm (one row; decode's path) and through
+// gemv_4bit_cuda_parts at two rows; partial 16-row groups, a bias, plain and nested absmax, NF4 and FP4,
+// the short-x and long-x load orders. Misuses are refused.
+TEST(QuantLinearCuda, GluInsideTheGemvEqualsSwigluOfItsOutputs) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 17);
+  struct Case {
+    int64_t I, O, bs;
+    QuantType qt;
+    bool dq, bias;
+  };
+  for (const Case& c :
+       {Case{4096, 2056, 64, QuantType::NF4, true, true}, Case{1024, 4096, 64, QuantType::NF4, false, false},
+        Case{4160, 300, 64, QuantType::NF4, true, false}, Case{320, 37, 128, QuantType::FP4, false, true}}) {
+    SCOPED_TRACE("I=" + std::to_string(c.I) + " O=" + std::to_string(c.O) + (c.dq ? " dq" : ""));
+    const int64_t I = c.I, O = c.O;
+    auto quant = [&] {
+      return quant4_linear_to(*quantize_linear_4bit(Tensor::from_f32(randn_bf16(g, O * I, 0.05f), {O, I}),
+                                                    c.qt, c.bs, c.dq, DType::BF16),
+                              Device::CUDA);
+    };
+    auto gate = quant(), up = quant();
+    ASSERT_TRUE(quant4_gemv_glu_ok(*gate, *up));
+    Tensor bias = Tensor::from_f32(randn_bf16(g, O, 0.5f), {O}).to_dtype(DType::BF16).to(Device::CUDA);
+    const std::vector<const Tensor*> biases = {c.bias ? &bias : nullptr, nullptr};
+    auto rows = [&](int64_t n, float scale) {
+      return Tensor::from_f32(randn_bf16(g, n * I, scale), {n, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    };
+    auto out = [&](int64_t n) { return Tensor::empty({n, O}, DType::BF16, Device::CUDA); };
+    // One row through the fused norm, against add_rmsnorm, the two-weight forward and swiglu_forward.
+    Tensor x = rows(1, 2.0f), y = rows(1, 1.0f), w = rows(1, 0.3f).reshape({I});
+    Tensor xs = Tensor::from_f32(x.to_f32_vector(), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    Tensor res = Tensor::zeros({1, I}, DType::BF16, Device::CUDA),
+           h = Tensor::empty({1, I}, DType::BF16, Device::CUDA);
+    Tensor g1 = out(1), u1 = out(1), a1 = out(1), g2 = out(1), u2 = out(1), a2 = out(1);
+    ASSERT_TRUE(quant4_linear_forward_norm_cuda({&g1, &u1}, x, &y, w, 1e-5f, &res, {gate.get(), up.get()},
+                                                biases, &a1));
+    cuda::add_rmsnorm(xs, y, h, w, 1e-5f);
+    quant4_linear_forward_multi_cuda({&g2, &u2}, h, {gate.get(), up.get()}, biases);
+    cuda::swiglu_forward(a2, g2, u2);
+    EXPECT_EQ(bytes_of(g1), bytes_of(g2));
+    EXPECT_EQ(bytes_of(u1), bytes_of(u2));
+    EXPECT_EQ(bytes_of(a1), bytes_of(a2));
+    EXPECT_EQ(bytes_of(res), bytes_of(xs));
+    // Two rows through gemv_4bit_cuda_parts, with and without glu_out.
+    Tensor x2 = rows(2, 1.0f), gg = out(2), uu = out(2), aa = out(2), gw = out(2), uw = out(2), aw = out(2);
+    auto args = [&](const Quant4Linear& q, Tensor& o, const Tensor* b) {
+      Gemv4Args a;
+      a.packed = q.q.packed.data<uint8_t>();
+      a.absmax = absmax4_view(q.q);
+      a.blocksize = q.q.blocksize;
+      a.quant_type = q.q.quant_type;
+      a.x = x2.raw();
+      a.out = o.raw();
+      a.O = O;
+      a.I = I;
+      a.rows = 2;
+      if (b) a.bias = b->raw();
+      return a;
+    };
+    Gemv4Args ag = args(*gate, gg, biases[0]), au = args(*up, uu, nullptr);
+    ag.glu_out = au.glu_out = aa.raw();
+    gemv_4bit_cuda_parts({ag, au}, cuda::stream());
+    gemv_4bit_cuda_parts({args(*gate, gw, biases[0]), args(*up, uw, nullptr)}, cuda::stream());
+    cuda::swiglu_forward(aw, gw, uw);
+    EXPECT_EQ(bytes_of(gg), bytes_of(gw));
+    EXPECT_EQ(bytes_of(uu), bytes_of(uw));
+    EXPECT_EQ(bytes_of(aa), bytes_of(aw));
+    // Misuses: one weight, weights of different O, F32 outputs, glu_out on one weight only.
+    Gemv4Args one = ag, f32 = ag, f32u = au, only_gate = ag, plain_up = au;
+    plain_up.glu_out = nullptr;
+    Tensor of = Tensor::empty({2, O}, DType::F32, Device::CUDA),
+           ouf = Tensor::empty({2, O}, DType::F32, Device::CUDA);
+    f32.out = of.raw(), f32.out_dtype = DType::F32;
+    f32u.out = ouf.raw(), f32u.out_dtype = DType::F32;
+    Gemv4Args shorter = au;
+    shorter.O = O - 1;
+    expect_error([&] { gemv_4bit_cuda(one, cuda::stream()); }, ErrorKind::Usage, {"glu_out"});
+    expect_error([&] { gemv_4bit_cuda_parts({ag, shorter}, cuda::stream()); }, ErrorKind::Usage, {"glu_out"});
+    expect_error([&] { gemv_4bit_cuda_parts({f32, f32u}, cuda::stream()); }, ErrorKind::Usage, {"glu_out"});
+    expect_error(
+        [&] {
+          gemv_4bit_cuda_parts({only_gate, plain_up}, cuda::stream());
+        },
+        ErrorKind::Usage, {"glu_out"});
+  }
+  // Block size 32 has no lane-pair layout: not taken (false, nothing queued).
+  auto q32 = quant4_linear_to(*quantize_linear_4bit(Tensor::from_f32(randn_bf16(g, 64 * 256), {64, 256}),
+                                                    QuantType::NF4, 32, false, DType::BF16),
+                              Device::CUDA);
+  EXPECT_FALSE(quant4_gemv_glu_ok(*q32, *q32));
+  Tensor x = Tensor::zeros({1, 256}, DType::BF16, Device::CUDA),
+         w = Tensor::zeros({256}, DType::BF16, Device::CUDA);
+  Tensor y0 = Tensor::empty({1, 64}, DType::BF16, Device::CUDA),
+         y1 = Tensor::empty({1, 64}, DType::BF16, Device::CUDA);
+  Tensor a = Tensor::empty({1, 64}, DType::BF16, Device::CUDA);
+  EXPECT_FALSE(quant4_linear_forward_norm_cuda({&y0, &y1}, x, nullptr, w, 1e-5f, nullptr,
+                                               {q32.get(), q32.get()}, {nullptr, nullptr}, &a));
 }
