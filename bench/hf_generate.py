@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--load-in-4bit", action="store_true",
                     help="bitsandbytes NF4 + double quant, bf16 compute (needs bitsandbytes)")
+    ap.add_argument("--load-in-8bit", action="store_true",
+                    help="bitsandbytes LLM.int8, threshold 6.0 (needs bitsandbytes)")
     args = ap.parse_args()
     cuda = args.device == "cuda"
     bw = copy_bandwidth() if cuda else None
@@ -51,6 +53,9 @@ def main():
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_use_double_quant=True,
                                                        bnb_4bit_compute_dtype=torch.bfloat16)
+    elif args.load_in_8bit:
+        from transformers import BitsAndBytesConfig
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=6.0)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if cuda else torch.float32,
                                                  device_map=args.device, attn_implementation="sdpa", **kw)
     model.eval()
