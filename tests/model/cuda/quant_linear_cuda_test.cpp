@@ -180,15 +180,20 @@ TEST(QuantLinearCuda, Int8ForwardGivesTheCpuValue) {
   for (float thr : {6.0f, 0.0f}) check_int8_forward(g, 192, 256, thr, {1, 3, 301}, {5, 77, 200});
 }
 
-// More outlier columns than the forward gathers (64: the rest are read in place), a row count that is not
-// a multiple of the epilogue's row group, an output count that cuBLASLt's int8 GEMM does not take (the
-// GEMV), and rows longer than one warp holds (the block-per-row quantization).
+// More outlier columns than the forward gathers (64: the rest are read in place; and a case where most
+// columns are outliers, as in a random model's down projection), a row
+// count that is not a multiple of the epilogue's row group, an output count that cuBLASLt's int8 GEMM does
+// not take (the GEMV), and rows longer than one warp holds (the block-per-row quantization).
 TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
   REQUIRE_GPU();
   std::mt19937_64 g(seed() + 5);
   std::vector<int64_t> many;
   for (int64_t c = 3; c < 512; c += 7) many.push_back(c);  // 73 columns
   check_int8_forward(g, 260, 512, 6.0f, {2, 67}, many);
+  std::vector<int64_t> most;
+  for (int64_t c = 0; c < 1024; c++)
+    if (c % 3 != 1) most.push_back(c);  // 683 of 1024 columns
+  check_int8_forward(g, 300, 1024, 6.0f, {67}, most);
   check_int8_forward(g, 190, 256, 6.0f, {9}, {5, 77, 200});
   check_int8_forward(g, 36, 4104, 6.0f, {13}, {0, 4095, 4103});
 }
