@@ -183,6 +183,20 @@ void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t 
 // int8 GEMM does not take; rows [m0, m0 + rows) of N, rows <= 4.
 void int8_gemv_cuda(const Int8Epilogue& e, int64_t m0, int rows, cudaStream_t stream);
 
+// Many outlier columns (n of them, the count the host has read): bitsandbytes' decomposition with the
+// outlier products as GEMMs. int8_gather_columns_cuda writes, for j < n (0 for n <= j < np),
+//   xg[m, j] = x[m, c_j] (xg_dtype, BF16 or F32),  qag[m, j] = qa[m, c_j]          [N, np]
+//   wq8[o, j] = qb[o, c_j],  wqf[o, j] = (float)qb[o, c_j] (xg_dtype: exact)        [O, np]
+// (e.cols, e.x, e.qa, e.qb). Then corr = qag · wq8ᵀ (int32) and fsum = xg · wqfᵀ (f32) are the caller's
+// GEMMs, and int8_epilogue_dense_cuda writes
+//   out[m, o] = (float)(acc − corr) · (sa[m]·sb[o]) · 6.200124e-05 (+ bias[o]) + fsum[m, o] · (sb[o] ·
+//   (1/127))
+// (e.sa, e.sb, e.bias, e.out). The f32 sums run in the GEMM's order, not the CPU forward's.
+void int8_gather_columns_cuda(const Int8Epilogue& e, int64_t n, int64_t np, void* xg, DType xg_dtype,
+                              int8_t* qag, int8_t* wq8, void* wqf, cudaStream_t stream);
+void int8_epilogue_dense_cuda(const int32_t* acc, const int32_t* corr, const float* fsum,
+                              const Int8Epilogue& e, cudaStream_t stream);
+
 }  // namespace qtune
 
 #endif  // QTUNE_HAVE_CUDA

@@ -6,6 +6,11 @@
 //   else:    acc = qa · qbᵀ by cuBLASLt (int8 in, int32 out, TN)               [N, O]
 //            cols, count, the outlier weight columns (first kOutlierCap) and each row's qa and x at
 //            the first outlier columns gathered (one kernel); epilogue → out
+//            With kDenseRows rows or more, outside a graph capture, the host reads the count (while the
+//            GEMM runs); past kOutlierCap columns the outliers take bitsandbytes' decomposition instead:
+//            the columns gathered densely, their int8 product (to subtract) and their f32 product as
+//            cuBLASLt GEMMs, then an element-wise epilogue. Column by column, a random 8B model's down
+//            projection (~11,700 outlier columns of 14,336 over 512 tokens) took ~40 ms.
 // The outlier kernel runs on a second stream beside the GEMM, which is told to leave kOutlierSms SMs free;
 // the epilogue waits for both. cuBLASLt's int8 kernels need K and O multiples of
 // 4; other shapes (and a missing algorithm) use the GEMV four rows at a time.
@@ -14,9 +19,11 @@
 #include <tuple>
 #include <vector>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "model/cuda/quant_linear_cuda.h"
 #include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_ops.h"
 #include "quant/quant_cuda.h"
 
 namespace qtune {
@@ -38,6 +45,9 @@ constexpr int kOutlierSms = 4;
 // The outlier kernel's blocks there: one of 1024 threads. Four such blocks took SMs that the GEMM's
 // 2-CTA clusters wanted (O = 4096 in a CUDA graph: 95.7 µs against 88.3 with one block, H200).
 constexpr int kOutlierBlocks = 1;
+// Rows from which the forward reads the outlier count on the host, to pick the decomposition
+// (bench/NOTES.md, session 16: the wait cost 0-6 us per forward at 2048 rows, beside 85-230 us).
+constexpr int64_t kDenseRows = 64;
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, int>;
 std::mutex plan_mu;
@@ -112,7 +122,8 @@ const Int8Plan* int8_plan(int64_t N, int64_t K, int64_t O, int spare = 0) {
 // (capturable: a CUDA graph records the fork and the join as edges).
 struct SideStream {
   cudaStream_t stream = nullptr;
-  cudaEvent_t fork = nullptr, join = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr, listed = nullptr;
+  int* count_host = nullptr;  // pinned: the outlier count, for the host
 };
 const SideStream& side_stream() {
   static std::once_flag once;
@@ -121,6 +132,8 @@ const SideStream& side_stream() {
     QT_CUDA_CHECK(cudaStreamCreateWithFlags(&side.stream, cudaStreamNonBlocking));
     QT_CUDA_CHECK(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming));
     QT_CUDA_CHECK(cudaEventCreateWithFlags(&side.join, cudaEventDisableTiming));
+    QT_CUDA_CHECK(cudaEventCreateWithFlags(&side.listed, cudaEventDisableTiming));
+    side.count_host = static_cast<int*>(host_pinned_malloc(sizeof(int)));
   });
   return side;
 }
@@ -130,6 +143,26 @@ void int8_gemm_run(const Int8Plan& p, int32_t* acc, const int8_t* qa, const int8
   const int32_t alpha = 1, beta = 0;
   QT_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.desc, &alpha, qb, p.a, qa, p.b, &beta, acc, p.c, acc, p.c, &p.algo,
                                  ctx.workspace, ctx.workspace_bytes, ctx.stream));
+}
+
+// out for n > kOutlierCap outlier columns (e.cols on the device, listed): bitsandbytes' decomposition with
+// the outlier products as GEMMs (quant_cuda.h, int8_gather_columns_cuda). False, with nothing queued, when
+// cuBLASLt has no int8 GEMM for the gathered shape.
+bool dense_outliers(const int32_t* acc, const Int8Epilogue& e, int64_t n, cudaStream_t s) {
+  const int64_t N = e.N, O = e.O, np = (n + 7) / 8 * 8;
+  const Int8Plan* p = int8_plan(N, np, O);
+  if (!p) return false;
+  const DType gd = e.x_dtype == DType::F32 ? DType::F32 : DType::BF16;  // x's values exactly
+  Tensor xg = Tensor::empty({N, np}, gd, Device::CUDA), wqf = Tensor::empty({O, np}, gd, Device::CUDA);
+  Tensor qag = Tensor::empty({N, np}, DType::I8, Device::CUDA),
+         wq8 = Tensor::empty({O, np}, DType::I8, Device::CUDA);
+  Tensor corr = Tensor::empty({N, O}, DType::I32, Device::CUDA),
+         fsum = Tensor::empty({N, O}, DType::F32, Device::CUDA);
+  int8_gather_columns_cuda(e, n, np, xg.raw(), gd, qag.data<int8_t>(), wq8.data<int8_t>(), wqf.raw(), s);
+  int8_gemm_run(*p, corr.data<int32_t>(), qag.data<int8_t>(), wq8.data<int8_t>());
+  cuda::linear_forward(fsum, xg, wqf);
+  int8_epilogue_dense_cuda(acc, corr.data<int32_t>(), fsum.data<float>(), e, s);
+  return true;
 }
 
 }  // namespace
@@ -244,14 +277,26 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   e.N = N;
   e.K = K;
   e.O = O;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if (fork) QT_CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
+  const bool read_count = fork && N >= kDenseRows && capture == cudaStreamCaptureStatusNone;
   if (fork) {  // beside the GEMM, on an SM it leaves free
     QT_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork, 0));
     int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, kOutlierBlocks,
                        side->stream);
+    if (read_count) {
+      QT_CUDA_CHECK(
+          cudaMemcpyAsync(side->count_host, count, sizeof(int), cudaMemcpyDeviceToHost, side->stream));
+      QT_CUDA_CHECK(cudaEventRecord(side->listed, side->stream));
+    }
     QT_CUDA_CHECK(cudaEventRecord(side->join, side->stream));
     QT_CUDA_CHECK(cudaStreamWaitEvent(s, side->join, 0));
   } else if (thr > 0.0f) {
     int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, 0, s);
+  }
+  if (read_count) {
+    QT_CUDA_CHECK(cudaEventSynchronize(side->listed));
+    if (*side->count_host > cap && dense_outliers(acc, e, *side->count_host, s)) return;
   }
   if (plan)
     int8_epilogue_cuda(acc, e, s);

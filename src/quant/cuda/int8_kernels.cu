@@ -674,6 +674,42 @@ __global__ void int8_gemv_kernel(const Int8Epilogue e, int64_t m0, int x_kind, i
   }
 }
 
+// int8_gather_columns_cuda: items [0, N·np) are the rows' (xg, qag), the rest the weights' (wq8, wqf); j is
+// the fastest index, so the stores are contiguous.
+__global__ void gather_columns_kernel(const Int8Epilogue e, int64_t n, int64_t np, void* __restrict__ xg,
+                                      int8_t* __restrict__ qag, int8_t* __restrict__ wq8,
+                                      void* __restrict__ wqf, int x_kind, int g_kind) {
+  const int64_t rows_items = e.N * np, total = rows_items + e.O * np;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const bool row = i < rows_items;
+    const int64_t k = row ? i : i - rows_items, r = k / np, j = k - r * np;
+    const int64_t c = j < n ? e.cols[j] : 0;
+    if (row) {
+      store_kind(xg, k, g_kind, j < n ? load_kind(e.x, r * e.K + c, x_kind) : 0.0f);
+      qag[k] = j < n ? e.qa[r * e.K + c] : 0;
+    } else {
+      const int8_t q = j < n ? e.qb[r * e.K + c] : 0;
+      wq8[k] = q;
+      store_kind(wqf, k, g_kind, (float)q);
+    }
+  }
+}
+
+__global__ void epilogue_dense_kernel(const int32_t* __restrict__ acc, const int32_t* __restrict__ corr,
+                                      const float* __restrict__ fsum, const Int8Epilogue e, int bias_kind,
+                                      int out_kind) {
+  const int64_t total = e.N * e.O;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t m = i / e.O, o = i - m * e.O;
+    const float sb = e.sb[o];
+    float v = __fmul_rn(__fmul_rn((float)(acc[i] - corr[i]), __fmul_rn(e.sa[m], sb)), kInv127Sq);
+    if (e.bias) v = __fadd_rn(v, load_kind(e.bias, o, bias_kind));
+    store_kind(e.out, i, out_kind, fmaf(fsum[i], __fmul_rn(sb, kInv127), v));
+  }
+}
+
 __global__ void dequant_rows_kernel(const int8_t* __restrict__ q, const float* __restrict__ scale, int64_t r0,
                                     int64_t rows, int64_t cols, void* out, int out_kind) {
   const int64_t n = rows * cols;
@@ -799,6 +835,28 @@ void int8_gemv_cuda(const Int8Epilogue& e, int64_t m0, int rows, cudaStream_t st
       int8_gemv_kernel<4><<<blocks, kThreads, 0, stream>>>(e, m0, xk, bk, ok);
   }
   check_launch("int8_gemv_kernel");
+}
+
+void int8_gather_columns_cuda(const Int8Epilogue& e, int64_t n, int64_t np, void* xg, DType xg_dtype,
+                              int8_t* qag, int8_t* wq8, void* wqf, cudaStream_t stream) {
+  if (n < 0 || np < n) throw_error(ErrorKind::Usage, "int8_gather_columns_cuda: n ", n, ", np ", np);
+  const int xk = float_kind(e.x_dtype, "int8_gather_columns_cuda (x)"),
+            gk = float_kind(xg_dtype, "int8_gather_columns_cuda (xg)");
+  const int64_t total = (e.N + e.O) * np;
+  if (total <= 0) return;
+  gather_columns_kernel<<<grid_blocks(total, kThreads), kThreads, 0, stream>>>(e, n, np, xg, qag, wq8, wqf,
+                                                                               xk, gk);
+  check_launch("gather_columns_kernel");
+}
+
+void int8_epilogue_dense_cuda(const int32_t* acc, const int32_t* corr, const float* fsum,
+                              const Int8Epilogue& e, cudaStream_t stream) {
+  if (e.N <= 0 || e.O <= 0) return;
+  const int ok = float_kind(e.out_dtype, "int8 (out)");
+  const int bk = e.bias ? float_kind(e.bias_dtype, "int8_epilogue_dense_cuda (bias)") : 0;
+  epilogue_dense_kernel<<<grid_blocks(e.N * e.O, kThreads), kThreads, 0, stream>>>(acc, corr, fsum, e, bk,
+                                                                                   ok);
+  check_launch("epilogue_dense_kernel");
 }
 
 }  // namespace qtune

@@ -132,9 +132,10 @@ namespace {
 
 // int8_linear_forward on the GPU (bf16 and f32 out) against the CPU forward, for each N: outlier columns
 // `outs` (one element each above the threshold), the f32 outputs equal, the bf16 ones equal the CPU's
-// rounded.
+// rounded. tol > 0 (the outliers as GEMMs: other summation order): the f32 outputs within tol relative
+// norm error, and at most 1% of the bf16 ones a rounding step off.
 void check_int8_forward(std::mt19937_64& g, int64_t O, int64_t K, float thr, const std::vector<int64_t>& Ns,
-                        const std::vector<int64_t>& outs) {
+                        const std::vector<int64_t>& outs, double tol = 0.0) {
   std::vector<float> wv = randn_bf16(g, O * K, 0.05f), bv = randn_bf16(g, O, 0.1f);
   auto cpu = quantize_linear_8bit(Tensor::from_f32(wv, {O, K}), thr);
   auto gpu = int8_linear_to(*cpu, Device::CUDA);
@@ -167,8 +168,13 @@ void check_int8_forward(std::mt19937_64& g, int64_t O, int64_t K, float thr, con
         "f32 outputs differ from the CPU's (f32 rel %.3g)\n",
         (long long)O, (long long)K, thr, (long long)N, outs.size(), diff16, c.size(), diff32,
         std::sqrt(num / den));
-    EXPECT_EQ(diff32, 0);
-    EXPECT_EQ(diff16, 0);
+    if (tol > 0.0) {
+      EXPECT_LE(std::sqrt(num / den), tol);
+      EXPECT_LE(diff16, (int)(c.size() / 100));
+    } else {
+      EXPECT_EQ(diff32, 0);
+      EXPECT_EQ(diff16, 0);
+    }
   }
 }
 
@@ -180,8 +186,9 @@ TEST(QuantLinearCuda, Int8ForwardGivesTheCpuValue) {
   for (float thr : {6.0f, 0.0f}) check_int8_forward(g, 192, 256, thr, {1, 3, 301}, {5, 77, 200});
 }
 
-// More outlier columns than the forward gathers (64: the rest are read in place; and a case where most
-// columns are outliers, as in a random model's down projection), a row
+// More outlier columns than the forward gathers (64: the rest are read in place below 64 rows, and from 64
+// rows on they take the GEMM decomposition; with a case where most columns are outliers, as in a random
+// model's down projection), a row
 // count that is not a multiple of the epilogue's row group, an output count that cuBLASLt's int8 GEMM does
 // not take (the GEMV), and rows longer than one warp holds (the block-per-row quantization).
 TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
@@ -189,11 +196,13 @@ TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
   std::mt19937_64 g(seed() + 5);
   std::vector<int64_t> many;
   for (int64_t c = 3; c < 512; c += 7) many.push_back(c);  // 73 columns
-  check_int8_forward(g, 260, 512, 6.0f, {2, 67}, many);
+  check_int8_forward(g, 260, 512, 6.0f, {2, 37}, many);
+  check_int8_forward(g, 260, 512, 6.0f, {67, 300}, many, 1e-6);
   std::vector<int64_t> most;
   for (int64_t c = 0; c < 1024; c++)
     if (c % 3 != 1) most.push_back(c);  // 683 of 1024 columns
-  check_int8_forward(g, 300, 1024, 6.0f, {67}, most);
+  check_int8_forward(g, 300, 1024, 6.0f, {37}, most);
+  check_int8_forward(g, 300, 1024, 6.0f, {300}, most, 1e-6);
   check_int8_forward(g, 190, 256, 6.0f, {9}, {5, 77, 200});
   check_int8_forward(g, 36, 4104, 6.0f, {13}, {0, 4095, 4103});
 }
