@@ -16,11 +16,12 @@ namespace qtune {
 
 namespace {
 
-// What the step can run through Linear::forward: dense (with or without a bias) or 4-bit on the GPU (the
-// fused 4-bit GEMV). Neither allocates nor synchronises at one token, so both sit in the graph. LLM.int8
-// (a buffer per call) and adapters keep LlamaModel::forward's path.
+// What the step can run through Linear::forward: dense (with or without a bias), 4-bit (the fused 4-bit
+// GEMV) or LLM.int8 (the int8 GEMV), on the GPU. None allocates or synchronises at one token (the int8
+// forward keeps its buffers for a graph), so all sit in the graph. Adapters keep LlamaModel::forward's path.
 [[maybe_unused]] bool runnable(const Linear& lin) {
-  if (lin.adapter || lin.q8) return false;
+  if (lin.adapter) return false;
+  if (lin.q8) return lin.q8->on_cuda();
   return lin.q4 ? lin.q4->on_cuda() : lin.weight.defined();
 }
 
@@ -59,7 +60,7 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
     : model_(model), cache_(cache), use_graph_(use_graph), fuse_add_norm_(fuse_add_norm) {
   if (!supported(model, cache))
     throw_error(ErrorKind::Unsupported,
-                "DecodeStep: needs a CUDA model with dense or 4-bit Linears (no LLM.int8, adapter or CPU "
+                "DecodeStep: needs a CUDA model with dense, 4-bit or LLM.int8 Linears (no adapter or CPU "
                 "offload) and a batch-1 cache");
   const ModelConfig& c = model.config();
   const int64_t C = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;

@@ -29,8 +29,8 @@ namespace qtune {
 class DecodeStep {
  public:
   // True for a CUDA model with a batch-1 cache whose decoder and lm_head Linears are all dense or 4-bit
-  // (no LLM.int8 weight, no adapter, no AttentionAdapter: those keep LlamaModel::forward's path), all on
-  // the GPU (no module offloaded to the CPU by a device map).
+  // (dense, 4-bit or LLM.int8; no adapter, no AttentionAdapter: those keep LlamaModel::forward's path), all
+  // on the GPU (no module offloaded to the CPU by a device map).
   static bool supported(const LlamaModel& model, const KVCache& cache);
 
   // model and cache must outlive the step. use_graph false: always eager launches (for tests).

@@ -1,6 +1,6 @@
 // LLM.int8 Linear on the GPU (model/quant_linear.h): quantizing a GPU weight, the forward and the dequantized
 // rows. Forward, in launches on the ops stream (no host synchronisation, so it can sit in a CUDA graph; the
-// per-call buffers are one allocation):
+// per-call buffers are one allocation, a kept one for a few rows and inside a capture):
 //   qa, sa = row-wise int8 of f16(x), flags of outlier columns                [N, K], [N], [K]
 //   N <= 4:  cols, count = the flagged columns; int8 GEMV (__dp4a) with the epilogue fused
 //   else:    acc = qa · qbᵀ by cuBLASLt (int8 in, int32 out, TN)               [N, O]
@@ -48,6 +48,7 @@ constexpr int kOutlierBlocks = 1;
 // Rows from which the forward reads the outlier count on the host, to pick the decomposition
 // (bench/NOTES.md, session 16: the wait cost 0-6 us per forward at 2048 rows, beside 85-230 us).
 constexpr int64_t kDenseRows = 64;
+constexpr int64_t kGemvRows = 4;  // up to here the int8 GEMV, not cuBLASLt
 
 using PlanKey = std::tuple<int64_t, int64_t, int64_t, int>;
 std::mutex plan_mu;
@@ -145,6 +146,23 @@ void int8_gemm_run(const Int8Plan& p, int32_t* acc, const int8_t* qa, const int8
                                  ctx.workspace, ctx.workspace_bytes, ctx.stream));
 }
 
+// The per-call buffers of a forward captured into a CUDA graph: memory that stays the graph's for every
+// replay, so never returned to the caching allocator (where a tensor allocated later could take it). One
+// buffer for the context's stream, grown to the largest request; a grown-out buffer is kept, since graphs
+// may still use it. Decode-sized forwards (a few rows) use it eagerly too, so DecodeStep's eager first step
+// sizes it before its capture; larger eager forwards take a buffer of their own.
+char* capture_buffer(size_t bytes) {
+  static std::mutex mu;
+  static std::vector<Tensor>* bufs = new std::vector<Tensor>();
+  static size_t cap = 0;
+  std::lock_guard<std::mutex> lock(mu);
+  if (bytes > cap) {
+    bufs->push_back(Tensor::empty({(int64_t)bytes}, DType::U8, Device::CUDA));
+    cap = bytes;
+  }
+  return static_cast<char*>(bufs->back().raw());
+}
+
 // out for n > kOutlierCap outlier columns (e.cols on the device, listed): bitsandbytes' decomposition with
 // the outlier products as GEMMs (quant_cuda.h, int8_gather_columns_cuda). False, with nothing queued, when
 // cuBLASLt has no int8 GEMM for the gathered shape.
@@ -221,7 +239,7 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   if (N == 0 || O == 0) return;
   cudaStream_t s = cuda::stream();
   const float thr = w.threshold;
-  const Int8Plan* plan = N > 4 ? int8_plan(N, K, O, thr > 0.0f ? kOutlierSms : 0) : nullptr;
+  const Int8Plan* plan = N > kGemvRows ? int8_plan(N, K, O, thr > 0.0f ? kOutlierSms : 0) : nullptr;
   const int cap = plan && thr > 0.0f ? kOutlierCap : 0;
   const int64_t staged = plan && thr > 0.0f ? 8 : 0;  // quant_cuda.h: qa_c / x_c width
   // One allocation for the per-call buffers, each at a 256-byte boundary.
@@ -234,8 +252,12 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   const size_t at_qa = take(N * K), at_sa = take(N * 4), at_cols = take(K * 4), at_count = take(4),
                at_acc = plan ? take(N * O * 4) : 0, at_wout = take((int64_t)cap * O * 4),
                at_qout = take(cap > 0 ? O * 8 : 0), at_qac = take(N * staged), at_xc = take(N * staged * 4);
-  Tensor buf = Tensor::empty({(int64_t)bytes}, DType::U8, Device::CUDA);
-  char* b = static_cast<char*>(buf.raw());
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  QT_CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+  const bool kept = capturing || N <= kGemvRows;
+  Tensor buf = kept ? Tensor() : Tensor::empty({(int64_t)bytes}, DType::U8, Device::CUDA);
+  char* b = kept ? capture_buffer(bytes) : static_cast<char*>(buf.raw());
   int8_t* qa = reinterpret_cast<int8_t*>(b + at_qa);                        // [N, K]
   float* sa = reinterpret_cast<float*>(b + at_sa);                          // [N]
   int32_t* cols = reinterpret_cast<int32_t*>(b + at_cols);                  // [K]
@@ -277,9 +299,7 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   e.N = N;
   e.K = K;
   e.O = O;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if (fork) QT_CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
-  const bool read_count = fork && N >= kDenseRows && capture == cudaStreamCaptureStatusNone;
+  const bool read_count = fork && N >= kDenseRows && !capturing;
   if (fork) {  // beside the GEMM, on an SM it leaves free
     QT_CUDA_CHECK(cudaStreamWaitEvent(side->stream, side->fork, 0));
     int8_outliers_cuda(flags, e, cols, count, wout, qout, cap, qa_c, x_c, flags_done, kOutlierBlocks,

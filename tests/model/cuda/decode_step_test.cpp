@@ -2,8 +2,8 @@
 // equal the same step launched eagerly bit for bit, at every position; both match LlamaModel::forward's
 // decode and transformers within bf16 noise; caches longer than the sequence (empty split-K slices) and
 // exactly as long; Linears with biases (Qwen2) and 4-bit weights (NF4 + double quant, FP4: the fused 4-bit
-// GEMV, and a row length it does not take) run in the graph too; models it cannot run (LLM.int8, batch 2,
-// the CPU) are refused with a typed error.
+// GEMV, and a row length it does not take) and LLM.int8 weights run in the graph too; models it cannot run
+// (batch 2, the CPU) are refused with a typed error.
 #include "model/decode_step.h"
 
 #include <gtest/gtest.h>
@@ -125,20 +125,31 @@ TEST(CudaDecodeStep, FourBitGraphEqualsEagerAndMatchesForward) {
     }
 }
 
-TEST(CudaDecodeStep, RefusesWhatItCannotRun) {
+// LLM.int8 weights quantized at load (threshold 6: the fixtures' activations give outlier columns): the int8
+// GEMV with its outlier handling, its buffers kept for the graph.
+TEST(CudaDecodeStep, Int8GraphEqualsEagerAndMatchesForward) {
   REQUIRE_GPU();
   LoadOptions int8;
   int8.load_in_8bit = true;
-  LlamaModel q = LlamaModel::load(fixture("llama"), Device::CUDA, int8);  // LLM.int8: a buffer per call
-  KVCache cq = q.make_cache(1, 8);
-  EXPECT_FALSE(DecodeStep::supported(q, cq));
-  expect_error([&] { DecodeStep s(q, cq); }, ErrorKind::Unsupported, {"DecodeStep", "LLM.int8"});
+  for (std::string name : {"llama", "qwen2"}) {
+    LlamaModel m = LlamaModel::load(fixture(name), Device::CUDA, int8);
+    ASSERT_TRUE(m.layers()[0].q.q8) << name;
+    std::vector<int32_t> ids = fixture_ids(name);
+    StepStats st = run_steps(m, ids, 3, 64, name + " int8");
+    std::printf("[ measured ] cuda %s int8: graph == eager logits at %d of %d steps; vs forward %.3g\n",
+                name.c_str(), st.identical, st.steps, st.vs_fwd);
+  }
+}
+
+TEST(CudaDecodeStep, RefusesWhatItCannotRun) {
+  REQUIRE_GPU();
   LlamaModel m = LlamaModel::load(fixture("llama"), Device::CUDA);
   KVCache batch2 = m.make_cache(2, 8);
   EXPECT_FALSE(DecodeStep::supported(m, batch2));
   LlamaModel cpu = LlamaModel::load(fixture("llama"), Device::CPU);
   KVCache ccpu = cpu.make_cache(1, 8);
   EXPECT_FALSE(DecodeStep::supported(cpu, ccpu));
+  expect_error([&] { DecodeStep s(cpu, ccpu); }, ErrorKind::Unsupported, {"DecodeStep", "CUDA"});
   KVCache c = m.make_cache(1, 8);
   DecodeStep s(m, c);
   expect_error([&] { s.run(384, 0); }, ErrorKind::Shape, {"token id 384", "vocabulary"});
