@@ -73,17 +73,16 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
   x_ = Tensor::empty({1, C}, act, dev);     // residual stream
 #ifdef QTUNE_HAVE_CUDA
   // The residual add and RMSNorm inside the 4-bit GEMV after them, when every q/k/v and gate/up weight
-  // takes that path with its norm.
+  // takes that path with its norm; and the SwiGLU inside the gate/up GEMV when every pair also takes it.
   norm_in_gemv_ = fuse_add_norm;
+  glu_in_gemv_ = true;
   for (const LlamaLayer& L : model.layers()) {
     for (const Linear* lin : {&L.q, &L.k, &L.v})
       norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.input_norm);
     for (const Linear* lin : {&L.gate, &L.up})
       norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.post_norm);
+    glu_in_gemv_ = glu_in_gemv_ && norm_in_gemv_ && quant4_gemv_glu_ok(*L.gate.q4, *L.up.q4);
   }
-  glu_in_gemv_ = norm_in_gemv_;
-  for (const LlamaLayer& L : model.layers())
-    glu_in_gemv_ = glu_in_gemv_ && quant4_gemv_glu_ok(*L.gate.q4, *L.up.q4);
   if (norm_in_gemv_) x2_ = Tensor::empty({1, C}, act, dev);  // the residual alternates with x_
 #endif
   h_ = Tensor::empty({1, C}, act, dev);
