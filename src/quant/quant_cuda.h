@@ -182,6 +182,12 @@ void int8_epilogue_cuda(const int32_t* acc, const Int8Epilogue& e, cudaStream_t 
 // The same output computed directly (int32 dot products with __dp4a), for few rows or shapes cuBLASLt's
 // int8 GEMM does not take; rows [m0, m0 + rows) of N, rows <= 4.
 void int8_gemv_cuda(const Int8Epilogue& e, int64_t m0, int rows, cudaStream_t stream);
+// The same output for one row of x (e.N == 1) in one launch, from x alone: the row quantization
+// (int8_quant_rows_cuda's codes and scale, round_f16, the CPU's scale rule) and the outlier columns (|f16(x)|
+// >= threshold; none when threshold <= 0) are worked out inside it, so e.sa, e.qa, e.cols, e.count and the
+// gathered fields are not read. int8_gemv_row_supported: K % 16 == 0, K <= 32768, x 16-byte aligned.
+bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype);
+void int8_gemv_row_cuda(const Int8Epilogue& e, float threshold, cudaStream_t stream);
 
 // Many outlier columns (n of them, the count the host has read): bitsandbytes' decomposition with the
 // outlier products as GEMMs. int8_gather_columns_cuda writes, for j < n (0 for n <= j < np),

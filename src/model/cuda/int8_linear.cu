@@ -1,6 +1,7 @@
 // LLM.int8 Linear on the GPU (model/quant_linear.h): quantizing a GPU weight, the forward and the dequantized
 // rows. Forward, in launches on the ops stream (no host synchronisation, so it can sit in a CUDA graph; the
 // per-call buffers are one allocation, a kept one for a few rows and inside a capture):
+//   N == 1 (decode; K % 16 == 0): all of it in one launch (int8_gemv_row_cuda). Otherwise:
 //   qa, sa = row-wise int8 of f16(x), flags of outlier columns                [N, K], [N], [K]
 //   N <= 4:  cols, count = the flagged columns; int8 GEMV (__dp4a) with the epilogue fused
 //   else:    acc = qa · qbᵀ by cuBLASLt (int8 in, int32 out, TN)               [N, O]
@@ -239,6 +240,22 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
   if (N == 0 || O == 0) return;
   cudaStream_t s = cuda::stream();
   const float thr = w.threshold;
+  if (N == 1 && int8_gemv_row_supported(K, x.raw(), x.dtype())) {  // decode: one launch
+    Int8Epilogue e;
+    e.sb = w.w.scale.data<float>();
+    e.qb = w.w.q.data<int8_t>();
+    e.x = x.raw();
+    e.x_dtype = x.dtype();
+    e.bias = bias ? bias->raw() : nullptr;
+    e.bias_dtype = bias ? bias->dtype() : DType::F32;
+    e.out = out.raw();
+    e.out_dtype = out.dtype();
+    e.N = 1;
+    e.K = K;
+    e.O = O;
+    int8_gemv_row_cuda(e, thr, s);
+    return;
+  }
   const Int8Plan* plan = N > kGemvRows ? int8_plan(N, K, O, thr > 0.0f ? kOutlierSms : 0) : nullptr;
   const int cap = plan && thr > 0.0f ? kOutlierCap : 0;
   const int64_t staged = plan && thr > 0.0f ? 8 : 0;  // quant_cuda.h: qa_c / x_c width

@@ -135,20 +135,21 @@ namespace {
 // rounded. tol > 0 (the outliers as GEMMs: other summation order): the f32 outputs within tol relative
 // norm error, and at most 1% of the bf16 ones a rounding step off.
 void check_int8_forward(std::mt19937_64& g, int64_t O, int64_t K, float thr, const std::vector<int64_t>& Ns,
-                        const std::vector<int64_t>& outs, double tol = 0.0) {
+                        const std::vector<int64_t>& outs, double tol = 0.0, DType x_dtype = DType::BF16) {
   std::vector<float> wv = randn_bf16(g, O * K, 0.05f), bv = randn_bf16(g, O, 0.1f);
   auto cpu = quantize_linear_8bit(Tensor::from_f32(wv, {O, K}), thr);
   auto gpu = int8_linear_to(*cpu, Device::CUDA);
   Tensor bias = Tensor::from_f32(bv, {O}), bias_gpu = bias.to_dtype(DType::BF16).to(Device::CUDA);
   for (int64_t N : Ns) {
     SCOPED_TRACE("O=" + std::to_string(O) + " K=" + std::to_string(K) + " threshold " + std::to_string(thr) +
-                 " N=" + std::to_string(N) + " outlier columns " + std::to_string(outs.size()));
+                 " N=" + std::to_string(N) + " outlier columns " + std::to_string(outs.size()) + " x " +
+                 dtype_name(x_dtype));
     std::vector<float> xv = randn_bf16(g, N * K);
     for (int64_t c : outs) xv[(size_t)(((c * 7) % N) * K + c)] = bf16r(8.0f + (float)c / 64.0f);
     Tensor x = Tensor::from_f32(xv, {N, K});
     Tensor y_cpu = Tensor::empty({N, O}, DType::F32);
     int8_linear_forward(y_cpu, x, *cpu, &bias);
-    Tensor xg = x.to_dtype(DType::BF16).to(Device::CUDA);
+    Tensor xg = x.to_dtype(x_dtype).to(Device::CUDA);
     Tensor y_gpu = Tensor::empty({N, O}, DType::BF16, Device::CUDA);
     Tensor y_gpu32 = Tensor::empty({N, O}, DType::F32, Device::CUDA);
     int8_linear_forward(y_gpu, xg, *gpu, &bias_gpu);
@@ -196,15 +197,24 @@ TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
   std::mt19937_64 g(seed() + 5);
   std::vector<int64_t> many;
   for (int64_t c = 3; c < 512; c += 7) many.push_back(c);  // 73 columns
-  check_int8_forward(g, 260, 512, 6.0f, {2, 37}, many);
+  check_int8_forward(g, 260, 512, 6.0f, {1, 2, 37}, many);
   check_int8_forward(g, 260, 512, 6.0f, {67, 300}, many, 1e-6);
   std::vector<int64_t> most;
   for (int64_t c = 0; c < 1024; c++)
     if (c % 3 != 1) most.push_back(c);  // 683 of 1024 columns
-  check_int8_forward(g, 300, 1024, 6.0f, {37}, most);
+  check_int8_forward(g, 300, 1024, 6.0f, {1, 37}, most);
   check_int8_forward(g, 300, 1024, 6.0f, {300}, most, 1e-6);
   check_int8_forward(g, 190, 256, 6.0f, {9}, {5, 77, 200});
-  check_int8_forward(g, 36, 4104, 6.0f, {13}, {0, 4095, 4103});
+  check_int8_forward(g, 36, 4104, 6.0f, {1, 13}, {0, 4095, 4103});  // K % 16 != 0: no one-launch row
+  // One row in one launch (int8_gemv_row_cuda): rows held as 2 and 4 pieces per thread (the longest it
+  // takes), outliers in a last half word of its column bitmap, more outputs than blocks, f32 x, and rows past
+  // its limit (the launches before it).
+  check_int8_forward(g, 300, 14336, 6.0f, {1}, {0, 17, 8191, 8192, 14335});
+  check_int8_forward(g, 33, 32768, 6.0f, {1}, {1, 32767});
+  check_int8_forward(g, 50, 4112, 6.0f, {1}, {7, 4100, 4111});  // K % 32 == 16: a half bitmap word
+  check_int8_forward(g, 20, 32784, 6.0f, {1}, {3, 32780});
+  check_int8_forward(g, 70, 512, 6.0f, {1, 3}, many, 0.0, DType::F32);
+  check_int8_forward(g, 70, 512, 0.0f, {1}, {}, 0.0, DType::F32);
 }
 
 // The many-row forward captured in a CUDA graph (its outlier kernel runs on a forked stream) and replayed on

@@ -1,0 +1,232 @@
+// LLM.int8 for one row of x in one launch (decode). Every block quantizes the row itself, as
+// int8_quant_rows_cuda does (f16(x), the max of |f16(x)| below the threshold, codes rounded half to even),
+// and lists its outlier columns in shared memory, while its warps' first weight loads are in flight. Then
+// each warp takes one output at a time: the __dp4a dot product of the weight row with the codes, in which
+// the outlier columns' codes are 0 (the same int32 as the product over all columns minus theirs, which is
+// what the epilogues compute), then int8_epilogue_cuda's arithmetic, the outlier columns' f32 terms one fma
+// at a time in column order. So the output equals the three-launch path's (and the CPU forward's) bit for
+// bit. Before this, decode ran two one-block kernels (the row quantization, the outlier listing) before
+// each int8 GEMV: ~13 µs per Linear in ncu (bench/NOTES.md, session 16).
+#include <algorithm>
+
+#include "quant/cuda/quant_device.cuh"
+
+namespace qtune {
+
+using namespace quant_cuda;
+
+namespace {
+
+constexpr int kThreads = 1024, kWarps = kThreads / 32;
+constexpr int kLoads = 8;   // 16-byte weight loads per lane and batch (32 warps of them per SM)
+constexpr int kPieces = 4;  // x pieces of 8 values per thread: rows up to 8 · 4 · 1024 = 32768
+constexpr float kInv127 = 7.874015718698502e-3f;
+constexpr float kInv127Sq = 6.200124e-05f;
+
+// The 8 values of x at c (c % 8 == 0, 16-byte aligned).
+__device__ __forceinline__ void load8(const void* x, int kind, int64_t c, float (&v)[8]) {
+  if (kind == 0) {
+    const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(x) + c);
+    const float4 a = __ldg(p), b = __ldg(p + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    return;
+  }
+  const uint4 u = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + c));
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    const uint32_t h = i % 2 ? w[i / 2] >> 16 : w[i / 2] & 0xFFFFu;
+    v[i] = kind == 1 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+  }
+}
+
+// Shared memory (dynamic, K % 16 == 0): x at the outlier columns (f32 [K], indexed by column), the codes
+// (int8 [K]), the outlier bitmap (uint32 [ceil(K / 32)]) and the ascending list of outlier columns (uint16
+// [K]).
+__host__ __device__ inline int bitmap_words(int64_t K) {
+  return (int)((K + 31) / 32);
+}
+size_t row_smem(int64_t K) {
+  return (size_t)K * 4 + (size_t)K + (size_t)bitmap_words(K) * 4 + (size_t)K * 2;
+}
+
+__global__ void __launch_bounds__(kThreads, 1)
+    int8_gemv_row_kernel(const Int8Epilogue e, float thr, int x_kind, int bias_kind, int out_kind) {
+  extern __shared__ __align__(16) char smem[];
+  const int K = (int)e.K, O = (int)e.O, nv = K / 16;
+  float* s_x = reinterpret_cast<float*>(smem);
+  int8_t* s_qa = reinterpret_cast<int8_t*>(smem + (size_t)K * 4);
+  uint32_t* s_bits = reinterpret_cast<uint32_t*>(smem + (size_t)K * 5);
+  const int words = bitmap_words(K);
+  uint16_t* s_cols = reinterpret_cast<uint16_t*>(smem + (size_t)K * 5 + words * 4);
+  __shared__ float s_max[kWarps];
+  __shared__ int s_count;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool use_thr = thr > 0.0f;
+
+  // The block's outputs; the warp's first weights requested before the row is quantized.
+  const int per = (O + gridDim.x - 1) / gridDim.x;
+  const int o_end = min(O, (int)blockIdx.x * per + per);
+  int o = (int)blockIdx.x * per + warp;
+  int4 w[kLoads];
+  auto load_batch = [&](int oo, int base) {
+    const int4* row = reinterpret_cast<const int4*>(e.qb + (int64_t)oo * K);
+#pragma unroll
+    for (int u = 0; u < kLoads; u++) {
+      const int i = base + u * 32 + lane;
+      w[u] = i < nv ? __ldcs(row + i) : make_int4(0, 0, 0, 0);
+    }
+  };
+  if (o < o_end) load_batch(o, 0);
+
+  // The row: max of |f16(x)| below the threshold, the outlier bitmap, x at the outliers.
+  for (int i = threadIdx.x; i < words; i += kThreads) s_bits[i] = 0u;
+  __syncthreads();
+  const int pieces = K / 8;
+  uint32_t hp[kPieces][4];  // f16(x) in pairs, held for the codes
+  float a = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPieces; k++) {
+    const int p = (int)threadIdx.x + k * kThreads;
+    if (p >= pieces) break;
+    float v[8];
+    load8(e.x, x_kind, (int64_t)p * 8, v);
+    uint32_t bits = 0;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const __half hv = __float2half_rn(v[i]);
+      const uint32_t hb = __half_as_ushort(hv);
+      hp[k][i / 2] = i % 2 ? hp[k][i / 2] | hb << 16 : hb;
+      const float f = fabsf(__half2float(hv));
+      if (use_thr && f >= thr) {
+        bits |= 1u << i;
+        s_x[p * 8 + i] = v[i];
+      } else {
+        a = cpu_max(a, f);
+      }
+    }
+    if (bits) atomicOr(&s_bits[p >> 2], bits << (8 * (p & 3)));
+  }
+  for (int d = 16; d > 0; d >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, d));
+  if (lane == 0) s_max[warp] = a;
+  __syncthreads();
+  a = 0.0f;
+  for (int i = 0; i < kWarps; i++) a = cpu_max(a, s_max[i]);  // NaN never enters: max is order-free
+
+  // The codes (0 at the outlier columns); warp 0 lists the outlier columns.
+  const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
+#pragma unroll
+  for (int k = 0; k < kPieces; k++) {
+    const int p = (int)threadIdx.x + k * kThreads;
+    if (p >= pieces) break;
+    const uint32_t out8 = (s_bits[p >> 2] >> (8 * (p & 3))) & 0xFFu;
+    uint32_t q[2] = {0u, 0u};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const float hv = __half2float(__ushort_as_half((unsigned short)(hp[k][i / 2] >> (16 * (i % 2)))));
+      const int r = a == 0.0f || ((out8 >> i) & 1u) ? 0 : __float2int_rn(__fmul_rn(hv, s));
+      q[i / 4] |= (uint32_t)(uint8_t)(int8_t)max(-127, min(127, r)) << (8 * (i % 4));
+    }
+    *reinterpret_cast<uint2*>(s_qa + p * 8) = make_uint2(q[0], q[1]);
+  }
+  if (warp == 0) {
+    const int per_lane = (words + 31) / 32;
+    const int w0 = min(words, lane * per_lane), w1 = min(words, w0 + per_lane);
+    int n = 0;
+    for (int i = w0; i < w1; i++) n += __popc(s_bits[i]);
+    int incl = n;
+    for (int d = 1; d < 32; d <<= 1) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += t;
+    }
+    int idx = incl - n;
+    for (int i = w0; i < w1; i++)
+      for (uint32_t m = s_bits[i]; m; m &= m - 1) s_cols[idx++] = (uint16_t)(i * 32 + __ffs(m) - 1);
+    if (lane == 31) s_count = incl;
+  }
+  __syncthreads();
+
+  const int n_out = s_count;
+  const int4* qa4 = reinterpret_cast<const int4*>(s_qa);
+  for (; o < o_end; o += kWarps) {
+    int32_t acc = 0;
+    for (int base = 0;;) {
+#pragma unroll
+      for (int u = 0; u < kLoads; u++) {
+        const int i = base + u * 32 + lane;
+        if (i < nv) {
+          const int4 q = qa4[i];
+          acc = __dp4a(q.x, w[u].x, acc);
+          acc = __dp4a(q.y, w[u].y, acc);
+          acc = __dp4a(q.z, w[u].z, acc);
+          acc = __dp4a(q.w, w[u].w, acc);
+        }
+      }
+      base += 32 * kLoads;
+      if (base >= nv) break;
+      load_batch(o, base);
+    }
+    if (o + kWarps < o_end) load_batch(o + kWarps, 0);  // in flight during this output's epilogue
+    for (int d = 16; d > 0; d >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, d);
+    const float sb = e.sb[o];
+    float v = __fmul_rn(__fmul_rn((float)acc, __fmul_rn(a, sb)), kInv127Sq);
+    if (e.bias) v = __fadd_rn(v, load_kind(e.bias, o, bias_kind));
+    for (int j0 = 0; j0 < n_out; j0 += 32) {  // lane j brings column j0 + j's terms
+      float xv = 0.0f, wv = 0.0f;
+      if (j0 + lane < n_out) {
+        const int c = s_cols[j0 + lane];
+        xv = s_x[c];
+        wv = __fmul_rn(__fmul_rn((float)e.qb[(int64_t)o * K + c], sb), kInv127);
+      }
+      const int m = min(32, n_out - j0);
+      for (int j = 0; j < m; j++)
+        v = fmaf(__shfl_sync(0xffffffffu, xv, j), __shfl_sync(0xffffffffu, wv, j), v);
+    }
+    if (lane == 0) store_kind(e.out, o, out_kind, v);
+  }
+}
+
+}  // namespace
+
+bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype) {
+  static size_t max_smem = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+      return (size_t)0;
+    return (size_t)v - 1024;  // the static slots
+  }();
+  return K > 0 && K % 16 == 0 && K <= 8 * kPieces * kThreads && row_smem(K) <= max_smem &&
+         (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
+         (x_dtype == DType::BF16 || x_dtype == DType::F16 || x_dtype == DType::F32);
+}
+
+void int8_gemv_row_cuda(const Int8Epilogue& e, float threshold, cudaStream_t stream) {
+  if (e.N != 1) throw_error(ErrorKind::Usage, "int8_gemv_row_cuda: one row of x, got ", e.N);
+  if (!int8_gemv_row_supported(e.K, e.x, e.x_dtype))
+    throw_error(ErrorKind::Usage, "int8_gemv_row_cuda: K = ", e.K,
+                " needs K % 16 == 0, at most 32768, and a 16-byte aligned x");
+  if (e.O <= 0) return;
+  if (e.O > 0x7fffffff) throw_error(ErrorKind::Usage, "int8_gemv_row_cuda: too many outputs (", e.O, ")");
+  const int xk = float_kind(e.x_dtype, "int8_gemv_row_cuda (x)"), ok = float_kind(e.out_dtype, "int8 (out)");
+  const int bk = e.bias ? float_kind(e.bias_dtype, "int8_gemv_row_cuda (bias)") : 0;
+  static const int sms = [] {
+    int n = 0, tps = 0;
+    device_sm_shape(&n, &tps);
+    return n;
+  }();
+  const int blocks = (int)std::min<int64_t>(sms, e.O);
+  const size_t smem = row_smem(e.K);
+  static size_t set = 0;  // the largest dynamic shared memory allowed so far
+  if (smem > set) {
+    const cudaError_t r =
+        cudaFuncSetAttribute(int8_gemv_row_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (r != cudaSuccess)
+      throw_error(ErrorKind::Cuda, "int8_gemv_row_cuda: cudaFuncSetAttribute: ", cudaGetErrorString(r));
+    set = smem;
+  }
+  int8_gemv_row_kernel<<<blocks, kThreads, smem, stream>>>(e, threshold, xk, bk, ok);
+  check_launch("int8_gemv_row_kernel");
+}
+
+}  // namespace qtune
