@@ -56,6 +56,17 @@ void linear_forward_shared(const std::vector<Tensor*>& outs, const Tensor& x,
     quant4_linear_forward_multi_cuda(outs, x, ws, biases);
     return;
   }
+  if (x.is_cuda() && std::all_of(lins.begin(), lins.end(),
+                                 [](const Linear* l) { return l->q8 && !l->adapter && l->q8->on_cuda(); })) {
+    std::vector<const Int8Linear*> ws;
+    std::vector<const Tensor*> biases;
+    for (const Linear* l : lins) {
+      ws.push_back(l->q8.get());
+      biases.push_back(l->bias.defined() ? &l->bias : nullptr);
+    }
+    int8_linear_forward_multi_cuda(outs, x, ws, biases);
+    return;
+  }
 #endif
   for (size_t j = 0; j < lins.size(); j++) lins[j]->forward(*outs[j], x);
 }

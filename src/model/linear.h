@@ -47,8 +47,9 @@ struct Linear {
 };
 
 // outs[j] = lins[j].forward(x) for Linears that share their input (q/k/v, gate/up). At decode on the GPU
-// it is one launch when all are plain (ops/matmul.h linear_forward_multi) or all 4-bit without adapters
-// (quant/quant_cuda.h gemv_4bit_cuda_parts); otherwise, and always on the CPU, one forward each.
+// it is one launch when all are plain (ops/matmul.h linear_forward_multi), all 4-bit without adapters
+// (quant/quant_cuda.h gemv_4bit_cuda_parts) or all LLM.int8 without adapters (int8_gemv_row_cuda, at one
+// row of x); otherwise, and always on the CPU, one forward each.
 void linear_forward_shared(const std::vector<Tensor*>& outs, const Tensor& x,
                            const std::vector<const Linear*>& lins);
 

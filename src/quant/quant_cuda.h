@@ -185,9 +185,11 @@ void int8_gemv_cuda(const Int8Epilogue& e, int64_t m0, int rows, cudaStream_t st
 // The same output for one row of x (e.N == 1) in one launch, from x alone: the row quantization
 // (int8_quant_rows_cuda's codes and scale, round_f16, the CPU's scale rule) and the outlier columns (|f16(x)|
 // >= threshold; none when threshold <= 0) are worked out inside it, so e.sa, e.qa, e.cols, e.count and the
-// gathered fields are not read. int8_gemv_row_supported: K % 16 == 0, K <= 32768, x 16-byte aligned.
+// gathered fields are not read. Up to kInt8RowMaxParts weights that share x (the same e.x, K and out dtype;
+// q/k/v, gate/up) in the one launch. int8_gemv_row_supported: K % 16 == 0, K <= 32768, x 16-byte aligned.
+constexpr int kInt8RowMaxParts = 3;
 bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype);
-void int8_gemv_row_cuda(const Int8Epilogue& e, float threshold, cudaStream_t stream);
+void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold, cudaStream_t stream);
 
 // Many outlier columns (n of them, the count the host has read): bitsandbytes' decomposition with the
 // outlier products as GEMMs. int8_gather_columns_cuda writes, for j < n (0 for n <= j < np),

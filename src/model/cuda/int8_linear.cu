@@ -219,7 +219,10 @@ void int8_dequantize_rows_cuda(Tensor& out, const Int8Linear& w, int64_t o0, int
                                 out.raw(), cuda::stream());
 }
 
-void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {
+namespace {
+
+// The forward's argument checks; x's rows.
+int64_t checked_rows(const Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {
   const char* op = "int8_linear_forward";
   if (!w.on_cuda())
     throw_error(ErrorKind::Usage, op,
@@ -236,24 +239,65 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
                 x.describe(), " and ", out.describe());
   if (bias && bias->numel() != O)
     throw_error(ErrorKind::Shape, op, ": bias ", bias->describe(), " is not [", O, "]");
-  const int64_t N = x.numel() / K;
+  return x.numel() / K;
+}
+
+// The weight's part of the one-launch row (int8_gemv_row_cuda).
+Int8Epilogue row_part(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {
+  Int8Epilogue e;
+  e.sb = w.w.scale.data<float>();
+  e.qb = w.w.q.data<int8_t>();
+  e.x = x.raw();
+  e.x_dtype = x.dtype();
+  e.bias = bias ? bias->raw() : nullptr;
+  e.bias_dtype = bias ? bias->dtype() : DType::F32;
+  e.out = out.raw();
+  e.out_dtype = out.dtype();
+  e.N = 1;
+  e.K = w.w.q.size(1);
+  e.O = w.w.q.size(0);
+  return e;
+}
+
+}  // namespace
+
+void int8_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tensor& x,
+                                    const std::vector<const Int8Linear*>& ws,
+                                    const std::vector<const Tensor*>& biases) {
+  if (outs.size() != ws.size() || biases.size() != ws.size())
+    throw_error(ErrorKind::Usage, "int8_linear_forward_multi: ", outs.size(), " outputs, ", ws.size(),
+                " weights and ", biases.size(), " biases");
+  // One launch when x is one row the row kernel takes and the weights share its length, their threshold
+  // and the dtypes of their outputs and biases; else one forward each.
+  bool one = !ws.empty() && ws.size() <= (size_t)kInt8RowMaxParts;
+  for (size_t j = 0; one && j < ws.size(); j++) {
+    const Int8Linear& w = *ws[j];
+    one = w.on_cuda() && w.threshold == ws[0]->threshold && w.w.q.size(1) == ws[0]->w.q.size(1) &&
+          outs[j]->dtype() == outs[0]->dtype() &&
+          (!biases[j] || !biases[0] || biases[j]->dtype() == biases[0]->dtype());
+  }
+  one = one && x.is_cuda() && x.numel() == ws[0]->w.q.size(1) &&
+        int8_gemv_row_supported(x.numel(), x.raw(), x.dtype());
+  if (!one) {
+    for (size_t j = 0; j < ws.size(); j++) int8_linear_forward_cuda(*outs[j], x, *ws[j], biases[j]);
+    return;
+  }
+  std::vector<Int8Epilogue> parts;
+  for (size_t j = 0; j < ws.size(); j++) {
+    checked_rows(*outs[j], x, *ws[j], biases[j]);
+    parts.push_back(row_part(*outs[j], x, *ws[j], biases[j]));
+  }
+  int8_gemv_row_cuda(parts, ws[0]->threshold, cuda::stream());
+}
+
+void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {
+  const int64_t N = checked_rows(out, x, w, bias);
+  const int64_t O = w.w.q.size(0), K = w.w.q.size(1);
   if (N == 0 || O == 0) return;
   cudaStream_t s = cuda::stream();
   const float thr = w.threshold;
   if (N == 1 && int8_gemv_row_supported(K, x.raw(), x.dtype())) {  // decode: one launch
-    Int8Epilogue e;
-    e.sb = w.w.scale.data<float>();
-    e.qb = w.w.q.data<int8_t>();
-    e.x = x.raw();
-    e.x_dtype = x.dtype();
-    e.bias = bias ? bias->raw() : nullptr;
-    e.bias_dtype = bias ? bias->dtype() : DType::F32;
-    e.out = out.raw();
-    e.out_dtype = out.dtype();
-    e.N = 1;
-    e.K = K;
-    e.O = O;
-    int8_gemv_row_cuda(e, thr, s);
+    int8_gemv_row_cuda({row_part(out, x, w, bias)}, thr, s);
     return;
   }
   const Int8Plan* plan = N > kGemvRows ? int8_plan(N, K, O, thr > 0.0f ? kOutlierSms : 0) : nullptr;

@@ -27,6 +27,11 @@ bool quant4_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Ten
                                      const std::vector<const Quant4Linear*>& ws,
                                      const std::vector<const Tensor*>& biases, Tensor* glu_out = nullptr);
 void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias);
+// Weights that share x: one launch at one row of x when they allow it (int8_gemv_row_cuda), else one
+// int8_linear_forward_cuda each.
+void int8_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tensor& x,
+                                    const std::vector<const Int8Linear*>& ws,
+                                    const std::vector<const Tensor*>& biases);
 
 // w: GPU F32/BF16/F16 [O, I]; the storage equals quantize_linear_4bit / _8bit of the same values on the CPU.
 std::shared_ptr<const Quant4Linear> quantize_linear_4bit_cuda(const Tensor& w, QuantType qt,

@@ -50,10 +50,27 @@ size_t row_smem(int64_t K) {
   return (size_t)K * 4 + (size_t)K + (size_t)bitmap_words(K) * 4 + (size_t)K * 2;
 }
 
-__global__ void __launch_bounds__(kThreads, 1)
-    int8_gemv_row_kernel(const Int8Epilogue e, float thr, int x_kind, int bias_kind, int out_kind) {
+// Up to kInt8RowMaxParts weights that share x (q/k/v, gate/up): their outputs are numbered one after the
+// other, and each output picks its part's fields with selects (indexing the parameters would copy them to
+// local memory).
+struct RowPart {
+  const int8_t* qb;  // [O, K]
+  const float* sb;   // [O]
+  const void* bias;  // [O] or null
+  void* out;         // [O]
+  int end;           // one past its last output in the launch's numbering
+};
+struct RowParams {
+  RowPart part[kInt8RowMaxParts];
+  const void* x;
+  int K, outputs;
+  float thr;
+  int x_kind, bias_kind, out_kind;
+};
+
+__global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowParams p) {
   extern __shared__ __align__(16) char smem[];
-  const int K = (int)e.K, O = (int)e.O, nv = K / 16;
+  const int K = p.K, nv = K / 16;
   float* s_x = reinterpret_cast<float*>(smem);
   int8_t* s_qa = reinterpret_cast<int8_t*>(smem + (size_t)K * 4);
   uint32_t* s_bits = reinterpret_cast<uint32_t*>(smem + (size_t)K * 5);
@@ -62,22 +79,37 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ float s_max[kWarps];
   __shared__ int s_count;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const bool use_thr = thr > 0.0f;
+  const bool use_thr = p.thr > 0.0f;
 
-  // The block's outputs; the warp's first weights requested before the row is quantized.
-  const int per = (O + gridDim.x - 1) / gridDim.x;
-  const int o_end = min(O, (int)blockIdx.x * per + per);
-  int o = (int)blockIdx.x * per + warp;
+  // Output g of the launch: its part j and its row in that part.
+  auto part_of = [&](int g) { return (g >= p.part[0].end) + (g >= p.part[1].end); };
+  auto pick = [&](int j, auto field) {
+    return j == 0 ? field(p.part[0]) : j == 1 ? field(p.part[1]) : field(p.part[2]);
+  };
+  auto row_of = [&](int g, int j) { return g - (j == 0 ? 0 : j == 1 ? p.part[0].end : p.part[1].end); };
+  // The block's outputs; the warp's first weights (and their row scale) requested before the row of x is
+  // quantized.
+  const int per = (p.outputs + gridDim.x - 1) / gridDim.x;
+  const int g_end = min(p.outputs, (int)blockIdx.x * per + per);
+  int g = (int)blockIdx.x * per + warp;
   int4 w[kLoads];
-  auto load_batch = [&](int oo, int base) {
-    const int4* row = reinterpret_cast<const int4*>(e.qb + (int64_t)oo * K);
+  float sb = 0.0f;
+  auto load_batch = [&](int gg, int base) {
+    const int j = part_of(gg);
+    const int4* row = reinterpret_cast<const int4*>(pick(j, [](const RowPart& r) { return r.qb; }) +
+                                                    (int64_t)row_of(gg, j) * K);
 #pragma unroll
     for (int u = 0; u < kLoads; u++) {
       const int i = base + u * 32 + lane;
       w[u] = i < nv ? __ldcs(row + i) : make_int4(0, 0, 0, 0);
     }
   };
-  if (o < o_end) load_batch(o, 0);
+  auto load_first = [&](int gg) {
+    load_batch(gg, 0);
+    const int j = part_of(gg);
+    sb = pick(j, [](const RowPart& r) { return r.sb; })[row_of(gg, j)];
+  };
+  if (g < g_end) load_first(g);
 
   // The row: max of |f16(x)| below the threshold, the outlier bitmap, x at the outliers.
   for (int i = threadIdx.x; i < words; i += kThreads) s_bits[i] = 0u;
@@ -87,10 +119,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   float a = 0.0f;
 #pragma unroll
   for (int k = 0; k < kPieces; k++) {
-    const int p = (int)threadIdx.x + k * kThreads;
-    if (p >= pieces) break;
+    const int pc = (int)threadIdx.x + k * kThreads;
+    if (pc >= pieces) break;
     float v[8];
-    load8(e.x, x_kind, (int64_t)p * 8, v);
+    load8(p.x, p.x_kind, (int64_t)pc * 8, v);
     uint32_t bits = 0;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -98,14 +130,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t hb = __half_as_ushort(hv);
       hp[k][i / 2] = i % 2 ? hp[k][i / 2] | hb << 16 : hb;
       const float f = fabsf(__half2float(hv));
-      if (use_thr && f >= thr) {
+      if (use_thr && f >= p.thr) {
         bits |= 1u << i;
-        s_x[p * 8 + i] = v[i];
+        s_x[pc * 8 + i] = v[i];
       } else {
         a = cpu_max(a, f);
       }
     }
-    if (bits) atomicOr(&s_bits[p >> 2], bits << (8 * (p & 3)));
+    if (bits) atomicOr(&s_bits[pc >> 2], bits << (8 * (pc & 3)));
   }
   for (int d = 16; d > 0; d >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, d));
   if (lane == 0) s_max[warp] = a;
@@ -117,9 +149,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
 #pragma unroll
   for (int k = 0; k < kPieces; k++) {
-    const int p = (int)threadIdx.x + k * kThreads;
-    if (p >= pieces) break;
-    const uint32_t out8 = (s_bits[p >> 2] >> (8 * (p & 3))) & 0xFFu;
+    const int pc = (int)threadIdx.x + k * kThreads;
+    if (pc >= pieces) break;
+    const uint32_t out8 = (s_bits[pc >> 2] >> (8 * (pc & 3))) & 0xFFu;
     uint32_t q[2] = {0u, 0u};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -127,7 +159,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int r = a == 0.0f || ((out8 >> i) & 1u) ? 0 : __float2int_rn(__fmul_rn(hv, s));
       q[i / 4] |= (uint32_t)(uint8_t)(int8_t)max(-127, min(127, r)) << (8 * (i % 4));
     }
-    *reinterpret_cast<uint2*>(s_qa + p * 8) = make_uint2(q[0], q[1]);
+    *reinterpret_cast<uint2*>(s_qa + pc * 8) = make_uint2(q[0], q[1]);
   }
   if (warp == 0) {
     const int per_lane = (words + 31) / 32;
@@ -148,7 +180,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int n_out = s_count;
   const int4* qa4 = reinterpret_cast<const int4*>(s_qa);
-  for (; o < o_end; o += kWarps) {
+  for (; g < g_end; g += kWarps) {
+    const int j = part_of(g), o = row_of(g, j);
     int32_t acc = 0;
     for (int base = 0;;) {
 #pragma unroll
@@ -164,25 +197,27 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       base += 32 * kLoads;
       if (base >= nv) break;
-      load_batch(o, base);
+      load_batch(g, base);
     }
-    if (o + kWarps < o_end) load_batch(o + kWarps, 0);  // in flight during this output's epilogue
+    const float sb_o = sb;
+    if (g + kWarps < g_end) load_first(g + kWarps);  // in flight during this output's epilogue
     for (int d = 16; d > 0; d >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, d);
-    const float sb = e.sb[o];
-    float v = __fmul_rn(__fmul_rn((float)acc, __fmul_rn(a, sb)), kInv127Sq);
-    if (e.bias) v = __fadd_rn(v, load_kind(e.bias, o, bias_kind));
-    for (int j0 = 0; j0 < n_out; j0 += 32) {  // lane j brings column j0 + j's terms
+    float v = __fmul_rn(__fmul_rn((float)acc, __fmul_rn(a, sb_o)), kInv127Sq);
+    const void* bias = pick(j, [](const RowPart& r) { return r.bias; });
+    if (bias) v = __fadd_rn(v, load_kind(bias, o, p.bias_kind));
+    const int8_t* qb = pick(j, [](const RowPart& r) { return r.qb; }) + (int64_t)o * K;
+    for (int j0 = 0; j0 < n_out; j0 += 32) {  // lane t brings column j0 + t's terms
       float xv = 0.0f, wv = 0.0f;
       if (j0 + lane < n_out) {
         const int c = s_cols[j0 + lane];
         xv = s_x[c];
-        wv = __fmul_rn(__fmul_rn((float)e.qb[(int64_t)o * K + c], sb), kInv127);
+        wv = __fmul_rn(__fmul_rn((float)qb[c], sb_o), kInv127);
       }
       const int m = min(32, n_out - j0);
-      for (int j = 0; j < m; j++)
-        v = fmaf(__shfl_sync(0xffffffffu, xv, j), __shfl_sync(0xffffffffu, wv, j), v);
+      for (int t = 0; t < m; t++)
+        v = fmaf(__shfl_sync(0xffffffffu, xv, t), __shfl_sync(0xffffffffu, wv, t), v);
     }
-    if (lane == 0) store_kind(e.out, o, out_kind, v);
+    if (lane == 0) store_kind(pick(j, [](const RowPart& r) { return r.out; }), o, p.out_kind, v);
   }
 }
 
@@ -201,31 +236,57 @@ bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype) {
          (x_dtype == DType::BF16 || x_dtype == DType::F16 || x_dtype == DType::F32);
 }
 
-void int8_gemv_row_cuda(const Int8Epilogue& e, float threshold, cudaStream_t stream) {
-  if (e.N != 1) throw_error(ErrorKind::Usage, "int8_gemv_row_cuda: one row of x, got ", e.N);
-  if (!int8_gemv_row_supported(e.K, e.x, e.x_dtype))
-    throw_error(ErrorKind::Usage, "int8_gemv_row_cuda: K = ", e.K,
+void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold, cudaStream_t stream) {
+  const char* op = "int8_gemv_row_cuda";
+  if (parts.empty() || (int)parts.size() > kInt8RowMaxParts)
+    throw_error(ErrorKind::Usage, op, ": 1 to ", kInt8RowMaxParts, " weights, got ", parts.size());
+  const Int8Epilogue& e0 = parts[0];
+  if (!int8_gemv_row_supported(e0.K, e0.x, e0.x_dtype))
+    throw_error(ErrorKind::Usage, op, ": K = ", e0.K,
                 " needs K % 16 == 0, at most 32768, and a 16-byte aligned x");
-  if (e.O <= 0) return;
-  if (e.O > 0x7fffffff) throw_error(ErrorKind::Usage, "int8_gemv_row_cuda: too many outputs (", e.O, ")");
-  const int xk = float_kind(e.x_dtype, "int8_gemv_row_cuda (x)"), ok = float_kind(e.out_dtype, "int8 (out)");
-  const int bk = e.bias ? float_kind(e.bias_dtype, "int8_gemv_row_cuda (bias)") : 0;
+  RowParams p{};
+  p.x = e0.x;
+  p.K = (int)e0.K;
+  p.thr = threshold;
+  p.x_kind = float_kind(e0.x_dtype, "int8_gemv_row_cuda (x)");
+  p.out_kind = float_kind(e0.out_dtype, "int8_gemv_row_cuda (out)");
+  p.bias_kind = 0;
+  int64_t total = 0;
+  bool any_bias = false;
+  for (size_t j = 0; j < parts.size(); j++) {
+    const Int8Epilogue& e = parts[j];
+    if (e.N != 1 || e.K != e0.K || e.x != e0.x || e.out_dtype != e0.out_dtype)
+      throw_error(ErrorKind::Usage, op, ": the weights must share one row of x and the output dtype");
+    if (e.bias) {
+      const int bk = float_kind(e.bias_dtype, "int8_gemv_row_cuda (bias)");
+      if (any_bias && bk != p.bias_kind)
+        throw_error(ErrorKind::Usage, op, ": the biases must share one dtype");
+      p.bias_kind = bk;
+      any_bias = true;
+    }
+    total += e.O;
+    if (total > 0x7fffffff) throw_error(ErrorKind::Usage, op, ": too many outputs (", total, ")");
+    p.part[j] = RowPart{e.qb, e.sb, e.bias, e.out, (int)total};
+  }
+  for (size_t j = parts.size(); j < kInt8RowMaxParts; j++)
+    p.part[j] = RowPart{nullptr, nullptr, nullptr, nullptr, (int)total};
+  p.outputs = (int)total;
+  if (total == 0) return;
   static const int sms = [] {
     int n = 0, tps = 0;
     device_sm_shape(&n, &tps);
     return n;
   }();
-  const int blocks = (int)std::min<int64_t>(sms, e.O);
-  const size_t smem = row_smem(e.K);
+  const int blocks = (int)std::min<int64_t>(sms, total);
+  const size_t smem = row_smem(e0.K);
   static size_t set = 0;  // the largest dynamic shared memory allowed so far
   if (smem > set) {
     const cudaError_t r =
         cudaFuncSetAttribute(int8_gemv_row_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (r != cudaSuccess)
-      throw_error(ErrorKind::Cuda, "int8_gemv_row_cuda: cudaFuncSetAttribute: ", cudaGetErrorString(r));
+    if (r != cudaSuccess) throw_error(ErrorKind::Cuda, op, ": cudaFuncSetAttribute: ", cudaGetErrorString(r));
     set = smem;
   }
-  int8_gemv_row_kernel<<<blocks, kThreads, smem, stream>>>(e, threshold, xk, bk, ok);
+  int8_gemv_row_kernel<<<blocks, kThreads, smem, stream>>>(p);
   check_launch("int8_gemv_row_kernel");
 }
 

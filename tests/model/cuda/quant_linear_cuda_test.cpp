@@ -22,6 +22,7 @@
 #include "../../quant/bnb_cuda_check.h"
 #include "../model_test_util.h"
 #include "core/allocator.h"
+#include "model/linear.h"
 #include "model/quant_linear.h"
 #include "ops/cuda/cuda_context.h"
 #include "ops/cuda/cuda_graph.h"
@@ -215,6 +216,49 @@ TEST(QuantLinearCuda, Int8ForwardEdgeShapesGiveTheCpuValue) {
   check_int8_forward(g, 20, 32784, 6.0f, {1}, {3, 32780});
   check_int8_forward(g, 70, 512, 6.0f, {1, 3}, many, 0.0, DType::F32);
   check_int8_forward(g, 70, 512, 0.0f, {1}, {}, 0.0, DType::F32);
+}
+
+// LLM.int8 weights that share x (q/k/v with biases, gate/up) at one row of x: linear_forward_shared's one
+// launch equals a forward per weight bit for bit (which equals the CPU's, above), with and without outlier
+// columns; weights with other thresholds, and two rows, take a forward each.
+TEST(QuantLinearCuda, Int8SharedInputOneLaunchEqualsForwardEach) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 11);
+  const int64_t K = 1024;
+  auto make = [&](int64_t O, bool with_bias, float thr) {
+    Linear l;
+    l.q8 = int8_linear_to(*quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, O * K, 0.05f), {O, K}), thr),
+                          Device::CUDA);
+    if (with_bias)
+      l.bias = Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA);
+    return l;
+  };
+  const Linear q = make(300, true, 6.0f), k = make(100, true, 6.0f), v = make(100, true, 6.0f),
+               gate = make(700, false, 6.0f), up = make(700, false, 6.0f), other = make(64, false, 4.0f);
+  for (int64_t N : {1, 2})
+    for (const std::vector<int64_t>& outs : {std::vector<int64_t>{}, std::vector<int64_t>{3, 500, 1023}})
+      for (const std::vector<const Linear*>& lins :
+           {std::vector<const Linear*>{&q, &k, &v}, std::vector<const Linear*>{&gate, &up},
+            std::vector<const Linear*>{&up, &other}}) {
+        SCOPED_TRACE("N=" + std::to_string(N) + ", " + std::to_string(outs.size()) + " outlier columns, " +
+                     std::to_string(lins.size()) + " weights");
+        std::vector<float> xv = randn_bf16(g, N * K);
+        for (int64_t c : outs) xv[(size_t)c] = bf16r(7.0f + (float)c / 256.0f);
+        Tensor x = Tensor::from_f32(xv, {N, K}).to_dtype(DType::BF16).to(Device::CUDA);
+        std::vector<Tensor> shared, each;
+        std::vector<Tensor*> outs_shared;
+        for (const Linear* l : lins) {
+          shared.push_back(Tensor::empty({N, l->out_features()}, DType::BF16, Device::CUDA));
+          each.push_back(Tensor::empty({N, l->out_features()}, DType::BF16, Device::CUDA));
+        }
+        for (Tensor& t : shared) outs_shared.push_back(&t);
+        linear_forward_shared(outs_shared, x, lins);
+        for (size_t j = 0; j < lins.size(); j++) lins[j]->forward(each[j], x);
+        for (size_t j = 0; j < lins.size(); j++) {
+          const std::vector<float> a = shared[j].to_f32_vector(), b = each[j].to_f32_vector();
+          EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "weight " << j;
+        }
+      }
 }
 
 // The many-row forward captured in a CUDA graph (its outlier kernel runs on a forked stream) and replayed on
