@@ -1,12 +1,14 @@
 // LLM.int8 for one row of x in one launch (decode). Every block quantizes the row itself, as
 // int8_quant_rows_cuda does (f16(x), the max of |f16(x)| below the threshold, codes rounded half to even),
-// and lists its outlier columns in shared memory, while its warps' first weight loads are in flight. Then
-// each warp takes one output at a time: the __dp4a dot product of the weight row with the codes, in which
-// the outlier columns' codes are 0 (the same int32 as the product over all columns minus theirs, which is
-// what the epilogues compute), then int8_epilogue_cuda's arithmetic, the outlier columns' f32 terms one fma
-// at a time in column order. So the output equals the three-launch path's (and the CPU forward's) bit for
-// bit. Before this, decode ran two one-block kernels (the row quantization, the outlier listing) before
-// each int8 GEMV: ~13 µs per Linear in ncu (bench/NOTES.md, session 16).
+// and lists its outlier columns in shared memory, while its warps' first weight loads are in flight (x is
+// requested before them, so it returns first). Then each warp takes one output at a time, two batches of
+// weight loads in flight: the __dp4a dot product of the weight row with the codes, in which the outlier
+// columns' codes are 0 (the same int32 as the product over all columns minus theirs, which is what the
+// epilogues compute), then int8_epilogue_cuda's arithmetic, the outlier columns' f32 terms one fma at a
+// time in column order. So the output equals the three-launch path's (and the CPU forward's) bit for bit.
+// Weights that share x (q/k/v, gate/up) share the launch. Before this, decode ran two one-block kernels
+// (the row quantization, the outlier listing) before each int8 GEMV: ~13 µs per Linear in ncu
+// (bench/NOTES.md, session 17, has what each step gained).
 #include <algorithm>
 
 #include "quant/cuda/quant_device.cuh"
@@ -18,20 +20,20 @@ using namespace quant_cuda;
 namespace {
 
 constexpr int kThreads = 1024, kWarps = kThreads / 32;
-constexpr int kLoads = 8;   // 16-byte weight loads per lane and batch (32 warps of them per SM)
-constexpr int kPieces = 4;  // x pieces of 8 values per thread: rows up to 8 · 4 · 1024 = 32768
+constexpr int kLoads = 4;      // 16-byte weight loads per lane and batch; two batches per warp in flight
+constexpr int kMaxPieces = 4;  // x pieces of 8 values per thread: rows up to 8 · 4 · 1024 = 32768
 constexpr float kInv127 = 7.874015718698502e-3f;
 constexpr float kInv127Sq = 6.200124e-05f;
 
-// The 8 values of x at c (c % 8 == 0, 16-byte aligned).
-__device__ __forceinline__ void load8(const void* x, int kind, int64_t c, float (&v)[8]) {
+// The 8 values of x at c (c % 8 == 0, 16-byte aligned): a 16-bit x from its piece u, already loaded; f32 x
+// loaded here.
+__device__ __forceinline__ void load8(const void* x, int kind, const uint4& u, int64_t c, float (&v)[8]) {
   if (kind == 0) {
     const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(x) + c);
     const float4 a = __ldg(p), b = __ldg(p + 1);
     v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
     return;
   }
-  const uint4 u = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + c));
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 8; i++) {
@@ -68,6 +70,8 @@ struct RowParams {
   int x_kind, bias_kind, out_kind;
 };
 
+// kPieces: x pieces of 8 values per thread (K <= 8 · kPieces · kThreads).
+template <int kPieces>
 __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowParams p) {
   extern __shared__ __align__(16) char smem[];
   const int K = p.K, nv = K / 16;
@@ -81,54 +85,69 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool use_thr = p.thr > 0.0f;
 
+  // A 16-bit x is requested first, so that it returns before the weights requested after it (behind them,
+  // its quantization would start only once the first weights had all arrived).
+  const int pieces = K / 8;
+  uint4 xr[kPieces];  // x's pieces, then f16(x) in pairs, held for the codes
+#pragma unroll
+  for (int k = 0; k < kPieces; k++) {
+    const int pc = (int)threadIdx.x + k * kThreads;
+    xr[k] = p.x_kind != 0 && pc < pieces ? __ldg(reinterpret_cast<const uint4*>(p.x) + pc)
+                                         : make_uint4(0, 0, 0, 0);
+  }
+
   // Output g of the launch: its part j and its row in that part.
   auto part_of = [&](int g) { return (g >= p.part[0].end) + (g >= p.part[1].end); };
   auto pick = [&](int j, auto field) {
     return j == 0 ? field(p.part[0]) : j == 1 ? field(p.part[1]) : field(p.part[2]);
   };
   auto row_of = [&](int g, int j) { return g - (j == 0 ? 0 : j == 1 ? p.part[0].end : p.part[1].end); };
-  // The block's outputs; the warp's first weights (and their row scale) requested before the row of x is
-  // quantized.
+  // The warp's outputs are g0, g0 + kWarps, ... of the block's run, each row in batches of kLoads loads
+  // per lane; two batches rotate by name (copying one would wait for its loads): one is summed while the
+  // other is in flight, then refilled from the load cursor (lg, lb).
   const int per = (p.outputs + gridDim.x - 1) / gridDim.x;
   const int g_end = min(p.outputs, (int)blockIdx.x * per + per);
-  int g = (int)blockIdx.x * per + warp;
-  int4 w[kLoads];
-  float sb = 0.0f;
-  auto load_batch = [&](int gg, int base) {
-    const int j = part_of(gg);
-    const int4* row = reinterpret_cast<const int4*>(pick(j, [](const RowPart& r) { return r.qb; }) +
-                                                    (int64_t)row_of(gg, j) * K);
+  const int g0 = (int)blockIdx.x * per + warp;
+  struct Batch {
+    int4 w[kLoads];
+    float sb;  // the row's scale, with its first batch
+  };
+  Batch ba, bb;
+  int lg = g0, lb = 0;
+  auto issue = [&](Batch& b) {
+    if (lg < g_end) {
+      const int j = part_of(lg), o = row_of(lg, j);
+      const int4* row =
+          reinterpret_cast<const int4*>(pick(j, [](const RowPart& r) { return r.qb; }) + (int64_t)o * K);
 #pragma unroll
-    for (int u = 0; u < kLoads; u++) {
-      const int i = base + u * 32 + lane;
-      w[u] = i < nv ? __ldcs(row + i) : make_int4(0, 0, 0, 0);
+      for (int u = 0; u < kLoads; u++) {
+        const int i = lb + u * 32 + lane;
+        b.w[u] = i < nv ? __ldcs(row + i) : make_int4(0, 0, 0, 0);
+      }
+      if (lb == 0) b.sb = pick(j, [](const RowPart& r) { return r.sb; })[o];
     }
+    lb += 32 * kLoads;
+    if (lb >= nv) lb = 0, lg += kWarps;
   };
-  auto load_first = [&](int gg) {
-    load_batch(gg, 0);
-    const int j = part_of(gg);
-    sb = pick(j, [](const RowPart& r) { return r.sb; })[row_of(gg, j)];
-  };
-  if (g < g_end) load_first(g);
+  issue(ba);
+  issue(bb);
 
   // The row: max of |f16(x)| below the threshold, the outlier bitmap, x at the outliers.
   for (int i = threadIdx.x; i < words; i += kThreads) s_bits[i] = 0u;
   __syncthreads();
-  const int pieces = K / 8;
-  uint32_t hp[kPieces][4];  // f16(x) in pairs, held for the codes
   float a = 0.0f;
 #pragma unroll
   for (int k = 0; k < kPieces; k++) {
     const int pc = (int)threadIdx.x + k * kThreads;
     if (pc >= pieces) break;
     float v[8];
-    load8(p.x, p.x_kind, (int64_t)pc * 8, v);
-    uint32_t bits = 0;
+    load8(p.x, p.x_kind, xr[k], (int64_t)pc * 8, v);
+    uint32_t bits = 0, hp[4];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
       const __half hv = __float2half_rn(v[i]);
       const uint32_t hb = __half_as_ushort(hv);
-      hp[k][i / 2] = i % 2 ? hp[k][i / 2] | hb << 16 : hb;
+      hp[i / 2] = i % 2 ? hp[i / 2] | hb << 16 : hb;
       const float f = fabsf(__half2float(hv));
       if (use_thr && f >= p.thr) {
         bits |= 1u << i;
@@ -137,6 +156,7 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
         a = cpu_max(a, f);
       }
     }
+    xr[k] = make_uint4(hp[0], hp[1], hp[2], hp[3]);
     if (bits) atomicOr(&s_bits[pc >> 2], bits << (8 * (pc & 3)));
   }
   for (int d = 16; d > 0; d >>= 1) a = cpu_max(a, __shfl_xor_sync(0xffffffffu, a, d));
@@ -152,10 +172,11 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
     const int pc = (int)threadIdx.x + k * kThreads;
     if (pc >= pieces) break;
     const uint32_t out8 = (s_bits[pc >> 2] >> (8 * (pc & 3))) & 0xFFu;
+    const uint32_t hp[4] = {xr[k].x, xr[k].y, xr[k].z, xr[k].w};
     uint32_t q[2] = {0u, 0u};
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-      const float hv = __half2float(__ushort_as_half((unsigned short)(hp[k][i / 2] >> (16 * (i % 2)))));
+      const float hv = __half2float(__ushort_as_half((unsigned short)(hp[i / 2] >> (16 * (i % 2)))));
       const int r = a == 0.0f || ((out8 >> i) & 1u) ? 0 : __float2int_rn(__fmul_rn(hv, s));
       q[i / 4] |= (uint32_t)(uint8_t)(int8_t)max(-127, min(127, r)) << (8 * (i % 4));
     }
@@ -180,29 +201,10 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
 
   const int n_out = s_count;
   const int4* qa4 = reinterpret_cast<const int4*>(s_qa);
-  for (; g < g_end; g += kWarps) {
-    const int j = part_of(g), o = row_of(g, j);
-    int32_t acc = 0;
-    for (int base = 0;;) {
-#pragma unroll
-      for (int u = 0; u < kLoads; u++) {
-        const int i = base + u * 32 + lane;
-        if (i < nv) {
-          const int4 q = qa4[i];
-          acc = __dp4a(q.x, w[u].x, acc);
-          acc = __dp4a(q.y, w[u].y, acc);
-          acc = __dp4a(q.z, w[u].z, acc);
-          acc = __dp4a(q.w, w[u].w, acc);
-        }
-      }
-      base += 32 * kLoads;
-      if (base >= nv) break;
-      load_batch(g, base);
-    }
-    const float sb_o = sb;
-    if (g + kWarps < g_end) load_first(g + kWarps);  // in flight during this output's epilogue
+  // The output of row o of part j from its int32 sum (int8_epilogue_cuda's arithmetic).
+  auto finish = [&](int j, int o, int32_t acc, float sb) {
     for (int d = 16; d > 0; d >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, d);
-    float v = __fmul_rn(__fmul_rn((float)acc, __fmul_rn(a, sb_o)), kInv127Sq);
+    float v = __fmul_rn(__fmul_rn((float)acc, __fmul_rn(a, sb)), kInv127Sq);
     const void* bias = pick(j, [](const RowPart& r) { return r.bias; });
     if (bias) v = __fadd_rn(v, load_kind(bias, o, p.bias_kind));
     const int8_t* qb = pick(j, [](const RowPart& r) { return r.qb; }) + (int64_t)o * K;
@@ -211,13 +213,42 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
       if (j0 + lane < n_out) {
         const int c = s_cols[j0 + lane];
         xv = s_x[c];
-        wv = __fmul_rn(__fmul_rn((float)qb[c], sb_o), kInv127);
+        wv = __fmul_rn(__fmul_rn((float)qb[c], sb), kInv127);
       }
       const int m = min(32, n_out - j0);
       for (int t = 0; t < m; t++)
         v = fmaf(__shfl_sync(0xffffffffu, xv, t), __shfl_sync(0xffffffffu, wv, t), v);
     }
     if (lane == 0) store_kind(pick(j, [](const RowPart& r) { return r.out; }), o, p.out_kind, v);
+  };
+  int cg = g0, cb = 0;  // the sum cursor
+  int32_t acc = 0;
+  float sb = 0.0f;
+  auto consume = [&](Batch& b) {
+    if (cb == 0) sb = b.sb;
+#pragma unroll
+    for (int u = 0; u < kLoads; u++) {
+      const int i = cb + u * 32 + lane;
+      if (i < nv) {
+        const int4 q = qa4[i];
+        acc = __dp4a(q.x, b.w[u].x, acc);
+        acc = __dp4a(q.y, b.w[u].y, acc);
+        acc = __dp4a(q.z, b.w[u].z, acc);
+        acc = __dp4a(q.w, b.w[u].w, acc);
+      }
+    }
+    issue(b);
+    cb += 32 * kLoads;
+    if (cb >= nv) {
+      const int j = part_of(cg);
+      finish(j, row_of(cg, j), acc, sb);
+      acc = 0, cb = 0, cg += kWarps;
+    }
+  };
+  while (cg < g_end) {
+    consume(ba);
+    if (cg >= g_end) break;
+    consume(bb);
   }
 }
 
@@ -231,7 +262,7 @@ bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype) {
       return (size_t)0;
     return (size_t)v - 1024;  // the static slots
   }();
-  return K > 0 && K % 16 == 0 && K <= 8 * kPieces * kThreads && row_smem(K) <= max_smem &&
+  return K > 0 && K % 16 == 0 && K <= 8 * kMaxPieces * kThreads && row_smem(K) <= max_smem &&
          (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
          (x_dtype == DType::BF16 || x_dtype == DType::F16 || x_dtype == DType::F32);
 }
@@ -279,14 +310,17 @@ void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold,
   }();
   const int blocks = (int)std::min<int64_t>(sms, total);
   const size_t smem = row_smem(e0.K);
-  static size_t set = 0;  // the largest dynamic shared memory allowed so far
-  if (smem > set) {
+  // Rows of up to 16384 hold half the pieces (fewer registers).
+  const bool short_row = e0.K <= 8 * 2 * kThreads;
+  auto kernel = short_row ? int8_gemv_row_kernel<2> : int8_gemv_row_kernel<kMaxPieces>;
+  static size_t set[2] = {0, 0};  // the largest dynamic shared memory allowed so far
+  if (smem > set[short_row]) {
     const cudaError_t r =
-        cudaFuncSetAttribute(int8_gemv_row_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (r != cudaSuccess) throw_error(ErrorKind::Cuda, op, ": cudaFuncSetAttribute: ", cudaGetErrorString(r));
-    set = smem;
+    set[short_row] = smem;
   }
-  int8_gemv_row_kernel<<<blocks, kThreads, smem, stream>>>(p);
+  kernel<<<blocks, kThreads, smem, stream>>>(p);
   check_launch("int8_gemv_row_kernel");
 }
 
