@@ -43,13 +43,14 @@ __device__ __forceinline__ void load8(const void* x, int kind, const uint4& u, i
 }
 
 // Shared memory (dynamic, K % 16 == 0): x at the outlier columns (f32 [K], indexed by column), the codes
-// (int8 [K]), the outlier bitmap (uint32 [ceil(K / 32)]) and the ascending list of outlier columns (uint16
-// [K]).
+// (int8 [K]), the outlier bitmap (uint32 [ceil(K / 32)]), the outliers before each bitmap word (int32
+// [ceil(K / 32)]) and the ascending list of outlier columns (uint16 [K]).
+constexpr int kCaught = 64;  // outlier weight bytes each warp keeps from its loads (more: loaded again)
 __host__ __device__ inline int bitmap_words(int64_t K) {
   return (int)((K + 31) / 32);
 }
 size_t row_smem(int64_t K) {
-  return (size_t)K * 4 + (size_t)K + (size_t)bitmap_words(K) * 4 + (size_t)K * 2;
+  return (size_t)K * 4 + (size_t)K + (size_t)bitmap_words(K) * 8 + (size_t)K * 2;
 }
 
 // Up to kInt8RowMaxParts weights that share x (q/k/v, gate/up): their outputs are numbered one after the
@@ -79,8 +80,10 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   int8_t* s_qa = reinterpret_cast<int8_t*>(smem + (size_t)K * 4);
   uint32_t* s_bits = reinterpret_cast<uint32_t*>(smem + (size_t)K * 5);
   const int words = bitmap_words(K);
-  uint16_t* s_cols = reinterpret_cast<uint16_t*>(smem + (size_t)K * 5 + words * 4);
+  int* s_rank = reinterpret_cast<int*>(smem + (size_t)K * 5 + words * 4);
+  uint16_t* s_cols = reinterpret_cast<uint16_t*>(smem + (size_t)K * 5 + words * 8);
   __shared__ float s_max[kWarps];
+  __shared__ int8_t s_caught[kWarps][kCaught];  // the warp's output row at its first outlier columns
   __shared__ int s_count;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool use_thr = p.thr > 0.0f;
@@ -193,8 +196,10 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
       if (lane >= d) incl += t;
     }
     int idx = incl - n;
-    for (int i = w0; i < w1; i++)
+    for (int i = w0; i < w1; i++) {
+      s_rank[i] = idx;
       for (uint32_t m = s_bits[i]; m; m &= m - 1) s_cols[idx++] = (uint16_t)(i * 32 + __ffs(m) - 1);
+    }
     if (lane == 31) s_count = incl;
   }
   __syncthreads();
@@ -208,18 +213,32 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
     const void* bias = pick(j, [](const RowPart& r) { return r.bias; });
     if (bias) v = __fadd_rn(v, load_kind(bias, o, p.bias_kind));
     const int8_t* qb = pick(j, [](const RowPart& r) { return r.qb; }) + (int64_t)o * K;
+    __syncwarp();                             // s_caught
     for (int j0 = 0; j0 < n_out; j0 += 32) {  // lane t brings column j0 + t's terms
       float xv = 0.0f, wv = 0.0f;
-      if (j0 + lane < n_out) {
-        const int c = s_cols[j0 + lane];
+      const int jt = j0 + lane;
+      if (jt < n_out) {
+        const int c = s_cols[jt];
         xv = s_x[c];
-        wv = __fmul_rn(__fmul_rn((float)qb[c], sb), kInv127);
+        wv = __fmul_rn(__fmul_rn((float)(jt < kCaught ? s_caught[warp][jt] : qb[c]), sb), kInv127);
       }
       const int m = min(32, n_out - j0);
       for (int t = 0; t < m; t++)
         v = fmaf(__shfl_sync(0xffffffffu, xv, t), __shfl_sync(0xffffffffu, wv, t), v);
     }
     if (lane == 0) store_kind(pick(j, [](const RowPart& r) { return r.out; }), o, p.out_kind, v);
+    __syncwarp();  // s_caught is read before the next output's bytes go in
+  };
+  // The weight bytes at the outlier columns of chunk i (of a lane's 16-byte load w), kept in s_caught by
+  // their place in the list: reading them again after the row has streamed past is a DRAM round trip.
+  auto catch_outliers = [&](int i, const int4& w) {
+    const uint32_t word = s_bits[i >> 1], sh = 16 * (i & 1);
+    for (uint32_t m = (word >> sh) & 0xFFFFu; m; m &= m - 1) {
+      const int b = __ffs(m) - 1;
+      const int rank = s_rank[i >> 1] + __popc(word & ((1u << (sh + b)) - 1u));
+      const uint32_t wd = b < 4 ? w.x : b < 8 ? w.y : b < 12 ? w.z : w.w;
+      if (rank < kCaught) s_caught[warp][rank] = (int8_t)(wd >> (8 * (b & 3)));
+    }
   };
   int cg = g0, cb = 0;  // the sum cursor
   int32_t acc = 0;
@@ -235,6 +254,7 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
         acc = __dp4a(q.y, b.w[u].y, acc);
         acc = __dp4a(q.z, b.w[u].z, acc);
         acc = __dp4a(q.w, b.w[u].w, acc);
+        if (n_out > 0) catch_outliers(i, b.w[u]);
       }
     }
     issue(b);
