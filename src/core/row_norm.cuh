@@ -2,6 +2,7 @@
 // rmsnorm_forward, add_rmsnorm and the 4-bit GEMV's fused input norm (quant_cuda.h, Gemv4Args::norm_w)
 // share, so that the three give the same bits.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 namespace qtune {
@@ -34,6 +35,33 @@ __device__ __forceinline__ float block_rstd(float ss, int C, float eps) {
   }
   __syncthreads();
   return rstd_s;
+}
+
+// A fused input norm's passes over 8 bf16 (one 16-byte piece), with add_rmsnorm's arithmetic: r = bf16(x +
+// a) and its sum of squares (one multiply-add per element, in order), then bf16(r · rstd · w).
+// Element-wise f(x, y) in f32 over two pieces, each result rounded to bf16.
+template <class F>
+__device__ __forceinline__ uint4 zip_bf16x8(const uint4& x, const uint4& y, F f) {
+  uint4 r;
+  const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162*>(&x),
+                       *yh = reinterpret_cast<const __nv_bfloat162*>(&y);
+  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(yh[j]);
+    rh[j] = __floats2bfloat162_rn(f(u.x, v.x), f(u.y, v.y));
+  }
+  return r;
+}
+__device__ __forceinline__ float sum_squares_bf16x8(const uint4& x, float ss) {
+  const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    const float2 u = __bfloat1622float2(xh[j]);
+    ss += u.x * u.x;
+    ss += u.y * u.y;
+  }
+  return ss;
 }
 
 }  // namespace qtune

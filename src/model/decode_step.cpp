@@ -25,6 +25,21 @@ namespace {
   return lin.q4 ? lin.q4->on_cuda() : lin.weight.defined();
 }
 
+#ifdef QTUNE_HAVE_CUDA
+// The residual add and RMSNorm before these Linears (which share their input) can run inside their launch:
+// all 4-bit, each taking the 4-bit GEMV's norm, or all LLM.int8 taking the int8 row GEMV's.
+bool norm_fusable(const std::vector<const Linear*>& lins, const Tensor& norm_w) {
+  bool all4 = true, all8 = true;
+  std::vector<const Int8Linear*> q8s;
+  for (const Linear* l : lins) {
+    all4 = all4 && l->q4 && quant4_gemv_norm_ok(*l->q4, norm_w);
+    all8 = all8 && l->q8;
+    if (l->q8) q8s.push_back(l->q8.get());
+  }
+  return all4 || (all8 && int8_gemv_norm_ok(q8s, norm_w));
+}
+#endif
+
 }  // namespace
 
 #ifdef QTUNE_HAVE_CUDA
@@ -72,17 +87,21 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
   pos_ = io_.slice0(1, 1);                  // [1]
   x_ = Tensor::empty({1, C}, act, dev);     // residual stream
 #ifdef QTUNE_HAVE_CUDA
-  // The residual add and RMSNorm inside the 4-bit GEMV after them, when every q/k/v and gate/up weight
-  // takes that path with its norm; and the SwiGLU inside the gate/up GEMV when every pair also takes it.
+  // The residual add and RMSNorm inside the GEMV after them (the 4-bit GEMV, or the int8 row GEMV), when
+  // every q/k/v and gate/up group takes that path with its norm; and the SwiGLU inside the 4-bit gate/up
+  // GEMV when every pair also takes it.
   norm_in_gemv_ = fuse_add_norm;
   glu_in_gemv_ = true;
   for (const LlamaLayer& L : model.layers()) {
-    for (const Linear* lin : {&L.q, &L.k, &L.v})
-      norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.input_norm);
-    for (const Linear* lin : {&L.gate, &L.up})
-      norm_in_gemv_ = norm_in_gemv_ && lin->q4 && quant4_gemv_norm_ok(*lin->q4, L.post_norm);
-    glu_in_gemv_ = glu_in_gemv_ && norm_in_gemv_ && quant4_gemv_glu_ok(*L.gate.q4, *L.up.q4);
+    norm_in_gemv_ = norm_in_gemv_ && norm_fusable({&L.q, &L.k, &L.v}, L.input_norm) &&
+                    norm_fusable({&L.gate, &L.up}, L.post_norm);
+    glu_in_gemv_ =
+        glu_in_gemv_ && norm_in_gemv_ && L.gate.q4 && L.up.q4 && quant4_gemv_glu_ok(*L.gate.q4, *L.up.q4);
   }
+  // Otherwise the SwiGLU inside the int8 down projection's launch, when every down weight takes it.
+  glu_in_down_ = fuse_add_norm && !glu_in_gemv_;
+  for (const LlamaLayer& L : model.layers())
+    glu_in_down_ = glu_in_down_ && L.down.q8 && int8_gemv_glu_ok(*L.down.q8);
   if (norm_in_gemv_) x2_ = Tensor::empty({1, C}, act, dev);  // the residual alternates with x_
 #endif
   h_ = Tensor::empty({1, C}, act, dev);
@@ -142,16 +161,22 @@ void DecodeStep::launch_step() {
       linear_forward_shared(outs, h_, lins);
       return;
     }
-    std::vector<const Quant4Linear*> ws;
+    std::vector<const Quant4Linear*> w4;
+    std::vector<const Int8Linear*> w8;
     std::vector<const Tensor*> biases;
     for (const Linear* l : lins) {
-      ws.push_back(l->q4.get());
+      if (l->q4) w4.push_back(l->q4.get());
+      if (l->q8) w8.push_back(l->q8.get());
       biases.push_back(l->bias.defined() ? &l->bias : nullptr);
     }
-    if (!quant4_linear_forward_norm_cuda(outs, *res, add ? &proj_ : nullptr, w, eps, add ? next : nullptr, ws,
-                                         biases, glu))
-      throw_error(ErrorKind::Internal,
-                  "DecodeStep: the 4-bit GEMV refused the residual norm it was chosen for");
+    const Tensor* x_add = add ? &proj_ : nullptr;
+    Tensor* res_out = add ? next : nullptr;
+    const bool ran =
+        w4.size() == lins.size()
+            ? quant4_linear_forward_norm_cuda(outs, *res, x_add, w, eps, res_out, w4, biases, glu)
+            : !glu && int8_linear_forward_norm_cuda(outs, *res, x_add, w, eps, res_out, w8, biases);
+    if (!ran)
+      throw_error(ErrorKind::Internal, "DecodeStep: the GEMV refused the residual norm it was chosen for");
     if (add) std::swap(res, next);
   };
   for (int l = 0; l < c.num_hidden_layers; l++) {
@@ -162,8 +187,15 @@ void DecodeStep::launch_step() {
     cuda::attention_rope_forward_at(att4, q4, &k_, &v_, kc, vc, pos_, &model_.inv_freq(), ws_);  // + RoPE
     L.o.forward(proj_, att_);
     norm_linears({&g_, &u_}, true, L.post_norm, {&L.gate, &L.up}, glu_in_gemv_ ? &a_ : nullptr);
-    if (!glu_in_gemv_) swiglu_forward(a_, g_, u_);
-    L.down.forward(proj_, a_);
+    if (glu_in_down_) {
+      if (!int8_linear_forward_glu_cuda(proj_, g_, u_, *L.down.q8,
+                                        L.down.bias.defined() ? &L.down.bias : nullptr))
+        throw_error(ErrorKind::Internal,
+                    "DecodeStep: the int8 row GEMV refused the SwiGLU it was chosen for");
+    } else {
+      if (!glu_in_gemv_) swiglu_forward(a_, g_, u_);
+      L.down.forward(proj_, a_);
+    }
   }
   add_norm(hn_, true, model_.final_norm());
   model_.lm_head().forward(logits_, hn_);

@@ -3,11 +3,13 @@
 // norm, fused q/k/v GEMV, split-K attention with the RoPE and the cache write folded in, o GEMV, residual,
 // norm, fused gate/up GEMV, SwiGLU, down GEMV, residual; final norm, lm_head) is captured once as a CUDA
 // graph and replayed at every position. The first step runs eagerly (it also loads the kernels); the
-// second captures. Each residual add shares its launch with the RMSNorm after it: with 4-bit q/k/v and
-// gate/up weights both run inside the fused 4-bit GEMV that reads the norm's output (7 launches per layer;
-// the residual then alternates between two buffers), otherwise in add_rmsnorm (9 launches per layer).
-// Linears with a bias (Qwen2's q/k/v) or a 4-bit weight run too: q/k/v and gate/up through
-// linear_forward_shared (one fused 4-bit GEMV launch for each group when all are 4-bit), the rest through
+// second captures. Each residual add shares its launch with the RMSNorm after it: with 4-bit (or LLM.int8)
+// q/k/v and gate/up weights both run inside the fused 4-bit GEMV (int8 row GEMV) that reads the norm's
+// output (6 launches per layer: the SwiGLU runs in the 4-bit gate/up GEMV, or in the int8 down
+// projection; the residual then alternates between two buffers), otherwise in add_rmsnorm (9 launches per
+// layer). Linears with a
+// bias (Qwen2's q/k/v), a 4-bit or an LLM.int8 weight run too: q/k/v and gate/up through
+// linear_forward_shared (one launch for each group when all are 4-bit or all LLM.int8), the rest through
 // Linear::forward.
 // Graph and eager steps launch the same kernels with the same arguments: their logits are identical.
 //
@@ -54,8 +56,9 @@ class DecodeStep {
   const LlamaModel& model_;
   KVCache& cache_;
   bool use_graph_, fuse_add_norm_;
-  bool norm_in_gemv_ = false;  // the adds and norms run inside the 4-bit GEMVs (fuse_add_norm, all 4-bit)
-  bool glu_in_gemv_ = false;   // and the SwiGLU inside the gate/up GEMV (norm_in_gemv_, gate and up alike)
+  bool norm_in_gemv_ = false;  // the adds and norms run inside the GEMVs (fuse_add_norm; all 4-bit or int8)
+  bool glu_in_gemv_ = false;   // and the SwiGLU inside the 4-bit gate/up GEMV (norm_in_gemv_, gate, up alike)
+  bool glu_in_down_ = false;   // or the SwiGLU inside the int8 down projection's launch (fuse_add_norm)
   int runs_ = 0;
   std::string err_;
   int32_t host_io_[2] = {0, 0};

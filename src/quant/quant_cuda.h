@@ -189,7 +189,23 @@ void int8_gemv_cuda(const Int8Epilogue& e, int64_t m0, int rows, cudaStream_t st
 // q/k/v, gate/up) in the one launch. int8_gemv_row_supported: K % 16 == 0, K <= 32768, x 16-byte aligned.
 constexpr int kInt8RowMaxParts = 3;
 bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype);
-void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold, cudaStream_t stream);
+// With in, the row of x (BF16) enters through one of two stages, all its rows BF16 [K], 16-byte aligned:
+//   norm_w set: rmsnorm(x + x_add) · norm_w, bit for bit add_rmsnorm's (or, x_add null, rmsnorm_forward's)
+//               output, and block 0 writes x + x_add to res_out (when set; not x or x_add). K <= 8192
+//               (int8_gemv_row_norm_supported).
+//   glu_up set: silu(x) · glu_up, bit for bit swiglu_forward's output (x: the gate's output). K <= 16384
+//               (int8_gemv_row_glu_supported).
+struct Int8RowInput {
+  const void* x_add = nullptr;
+  const void* norm_w = nullptr;
+  void* res_out = nullptr;
+  float eps = 0.0f;
+  const void* glu_up = nullptr;
+};
+bool int8_gemv_row_norm_supported(int64_t K);
+bool int8_gemv_row_glu_supported(int64_t K);
+void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold, cudaStream_t stream,
+                        const Int8RowInput* in = nullptr);
 
 // Many outlier columns (n of them, the count the host has read): bitsandbytes' decomposition with the
 // outlier products as GEMMs. int8_gather_columns_cuda writes, for j < n (0 for n <= j < np),

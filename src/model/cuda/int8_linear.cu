@@ -290,6 +290,64 @@ void int8_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tens
   int8_gemv_row_cuda(parts, ws[0]->threshold, cuda::stream());
 }
 
+bool int8_gemv_norm_ok(const std::vector<const Int8Linear*>& ws, const Tensor& norm_w) {
+  if (ws.empty() || ws.size() > (size_t)kInt8RowMaxParts) return false;
+  const int64_t K = ws[0]->w.q.size(1);
+  for (const Int8Linear* w : ws)
+    if (!w->on_cuda() || w->w.q.size(1) != K || w->threshold != ws[0]->threshold) return false;
+  return int8_gemv_row_norm_supported(K) && norm_w.is_cuda() && norm_w.dtype() == DType::BF16 &&
+         norm_w.numel() == K && (reinterpret_cast<uintptr_t>(norm_w.raw()) & 15) == 0;
+}
+
+bool int8_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Tensor& x, const Tensor* x_add,
+                                   const Tensor& norm_w, float eps, Tensor* res_out,
+                                   const std::vector<const Int8Linear*>& ws,
+                                   const std::vector<const Tensor*>& biases) {
+  if (!int8_gemv_norm_ok(ws, norm_w) || outs.size() != ws.size() || biases.size() != ws.size()) return false;
+  const int64_t K = ws[0]->w.q.size(1);
+  auto row_ok = [&](const Tensor* t) {
+    return !t || (t->is_cuda() && t->dtype() == DType::BF16 && t->numel() == K &&
+                  (reinterpret_cast<uintptr_t>(t->raw()) & 15) == 0);
+  };
+  if (!row_ok(&x) || !row_ok(x_add) || !row_ok(res_out) ||
+      (res_out && (res_out->raw() == x.raw() || (x_add && res_out->raw() == x_add->raw()))))
+    return false;
+  std::vector<Int8Epilogue> parts;
+  for (size_t j = 0; j < ws.size(); j++) {
+    checked_rows(*outs[j], x, *ws[j], biases[j]);
+    if (outs[j]->dtype() != outs[0]->dtype() ||
+        (biases[j] && biases[0] && biases[j]->dtype() != biases[0]->dtype()))
+      return false;
+    parts.push_back(row_part(*outs[j], x, *ws[j], biases[j]));
+  }
+  Int8RowInput n;
+  n.x_add = x_add ? x_add->raw() : nullptr;
+  n.norm_w = norm_w.raw();
+  n.res_out = res_out ? res_out->raw() : nullptr;
+  n.eps = eps;
+  int8_gemv_row_cuda(parts, ws[0]->threshold, cuda::stream(), &n);
+  return true;
+}
+
+bool int8_gemv_glu_ok(const Int8Linear& w) {
+  return w.on_cuda() && int8_gemv_row_glu_supported(w.w.q.size(1));
+}
+
+bool int8_linear_forward_glu_cuda(Tensor& out, const Tensor& gate, const Tensor& up, const Int8Linear& w,
+                                  const Tensor* bias) {
+  const int64_t K = w.w.q.size(1);
+  auto row_ok = [&](const Tensor& t) {
+    return t.is_cuda() && t.dtype() == DType::BF16 && t.numel() == K &&
+           (reinterpret_cast<uintptr_t>(t.raw()) & 15) == 0;
+  };
+  if (!int8_gemv_glu_ok(w) || !row_ok(gate) || !row_ok(up)) return false;
+  if (checked_rows(out, gate, w, bias) != 1) return false;
+  Int8RowInput in;
+  in.glu_up = up.raw();
+  int8_gemv_row_cuda({row_part(out, gate, w, bias)}, w.threshold, cuda::stream(), &in);
+  return true;
+}
+
 void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w, const Tensor* bias) {
   const int64_t N = checked_rows(out, x, w, bias);
   const int64_t O = w.w.q.size(0), K = w.w.q.size(1);

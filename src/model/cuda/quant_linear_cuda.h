@@ -32,6 +32,21 @@ void int8_linear_forward_cuda(Tensor& out, const Tensor& x, const Int8Linear& w,
 void int8_linear_forward_multi_cuda(const std::vector<Tensor*>& outs, const Tensor& x,
                                     const std::vector<const Int8Linear*>& ws,
                                     const std::vector<const Tensor*>& biases);
+// As quant4_linear_forward_norm_cuda (without glu_out) for LLM.int8 weights that share x: one launch,
+// rmsnorm(x + x_add) · norm_w entering the row quantization, bit for bit add_rmsnorm (or rmsnorm_forward)
+// then int8_linear_forward_multi_cuda. False, with nothing queued, when the int8 row GEMV does not take it;
+// int8_gemv_norm_ok says so for the weights (on the GPU, one K and threshold, K <= 8192).
+// out = (silu(gate) · up) · Wᵀ (+ bias) at one row (gate, up: BF16 [1, K]) in one launch, bit for bit
+// swiglu_forward then int8_linear_forward_cuda; false, with nothing queued, when the int8 row GEMV does not
+// take it (int8_gemv_glu_ok: on the GPU, K <= 16384).
+bool int8_gemv_glu_ok(const Int8Linear& w);
+bool int8_linear_forward_glu_cuda(Tensor& out, const Tensor& gate, const Tensor& up, const Int8Linear& w,
+                                  const Tensor* bias);
+bool int8_gemv_norm_ok(const std::vector<const Int8Linear*>& ws, const Tensor& norm_w);
+bool int8_linear_forward_norm_cuda(const std::vector<Tensor*>& outs, const Tensor& x, const Tensor* x_add,
+                                   const Tensor& norm_w, float eps, Tensor* res_out,
+                                   const std::vector<const Int8Linear*>& ws,
+                                   const std::vector<const Tensor*>& biases);
 
 // w: GPU F32/BF16/F16 [O, I]; the storage equals quantize_linear_4bit / _8bit of the same values on the CPU.
 std::shared_ptr<const Quant4Linear> quantize_linear_4bit_cuda(const Tensor& w, QuantType qt,

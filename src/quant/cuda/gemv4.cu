@@ -146,33 +146,6 @@ __device__ __forceinline__ uint32_t pair_of(uint32_t w, uint32_t base_lane, int 
   return v;
 }
 
-// kNorm's passes over 8 bf16 (one 16-byte piece), with add_rmsnorm's arithmetic: r = bf16(x + a) and its
-// sum of squares (one multiply-add per element, in order), then bf16(r · rstd · w).
-// Element-wise f(x, y) in f32 over two pieces, each result rounded to bf16.
-template <class F>
-__device__ __forceinline__ uint4 zip_bf16x8(const uint4& x, const uint4& y, F f) {
-  uint4 r;
-  const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162*>(&x),
-                       *yh = reinterpret_cast<const __nv_bfloat162*>(&y);
-  __nv_bfloat162* rh = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const float2 u = __bfloat1622float2(xh[j]), v = __bfloat1622float2(yh[j]);
-    rh[j] = __floats2bfloat162_rn(f(u.x, v.x), f(u.y, v.y));
-  }
-  return r;
-}
-__device__ __forceinline__ float sum_squares_bf16x8(const uint4& x, float ss) {
-  const __nv_bfloat162* xh = reinterpret_cast<const __nv_bfloat162*>(&x);
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const float2 u = __bfloat1622float2(xh[j]);
-    ss += u.x * u.x;
-    ss += u.y * u.y;
-  }
-  return ss;
-}
-
 // x is staged in shared memory once per block (x rows 2I + 64 bytes apart); within a chunk the 16-byte
 // piece k of chunk c sits at slot (k + c / 2) % 4. The eight lanes that read x in one instruction take piece
 // k of the eight chunks of one step: without the rotation the even chunks would share banks, and so would

@@ -11,6 +11,8 @@
 // (bench/NOTES.md, session 17, has what each step gained).
 #include <algorithm>
 
+#include "core/row_norm.cuh"
+#include "core/silu_mul.cuh"
 #include "quant/cuda/quant_device.cuh"
 
 namespace qtune {
@@ -43,14 +45,13 @@ __device__ __forceinline__ void load8(const void* x, int kind, const uint4& u, i
 }
 
 // Shared memory (dynamic, K % 16 == 0): x at the outlier columns (f32 [K], indexed by column), the codes
-// (int8 [K]), the outlier bitmap (uint32 [ceil(K / 32)]), the outliers before each bitmap word (int32
-// [ceil(K / 32)]) and the ascending list of outlier columns (uint16 [K]).
-constexpr int kCaught = 64;  // outlier weight bytes each warp keeps from its loads (more: loaded again)
+// (int8 [K]), the outlier bitmap (uint32 [ceil(K / 32)]) and the ascending list of outlier columns (uint16
+// [K]).
 __host__ __device__ inline int bitmap_words(int64_t K) {
   return (int)((K + 31) / 32);
 }
 size_t row_smem(int64_t K) {
-  return (size_t)K * 4 + (size_t)K + (size_t)bitmap_words(K) * 8 + (size_t)K * 2;
+  return (size_t)K * 4 + (size_t)K + (size_t)bitmap_words(K) * 4 + (size_t)K * 2;
 }
 
 // Up to kInt8RowMaxParts weights that share x (q/k/v, gate/up): their outputs are numbered one after the
@@ -66,13 +67,21 @@ struct RowPart {
 struct RowParams {
   RowPart part[kInt8RowMaxParts];
   const void* x;
+  // The row of x as it enters (quant_cuda.h, Int8RowInput): with norm_w rmsnorm(x + x_add) · norm_w,
+  // block 0 writing x + x_add to res_out; with glu_up silu(x) · glu_up.
+  const void *x_add, *norm_w, *glu_up;
+  void* res_out;
+  float norm_eps;
   int K, outputs;
   float thr;
   int x_kind, bias_kind, out_kind;
 };
 
+// How the row enters: x itself, the fused norm (p.norm_w), the SwiGLU (p.glu_up).
+enum RowIn { kPlain, kNorm, kGlu };
+
 // kPieces: x pieces of 8 values per thread (K <= 8 · kPieces · kThreads).
-template <int kPieces>
+template <int kPieces, int kIn>
 __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowParams p) {
   extern __shared__ __align__(16) char smem[];
   const int K = p.K, nv = K / 16;
@@ -80,23 +89,27 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   int8_t* s_qa = reinterpret_cast<int8_t*>(smem + (size_t)K * 4);
   uint32_t* s_bits = reinterpret_cast<uint32_t*>(smem + (size_t)K * 5);
   const int words = bitmap_words(K);
-  int* s_rank = reinterpret_cast<int*>(smem + (size_t)K * 5 + words * 4);
-  uint16_t* s_cols = reinterpret_cast<uint16_t*>(smem + (size_t)K * 5 + words * 8);
+  uint16_t* s_cols = reinterpret_cast<uint16_t*>(smem + (size_t)K * 5 + words * 4);
   __shared__ float s_max[kWarps];
-  __shared__ int8_t s_caught[kWarps][kCaught];  // the warp's output row at its first outlier columns
   __shared__ int s_count;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool use_thr = p.thr > 0.0f;
 
   // A 16-bit x is requested first, so that it returns before the weights requested after it (behind them,
-  // its quantization would start only once the first weights had all arrived).
-  const int pieces = K / 8;
-  uint4 xr[kPieces];  // x's pieces, then f16(x) in pairs, held for the codes
+  // its quantization would start only once the first weights had all arrived). Thread t takes the pieces
+  // t, t + stride, ... (with the norm, add_rmsnorm's threads and order).
+  const int pieces = K / 8, stride = kIn == kNorm ? rmsnorm_threads(K) : kThreads;
+  auto piece = [&](int k) { return (int)threadIdx.x < stride ? (int)threadIdx.x + k * stride : pieces; };
+  // x's pieces (then f16 of the row in pairs, for the codes); x_add's or glu_up's
+  uint4 xr[kPieces], ar[kIn != kPlain ? kPieces : 1];
+  const void* second = kIn == kNorm ? p.x_add : p.glu_up;
 #pragma unroll
   for (int k = 0; k < kPieces; k++) {
-    const int pc = (int)threadIdx.x + k * kThreads;
-    xr[k] = p.x_kind != 0 && pc < pieces ? __ldg(reinterpret_cast<const uint4*>(p.x) + pc)
-                                         : make_uint4(0, 0, 0, 0);
+    const int pc = piece(k);
+    const bool in = p.x_kind != 0 && pc < pieces;
+    xr[k] = in ? __ldg(reinterpret_cast<const uint4*>(p.x) + pc) : make_uint4(0, 0, 0, 0);
+    if constexpr (kIn != kPlain)
+      ar[k] = in && second ? __ldg(reinterpret_cast<const uint4*>(second) + pc) : make_uint4(0, 0, 0, 0);
   }
 
   // Output g of the launch: its part j and its row in that part.
@@ -135,13 +148,41 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   issue(ba);
   issue(bb);
 
+  if constexpr (kIn == kGlu) {  // swiglu_forward's values
+#pragma unroll
+    for (int k = 0; k < kPieces; k++)
+      if (piece(k) < pieces)
+        xr[k] = zip_bf16x8(xr[k], ar[k], [](float g, float u) { return silu_mul(g, u); });
+  }
+  if constexpr (kIn ==
+                kNorm) {  // r = x + x_add (to res_out), then rmsnorm(r) · norm_w, as add_rmsnorm computes
+                          // them
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kPieces; k++) {
+      const int pc = piece(k);
+      if (pc >= pieces) break;
+      if (p.x_add) xr[k] = zip_bf16x8(xr[k], ar[k], [](float u, float v) { return u + v; });
+      if (p.res_out && blockIdx.x == 0) reinterpret_cast<uint4*>(p.res_out)[pc] = xr[k];
+      ss = sum_squares_bf16x8(xr[k], ss);
+    }
+    const float rstd = block_rstd(ss, K, p.norm_eps);
+#pragma unroll
+    for (int k = 0; k < kPieces; k++) {
+      const int pc = piece(k);
+      if (pc >= pieces) break;
+      xr[k] = zip_bf16x8(xr[k], __ldg(reinterpret_cast<const uint4*>(p.norm_w) + pc),
+                         [rstd](float u, float w) { return u * rstd * w; });
+    }
+  }
+
   // The row: max of |f16(x)| below the threshold, the outlier bitmap, x at the outliers.
   for (int i = threadIdx.x; i < words; i += kThreads) s_bits[i] = 0u;
   __syncthreads();
   float a = 0.0f;
 #pragma unroll
   for (int k = 0; k < kPieces; k++) {
-    const int pc = (int)threadIdx.x + k * kThreads;
+    const int pc = piece(k);
     if (pc >= pieces) break;
     float v[8];
     load8(p.x, p.x_kind, xr[k], (int64_t)pc * 8, v);
@@ -172,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   const float s = __fmul_rn(__fdiv_rn(1.0f, a), 127.0f);
 #pragma unroll
   for (int k = 0; k < kPieces; k++) {
-    const int pc = (int)threadIdx.x + k * kThreads;
+    const int pc = piece(k);
     if (pc >= pieces) break;
     const uint32_t out8 = (s_bits[pc >> 2] >> (8 * (pc & 3))) & 0xFFu;
     const uint32_t hp[4] = {xr[k].x, xr[k].y, xr[k].z, xr[k].w};
@@ -196,10 +237,8 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
       if (lane >= d) incl += t;
     }
     int idx = incl - n;
-    for (int i = w0; i < w1; i++) {
-      s_rank[i] = idx;
+    for (int i = w0; i < w1; i++)
       for (uint32_t m = s_bits[i]; m; m &= m - 1) s_cols[idx++] = (uint16_t)(i * 32 + __ffs(m) - 1);
-    }
     if (lane == 31) s_count = incl;
   }
   __syncthreads();
@@ -213,32 +252,18 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
     const void* bias = pick(j, [](const RowPart& r) { return r.bias; });
     if (bias) v = __fadd_rn(v, load_kind(bias, o, p.bias_kind));
     const int8_t* qb = pick(j, [](const RowPart& r) { return r.qb; }) + (int64_t)o * K;
-    __syncwarp();                             // s_caught
     for (int j0 = 0; j0 < n_out; j0 += 32) {  // lane t brings column j0 + t's terms
       float xv = 0.0f, wv = 0.0f;
-      const int jt = j0 + lane;
-      if (jt < n_out) {
-        const int c = s_cols[jt];
+      if (j0 + lane < n_out) {
+        const int c = s_cols[j0 + lane];
         xv = s_x[c];
-        wv = __fmul_rn(__fmul_rn((float)(jt < kCaught ? s_caught[warp][jt] : qb[c]), sb), kInv127);
+        wv = __fmul_rn(__fmul_rn((float)qb[c], sb), kInv127);
       }
       const int m = min(32, n_out - j0);
       for (int t = 0; t < m; t++)
         v = fmaf(__shfl_sync(0xffffffffu, xv, t), __shfl_sync(0xffffffffu, wv, t), v);
     }
     if (lane == 0) store_kind(pick(j, [](const RowPart& r) { return r.out; }), o, p.out_kind, v);
-    __syncwarp();  // s_caught is read before the next output's bytes go in
-  };
-  // The weight bytes at the outlier columns of chunk i (of a lane's 16-byte load w), kept in s_caught by
-  // their place in the list: reading them again after the row has streamed past is a DRAM round trip.
-  auto catch_outliers = [&](int i, const int4& w) {
-    const uint32_t word = s_bits[i >> 1], sh = 16 * (i & 1);
-    for (uint32_t m = (word >> sh) & 0xFFFFu; m; m &= m - 1) {
-      const int b = __ffs(m) - 1;
-      const int rank = s_rank[i >> 1] + __popc(word & ((1u << (sh + b)) - 1u));
-      const uint32_t wd = b < 4 ? w.x : b < 8 ? w.y : b < 12 ? w.z : w.w;
-      if (rank < kCaught) s_caught[warp][rank] = (int8_t)(wd >> (8 * (b & 3)));
-    }
   };
   int cg = g0, cb = 0;  // the sum cursor
   int32_t acc = 0;
@@ -254,7 +279,6 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
         acc = __dp4a(q.y, b.w[u].y, acc);
         acc = __dp4a(q.z, b.w[u].z, acc);
         acc = __dp4a(q.w, b.w[u].w, acc);
-        if (n_out > 0) catch_outliers(i, b.w[u]);
       }
     }
     issue(b);
@@ -274,20 +298,44 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
 
 }  // namespace
 
-bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype) {
+namespace {
+
+// Pieces of 8 values a thread takes from a row of K with the norm or without.
+int pieces_per_thread(int64_t K, bool norm) {
+  const int64_t stride = norm ? rmsnorm_threads(K) : kThreads;
+  return (int)((K / 8 + stride - 1) / stride);
+}
+
+bool row_fits(int64_t K, bool norm) {
   static size_t max_smem = [] {
     int dev = 0, v = 0;
     if (cudaGetDevice(&dev) != cudaSuccess ||
         cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
       return (size_t)0;
-    return (size_t)v - 1024;  // the static slots
+    return (size_t)v - 4096;  // the static slots
   }();
-  return K > 0 && K % 16 == 0 && K <= 8 * kMaxPieces * kThreads && row_smem(K) <= max_smem &&
-         (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
+  return K > 0 && K % 16 == 0 && K <= 0x7fffffff && pieces_per_thread(K, norm) <= kMaxPieces &&
+         row_smem(K) <= max_smem;
+}
+
+}  // namespace
+
+bool int8_gemv_row_supported(int64_t K, const void* x, DType x_dtype) {
+  return row_fits(K, false) && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
          (x_dtype == DType::BF16 || x_dtype == DType::F16 || x_dtype == DType::F32);
 }
 
-void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold, cudaStream_t stream) {
+// The two-input rows hold both inputs' pieces: at most 2 per thread (the norm: K <= 8192; the SwiGLU: K <=
+// 16384).
+bool int8_gemv_row_norm_supported(int64_t K) {
+  return row_fits(K, true) && pieces_per_thread(K, true) <= 2;
+}
+bool int8_gemv_row_glu_supported(int64_t K) {
+  return row_fits(K, false) && pieces_per_thread(K, false) <= 2;
+}
+
+void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold, cudaStream_t stream,
+                        const Int8RowInput* in) {
   const char* op = "int8_gemv_row_cuda";
   if (parts.empty() || (int)parts.size() > kInt8RowMaxParts)
     throw_error(ErrorKind::Usage, op, ": 1 to ", kInt8RowMaxParts, " weights, got ", parts.size());
@@ -295,8 +343,27 @@ void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold,
   if (!int8_gemv_row_supported(e0.K, e0.x, e0.x_dtype))
     throw_error(ErrorKind::Usage, op, ": K = ", e0.K,
                 " needs K % 16 == 0, at most 32768, and a 16-byte aligned x");
+  const bool norm = in && in->norm_w, glu = in && in->glu_up;
+  if (in) {
+    auto row_ok = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
+    if (norm == glu || e0.x_dtype != DType::BF16 || !row_ok(in->norm_w) || !row_ok(in->x_add) ||
+        !row_ok(in->res_out) || !row_ok(in->glu_up))
+      throw_error(
+          ErrorKind::Usage, op,
+          ": the row's input stage takes a BF16 x, 16-byte aligned rows, and either norm_w or glu_up");
+    if (norm ? !int8_gemv_row_norm_supported(e0.K) : !int8_gemv_row_glu_supported(e0.K))
+      throw_error(ErrorKind::Usage, op, ": K = ", e0.K, " is past what the fused ", norm ? "norm" : "SwiGLU",
+                  " takes (K % 16 == 0, at most ", norm ? 8192 : 16384, ")");
+  }
   RowParams p{};
   p.x = e0.x;
+  if (in) {
+    p.x_add = in->x_add;
+    p.norm_w = in->norm_w;
+    p.res_out = in->res_out;
+    p.norm_eps = in->eps;
+    p.glu_up = in->glu_up;
+  }
   p.K = (int)e0.K;
   p.thr = threshold;
   p.x_kind = float_kind(e0.x_dtype, "int8_gemv_row_cuda (x)");
@@ -330,15 +397,19 @@ void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold,
   }();
   const int blocks = (int)std::min<int64_t>(sms, total);
   const size_t smem = row_smem(e0.K);
-  // Rows of up to 16384 hold half the pieces (fewer registers).
-  const bool short_row = e0.K <= 8 * 2 * kThreads;
-  auto kernel = short_row ? int8_gemv_row_kernel<2> : int8_gemv_row_kernel<kMaxPieces>;
-  static size_t set[2] = {0, 0};  // the largest dynamic shared memory allowed so far
-  if (smem > set[short_row]) {
+  // Rows of at most 2 pieces per thread take the kernel that holds 2 (fewer registers).
+  const bool short_row = pieces_per_thread(e0.K, norm) <= 2;
+  auto kernel = norm        ? int8_gemv_row_kernel<2, kNorm>
+                : glu       ? int8_gemv_row_kernel<2, kGlu>
+                : short_row ? int8_gemv_row_kernel<2, kPlain>
+                            : int8_gemv_row_kernel<kMaxPieces, kPlain>;
+  const int which = norm ? 0 : glu ? 1 : short_row ? 2 : 3;
+  static size_t set[4] = {0, 0, 0, 0};  // the largest dynamic shared memory allowed so far, per kernel
+  if (smem > set[which]) {
     const cudaError_t r =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
     if (r != cudaSuccess) throw_error(ErrorKind::Cuda, op, ": cudaFuncSetAttribute: ", cudaGetErrorString(r));
-    set[short_row] = smem;
+    set[which] = smem;
   }
   kernel<<<blocks, kThreads, smem, stream>>>(p);
   check_launch("int8_gemv_row_kernel");

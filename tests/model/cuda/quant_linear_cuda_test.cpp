@@ -457,6 +457,119 @@ TEST(QuantLinearCuda, NormInsideTheGemvEqualsAddRmsnormThenForward) {
   EXPECT_FALSE(quant4_linear_forward_norm_cuda({&y}, x, &x, w, 1e-5f, &x, {q.get()}, {nullptr}));
 }
 
+// The same for LLM.int8 weights (the int8 row GEMV): outputs and the new residual equal add_rmsnorm (or
+// rmsnorm_forward) then int8_linear_forward_multi_cuda bit for bit; norm weights large enough that the
+// normalized row has outlier columns, and small; rows of 8192 (two pieces per thread), 4096, 2048 and 320.
+TEST(QuantLinearCuda, Int8NormInsideTheRowGemvEqualsAddRmsnormThenForward) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 17);
+  struct Case {
+    int64_t K;
+    std::vector<int64_t> Os;
+    bool add, bias;
+  };
+  for (const Case& c : {Case{4096, {512, 128, 128}, true, true}, Case{2048, {96, 40}, false, false},
+                        Case{8192, {70}, true, false}, Case{320, {64, 64}, true, true}})
+    for (float norm_scale : {0.3f, 3.0f}) {
+      SCOPED_TRACE("K=" + std::to_string(c.K) + " parts " + std::to_string(c.Os.size()) +
+                   (c.add ? " add" : "") + " norm scale " + std::to_string(norm_scale));
+      const int64_t K = c.K;
+      std::vector<std::shared_ptr<const Int8Linear>> qs;
+      std::vector<const Int8Linear*> ws;
+      std::vector<Tensor> biases, want, got;
+      std::vector<const Tensor*> bptr;
+      std::vector<Tensor*> want_p, got_p;
+      for (int64_t O : c.Os) {
+        qs.push_back(
+            int8_linear_to(*quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, O * K, 0.05f), {O, K}), 6.0f),
+                           Device::CUDA));
+        ws.push_back(qs.back().get());
+        biases.push_back(
+            c.bias ? Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA)
+                   : Tensor());
+        want.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
+        got.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
+      }
+      for (size_t j = 0; j < c.Os.size(); j++) {
+        bptr.push_back(c.bias ? &biases[j] : nullptr);
+        want_p.push_back(&want[j]);
+        got_p.push_back(&got[j]);
+      }
+      auto row = [&](float scale) {
+        return Tensor::from_f32(randn_bf16(g, K, scale), {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
+      };
+      Tensor x = row(2.0f), y = row(1.0f), w = row(norm_scale).reshape({K});
+      Tensor res = Tensor::zeros({1, K}, DType::BF16, Device::CUDA);
+      const float eps = 1e-5f;
+      Tensor xs = Tensor::from_f32(x.to_f32_vector(), {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
+      const std::vector<uint8_t> x_before = bytes_of(x);
+      ASSERT_TRUE(int8_gemv_norm_ok(ws, w));
+      ASSERT_TRUE(int8_linear_forward_norm_cuda(got_p, x, c.add ? &y : nullptr, w, eps,
+                                                c.add ? &res : nullptr, ws, bptr));
+      Tensor h = Tensor::empty({1, K}, DType::BF16, Device::CUDA);
+      if (c.add)
+        cuda::add_rmsnorm(xs, y, h, w, eps);
+      else
+        cuda::rmsnorm_forward(h, xs, w, eps);
+      int outliers = 0;
+      for (float v : h.to_f32_vector()) outliers += std::fabs(v) >= 6.0f;
+      std::printf("[ measured ] int8 norm in the row GEMV, K=%lld, norm scale %.1f: %d outlier columns\n",
+                  (long long)K, norm_scale, outliers);
+      int8_linear_forward_multi_cuda(want_p, h, ws, bptr);
+      for (size_t j = 0; j < c.Os.size(); j++) EXPECT_EQ(bytes_of(got[j]), bytes_of(want[j])) << "part " << j;
+      if (c.add) EXPECT_EQ(bytes_of(res), bytes_of(xs));
+      EXPECT_EQ(bytes_of(x), x_before) << "x must not change";
+    }
+  // Refused (nothing queued): the residual written over an input; a row longer than 8192; weights of
+  // other thresholds.
+  auto q = int8_linear_to(*quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, 64 * 256), {64, 256}), 6.0f),
+                          Device::CUDA);
+  auto q4 = int8_linear_to(*quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, 64 * 256), {64, 256}), 4.0f),
+                           Device::CUDA);
+  Tensor x = Tensor::zeros({1, 256}, DType::BF16, Device::CUDA),
+         w = Tensor::zeros({256}, DType::BF16, Device::CUDA);
+  Tensor y = Tensor::empty({1, 64}, DType::BF16, Device::CUDA);
+  EXPECT_FALSE(int8_linear_forward_norm_cuda({&y}, x, &x, w, 1e-5f, &x, {q.get()}, {nullptr}));
+  EXPECT_FALSE(int8_gemv_norm_ok({q.get(), q4.get()}, w));
+  auto big = int8_linear_to(*quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, 4 * 8208), {4, 8208}), 6.0f),
+                            Device::CUDA);
+  EXPECT_FALSE(int8_gemv_norm_ok({big.get()}, Tensor::zeros({8208}, DType::BF16, Device::CUDA)));
+}
+
+// The SwiGLU inside the int8 row GEMV (decode's down projection): equal to swiglu_forward then the forward
+// bit for bit, with inputs large enough that silu(g) · u has outlier columns, and small; rows of 16384 (the
+// longest it takes), 14336 and 320, a bias. Longer rows are refused.
+TEST(QuantLinearCuda, Int8GluInsideTheRowGemvEqualsSwigluThenForward) {
+  REQUIRE_GPU();
+  std::mt19937_64 g(seed() + 19);
+  for (int64_t K : {16384, 14336, 320})
+    for (float scale : {0.5f, 3.0f}) {
+      SCOPED_TRACE("K=" + std::to_string(K) + " scale " + std::to_string(scale));
+      const int64_t O = K == 320 ? 64 : 150;
+      auto w = int8_linear_to(
+          *quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, O * K, 0.05f), {O, K}), 6.0f), Device::CUDA);
+      Tensor bias = Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA);
+      auto row = [&]() {
+        return Tensor::from_f32(randn_bf16(g, K, scale), {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
+      };
+      Tensor gate = row(), up = row(), a = Tensor::empty({1, K}, DType::BF16, Device::CUDA);
+      Tensor got = Tensor::empty({1, O}, DType::BF16, Device::CUDA),
+             want = Tensor::empty({1, O}, DType::BF16, Device::CUDA);
+      ASSERT_TRUE(int8_gemv_glu_ok(*w));
+      ASSERT_TRUE(int8_linear_forward_glu_cuda(got, gate, up, *w, &bias));
+      cuda::swiglu_forward(a, gate, up);
+      int outliers = 0;
+      for (float v : a.to_f32_vector()) outliers += std::fabs(v) >= 6.0f;
+      std::printf("[ measured ] int8 SwiGLU in the row GEMV, K=%lld, scale %.1f: %d outlier columns\n",
+                  (long long)K, scale, outliers);
+      int8_linear_forward_cuda(want, a, *w, &bias);
+      EXPECT_EQ(bytes_of(got), bytes_of(want));
+    }
+  auto big = int8_linear_to(
+      *quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, 4 * 16400), {4, 16400}), 6.0f), Device::CUDA);
+  EXPECT_FALSE(int8_gemv_glu_ok(*big));
+}
+
 // gate and up in one launch with the SwiGLU applied to their rows: the outputs equal the launch without it
 // and swiglu_forward of them bit for bit, through the fused norm (one row; decode's path) and through
 // gemv_4bit_cuda_parts at two rows; partial 16-row groups, a bias, plain and nested absmax, NF4 and FP4,
