@@ -5,8 +5,9 @@
 // Bytes: dequantize = packed + absmax (+ nested) read + bf16 written; GEMV = packed + absmax + x + out.
 // The GEMV lines are followed by a bare read of as many bytes, the ceiling of a kernel that only reads them.
 // LLM.int8: the forward standalone and per call in a CUDA graph of 4, threshold 6 and 0, and its parts
-// (GEMM, row quantization, outlier listing and gathering, epilogue) standalone. `quant_kernels int8` runs
-// only the LLM.int8 lines, `quant_kernels gemv` only the GEMV lines.
+// (GEMM, row quantization, outlier listing and gathering, epilogue) standalone; and at one row (decode),
+// timed as the GEMV. `quant_kernels int8` runs only the LLM.int8 Linear lines, `quant_kernels gemv` only the
+// GEMV lines, `quant_kernels int8row` only the one-row LLM.int8 lines.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -204,6 +205,26 @@ void bench_gemv(double copy_gbs, std::mt19937& g) {
     }
 }
 
+// LLM.int8 at one row of x (decode: int8_gemv_row_cuda), threshold 6 with three outlier columns, on the
+// 8B's attention, MLP up and down shapes. Bytes = int8 weight + its row scales + x + out.
+void bench_int8_row(double copy_gbs, std::mt19937& g) {
+  for (auto [O, K] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}}) {
+    const double bytes = (double)O * K + 4.0 * O + 2.0 * K + 2.0 * O;
+    const int k = copies_for(bytes);
+    Tensor w = randn_gpu({O, K}, DType::BF16, 0.02f, g);
+    std::vector<std::shared_ptr<const Int8Linear>> qs;
+    for (int c = 0; c < k; c++) qs.push_back(quantize_linear_8bit(w, 6.0f));
+    std::vector<float> xv((size_t)K);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    for (float& v : xv) v = d(g);
+    for (int64_t c : {11, 1000, 3000}) xv[(size_t)c] = 8.0f;  // outlier columns
+    Tensor x = Tensor::from_f32(xv, {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
+    Tensor y = Tensor::empty({1, O}, DType::BF16, Device::CUDA);
+    emit_timings("int8_row", O, K, false, bytes, copy_gbs,
+                 [&](int i) { int8_linear_forward(y, x, *qs[i % k], nullptr); }, k);
+  }
+}
+
 void bench_int8(std::mt19937& g) {
   const int64_t N = 2048;
   // Llama-3-8B's MLP up/gate (O = 14336) and attention (O = 4096) shapes, then its down projection (K =
@@ -318,8 +339,13 @@ int main(int argc, char** argv) {
     bench_gemv(copy_gbs, g);
     return 0;
   }
+  if (argc > 1 && std::string(argv[1]) == "int8row") {  // only LLM.int8 at one row
+    bench_int8_row(copy_gbs, g);
+    return 0;
+  }
   bench_dequant(copy_gbs, g);
   bench_gemv(copy_gbs, g);
+  bench_int8_row(copy_gbs, g);
   bench_int8(g);
   return 0;
 }

@@ -1,7 +1,8 @@
 """bitsandbytes side of bench/quant_kernels.sh: the same measurements as bench/quant_kernels.cu, one JSON line
 each (impl "bnb" / "torch"), CUDA-event medians. NF4 dequantize to bf16 and the batch-1 4-bit product
 (Linear4bit's inference path, bnb.matmul_4bit) rotate over enough weight copies that the L2 cache never
-holds them; LLM.int8 is Linear8bitLt(threshold=6.0) against torch's fp16 F.linear.
+holds them; LLM.int8 is Linear8bitLt(threshold=6.0) against torch's fp16 F.linear, and at one row of x
+(decode) rotating over weight copies.
 """
 import json
 import statistics
@@ -120,6 +121,21 @@ def main():
                 f = lambda i: bnb.matmul_4bit(x, qs[i % k][0].t(), quant_state=qs[i % k][1])
                 emit_four("gemv_nf4", f, k, nbytes, copy_gbs, O=O, I=I, dq=dq)
             del qs
+
+    for O, K in [(4096, 4096), (14336, 4096), (4096, 14336)]:  # LLM.int8 at one row (decode)
+        nbytes = O * K + 4 * O + 2 * K + 2 * O
+        k = copies_for(nbytes)
+        layers = []
+        for _ in range(k):
+            layer = bnb.nn.Linear8bitLt(K, O, bias=False, has_fp16_weights=False, threshold=6.0)
+            layer.weight = bnb.nn.Int8Params(torch.randn(O, K, dtype=torch.float16) * 0.02, requires_grad=False,
+                                             has_fp16_weights=False)
+            layers.append(layer.to(dev).eval())
+        x = torch.randn(1, K, dtype=torch.float16, device=dev)
+        x[:, [11, 1000, 3000]] = 8.0  # outlier columns above the threshold
+        with torch.no_grad():
+            emit_four("int8_row", lambda i: layers[i % k](x), k, nbytes, copy_gbs, O=O, I=K, dq=False)
+        del layers
 
     N, K = 2048, 4096
     for O in (14336, 4096):
