@@ -1,16 +1,17 @@
 // LLM.int8 for one row of x in one launch (decode). Every block quantizes the row itself, as
 // int8_quant_rows_cuda does (f16(x), the max of |f16(x)| below the threshold, codes rounded half to even),
-// and lists its outlier columns in shared memory, while its warps' first weight loads are in flight (x is
-// requested before them, so it returns first). Then each warp takes one output at a time, two batches of
-// weight loads in flight: the __dp4a dot product of the weight row with the codes, in which the outlier
-// columns' codes are 0 (the same int32 as the product over all columns minus theirs, which is what the
-// epilogues compute), then int8_epilogue_cuda's arithmetic, the outlier columns' f32 terms one fma at a
-// time in column order. So the output equals the three-launch path's (and the CPU forward's) bit for bit.
-// Weights that share x (q/k/v, gate/up) share the launch. Before this, decode ran two one-block kernels
-// (the row quantization, the outlier listing) before each int8 GEMV: ~13 µs per Linear in ncu
-// (bench/NOTES.md, session 17, has what each step gained).
+// and lists its outlier columns in shared memory, while its warps' first weight loads are in flight (they
+// are requested before the kernel before has finished: a programmatic dependent launch). Then each warp takes
+// one output at a time, two batches of weight loads in flight: the __dp4a dot product of the weight row with
+// the codes, in which the outlier columns' codes are 0 (the same int32 as the product over all columns minus
+// theirs, which is what the epilogues compute), then int8_epilogue_cuda's arithmetic, the outlier columns'
+// f32 terms one fma at a time in column order. So the output equals the three-launch path's (and the CPU
+// forward's) bit for bit. Weights that share x (q/k/v, gate/up) share the launch. Before this, decode ran two
+// one-block kernels (the row quantization, the outlier listing) before each int8 GEMV: ~13 µs per Linear in
+// ncu (bench/NOTES.md, session 17, has what each step gained).
 #include <algorithm>
 
+#include "core/cuda_pdl.cuh"
 #include "core/row_norm.cuh"
 #include "core/silu_mul.cuh"
 #include "quant/cuda/quant_device.cuh"
@@ -95,23 +96,6 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool use_thr = p.thr > 0.0f;
 
-  // A 16-bit x is requested first, so that it returns before the weights requested after it (behind them,
-  // its quantization would start only once the first weights had all arrived). Thread t takes the pieces
-  // t, t + stride, ... (with the norm, add_rmsnorm's threads and order).
-  const int pieces = K / 8, stride = kIn == kNorm ? rmsnorm_threads(K) : kThreads;
-  auto piece = [&](int k) { return (int)threadIdx.x < stride ? (int)threadIdx.x + k * stride : pieces; };
-  // x's pieces (then f16 of the row in pairs, for the codes); x_add's or glu_up's
-  uint4 xr[kPieces], ar[kIn != kPlain ? kPieces : 1];
-  const void* second = kIn == kNorm ? p.x_add : p.glu_up;
-#pragma unroll
-  for (int k = 0; k < kPieces; k++) {
-    const int pc = piece(k);
-    const bool in = p.x_kind != 0 && pc < pieces;
-    xr[k] = in ? __ldg(reinterpret_cast<const uint4*>(p.x) + pc) : make_uint4(0, 0, 0, 0);
-    if constexpr (kIn != kPlain)
-      ar[k] = in && second ? __ldg(reinterpret_cast<const uint4*>(second) + pc) : make_uint4(0, 0, 0, 0);
-  }
-
   // Output g of the launch: its part j and its row in that part.
   auto part_of = [&](int g) { return (g >= p.part[0].end) + (g >= p.part[1].end); };
   auto pick = [&](int j, auto field) {
@@ -145,8 +129,29 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
     lb += 32 * kLoads;
     if (lb >= nv) lb = 0, lg += kWarps;
   };
+  // A programmatic dependent launch: the next kernel may launch as this one's blocks leave their SMs, and
+  // this one's first weights (written once, at load: no kernel that may still run writes them) are
+  // requested while the kernel before finishes (8-bit decode 3.61-3.71 -> 3.35-3.40 ms against x first,
+  // bench/NOTES.md, session 17).
+  cuda::pdl_trigger();
   issue(ba);
   issue(bb);
+  cuda::pdl_wait();
+  // Then x, which the kernel before writes (a 16-bit x into registers now; an f32 x in the first pass).
+  // Thread t takes the pieces t, t + stride, ... (with the norm, add_rmsnorm's threads and order).
+  const int pieces = K / 8, stride = kIn == kNorm ? rmsnorm_threads(K) : kThreads;
+  auto piece = [&](int k) { return (int)threadIdx.x < stride ? (int)threadIdx.x + k * stride : pieces; };
+  // x's pieces (then f16 of the row in pairs, for the codes); x_add's or glu_up's
+  uint4 xr[kPieces], ar[kIn != kPlain ? kPieces : 1];
+  const void* second = kIn == kNorm ? p.x_add : p.glu_up;
+#pragma unroll
+  for (int k = 0; k < kPieces; k++) {
+    const int pc = piece(k);
+    const bool in = p.x_kind != 0 && pc < pieces;
+    xr[k] = in ? __ldg(reinterpret_cast<const uint4*>(p.x) + pc) : make_uint4(0, 0, 0, 0);
+    if constexpr (kIn != kPlain)
+      ar[k] = in && second ? __ldg(reinterpret_cast<const uint4*>(second) + pc) : make_uint4(0, 0, 0, 0);
+  }
 
   if constexpr (kIn == kGlu) {  // swiglu_forward's values
 #pragma unroll
@@ -154,9 +159,8 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
       if (piece(k) < pieces)
         xr[k] = zip_bf16x8(xr[k], ar[k], [](float g, float u) { return silu_mul(g, u); });
   }
-  if constexpr (kIn ==
-                kNorm) {  // r = x + x_add (to res_out), then rmsnorm(r) · norm_w, as add_rmsnorm computes
-                          // them
+  if constexpr (kIn == kNorm) {  // r = x + x_add (to res_out), then rmsnorm(r) · norm_w, as add_rmsnorm
+                                 // computes them
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < kPieces; k++) {
@@ -411,8 +415,8 @@ void int8_gemv_row_cuda(const std::vector<Int8Epilogue>& parts, float threshold,
     if (r != cudaSuccess) throw_error(ErrorKind::Cuda, op, ": cudaFuncSetAttribute: ", cudaGetErrorString(r));
     set[which] = smem;
   }
-  kernel<<<blocks, kThreads, smem, stream>>>(p);
-  check_launch("int8_gemv_row_kernel");
+  const cudaError_t launched = cuda::launch_pdl(kernel, dim3(blocks), dim3(kThreads), smem, stream, p);
+  if (launched != cudaSuccess) throw_error(ErrorKind::Cuda, op, ": launch: ", cudaGetErrorString(launched));
 }
 
 }  // namespace qtune
