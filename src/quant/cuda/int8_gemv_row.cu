@@ -300,10 +300,6 @@ __global__ void __launch_bounds__(kThreads, 1) int8_gemv_row_kernel(const RowPar
   }
 }
 
-}  // namespace
-
-namespace {
-
 // Pieces of 8 values a thread takes from a row of K with the norm or without.
 int pieces_per_thread(int64_t K, bool norm) {
   const int64_t stride = norm ? rmsnorm_threads(K) : kThreads;
