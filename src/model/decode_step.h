@@ -5,9 +5,9 @@
 // graph and replayed at every position. The first step runs eagerly (it also loads the kernels); the
 // second captures. Each residual add shares its launch with the RMSNorm after it: with 4-bit (or LLM.int8)
 // q/k/v and gate/up weights both run inside the fused 4-bit GEMV (int8 row GEMV) that reads the norm's
-// output (6 launches per layer: the SwiGLU runs in the 4-bit gate/up GEMV, or in the int8 down
-// projection; the residual then alternates between two buffers), otherwise in add_rmsnorm (9 launches per
-// layer). Linears with a
+// output (5 launches per layer, 6 when the attention splits its keys and combines them: the SwiGLU runs in
+// the 4-bit gate/up GEMV, or in the int8 down projection; the residual then alternates between two
+// buffers), otherwise in add_rmsnorm. Linears with a
 // bias (Qwen2's q/k/v), a 4-bit or an LLM.int8 weight run too: q/k/v and gate/up through
 // linear_forward_shared (one launch for each group when all are 4-bit or all LLM.int8), the rest through
 // Linear::forward.
