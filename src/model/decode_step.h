@@ -7,10 +7,9 @@
 // q/k/v and gate/up weights both run inside the fused 4-bit GEMV (int8 row GEMV) that reads the norm's
 // output (5 launches per layer, 6 when the attention splits its keys and combines them: the SwiGLU runs in
 // the 4-bit gate/up GEMV, or in the int8 down projection; the residual then alternates between two
-// buffers), otherwise in add_rmsnorm. Linears with a
-// bias (Qwen2's q/k/v), a 4-bit or an LLM.int8 weight run too: q/k/v and gate/up through
-// linear_forward_shared (one launch for each group when all are 4-bit or all LLM.int8), the rest through
-// Linear::forward.
+// buffers), otherwise in add_rmsnorm. Linears with a bias (Qwen2's q/k/v), a 4-bit or an LLM.int8 weight
+// run too: q/k/v and gate/up through linear_forward_shared (one launch for each group when all are 4-bit
+// or all LLM.int8), the rest through Linear::forward.
 // Graph and eager steps launch the same kernels with the same arguments: their logits are identical.
 //
 //   if (DecodeStep::supported(model, cache)) {
