@@ -36,6 +36,31 @@ void Linear::forward_base(Tensor& out, const Tensor& x) const {
     linear_forward(out, x, weight, bias.defined() ? &bias : nullptr);
 }
 
+#ifdef QTUNE_HAVE_CUDA
+namespace {
+
+// One launch for Linears on the GPU whose weights are all of one quantized kind (member: &Linear::q4 or
+// &Linear::q8), without adapters: run(outs, x, weights, biases). False, with nothing run, otherwise.
+template <class W, class Run>
+bool shared_quantized(const std::vector<Tensor*>& outs, const Tensor& x,
+                      const std::vector<const Linear*>& lins, std::shared_ptr<const W> Linear::*member,
+                      Run run) {
+  if (!x.is_cuda()) return false;
+  std::vector<const W*> ws;
+  std::vector<const Tensor*> biases;
+  for (const Linear* l : lins) {
+    const W* w = (l->*member).get();
+    if (!w || l->adapter || !w->on_cuda()) return false;
+    ws.push_back(w);
+    biases.push_back(l->bias.defined() ? &l->bias : nullptr);
+  }
+  run(outs, x, ws, biases);
+  return true;
+}
+
+}  // namespace
+#endif
+
 void linear_forward_shared(const std::vector<Tensor*>& outs, const Tensor& x,
                            const std::vector<const Linear*>& lins) {
   if (std::all_of(lins.begin(), lins.end(), [](const Linear* l) { return l->plain(); })) {
@@ -45,28 +70,8 @@ void linear_forward_shared(const std::vector<Tensor*>& outs, const Tensor& x,
     return;
   }
 #ifdef QTUNE_HAVE_CUDA
-  if (x.is_cuda() && std::all_of(lins.begin(), lins.end(),
-                                 [](const Linear* l) { return l->q4 && !l->adapter && l->q4->on_cuda(); })) {
-    std::vector<const Quant4Linear*> ws;
-    std::vector<const Tensor*> biases;
-    for (const Linear* l : lins) {
-      ws.push_back(l->q4.get());
-      biases.push_back(l->bias.defined() ? &l->bias : nullptr);
-    }
-    quant4_linear_forward_multi_cuda(outs, x, ws, biases);
-    return;
-  }
-  if (x.is_cuda() && std::all_of(lins.begin(), lins.end(),
-                                 [](const Linear* l) { return l->q8 && !l->adapter && l->q8->on_cuda(); })) {
-    std::vector<const Int8Linear*> ws;
-    std::vector<const Tensor*> biases;
-    for (const Linear* l : lins) {
-      ws.push_back(l->q8.get());
-      biases.push_back(l->bias.defined() ? &l->bias : nullptr);
-    }
-    int8_linear_forward_multi_cuda(outs, x, ws, biases);
-    return;
-  }
+  if (shared_quantized(outs, x, lins, &Linear::q4, quant4_linear_forward_multi_cuda)) return;
+  if (shared_quantized(outs, x, lins, &Linear::q8, int8_linear_forward_multi_cuda)) return;
 #endif
   for (size_t j = 0; j < lins.size(); j++) lins[j]->forward(*outs[j], x);
 }
