@@ -382,6 +382,59 @@ TEST(QuantLinearCuda, MixedDevicesAreErrors) {
   expect_error([&] { quant4_linear_forward(y, x, *gpu, nullptr); }, ErrorKind::Usage, {"GPU"});
 }
 
+namespace {
+
+// The outputs (BF16 [1, O] per weight) and biases of a launch over several weights that share x: got from
+// the fused launch, want from the reference launches.
+struct PartOutputs {
+  std::vector<Tensor> biases, want, got;
+  std::vector<const Tensor*> bptr;
+  std::vector<Tensor*> want_p, got_p;
+  PartOutputs(std::mt19937_64& g, const std::vector<int64_t>& Os, bool bias) {
+    for (int64_t O : Os) {
+      biases.push_back(
+          bias ? Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA)
+               : Tensor());
+      want.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
+      got.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
+    }
+    for (size_t j = 0; j < Os.size(); j++) {
+      bptr.push_back(bias ? &biases[j] : nullptr);
+      want_p.push_back(&want[j]);
+      got_p.push_back(&got[j]);
+    }
+  }
+};
+
+// A fused norm's inputs: the residual x, the added y, the norm weight w (entries ~ norm_scale), a zeroed
+// buffer for the new residual, and a copy of x for the reference (which adds in place).
+struct NormInputs {
+  Tensor x, y, w, res, xs;
+  std::vector<uint8_t> x_before;
+  NormInputs(std::mt19937_64& g, int64_t I, float norm_scale) {
+    auto row = [&](float scale) {
+      return Tensor::from_f32(randn_bf16(g, I, scale), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    };
+    x = row(2.0f);
+    y = row(1.0f);
+    w = row(norm_scale).reshape({I});
+    res = Tensor::zeros({1, I}, DType::BF16, Device::CUDA);
+    xs = Tensor::from_f32(x.to_f32_vector(), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
+    x_before = bytes_of(x);
+  }
+  // The reference's normalized row: add_rmsnorm (add) or rmsnorm_forward on the copy of x.
+  Tensor reference(bool add, float eps) {
+    Tensor h = Tensor::empty({1, w.numel()}, DType::BF16, Device::CUDA);
+    if (add)
+      cuda::add_rmsnorm(xs, y, h, w, eps);
+    else
+      cuda::rmsnorm_forward(h, xs, w, eps);
+    return h;
+  }
+};
+
+}  // namespace
+
 // A decoder block's first 4-bit Linears with the residual add and RMSNorm inside their GEMV launch
 // (quant4_linear_forward_norm_cuda) against add_rmsnorm (or rmsnorm_forward) then the shared-input forward:
 // the same bits in every output and in the written residual. Rows of 4096 (512 norm threads, one piece
@@ -405,9 +458,6 @@ TEST(QuantLinearCuda, NormInsideTheGemvEqualsAddRmsnormThenForward) {
       const int64_t I = c.I;
       std::vector<std::shared_ptr<const Quant4Linear>> qs;
       std::vector<const Quant4Linear*> ws;
-      std::vector<Tensor> biases, want, got;
-      std::vector<const Tensor*> bptr;
-      std::vector<Tensor*> want_p, got_p;
       for (size_t j = 0; j < c.Os.size(); j++) {
         const int64_t O = c.Os[j];
         qs.push_back(
@@ -415,37 +465,18 @@ TEST(QuantLinearCuda, NormInsideTheGemvEqualsAddRmsnormThenForward) {
                                                    QuantType::NF4, c.bss[j], dq, DType::BF16),
                              Device::CUDA));
         ws.push_back(qs.back().get());
-        biases.push_back(
-            c.bias ? Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA)
-                   : Tensor());
-        want.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
-        got.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
       }
-      for (size_t j = 0; j < c.Os.size(); j++) {
-        bptr.push_back(c.bias ? &biases[j] : nullptr);
-        want_p.push_back(&want[j]);
-        got_p.push_back(&got[j]);
-      }
-      auto row = [&](float scale) {
-        return Tensor::from_f32(randn_bf16(g, I, scale), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
-      };
-      Tensor x = row(2.0f), y = row(1.0f), w = row(0.3f).reshape({I});
-      Tensor res = Tensor::zeros({1, I}, DType::BF16, Device::CUDA);
+      PartOutputs po(g, c.Os, c.bias);
+      NormInputs in(g, I, 0.3f);
       const float eps = 1e-5f;
-      // a copy of x for the reference, which adds in place
-      Tensor xs = Tensor::from_f32(x.to_f32_vector(), {1, I}).to_dtype(DType::BF16).to(Device::CUDA);
-      const std::vector<uint8_t> x_before = bytes_of(x);
-      ASSERT_TRUE(quant4_linear_forward_norm_cuda(got_p, x, c.add ? &y : nullptr, w, eps,
-                                                  c.add ? &res : nullptr, ws, bptr));
-      Tensor h = Tensor::empty({1, I}, DType::BF16, Device::CUDA);
-      if (c.add)
-        cuda::add_rmsnorm(xs, y, h, w, eps);
-      else
-        cuda::rmsnorm_forward(h, xs, w, eps);
-      quant4_linear_forward_multi_cuda(want_p, h, ws, bptr);
-      for (size_t j = 0; j < c.Os.size(); j++) EXPECT_EQ(bytes_of(got[j]), bytes_of(want[j])) << "part " << j;
-      if (c.add) EXPECT_EQ(bytes_of(res), bytes_of(xs));
-      EXPECT_EQ(bytes_of(x), x_before) << "x must not change";
+      ASSERT_TRUE(quant4_linear_forward_norm_cuda(po.got_p, in.x, c.add ? &in.y : nullptr, in.w, eps,
+                                                  c.add ? &in.res : nullptr, ws, po.bptr));
+      Tensor h = in.reference(c.add, eps);
+      quant4_linear_forward_multi_cuda(po.want_p, h, ws, po.bptr);
+      for (size_t j = 0; j < c.Os.size(); j++)
+        EXPECT_EQ(bytes_of(po.got[j]), bytes_of(po.want[j])) << "part " << j;
+      if (c.add) EXPECT_EQ(bytes_of(in.res), bytes_of(in.xs));
+      EXPECT_EQ(bytes_of(in.x), in.x_before) << "x must not change";
     }
   // Refused (nothing queued) when the residual would be written over an input.
   auto q = quant4_linear_to(*quantize_linear_4bit(Tensor::from_f32(randn_bf16(g, 64 * 256), {64, 256}),
@@ -476,49 +507,28 @@ TEST(QuantLinearCuda, Int8NormInsideTheRowGemvEqualsAddRmsnormThenForward) {
       const int64_t K = c.K;
       std::vector<std::shared_ptr<const Int8Linear>> qs;
       std::vector<const Int8Linear*> ws;
-      std::vector<Tensor> biases, want, got;
-      std::vector<const Tensor*> bptr;
-      std::vector<Tensor*> want_p, got_p;
       for (int64_t O : c.Os) {
         qs.push_back(
             int8_linear_to(*quantize_linear_8bit(Tensor::from_f32(randn_bf16(g, O * K, 0.05f), {O, K}), 6.0f),
                            Device::CUDA));
         ws.push_back(qs.back().get());
-        biases.push_back(
-            c.bias ? Tensor::from_f32(randn_bf16(g, O, 0.1f), {O}).to_dtype(DType::BF16).to(Device::CUDA)
-                   : Tensor());
-        want.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
-        got.push_back(Tensor::empty({1, O}, DType::BF16, Device::CUDA));
       }
-      for (size_t j = 0; j < c.Os.size(); j++) {
-        bptr.push_back(c.bias ? &biases[j] : nullptr);
-        want_p.push_back(&want[j]);
-        got_p.push_back(&got[j]);
-      }
-      auto row = [&](float scale) {
-        return Tensor::from_f32(randn_bf16(g, K, scale), {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
-      };
-      Tensor x = row(2.0f), y = row(1.0f), w = row(norm_scale).reshape({K});
-      Tensor res = Tensor::zeros({1, K}, DType::BF16, Device::CUDA);
+      PartOutputs po(g, c.Os, c.bias);
+      NormInputs in(g, K, norm_scale);
       const float eps = 1e-5f;
-      Tensor xs = Tensor::from_f32(x.to_f32_vector(), {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
-      const std::vector<uint8_t> x_before = bytes_of(x);
-      ASSERT_TRUE(int8_gemv_norm_ok(ws, w));
-      ASSERT_TRUE(int8_linear_forward_norm_cuda(got_p, x, c.add ? &y : nullptr, w, eps,
-                                                c.add ? &res : nullptr, ws, bptr));
-      Tensor h = Tensor::empty({1, K}, DType::BF16, Device::CUDA);
-      if (c.add)
-        cuda::add_rmsnorm(xs, y, h, w, eps);
-      else
-        cuda::rmsnorm_forward(h, xs, w, eps);
+      ASSERT_TRUE(int8_gemv_norm_ok(ws, in.w));
+      ASSERT_TRUE(int8_linear_forward_norm_cuda(po.got_p, in.x, c.add ? &in.y : nullptr, in.w, eps,
+                                                c.add ? &in.res : nullptr, ws, po.bptr));
+      Tensor h = in.reference(c.add, eps);
       int outliers = 0;
       for (float v : h.to_f32_vector()) outliers += std::fabs(v) >= 6.0f;
       std::printf("[ measured ] int8 norm in the row GEMV, K=%lld, norm scale %.1f: %d outlier columns\n",
                   (long long)K, norm_scale, outliers);
-      int8_linear_forward_multi_cuda(want_p, h, ws, bptr);
-      for (size_t j = 0; j < c.Os.size(); j++) EXPECT_EQ(bytes_of(got[j]), bytes_of(want[j])) << "part " << j;
-      if (c.add) EXPECT_EQ(bytes_of(res), bytes_of(xs));
-      EXPECT_EQ(bytes_of(x), x_before) << "x must not change";
+      int8_linear_forward_multi_cuda(po.want_p, h, ws, po.bptr);
+      for (size_t j = 0; j < c.Os.size(); j++)
+        EXPECT_EQ(bytes_of(po.got[j]), bytes_of(po.want[j])) << "part " << j;
+      if (c.add) EXPECT_EQ(bytes_of(in.res), bytes_of(in.xs));
+      EXPECT_EQ(bytes_of(in.x), in.x_before) << "x must not change";
     }
   // Refused (nothing queued): the residual written over an input; a row longer than 8192; weights of
   // other thresholds.
