@@ -7,7 +7,8 @@
 // LLM.int8: the forward standalone and per call in a CUDA graph of 4, threshold 6 and 0, and its parts
 // (GEMM, row quantization, outlier listing and gathering, epilogue) standalone; and at one row (decode),
 // timed as the GEMV. `quant_kernels int8` runs only the LLM.int8 Linear lines, `quant_kernels gemv` only the
-// GEMV lines, `quant_kernels int8row` only the one-row LLM.int8 lines.
+// GEMV lines, `quant_kernels int8row` only the one-row LLM.int8 lines, `quant_kernels layer` only a decode
+// layer's Linears (4-bit and LLM.int8, fused as DecodeStep runs them and separate).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include "core/allocator.h"
+#include "core/error.h"
 #include "model/cuda/quant_linear_cuda.h"
 #include "model/quant_linear.h"
 #include "ops/cuda/cuda_context.h"
@@ -220,8 +222,172 @@ void bench_int8_row(double copy_gbs, std::mt19937& g) {
     for (int64_t c : {11, 1000, 3000}) xv[(size_t)c] = 8.0f;  // outlier columns
     Tensor x = Tensor::from_f32(xv, {1, K}).to_dtype(DType::BF16).to(Device::CUDA);
     Tensor y = Tensor::empty({1, O}, DType::BF16, Device::CUDA);
-    emit_timings("int8_row", O, K, false, bytes, copy_gbs,
-                 [&](int i) { int8_linear_forward(y, x, *qs[i % k], nullptr); }, k);
+    emit_timings(
+        "int8_row", O, K, false, bytes, copy_gbs,
+        [&](int i) { int8_linear_forward(y, x, *qs[i % k], nullptr); }, k);
+  }
+}
+
+// One decoder layer's Linears at one token on the 8B shape (q/k/v, o, gate/up, down), 4-bit (NF4 + double
+// quant) and LLM.int8 (threshold 6; the norm weight makes three outlier columns), per layer in a CUDA graph
+// and back to back on a stream: as DecodeStep launches them (the residual add + RMSNorm inside q/k/v and
+// gate/up, the SwiGLU inside gate/up in 4-bit and inside down in 8-bit) and as separate launches
+// (add_rmsnorm, the shared-input GEMVs, swiglu_forward), then each fused launch alone. Layers rotate over
+// enough copies that the L2 never holds their weights. Bytes = the layer's weight storage (packed or int8,
+// absmax or scales); the activations (a few KB) are left out.
+void bench_layer(double copy_gbs, std::mt19937& g) {
+  const int64_t H = 4096, KV = 1024, F = 14336;
+  const float eps = 1e-5f;
+  struct Shape {
+    const char* name;
+    int64_t O, I;
+  };
+  const std::vector<Shape> shapes = {{"q", H, H},    {"k", KV, H}, {"v", KV, H},  {"o", H, H},
+                                     {"gate", F, H}, {"up", F, H}, {"down", H, F}};
+  std::vector<Tensor> dense;
+  for (const Shape& sh : shapes) dense.push_back(randn_gpu({sh.O, sh.I}, DType::BF16, 0.02f, g));
+  auto act = [&](int64_t n, float scale) { return randn_gpu({1, n}, DType::BF16, scale, g); };
+  Tensor x = act(H, 1.0f), x_add = act(H, 1.0f), res_out = act(H, 1.0f), h = act(H, 1.0f), att = act(H, 1.0f),
+         proj = act(H, 1.0f), q = act(H, 1.0f), k = act(KV, 1.0f), v = act(KV, 1.0f), gt = act(F, 1.0f),
+         up = act(F, 1.0f), a = act(F, 1.0f);
+  std::vector<float> nw((size_t)H, 1.0f);
+  for (int64_t c : {11, 1000, 3000}) nw[(size_t)c] = 8.0f;  // outlier columns of the normed input (8-bit)
+  Tensor norm_w = Tensor::from_f32(nw, {H}).to_dtype(DType::BF16).to(Device::CUDA);
+  const std::vector<const Tensor*> nb3(3, nullptr), nb2(2, nullptr);
+  auto emit = [&](const char* quant, const char* what, double bytes, const std::function<void(int)>& f,
+                  int k) {
+    const double gms = graph_ms(f, k), sms = stream_ms(f, k);
+    std::printf(
+        "{\"impl\": \"qtune\", \"bench\": \"decode_layer\", \"quant\": \"%s\", \"what\": \"%s\", \"mb\": "
+        "%.1f, "
+        "\"us_graph\": %.2f, \"us_stream\": %.2f, \"frac_copy_graph\": %.3f, \"frac_copy_stream\": %.3f}\n",
+        quant, what, bytes / 1e6, gms * 1e3, sms * 1e3, bytes / gms / 1e6 / copy_gbs,
+        bytes / sms / 1e6 / copy_gbs);
+  };
+  {  // 4-bit
+    double layer_bytes = 0;
+    for (const Shape& sh : shapes)
+      layer_bytes += sh.O * sh.I / 2.0 + sh.O * sh.I / 64.0 + 4.0 * sh.O * sh.I / 16384;
+    const int copies = copies_for((double)H * H / 2);  // o's bytes, the fewest: no part stays in the L2
+    std::vector<std::vector<std::shared_ptr<const Quant4Linear>>> L(copies);
+    for (auto& l : L)
+      for (const Tensor& w : dense)
+        l.push_back(quantize_linear_4bit(w, QuantType::NF4, 64, true, DType::BF16));
+    auto qkv_norm = [&](int i) {
+      const auto& l = L[i % copies];
+      if (!quant4_linear_forward_norm_cuda({&q, &k, &v}, x, &x_add, norm_w, eps, &res_out,
+                                           {l[0].get(), l[1].get(), l[2].get()}, nb3))
+        throw_error(ErrorKind::Internal, "bench_layer: the 4-bit norm GEMV refused q/k/v");
+    };
+    auto o_proj = [&](int i) { quant4_linear_forward(proj, att, *L[i % copies][3], nullptr); };
+    auto gateup_norm_glu = [&](int i) {
+      const auto& l = L[i % copies];
+      if (!quant4_linear_forward_norm_cuda({&gt, &up}, x, &x_add, norm_w, eps, &res_out,
+                                           {l[4].get(), l[5].get()}, nb2, &a))
+        throw_error(ErrorKind::Internal, "bench_layer: the 4-bit norm GEMV refused gate/up");
+    };
+    auto down = [&](int i) { quant4_linear_forward(proj, a, *L[i % copies][6], nullptr); };
+    auto fused = [&](int i) { qkv_norm(i), o_proj(i), gateup_norm_glu(i), down(i); };
+    auto separate = [&](int i) {
+      const auto& l = L[i % copies];
+      cuda::add_rmsnorm(x, x_add, h, norm_w, eps);
+      quant4_linear_forward_multi_cuda({&q, &k, &v}, h, {l[0].get(), l[1].get(), l[2].get()}, nb3);
+      o_proj(i);
+      cuda::add_rmsnorm(x, x_add, h, norm_w, eps);
+      quant4_linear_forward_multi_cuda({&gt, &up}, h, {l[4].get(), l[5].get()}, nb2);
+      cuda::swiglu_forward(a, gt, up);
+      down(i);
+    };
+    emit("nf4_dq", "layer_fused", layer_bytes, fused, copies);
+    emit("nf4_dq", "layer_separate", layer_bytes, separate, copies);
+    auto part_bytes = [&](std::initializer_list<int> ids) {
+      double b = 0;
+      for (int j : ids)
+        b += shapes[j].O * shapes[j].I * (0.5 + 1.0 / 64) + 4.0 * shapes[j].O * shapes[j].I / 16384;
+      return b;
+    };
+    emit("nf4_dq", "qkv_norm", part_bytes({0, 1, 2}), qkv_norm, copies);
+    emit("nf4_dq", "o", part_bytes({3}), o_proj, copies);
+    emit("nf4_dq", "gateup_norm_glu", part_bytes({4, 5}), gateup_norm_glu, copies);
+    emit("nf4_dq", "down", part_bytes({6}), down, copies);
+    emit(
+        "nf4_dq", "qkv_plain", part_bytes({0, 1, 2}),
+        [&](int i) {
+          const auto& l = L[i % copies];
+          quant4_linear_forward_multi_cuda({&q, &k, &v}, h, {l[0].get(), l[1].get(), l[2].get()}, nb3);
+        },
+        copies);
+    emit(
+        "nf4_dq", "gateup_plain", part_bytes({4, 5}),
+        [&](int i) {
+          const auto& l = L[i % copies];
+          quant4_linear_forward_multi_cuda({&gt, &up}, h, {l[4].get(), l[5].get()}, nb2);
+        },
+        copies);
+  }
+  {  // LLM.int8
+    double layer_bytes = 0;
+    for (const Shape& sh : shapes) layer_bytes += (double)sh.O * sh.I + 4.0 * sh.O;
+    const int copies = copies_for((double)H * H);  // o's bytes, the fewest: no part stays in the L2
+    std::vector<std::vector<std::shared_ptr<const Int8Linear>>> L(copies);
+    for (auto& l : L)
+      for (const Tensor& w : dense) l.push_back(quantize_linear_8bit(w, 6.0f));
+    auto qkv_norm = [&](int i) {
+      const auto& l = L[i % copies];
+      if (!int8_linear_forward_norm_cuda({&q, &k, &v}, x, &x_add, norm_w, eps, &res_out,
+                                         {l[0].get(), l[1].get(), l[2].get()}, nb3))
+        throw_error(ErrorKind::Internal, "bench_layer: the int8 row GEMV refused q/k/v");
+    };
+    auto o_proj = [&](int i) { int8_linear_forward(proj, att, *L[i % copies][3], nullptr); };
+    auto gateup_norm = [&](int i) {
+      const auto& l = L[i % copies];
+      if (!int8_linear_forward_norm_cuda({&gt, &up}, x, &x_add, norm_w, eps, &res_out,
+                                         {l[4].get(), l[5].get()}, nb2))
+        throw_error(ErrorKind::Internal, "bench_layer: the int8 row GEMV refused gate/up");
+    };
+    auto down_glu = [&](int i) {
+      if (!int8_linear_forward_glu_cuda(proj, gt, up, *L[i % copies][6], nullptr))
+        throw_error(ErrorKind::Internal, "bench_layer: the int8 row GEMV refused the SwiGLU");
+    };
+    auto fused = [&](int i) { qkv_norm(i), o_proj(i), gateup_norm(i), down_glu(i); };
+    auto separate = [&](int i) {
+      const auto& l = L[i % copies];
+      cuda::add_rmsnorm(x, x_add, h, norm_w, eps);
+      int8_linear_forward_multi_cuda({&q, &k, &v}, h, {l[0].get(), l[1].get(), l[2].get()}, nb3);
+      o_proj(i);
+      cuda::add_rmsnorm(x, x_add, h, norm_w, eps);
+      int8_linear_forward_multi_cuda({&gt, &up}, h, {l[4].get(), l[5].get()}, nb2);
+      cuda::swiglu_forward(a, gt, up);
+      int8_linear_forward(proj, a, *l[6], nullptr);
+    };
+    emit("int8", "layer_fused", layer_bytes, fused, copies);
+    emit("int8", "layer_separate", layer_bytes, separate, copies);
+    auto part_bytes = [&](std::initializer_list<int> ids) {
+      double b = 0;
+      for (int j : ids) b += (double)shapes[j].O * shapes[j].I + 4.0 * shapes[j].O;
+      return b;
+    };
+    emit("int8", "qkv_norm", part_bytes({0, 1, 2}), qkv_norm, copies);
+    emit("int8", "o", part_bytes({3}), o_proj, copies);
+    emit("int8", "gateup_norm", part_bytes({4, 5}), gateup_norm, copies);
+    emit("int8", "down_glu", part_bytes({6}), down_glu, copies);
+    emit(
+        "int8", "qkv_plain", part_bytes({0, 1, 2}),
+        [&](int i) {
+          const auto& l = L[i % copies];
+          int8_linear_forward_multi_cuda({&q, &k, &v}, h, {l[0].get(), l[1].get(), l[2].get()}, nb3);
+        },
+        copies);
+    emit(
+        "int8", "gateup_plain", part_bytes({4, 5}),
+        [&](int i) {
+          const auto& l = L[i % copies];
+          int8_linear_forward_multi_cuda({&gt, &up}, h, {l[4].get(), l[5].get()}, nb2);
+        },
+        copies);
+    emit(
+        "int8", "down_plain", part_bytes({6}),
+        [&](int i) { int8_linear_forward(proj, a, *L[i % copies][6], nullptr); }, copies);
   }
 }
 
@@ -341,6 +507,10 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::string(argv[1]) == "int8row") {  // only LLM.int8 at one row
     bench_int8_row(copy_gbs, g);
+    return 0;
+  }
+  if (argc > 1 && std::string(argv[1]) == "layer") {  // only the decode layer's Linears
+    bench_layer(copy_gbs, g);
     return 0;
   }
   bench_dequant(copy_gbs, g);

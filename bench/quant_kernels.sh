@@ -10,6 +10,7 @@
 #   bench/quant_kernels.sh run [bin-dir] int8            on the GPU: only qtune's LLM.int8 Linear lines
 #   bench/quant_kernels.sh run [bin-dir] gemv            on the GPU: only qtune's 4-bit GEMV lines
 #   bench/quant_kernels.sh run [bin-dir] int8row         on the GPU: only qtune's one-row LLM.int8 lines
+#   bench/quant_kernels.sh run [bin-dir] layer           on the GPU: only a decode layer's Linears (qtune)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 case "${1:-}" in
@@ -28,7 +29,7 @@ case "${1:-}" in
     bin=${2:-$root/.carry-qcuda}
     nvidia-smi --query-gpu=name,clocks.max.sm,memory.total --format=csv,noheader || true
     echo "== qtune"
-    if [ "${3:-}" = int8 ] || [ "${3:-}" = gemv ] || [ "${3:-}" = int8row ]; then
+    if [ "${3:-}" = int8 ] || [ "${3:-}" = gemv ] || [ "${3:-}" = int8row ] || [ "${3:-}" = layer ]; then
       "$bin/quant_kernels" "$3"
       exit 0
     fi
