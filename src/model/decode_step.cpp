@@ -3,11 +3,13 @@
 
 #include <algorithm>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "model/quant_linear.h"
 #include "ops/ops.h"
 #ifdef QTUNE_HAVE_CUDA
 #include "model/cuda/quant_linear_cuda.h"
+#include "model/cuda/sampling_cuda.h"
 #include "ops/cuda/cuda_graph.h"
 #include "ops/cuda/cuda_ops.h"
 #endif
@@ -115,8 +117,10 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
   a_ = Tensor::empty({1, F}, act, dev);
   hn_ = Tensor::empty({1, C}, act, dev);
   logits_ = Tensor::empty({1, V}, DType::F32, dev);
+  key_ = Tensor::zeros({2}, DType::I32, dev);
   graph_ = std::make_unique<Graph>();
 #ifdef QTUNE_HAVE_CUDA
+  host_ = std::shared_ptr<void>(host_pinned_malloc((size_t)V * 4 + 8), host_pinned_free);
   int64_t wsf = cuda::attention_at_workspace_floats(q_.reshape({1, 1, Hq, D}), cache.k(0));
   ws_ = Tensor::empty({std::max<int64_t>(wsf, 1)}, DType::F32, dev);
 #endif
@@ -237,6 +241,24 @@ const Tensor& DecodeStep::run(int32_t token, int64_t pos) {
   runs_++;
 #endif
   return logits_;
+}
+
+int32_t DecodeStep::greedy_token() {
+#ifdef QTUNE_HAVE_CUDA
+  uint64_t* host_key = reinterpret_cast<uint64_t*>(static_cast<char*>(host_.get()) + logits_.nbytes());
+  argmax_key_cuda(key_.data<uint64_t>(), logits_);
+  cuda::copy_to_host_sync(host_key, key_.raw(), sizeof(uint64_t));
+  return argmax_key_index(*host_key);
+#else
+  return 0;
+#endif
+}
+
+const float* DecodeStep::host_logits() {
+#ifdef QTUNE_HAVE_CUDA
+  cuda::copy_to_host_sync(host_.get(), logits_.raw(), logits_.nbytes());
+#endif
+  return static_cast<const float*>(host_.get());
 }
 
 }  // namespace qtune

@@ -46,6 +46,12 @@ class DecodeStep {
   // Returns F32 logits [1, V] on the GPU, overwritten by the next run.
   const Tensor& run(int32_t token, int64_t pos);
 
+  // After run(), each waiting for the step: the token greedy decoding picks (qtune::argmax of the
+  // logits), found on the GPU so that only its index crosses to the host; or the logits [V] in pinned
+  // host memory, valid until the next call.
+  int32_t greedy_token();
+  const float* host_logits();
+
   bool graph_active() const;                               // the last run replayed the graph
   const std::string& graph_error() const { return err_; }  // why capture failed, if it did
 
@@ -64,6 +70,8 @@ class DecodeStep {
   Tensor io_;  // I32 [2] on the GPU: token, position
   Tensor ids_, pos_;
   Tensor x_, x2_, h_, q_, k_, v_, att_, proj_, g_, u_, a_, hn_, logits_, ws_;
+  Tensor key_;                  // 8 bytes on the GPU: greedy_token's argmax key
+  std::shared_ptr<void> host_;  // pinned: the logits' row (host_logits), then the key
   struct Graph;
   std::unique_ptr<Graph> graph_;
 };

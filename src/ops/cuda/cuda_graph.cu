@@ -59,5 +59,10 @@ void copy_device_async(void* dst, const void* src, size_t bytes) {
   QT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
 }
 
+void copy_to_host_sync(void* dst, const void* src, size_t bytes) {
+  QT_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+  QT_CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
 }  // namespace cuda
 }  // namespace qtune

@@ -36,6 +36,9 @@ class CudaGraph {
 void copy_to_device_async(void* dst, const void* src, size_t bytes);
 // Queues a device → device copy of `bytes` on the ops stream.
 void copy_device_async(void* dst, const void* src, size_t bytes);
+// Queues a device → host copy of `bytes` on the ops stream and waits for the stream (dst pinned, so the
+// copy runs at the link's speed without a staging pass).
+void copy_to_host_sync(void* dst, const void* src, size_t bytes);
 
 }  // namespace cuda
 }  // namespace qtune

@@ -3,7 +3,8 @@
 // decode and transformers within bf16 noise; caches longer than the sequence (empty split-K slices) and
 // exactly as long; Linears with biases (Qwen2) and 4-bit weights (NF4 + double quant, FP4: the fused 4-bit
 // GEMV, and a row length it does not take) and LLM.int8 weights run in the graph too; models it cannot run
-// (batch 2, the CPU) are refused with a typed error.
+// (batch 2, the CPU) are refused with a typed error. At every step the greedy token the step picks on the
+// GPU is the host argmax of its logits, and its pinned copy of the logits equals them.
 #include "model/decode_step.h"
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include "core/allocator.h"
 #include "model/llama_model.h"
 #include "model/load_options.h"
+#include "model/sampling.h"
 
 using namespace qtune;
 using namespace qtune_test;
@@ -55,6 +57,10 @@ StepStats run_steps(const LlamaModel& m, const std::vector<int32_t>& ids, int64_
     std::vector<float> e = eager.run(ids[pos], pos).to_f32_vector();
     std::vector<float> g = graph.run(ids[pos], pos).to_f32_vector();
     std::vector<float> sp = split.run(ids[pos], pos).to_f32_vector();
+    // What generate() reads of a step: the greedy token picked on the GPU, or the logits' pinned copy.
+    EXPECT_EQ(graph.greedy_token(), argmax(g.data(), (int64_t)g.size())) << what << " at " << pos;
+    EXPECT_EQ(std::memcmp(eager.host_logits(), e.data(), e.size() * sizeof(float)), 0)
+        << what << " at " << pos;
     EXPECT_EQ(e.size(), (size_t)V);
     EXPECT_EQ(g.size(), (size_t)V);
     st.steps++;
