@@ -21,8 +21,16 @@ struct SamplingOptions {
 int32_t argmax(const float* logits, int64_t n);
 
 // The probabilities the sampler draws from (after temperature, top-k, top-p; zeros where filtered),
-// f64, summing to 1. Exposed for tests.
+// f64, summing to 1. Exposed for tests; distribution_into is the same into reused buffers.
 std::vector<double> sampling_distribution(const float* logits, int64_t n, const SamplingOptions& opt);
+
+// Buffers the sampler reuses from token to token.
+struct SamplingScratch {
+  std::vector<float> scores, kth;
+  std::vector<uint64_t> order;
+};
+void distribution_into(const float* logits, int64_t n, const SamplingOptions& opt, SamplingScratch& w,
+                       std::vector<double>& p);
 
 class Sampler {
  public:
@@ -34,6 +42,8 @@ class Sampler {
  private:
   SamplingOptions opt_;
   std::mt19937_64 rng_;
+  SamplingScratch scratch_;
+  std::vector<double> p_;
 };
 
 }  // namespace qtune

@@ -2,7 +2,10 @@
 // match the distribution; and the RoPE frequency table's llama3/linear scaling.
 #include "model/sampling.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <random>
 
 #include "model/rope_freq.h"
 #include "model_test_util.h"
@@ -48,6 +51,71 @@ TEST(Sampling, TemperatureThenTopKKeepsTies) {
   double z = std::exp(1.0) + std::exp(0.5) + 1.0;
   EXPECT_NEAR(p[0], std::exp(1.0) / z, 1e-7);
   EXPECT_NEAR(p[2], 1.0 / z, 1e-7);
+}
+
+// HF's warpers written the plain way, as the reference: top-k by a full sort, top-p by a stable ascending
+// sort of every token and the cumulative probability from the least likely up.
+static std::vector<double> reference_distribution(const std::vector<float>& logits, float T, int k,
+                                                  float top_p) {
+  const int64_t n = (int64_t)logits.size();
+  std::vector<double> s(n), p(n, 0.0);
+  for (int64_t i = 0; i < n; i++) s[i] = (double)(logits[i] / T);
+  if (k > 0 && k < n) {
+    std::vector<double> sorted(s);
+    std::sort(sorted.begin(), sorted.end(), std::greater<double>());
+    for (double& x : s)
+      if (x < sorted[k - 1]) x = -INFINITY;
+  }
+  const double mx = *std::max_element(s.begin(), s.end());
+  double sum = 0;
+  for (int64_t i = 0; i < n; i++) sum += (p[i] = std::isinf(s[i]) ? 0.0 : std::exp(s[i] - mx));
+  for (double& x : p) x /= sum;
+  if (top_p < 1.0f) {
+    std::vector<int64_t> order(n);
+    for (int64_t i = 0; i < n; i++) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return s[a] < s[b]; });
+    double cum = 0;
+    for (int64_t j = 0; j + 1 < n; j++) {
+      cum += p[order[j]];
+      if (cum > 1.0 - (double)top_p) break;
+      p[order[j]] = 0.0;
+    }
+    double kept = 0;
+    for (double x : p) kept += x;
+    for (double& x : p) x /= kept;
+  }
+  return p;
+}
+
+TEST(Sampling, WarpersEqualThePlainWayOnLargeVocabularies) {
+  std::mt19937 g(3);
+  int cases = 0;
+  for (int64_t n : {7, 1000, 32000, 128256}) {
+    for (int ties = 0; ties < 2; ties++) {
+      std::normal_distribution<float> d(0.0f, ties ? 2.0f : 4.0f);
+      std::vector<float> l((size_t)n);
+      for (float& x : l) x = ties ? std::round(d(g)) : d(g);  // rounded: many equal scores at every cut
+      for (float T : {0.6f, 1.0f, 1.3f})
+        for (int k : {0, 1, 5, 50, 2000})
+          for (float top_p : {1.0f, 0.99f, 0.9f, 0.5f, 0.05f}) {
+            std::vector<double> got = sampling_distribution(l.data(), n, {T, k, top_p, 0});
+            std::vector<double> want = reference_distribution(l, T, k, top_p);
+            int64_t differ = 0;
+            double worst = 0;
+            for (int64_t i = 0; i < n; i++) {
+              differ += (got[i] > 0) != (want[i] > 0);
+              worst = std::max(worst, std::fabs(got[i] - want[i]));
+            }
+            EXPECT_EQ(differ, 0) << "n " << n << " T " << T << " k " << k << " p " << top_p << " ties "
+                                 << ties;
+            EXPECT_LE(worst, 1e-12) << "n " << n << " T " << T << " k " << k << " p " << top_p;
+            cases++;
+          }
+    }
+  }
+  std::printf(
+      "[ measured ] sampling: %d (vocabulary, temperature, top-k, top-p) cases keep the plain way's tokens\n",
+      cases);
 }
 
 TEST(Sampling, SeededDrawsFollowTheDistribution) {
