@@ -254,6 +254,25 @@ void bench_layer(double copy_gbs, std::mt19937& g) {
   for (int64_t c : {11, 1000, 3000}) nw[(size_t)c] = 8.0f;  // outlier columns of the normed input (8-bit)
   Tensor norm_w = Tensor::from_f32(nw, {H}).to_dtype(DType::BF16).to(Device::CUDA);
   const std::vector<const Tensor*> nb3(3, nullptr), nb2(2, nullptr);
+  // The attention between q/k/v and o, as DecodeStep runs it (RoPE and the cache write folded in): the token
+  // at position 575 of a 576-row cache (a 512-token prompt and 64 new tokens), 8 caches rotating (19 MB).
+  const int64_t Hq = 32, Hkv = 8, D = 128, S = 576;
+  const int n_caches = 8;
+  std::vector<Tensor> kc, vc;
+  for (int c = 0; c < n_caches; c++) {
+    kc.push_back(randn_gpu({1, S, Hkv, D}, DType::BF16, 1.0f, g));
+    vc.push_back(randn_gpu({1, S, Hkv, D}, DType::BF16, 1.0f, g));
+  }
+  std::vector<float> freq((size_t)D / 2);
+  for (int64_t i = 0; i < D / 2; i++) freq[(size_t)i] = (float)std::pow(500000.0, -2.0 * i / D);
+  Tensor inv_freq = Tensor::from_f32(freq, {D / 2}).to(Device::CUDA);
+  Tensor pos = Tensor::from_i32({(int32_t)(S - 1)}, {1}).to(Device::CUDA);
+  Tensor q4 = q.reshape({1, 1, Hq, D}), att4 = att.reshape({1, 1, Hq, D});
+  Tensor ws = Tensor::empty({std::max<int64_t>(cuda::attention_at_workspace_floats(q4, kc[0]), 1)},
+                            DType::F32, Device::CUDA);
+  auto attention = [&](int i) {
+    cuda::attention_rope_forward_at(att4, q4, &k, &v, kc[i % n_caches], vc[i % n_caches], pos, &inv_freq, ws);
+  };
   auto emit = [&](const char* quant, const char* what, double bytes, const std::function<void(int)>& f,
                   int k) {
     const double gms = graph_ms(f, k), sms = stream_ms(f, k);
@@ -299,6 +318,10 @@ void bench_layer(double copy_gbs, std::mt19937& g) {
       down(i);
     };
     emit("nf4_dq", "layer_fused", layer_bytes, fused, copies);
+    emit(
+        "nf4_dq", "layer_fused_with_attention", layer_bytes,
+        [&](int i) { qkv_norm(i), attention(i), o_proj(i), gateup_norm_glu(i), down(i); }, copies);
+    emit("nf4_dq", "attention", 2.0 * S * Hkv * D * 2, attention, copies);
     emit("nf4_dq", "layer_separate", layer_bytes, separate, copies);
     auto part_bytes = [&](std::initializer_list<int> ids) {
       double b = 0;
