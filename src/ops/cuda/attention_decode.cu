@@ -47,10 +47,11 @@ __device__ __forceinline__ void unpack16_store(const uint4& raw, float* dst) {  
 // Block (.x = (b * Hkv + hkv) * groups + rg) takes rows [rg * R, rg * R + R) and keys
 // [split * chunk, split * chunk + chunk). With nsplit == 1 it writes out; else partials:
 // part_o [nsplit, rows, D] (unnormalised), part_ml [nsplit, rows, 2] (m, l), rows = B * Hkv * G * T.
-// Per tile of 32 keys: 16-byte loads (lane = key) prefetched one tile ahead, stored as f32 rows padded to
-// D + 4 (float4 accesses without bank conflicts); scores with warp w over a quarter of the head dim and
-// lane = key, all R rows at once; softmax one warp per row; P·V with warp w over 8 of the keys and
-// lane over 4 dims, all R rows; the warps' partial outputs are summed once at the end.
+// Per tile of 32 keys: 16-byte loads (lane = key) prefetched one tile ahead (the first tile's before q is
+// staged, and into the L2 before the wait for the kernel before; 0.5-1 us of a 15 us decode attention),
+// stored as f32 rows padded to D + 4 (float4 accesses without bank conflicts); scores with warp w over a
+// quarter of the head dim and lane = key, all R rows at once; softmax one warp per row; P·V with warp w over
+// 8 of the keys and lane over 4 dims, all R rows; the warps' partial outputs are summed once at the end.
 template <class TI, class TO, int D, int R>
 __global__ void __launch_bounds__(kSplitThreads)
     attention_split_kernel(TO* __restrict__ out, float* __restrict__ part_o, float* __restrict__ part_ml,
@@ -81,17 +82,56 @@ __global__ void __launch_bounds__(kSplitThreads)
   float* red_s = k_s;                            // [4, R, D] after the last tile
 
   pdl_trigger();
+  const int G = Hq / Hkv, GT = G * T;
+  const int rg = blockIdx.x % groups, bh = blockIdx.x / groups;
+  const int b = bh / Hkv, hkv = bh % Hkv;
+  const int split = blockIdx.y;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t kv_stride = (int64_t)Hkv * D;
+  const TI* kb = k + ((int64_t)b * Smax * Hkv + hkv) * D;
+  const TI* vb = v + ((int64_t)b * Smax * Hkv + hkv) * D;
+  const int last_rr = min(rg * R + R, GT) - 1;
+  // Before the wait, the L2 is asked for this block's cached key and value rows. The rows before the
+  // position were written by earlier steps; the position is read as a guess (the host's copy before the
+  // step's first kernel, or a kernel still running), clamped to the cache. A prefetch only moves lines into
+  // the L2, where every later read sees the newest data, so a wrong guess costs lines, never values.
+  if (pos_dev) {
+    const int pg = min(max(*reinterpret_cast<const volatile int*>(pos_dev), 0), Smax - T);
+    const int kvl = pg + T;
+    const int ch = ((kvl + (int)gridDim.y - 1) / (int)gridDim.y + BK - 1) / BK * BK;
+    const int sb = split * ch, se = min(min(sb + ch, min(kvl, pg + last_rr / G + 1)), pg);
+    constexpr int kLines = D * (int)sizeof(TI) > 128 ? D * (int)sizeof(TI) / 128 : 1;  // lines per row
+    for (int e = tid; e < (se - sb) * kLines; e += kSplitThreads) {
+      const int64_t at = (int64_t)(sb + e / kLines) * kv_stride * (int64_t)sizeof(TI) + 128 * (e % kLines);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kb) + at));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vb) + at));
+    }
+  }
   pdl_wait();
   if (pos_dev) {  // device-held position: the same split of keys as the host computes from kv_len
     q_offset = *pos_dev;
     kv_len = q_offset + T;
     chunk = ((kv_len + (int)gridDim.y - 1) / (int)gridDim.y + BK - 1) / BK * BK;
   }
-  const int G = Hq / Hkv, GT = G * T;
-  const int rg = blockIdx.x % groups, bh = blockIdx.x / groups;
-  const int b = bh / Hkv, hkv = bh % Hkv;
-  const int split = blockIdx.y;
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int group_end = min(kv_len, q_offset + last_rr / G + 1);
+  const int s_begin = split * chunk, s_end = min(s_begin + chunk, group_end);
+  const bool owner = k_new && s_begin <= q_offset && q_offset < s_end;
+  uint4 kr[NV], vr[NV];
+  auto load_tile = [&](int s0) {
+#pragma unroll
+    for (int i = 0; i < NV; i++) {
+      int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
+      kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
+      if (idx < NVT && s0 + j < s_end) {
+        // L2 loads (not the read-only path): with RoPE folded in, this block may have just written a row
+        kr[i] = __ldcg(reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vd * VEC));
+        vr[i] = __ldcg(reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vd * VEC));
+      }
+    }
+  };
+  // The first tile's loads: now, in flight while q is staged, except in the block that writes the new row
+  // (after that write).
+  if (!owner && s_begin < s_end) load_tile(s_begin);
   // RoPE folded in (k_new set): the cos and sin of the position's angles, in k_s until the first tile, with
   // rope_forward's arithmetic (full-range sincosf of pos · inv_freq, one rounding to TI per value).
   constexpr int half = D / 2;
@@ -127,15 +167,9 @@ __global__ void __launch_bounds__(kSplitThreads)
     m_s[tid] = -INFINITY;
     l_s[tid] = 0.0f;
   }
-  const int last_rr = min(rg * R + R, GT) - 1;
-  const int group_end = min(kv_len, q_offset + last_rr / G + 1);
-  const int s_begin = split * chunk, s_end = min(s_begin + chunk, group_end);
-  const int64_t kv_stride = (int64_t)Hkv * D;
-  const TI* kb = k + ((int64_t)b * Smax * Hkv + hkv) * D;
-  const TI* vb = v + ((int64_t)b * Smax * Hkv + hkv) * D;
   // RoPE folded in: the block whose slice holds the position (the only one that reads that row) writes it
   // first; the caches are this launch's to write.
-  if (k_new && s_begin <= q_offset && q_offset < s_end) {
+  if (owner) {
     TI* kd = const_cast<TI*>(kb) + (int64_t)q_offset * kv_stride;
     TI* vd = const_cast<TI*>(vb) + (int64_t)q_offset * kv_stride;
     for (int d = tid; d < D; d += kSplitThreads) {
@@ -150,20 +184,7 @@ __global__ void __launch_bounds__(kSplitThreads)
 #pragma unroll
     for (int r = 0; r < R; r++) acc[c][r][0] = acc[c][r][1] = acc[c][r][2] = acc[c][r][3] = 0.0f;
 
-  uint4 kr[NV], vr[NV];
-  auto load_tile = [&](int s0) {
-#pragma unroll
-    for (int i = 0; i < NV; i++) {
-      int idx = tid + i * kSplitThreads, j = idx % BK, vd = idx / BK;
-      kr[i] = vr[i] = make_uint4(0, 0, 0, 0);
-      if (idx < NVT && s0 + j < s_end) {
-        // L2 loads (not the read-only path): with RoPE folded in, this block may have just written a row
-        kr[i] = __ldcg(reinterpret_cast<const uint4*>(kb + (s0 + j) * kv_stride + vd * VEC));
-        vr[i] = __ldcg(reinterpret_cast<const uint4*>(vb + (s0 + j) * kv_stride + vd * VEC));
-      }
-    }
-  };
-  if (s_begin < s_end) load_tile(s_begin);
+  if (owner && s_begin < s_end) load_tile(s_begin);
 
   for (int s0 = s_begin; s0 < s_end; s0 += BK) {
     __syncthreads();  // q_s/lim_s written, or the previous tile fully used
@@ -288,29 +309,39 @@ __global__ void __launch_bounds__(kSplitThreads)
 }
 
 // Merges the nsplit partials of each row: out = Σ_s 2^(m_s − M) O_s / Σ_s 2^(m_s − M) l_s. Grid rows.
+// The (m, l) pairs come into shared memory in one round of loads, and the O_s loads of 8 slices are in
+// flight at a time (the sums keep their slice order).
 template <class TO>
 __global__ void attention_combine_kernel(TO* __restrict__ out, const float* __restrict__ part_o,
                                          const float* __restrict__ part_ml, int nsplit, int rows, int T,
                                          int Hq, int Hkv, int D) {
+  extern __shared__ float ml_s[];  // [nsplit] m, then [nsplit] l
   pdl_trigger();
   pdl_wait();
   int row = blockIdx.x;
   int G = Hq / Hkv, GT = G * T;
   int bh = row / GT, rr = row % GT;
   int b = bh / Hkv, hkv = bh % Hkv, t = rr / G, h = hkv * G + rr % G;
+  for (int s = threadIdx.x; s < nsplit; s += blockDim.x) {
+    ml_s[s] = part_ml[((int64_t)s * rows + row) * 2];
+    ml_s[nsplit + s] = part_ml[((int64_t)s * rows + row) * 2 + 1];
+  }
+  __syncthreads();
   float M = -INFINITY;
-  for (int s = 0; s < nsplit; s++) M = fmaxf(M, part_ml[((int64_t)s * rows + row) * 2]);
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, ml_s[s]);
   float L = 0.0f;
   for (int s = 0; s < nsplit; s++) {
-    float m = part_ml[((int64_t)s * rows + row) * 2];
-    if (m != -INFINITY) L += exp2f(m - M) * part_ml[((int64_t)s * rows + row) * 2 + 1];
+    float m = ml_s[s];
+    if (m != -INFINITY) L += exp2f(m - M) * ml_s[nsplit + s];
   }
   TO* o = out + (((int64_t)b * T + t) * Hq + h) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
     float acc = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < nsplit; s++) {
-      float m = part_ml[((int64_t)s * rows + row) * 2];
-      if (m != -INFINITY) acc += exp2f(m - M) * part_o[((int64_t)s * rows + row) * D + d];
+      const float po = part_o[((int64_t)s * rows + row) * D + d];
+      float m = ml_s[s];
+      if (m != -INFINITY) acc += exp2f(m - M) * po;
     }
     o[d] = from_f32<TO>(L > 0.0f ? acc / L : 0.0f);
   }
@@ -370,8 +401,9 @@ void launch_split_typed(Tensor& out, const Tensor& q, const Tensor& k, const Ten
                            static_cast<const TI*>(a.k_new), static_cast<const TI*>(a.v_new), a.inv_freq));
   QT_CUDA_CHECK_LAUNCH("attention_split_kernel");
   if (nsplit > 1) {
-    QT_CUDA_CHECK(launch_pdl(attention_combine_kernel<TO>, dim3(rows), dim3(std::min(D, 128)), 0, ctx.stream,
-                             out.data<TO>(), part_o, part_ml, nsplit, rows, a.T, a.Hq, a.Hkv, D));
+    QT_CUDA_CHECK(launch_pdl(attention_combine_kernel<TO>, dim3(rows), dim3(std::min(D, 128)),
+                             2 * nsplit * sizeof(float), ctx.stream, out.data<TO>(), part_o, part_ml, nsplit,
+                             rows, a.T, a.Hq, a.Hkv, D));
     QT_CUDA_CHECK_LAUNCH("attention_combine_kernel");
   }
 }
