@@ -48,8 +48,12 @@ bool norm_fusable(const std::vector<const Linear*>& lins, const Tensor& norm_w) 
 struct DecodeStep::Graph {
   cuda::CudaGraph g;
 };
+struct DecodeStep::Greedy {
+  GreedyPicker picker;
+};
 #else
 struct DecodeStep::Graph {};
+struct DecodeStep::Greedy {};
 #endif
 
 bool DecodeStep::supported(const LlamaModel& model, const KVCache& cache) {
@@ -117,10 +121,10 @@ DecodeStep::DecodeStep(const LlamaModel& model, KVCache& cache, bool use_graph, 
   a_ = Tensor::empty({1, F}, act, dev);
   hn_ = Tensor::empty({1, C}, act, dev);
   logits_ = Tensor::empty({1, V}, DType::F32, dev);
-  key_ = Tensor::zeros({2}, DType::I32, dev);
   graph_ = std::make_unique<Graph>();
 #ifdef QTUNE_HAVE_CUDA
-  host_ = std::shared_ptr<void>(host_pinned_malloc((size_t)V * 4 + 8), host_pinned_free);
+  host_ = std::shared_ptr<void>(host_pinned_malloc((size_t)V * 4), host_pinned_free);
+  greedy_ = std::make_unique<Greedy>();
   int64_t wsf = cuda::attention_at_workspace_floats(q_.reshape({1, 1, Hq, D}), cache.k(0));
   ws_ = Tensor::empty({std::max<int64_t>(wsf, 1)}, DType::F32, dev);
 #endif
@@ -245,10 +249,7 @@ const Tensor& DecodeStep::run(int32_t token, int64_t pos) {
 
 int32_t DecodeStep::greedy_token() {
 #ifdef QTUNE_HAVE_CUDA
-  uint64_t* host_key = reinterpret_cast<uint64_t*>(static_cast<char*>(host_.get()) + logits_.nbytes());
-  argmax_key_cuda(key_.data<uint64_t>(), logits_);
-  cuda::copy_to_host_sync(host_key, key_.raw(), sizeof(uint64_t));
-  return argmax_key_index(*host_key);
+  return greedy_->picker.pick(logits_);
 #else
   return 0;
 #endif

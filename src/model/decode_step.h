@@ -70,8 +70,9 @@ class DecodeStep {
   Tensor io_;  // I32 [2] on the GPU: token, position
   Tensor ids_, pos_;
   Tensor x_, x2_, h_, q_, k_, v_, att_, proj_, g_, u_, a_, hn_, logits_, ws_;
-  Tensor key_;                  // 8 bytes on the GPU: greedy_token's argmax key
-  std::shared_ptr<void> host_;  // pinned: the logits' row (host_logits), then the key
+  std::shared_ptr<void> host_;  // pinned: the logits' row (host_logits)
+  struct Greedy;
+  std::unique_ptr<Greedy> greedy_;  // greedy_token's device argmax
   struct Graph;
   std::unique_ptr<Graph> graph_;
 };

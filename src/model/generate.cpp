@@ -9,6 +9,9 @@
 
 #include "core/error.h"
 #include "model/decode_step.h"
+#ifdef QTUNE_HAVE_CUDA
+#include "model/cuda/sampling_cuda.h"
+#endif
 
 namespace qtune {
 
@@ -78,7 +81,22 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& pro
   // the token crosses to the host, not the vocabulary's logits (0.3 ms per token of the 8B's 2.6 ms when
   // each step's logits were copied back and scanned on the CPU, bench/NOTES.md).
   const bool greedy = opt.sampling.temperature <= 0.0f;
-  int32_t picked = -1;  // the step's greedy token, when it picked one
+  int32_t picked = -1;  // the greedy token picked on the GPU, when it was
+  // The forward path's logits (adapters, CPU offload) on the GPU: the same pick there.
+#ifdef QTUNE_HAVE_CUDA
+  std::unique_ptr<GreedyPicker> picker;
+#endif
+  auto pick_on_gpu = [&](const Tensor& lg) {
+#ifdef QTUNE_HAVE_CUDA
+    if (greedy && lg.is_cuda() && lg.dtype() == DType::F32) {
+      if (!picker) picker = std::make_unique<GreedyPicker>();
+      picked = picker->pick(lg);
+      return true;
+    }
+#endif
+    (void)lg;
+    return false;
+  };
   while (true) {
     int32_t tok = picked >= 0 ? picked : sampler.sample(cur, V);
     res.tokens.push_back(tok);
@@ -105,8 +123,11 @@ GenerateResult generate(const LlamaModel& model, const std::vector<int32_t>& pro
       else
         cur = step->host_logits();  // [V]
     } else {
-      row = model.forward(Tensor::from_i32({tok}, {1, 1}), cache, pos, true).to_f32_vector();  // [1, 1, V]
-      cur = row.data();
+      Tensor lg = model.forward(Tensor::from_i32({tok}, {1, 1}), cache, pos, true);  // [1, 1, V]
+      if (!pick_on_gpu(lg)) {
+        row = lg.to_f32_vector();
+        cur = row.data();
+      }
     }
     pos++;
   }

@@ -4,9 +4,11 @@
 // One atomicMax per warp then leaves the winner's key; no pass over partial results is needed.
 #include <algorithm>
 
+#include "core/allocator.h"
 #include "core/error.h"
 #include "model/cuda/sampling_cuda.h"
 #include "ops/cuda/cuda_context.h"
+#include "ops/cuda/cuda_graph.h"
 
 namespace qtune {
 
@@ -52,6 +54,16 @@ void argmax_key_cuda(uint64_t* key, const Tensor& logits) {
   argmax_key_kernel<<<blocks, kThreads, 0, s>>>(logits.data<float>(), n,
                                                 reinterpret_cast<unsigned long long*>(key));
   QT_CUDA_CHECK_LAUNCH("argmax_key_kernel");
+}
+
+GreedyPicker::GreedyPicker()
+    : key_(Tensor::zeros({2}, DType::I32, Device::CUDA)),
+      host_(host_pinned_malloc(sizeof(uint64_t)), host_pinned_free) {}
+
+int32_t GreedyPicker::pick(const Tensor& logits) {
+  argmax_key_cuda(key_.data<uint64_t>(), logits);
+  cuda::copy_to_host_sync(host_.get(), key_.raw(), sizeof(uint64_t));
+  return argmax_key_index(*static_cast<const uint64_t*>(host_.get()));
 }
 
 }  // namespace qtune

@@ -3,6 +3,7 @@
 #pragma once
 #ifdef QTUNE_HAVE_CUDA
 #include <cstdint>
+#include <memory>
 
 #include "core/tensor.h"
 
@@ -16,6 +17,18 @@ void argmax_key_cuda(uint64_t* key, const Tensor& logits);
 inline int32_t argmax_key_index(uint64_t key) {
   return (int32_t)(0xFFFFFFFFu - (uint32_t)key);
 }
+
+// argmax_key_cuda with its 8-byte key's device buffer and pinned host copy kept from call to call: pick()
+// queues the scan, copies the key back, waits for the stream and returns the token.
+class GreedyPicker {
+ public:
+  GreedyPicker();
+  int32_t pick(const Tensor& logits);
+
+ private:
+  Tensor key_;                  // 8 bytes on the GPU
+  std::shared_ptr<void> host_;  // 8 bytes, pinned
+};
 
 }  // namespace qtune
 #endif  // QTUNE_HAVE_CUDA

@@ -13,6 +13,7 @@
 
 #include "../model_test_util.h"
 #include "core/allocator.h"
+#include "model/generate.h"
 #include "model/llama_model.h"
 #include "model/load_options.h"
 #include "model/sampling.h"
@@ -160,4 +161,36 @@ TEST(CudaDecodeStep, RefusesWhatItCannotRun) {
   DecodeStep s(m, c);
   expect_error([&] { s.run(384, 0); }, ErrorKind::Shape, {"token id 384", "vocabulary"});
   expect_error([&] { s.run(1, 8); }, ErrorKind::Shape, {"position 8", "8 positions"});
+}
+
+// generate()'s greedy tokens, picked on the GPU through the step and through LlamaModel::forward
+// (QTUNE_DECODE_STEP=0: the path adapters and CPU offload take), equal a loop that reads every token's
+// logits to the host and takes qtune::argmax.
+TEST(CudaDecodeStep, GreedyGenerationPicksTheHostArgmaxOnBothPaths) {
+  REQUIRE_GPU();
+  for (std::string name : {"llama", "qwen2"}) {
+    LlamaModel m = LlamaModel::load(fixture(name), Device::CUDA);
+    std::vector<int32_t> ids = fixture_ids(name);
+    std::vector<int32_t> prompt(ids.begin(), ids.begin() + 5);
+    const int n = 24;
+    GenerateOptions opt;
+    opt.max_new_tokens = n;
+    const GenerateResult step = generate(m, prompt, opt);
+    ASSERT_EQ(setenv("QTUNE_DECODE_STEP", "0", 1), 0);
+    const GenerateResult fwd = generate(m, prompt, opt);
+    unsetenv("QTUNE_DECODE_STEP");
+    EXPECT_EQ(step.decode_path, "graph") << name;
+    EXPECT_EQ(fwd.decode_path, "forward") << name;
+    KVCache c = m.make_cache(1, (int64_t)prompt.size() + n);
+    std::vector<float> row =
+        m.forward(Tensor::from_i32(prompt, {1, (int64_t)prompt.size()}), c, 0, true).to_f32_vector();
+    std::vector<int32_t> want;
+    for (int64_t pos = (int64_t)prompt.size(); (int)want.size() < n; pos++) {
+      want.push_back(argmax(row.data(), (int64_t)row.size()));
+      if ((int)want.size() == n) break;
+      row = m.forward(Tensor::from_i32({want.back()}, {1, 1}), c, pos, true).to_f32_vector();
+    }
+    EXPECT_EQ(step.tokens, want) << name;
+    EXPECT_EQ(fwd.tokens, want) << name;
+  }
 }
