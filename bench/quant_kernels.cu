@@ -283,10 +283,17 @@ void bench_layer(double copy_gbs, std::mt19937& g) {
         quant, what, bytes / 1e6, gms * 1e3, sms * 1e3, bytes / gms / 1e6 / copy_gbs,
         bytes / sms / 1e6 / copy_gbs);
   };
-  {  // 4-bit
-    double layer_bytes = 0;
-    for (const Shape& sh : shapes)
-      layer_bytes += sh.O * sh.I / 2.0 + sh.O * sh.I / 64.0 + 4.0 * sh.O * sh.I / 16384;
+  // The storage bytes of the Linears ids (indices into shapes) for one kind's bytes per weight.
+  auto bytes_of = [&](const std::function<double(const Shape&)>& per, std::initializer_list<int> ids) {
+    double b = 0;
+    for (int j : ids) b += per(shapes[(size_t)j]);
+    return b;
+  };
+  const std::initializer_list<int> all = {0, 1, 2, 3, 4, 5, 6};
+  {  // 4-bit: packed codes, the 8-bit absmax codes and the nested f32 absmax
+    auto per = [](const Shape& sh) { return sh.O * sh.I * (0.5 + 1.0 / 64) + 4.0 * sh.O * sh.I / 16384; };
+    auto part_bytes = [&](std::initializer_list<int> ids) { return bytes_of(per, ids); };
+    const double layer_bytes = part_bytes(all);
     const int copies = copies_for((double)H * H / 2);  // o's bytes, the fewest: no part stays in the L2
     std::vector<std::vector<std::shared_ptr<const Quant4Linear>>> L(copies);
     for (auto& l : L)
@@ -323,12 +330,6 @@ void bench_layer(double copy_gbs, std::mt19937& g) {
         [&](int i) { qkv_norm(i), attention(i), o_proj(i), gateup_norm_glu(i), down(i); }, copies);
     emit("nf4_dq", "attention", 2.0 * S * Hkv * D * 2, attention, copies);
     emit("nf4_dq", "layer_separate", layer_bytes, separate, copies);
-    auto part_bytes = [&](std::initializer_list<int> ids) {
-      double b = 0;
-      for (int j : ids)
-        b += shapes[j].O * shapes[j].I * (0.5 + 1.0 / 64) + 4.0 * shapes[j].O * shapes[j].I / 16384;
-      return b;
-    };
     emit("nf4_dq", "qkv_norm", part_bytes({0, 1, 2}), qkv_norm, copies);
     emit("nf4_dq", "o", part_bytes({3}), o_proj, copies);
     emit("nf4_dq", "gateup_norm_glu", part_bytes({4, 5}), gateup_norm_glu, copies);
@@ -349,8 +350,10 @@ void bench_layer(double copy_gbs, std::mt19937& g) {
         copies);
   }
   {  // LLM.int8
-    double layer_bytes = 0;
-    for (const Shape& sh : shapes) layer_bytes += (double)sh.O * sh.I + 4.0 * sh.O;
+    // int8 codes and the f32 row scales
+    auto per = [](const Shape& sh) { return (double)sh.O * sh.I + 4.0 * sh.O; };
+    auto part_bytes = [&](std::initializer_list<int> ids) { return bytes_of(per, ids); };
+    const double layer_bytes = part_bytes(all);
     const int copies = copies_for((double)H * H);  // o's bytes, the fewest: no part stays in the L2
     std::vector<std::vector<std::shared_ptr<const Int8Linear>>> L(copies);
     for (auto& l : L)
@@ -385,11 +388,6 @@ void bench_layer(double copy_gbs, std::mt19937& g) {
     };
     emit("int8", "layer_fused", layer_bytes, fused, copies);
     emit("int8", "layer_separate", layer_bytes, separate, copies);
-    auto part_bytes = [&](std::initializer_list<int> ids) {
-      double b = 0;
-      for (int j : ids) b += (double)shapes[j].O * shapes[j].I + 4.0 * shapes[j].O;
-      return b;
-    };
     emit("int8", "qkv_norm", part_bytes({0, 1, 2}), qkv_norm, copies);
     emit("int8", "o", part_bytes({3}), o_proj, copies);
     emit("int8", "gateup_norm", part_bytes({4, 5}), gateup_norm, copies);
